@@ -1,0 +1,122 @@
+"""The ``xdp`` command: gateway | node | admin | query | train | audit | demo."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from xdp_compute.errors import XdpError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="xdp-compute: data usable but not visible.")
+admin_app = typer.Typer(no_args_is_help=True, help="Administration: tokens.")
+audit_app = typer.Typer(no_args_is_help=True, help="Auditors: verify the release log.")
+app.add_typer(admin_app, name="admin")
+app.add_typer(audit_app, name="audit")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn expected failures into a one-line message and a non-zero exit (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except XdpError as e:
+            typer.echo(f"error: {e.detail}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _hostport(value: str, default_port: int, what: str) -> tuple[str, int]:
+    from xdp_compute.config import parse_hostport
+
+    try:
+        return parse_hostport(value, default_port)
+    except ValueError as e:
+        raise typer.BadParameter(f"{what}: {e}") from None
+
+
+@app.command()
+@friendly
+def gateway(
+    db: str = typer.Option(None, help="SQLAlchemy URL; default sqlite:///./.xdp/gateway.db"),
+    http: str = typer.Option("127.0.0.1:8000", help="REST listen address HOST:PORT"),
+    grpc: str = typer.Option("127.0.0.1:50051", help="gRPC listen address for nodes HOST:PORT"),
+    region: str = typer.Option(None, help="The gateway's region (default XDP_REGION or CN-FJ)"),
+) -> None:
+    """Run the gateway (REST for people, gRPC for nodes)."""
+    from xdp_compute.config import Settings
+    from xdp_compute.gateway.server import run_gateway
+
+    settings = Settings()
+    h, hp = _hostport(http, 8000, "--http")
+    g, gp = _hostport(grpc, 50051, "--grpc")
+    settings = settings.with_(http_host=h, http_port=hp, grpc_host=g, grpc_port=gp)
+    if db:
+        settings = settings.with_(db_url=db)
+    if region:
+        settings = settings.with_(region=region)
+    run_gateway(settings)
+
+
+@app.command()
+@friendly
+def node(
+    gateway: str = typer.Option(..., help="Gateway gRPC address HOST:PORT"),
+    token: str = typer.Option(..., help="The holder's bearer token", envvar="XDP_TOKEN"),
+    manifest: Path = typer.Option(..., help="The node's manifest (TOML)"),
+) -> None:
+    """Run a holder's node: dials out to the gateway; opens no port."""
+    from xdp_compute.domain.manifest import load_manifest
+    from xdp_compute.node.agent import NodeAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    m = load_manifest(manifest)
+    agent = NodeAgent(gateway, token, m)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
+    try:
+        agent.run()
+    except KeyboardInterrupt:
+        agent.stop_event.set()
+
+
+@admin_app.command("create-token")
+@friendly
+def create_token(
+    role: str = typer.Option(..., help="admin | holder | analyst | auditor"),
+    name: str = typer.Option(..., help="A unique name for the principal"),
+    db: str = typer.Option(None, help="SQLAlchemy URL of the gateway's database"),
+    region: str = typer.Option(None, help="The principal's region (analysts; default the gateway's)"),
+    ttl: float = typer.Option(0, help="Expire the token after this many seconds (0: never)"),
+) -> None:
+    """Create a principal and print its new bearer token (only a hash is stored)."""
+    from xdp_compute.config import Settings
+    from xdp_compute.gateway.store import Store
+
+    settings = Settings()
+    store = Store.open(db or settings.db_url)
+    try:
+        token = store.create_principal(role, name, region or settings.region, ttl_seconds=ttl or None)
+    finally:
+        store.close()
+    typer.echo(token)
+
+
+def main() -> None:  # pragma: no cover - console entry for python -m
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,60 @@
+"""Gateway settings: defaults, overridden by XDP_* environment variables, then by CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return tuple(x.strip() for x in raw.split(",") if x.strip())
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{Path('.xdp') / 'gateway.db'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to start; built once and passed down (no module globals)."""
+
+    db_url: str = field(default_factory=lambda: os.environ.get("XDP_DB", default_db_url()))
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    region: str = field(default_factory=lambda: os.environ.get("XDP_REGION", "CN-FJ"))
+    # Data categories that never cross a region border (the cross-border negative list).
+    restricted_categories: tuple[str, ...] = field(
+        default_factory=lambda: _env_list("XDP_RESTRICTED_CATEGORIES", ("health", "genetic", "biometric")))
+    max_body_bytes: int = field(default_factory=lambda: int(os.environ.get("XDP_MAX_BODY_BYTES", str(8 << 20))))
+    max_grpc_message_bytes: int = 64 << 20
+    heartbeat_seconds: float = field(default_factory=lambda: float(os.environ.get("XDP_HEARTBEAT_SECONDS", "2")))
+    offline_after_missed: int = 3
+    # How long the gateway waits for nodes in each protocol round before treating them as dropped.
+    round_timeout_seconds: float = field(default_factory=lambda: float(os.environ.get("XDP_ROUND_TIMEOUT", "20")))
+    # Per-analyst privacy budget (sequential composition across all datasets), by default.
+    analyst_epsilon_budget: float = field(
+        default_factory=lambda: float(os.environ.get("XDP_ANALYST_EPSILON_BUDGET", "1000")))
+    analyst_delta_budget: float = field(
+        default_factory=lambda: float(os.environ.get("XDP_ANALYST_DELTA_BUDGET", "0.001")))
+    # Test-only capture of every gRPC request the gateway receives (for privacy tests).
+    grpc_capture_path: str | None = field(default_factory=lambda: os.environ.get("XDP_GRPC_CAPTURE"))
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDP_DATA_DIR", ".xdp")))
+
+    def with_(self, **kw: object) -> Settings:
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); raises ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return host or "127.0.0.1", int(port)

@@ -1,0 +1,380 @@
+"""The data holder's manifest: what a node offers, under which policy (pure types, no I/O but parsing).
+
+A manifest is TOML (see README). ``parse_manifest`` validates every key and raises
+``ManifestError`` whose message names the file, the key and what is wrong, so that
+``xdp node`` can exit with it. Several nodes declaring the same dataset name with the same
+schema form one horizontally partitioned dataset; ``schema_differences`` names what differs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xdp_compute.errors import ManifestError
+
+COLUMN_TYPES = ("int", "float", "category", "text", "bool")
+NUMERIC_TYPES = ("int", "float")
+USES = ("aggregate", "filter", "group")
+CLASSIFICATIONS = ("public", "internal", "sensitive", "core")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_CATEGORY_VALUES = 1000
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One declared column: its type, bounds or values, and the uses an analyst may make of it."""
+
+    name: str
+    type: str
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] | None = None
+    uses: tuple[str, ...] = ()
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["values"] = list(self.values) if self.values is not None else None
+        d["uses"] = list(self.uses)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ColumnSpec:
+        return cls(
+            name=d["name"],
+            type=d["type"],
+            min=d.get("min"),
+            max=d.get("max"),
+            values=tuple(d["values"]) if d.get("values") is not None else None,
+            uses=tuple(d.get("uses") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset a node offers, with its policy. ``source`` is resolved against the manifest."""
+
+    name: str
+    source: str
+    table: str | None
+    classification: str
+    categories: tuple[str, ...]
+    epsilon_budget: float
+    delta: float
+    min_group_size: int
+    require_approval: bool
+    columns: tuple[ColumnSpec, ...]
+    allowed_analysts: tuple[str, ...] | None = None
+    allowed_regions: tuple[str, ...] | None = None
+
+    def column(self, name: str) -> ColumnSpec | None:
+        for c in self.columns:
+            if c.name.lower() == name.lower():
+                return c
+        return None
+
+    @property
+    def is_sql(self) -> bool:
+        return "://" in self.source
+
+    def schema(self) -> dict[str, Any]:
+        """The part that must agree between nodes forming one partitioned dataset."""
+        return {
+            "classification": self.classification,
+            "categories": sorted(self.categories),
+            "columns": {c.name: c.to_dict() for c in self.columns},
+        }
+
+    def to_dict(self, *, with_source: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "classification": self.classification,
+            "categories": list(self.categories),
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "min_group_size": self.min_group_size,
+            "require_approval": self.require_approval,
+            "allowed_analysts": list(self.allowed_analysts) if self.allowed_analysts is not None else None,
+            "allowed_regions": list(self.allowed_regions) if self.allowed_regions is not None else None,
+            "columns": [c.to_dict() for c in self.columns],
+        }
+        if with_source:
+            d["source"] = self.source
+            d["table"] = self.table
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetSpec:
+        return cls(
+            name=d["name"],
+            source=d.get("source", ""),
+            table=d.get("table"),
+            classification=d["classification"],
+            categories=tuple(d.get("categories") or ()),
+            epsilon_budget=float(d["epsilon_budget"]),
+            delta=float(d["delta"]),
+            min_group_size=int(d["min_group_size"]),
+            require_approval=bool(d["require_approval"]),
+            columns=tuple(ColumnSpec.from_dict(c) for c in d["columns"]),
+            allowed_analysts=tuple(d["allowed_analysts"]) if d.get("allowed_analysts") is not None else None,
+            allowed_regions=tuple(d["allowed_regions"]) if d.get("allowed_regions") is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    node_name: str
+    region: str
+    datasets: tuple[DatasetSpec, ...]
+    base_dir: Path = field(default=Path("."))
+    path: Path | None = None
+
+    def dataset(self, name: str) -> DatasetSpec | None:
+        return next((d for d in self.datasets if d.name == name), None)
+
+    def source_path(self, ds: DatasetSpec) -> Path:
+        p = Path(ds.source)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class _Ctx:
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, key: str, what: str) -> ManifestError:
+        return ManifestError(f"{self.file}: {key}: {what}", file=self.file, key=key)
+
+
+def _take(ctx: _Ctx, table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ctx.fail(f"{where}.{unknown[0]}" if where else unknown[0],
+                       f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _number(ctx: _Ctx, v: Any, key: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(float(v)):
+        raise ctx.fail(key, f"must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _str_list(ctx: _Ctx, v: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ctx.fail(key, "must be a list of strings")
+    return tuple(v)
+
+
+def _column(ctx: _Ctx, ds: str, name: str, spec: Any) -> ColumnSpec:
+    key = f"datasets[{ds}].columns.{name}"
+    if not _NAME.match(name):
+        raise ctx.fail(key, "column names must be identifiers (letters, digits, underscore)")
+    if not isinstance(spec, dict):
+        raise ctx.fail(key, "must be a table like { type = \"int\", min = 0, max = 1, uses = [...] }")
+    _take(ctx, spec, {"type", "min", "max", "values", "uses"}, key)
+    ctype = spec.get("type")
+    if ctype not in COLUMN_TYPES:
+        raise ctx.fail(f"{key}.type", f"unknown column type {ctype!r} (expected one of {', '.join(COLUMN_TYPES)})")
+    uses = _str_list(ctx, spec.get("uses", []), f"{key}.uses")
+    uses = tuple(u for u in uses if u != "none")
+    bad = [u for u in uses if u not in USES]
+    if bad:
+        raise ctx.fail(f"{key}.uses", f"unknown use {bad[0]!r} (expected aggregate, filter, group or none)")
+    lo = hi = None
+    values = None
+    if ctype in NUMERIC_TYPES:
+        if "values" in spec:
+            raise ctx.fail(f"{key}.values", f"a {ctype} column takes min/max, not values")
+        if "min" not in spec or "max" not in spec:
+            raise ctx.fail(key, f"a {ctype} column needs both min and max bounds")
+        lo, hi = _number(ctx, spec["min"], f"{key}.min"), _number(ctx, spec["max"], f"{key}.max")
+        if lo > hi:
+            raise ctx.fail(f"{key}.min", f"min {lo:g} is above max {hi:g}")
+        if ctype == "int" and (lo != int(lo) or hi != int(hi)):
+            raise ctx.fail(key, "an int column needs integer bounds")
+        if "group" in uses:
+            raise ctx.fail(f"{key}.uses", "only category or bool columns with declared values can be used to group")
+    elif ctype == "category":
+        if "min" in spec or "max" in spec:
+            raise ctx.fail(key, "a category column takes values, not min/max")
+        values = _str_list(ctx, spec.get("values"), f"{key}.values") if "values" in spec else None
+        if not values:
+            raise ctx.fail(f"{key}.values", "a category column needs a non-empty list of declared values")
+        if len(set(values)) != len(values):
+            raise ctx.fail(f"{key}.values", "declared values must be distinct")
+        if len(values) > MAX_CATEGORY_VALUES:
+            raise ctx.fail(f"{key}.values", f"at most {MAX_CATEGORY_VALUES} values")
+    elif ctype == "bool":
+        if set(spec) - {"type", "uses"}:
+            raise ctx.fail(key, "a bool column takes only type and uses")
+        values = ("false", "true")
+    else:  # text
+        if set(spec) - {"type", "uses"}:
+            raise ctx.fail(key, "a text column takes only type and uses")
+        if uses:
+            raise ctx.fail(f"{key}.uses", "a text column cannot be aggregated, filtered or grouped; use []")
+    if "aggregate" in uses and ctype == "category" and values is not None and len(values) != 2:
+        raise ctx.fail(f"{key}.uses", "only numeric, bool or two-valued category columns can be aggregated")
+    return ColumnSpec(name=name, type=ctype, min=lo, max=hi, values=values, uses=uses)
+
+
+_DS_KEYS = {
+    "name", "source", "table", "classification", "categories", "epsilon_budget", "delta",
+    "min_group_size", "require_approval", "columns", "allowed_analysts", "allowed_regions",
+}
+
+
+def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> DatasetSpec:
+    where = f"datasets[{i}]"
+    if not isinstance(raw, dict):
+        raise ctx.fail(where, "must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ctx.fail(f"{where}.name", "required; an identifier (letters, digits, underscore)")
+    where = f"datasets[{name}]"
+    _take(ctx, raw, _DS_KEYS, where)
+    source = raw.get("source")
+    if not isinstance(source, str) or not source:
+        raise ctx.fail(f"{where}.source", "required: a CSV/Parquet path or a SQL URL")
+    table = raw.get("table")
+    if "://" in source:
+        if not isinstance(table, str) or not _NAME.match(table):
+            raise ctx.fail(f"{where}.table", "a SQL source needs table = \"<identifier>\"")
+    else:
+        if table is not None:
+            raise ctx.fail(f"{where}.table", "only a SQL URL source takes a table")
+        suffix = Path(source).suffix.lower()
+        if suffix not in (".csv", ".parquet"):
+            raise ctx.fail(f"{where}.source", f"unsupported file type {suffix or '(none)'!r}: use .csv or .parquet")
+        p = Path(source) if Path(source).is_absolute() else base_dir / source
+        if check_files and not p.is_file():
+            raise ctx.fail(f"{where}.source", f"file not found: {p}")
+    classification = raw.get("classification")
+    if classification not in CLASSIFICATIONS:
+        raise ctx.fail(f"{where}.classification", f"must be one of {', '.join(CLASSIFICATIONS)}")
+    categories = _str_list(ctx, raw.get("categories", []), f"{where}.categories")
+    eps = _number(ctx, raw.get("epsilon_budget"), f"{where}.epsilon_budget") if "epsilon_budget" in raw else None
+    if eps is None or eps <= 0:
+        raise ctx.fail(f"{where}.epsilon_budget", "required; a positive number")
+    delta = _number(ctx, raw.get("delta", 1e-6), f"{where}.delta")
+    if not 0 < delta < 1:
+        raise ctx.fail(f"{where}.delta", "must be in (0, 1)")
+    mgs = raw.get("min_group_size", 10)
+    if isinstance(mgs, bool) or not isinstance(mgs, int) or mgs < 0:
+        raise ctx.fail(f"{where}.min_group_size", "must be a non-negative integer")
+    approval = raw.get("require_approval", False)
+    if not isinstance(approval, bool):
+        raise ctx.fail(f"{where}.require_approval", "must be true or false")
+    analysts = _str_list(ctx, raw["allowed_analysts"], f"{where}.allowed_analysts") if "allowed_analysts" in raw else None
+    regions = _str_list(ctx, raw["allowed_regions"], f"{where}.allowed_regions") if "allowed_regions" in raw else None
+    cols_raw = raw.get("columns")
+    if not isinstance(cols_raw, dict) or not cols_raw:
+        raise ctx.fail(f"{where}.columns", "required: a table of column declarations")
+    cols = tuple(_column(ctx, name, cname, cspec) for cname, cspec in cols_raw.items())
+    lowered = [c.name.lower() for c in cols]
+    if len(set(lowered)) != len(lowered):
+        raise ctx.fail(f"{where}.columns", "column names must be unique ignoring case")
+    return DatasetSpec(
+        name=name, source=source, table=table, classification=classification, categories=categories,
+        epsilon_budget=eps, delta=delta, min_group_size=mgs, require_approval=approval, columns=cols,
+        allowed_analysts=analysts, allowed_regions=regions,
+    )
+
+
+def parse_manifest_text(text: str, *, file: str = "<manifest>", base_dir: Path | None = None,
+                        check_files: bool = True) -> Manifest:
+    """Parse and validate manifest TOML; raise ``ManifestError`` naming file, key and problem."""
+    ctx = _Ctx(file)
+    base = base_dir or Path(".")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"{file}: not valid TOML: {e}", file=file, key=None) from None
+    _take(ctx, raw, {"node", "datasets"}, "")
+    node = raw.get("node")
+    if not isinstance(node, dict):
+        raise ctx.fail("node", "required: a [node] table with name and region")
+    _take(ctx, node, {"name", "region"}, "node")
+    name = node.get("name")
+    if not isinstance(name, str) or not _NODE_NAME.match(name):
+        raise ctx.fail("node.name", "required; letters, digits, '.', '_' or '-', at most 63 characters")
+    region = node.get("region")
+    if not isinstance(region, str) or not region:
+        raise ctx.fail("node.region", "required; e.g. \"CN-FJ\"")
+    dss = raw.get("datasets", [])
+    if not isinstance(dss, list) or not dss:
+        raise ctx.fail("datasets", "declare at least one [[datasets]] table")
+    datasets = tuple(_dataset(ctx, i, d, base, check_files) for i, d in enumerate(dss))
+    names = [d.name for d in datasets]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ctx.fail(f"datasets[{dup}]", "declared twice in this manifest")
+    return Manifest(node_name=name, region=region, datasets=datasets, base_dir=base)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest file; sources resolve relative to the file's folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{p}: manifest file not found", file=str(p), key=None) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{p}: cannot read manifest: {e}", file=str(p), key=None) from None
+    m = parse_manifest_text(text, file=str(p), base_dir=p.resolve().parent)
+    return Manifest(node_name=m.node_name, region=m.region, datasets=m.datasets, base_dir=m.base_dir, path=p)
+
+
+def schema_differences(existing: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Name each difference between two ``DatasetSpec.schema()`` dicts ('' list when equal)."""
+    out: list[str] = []
+    for key in ("classification", "categories"):
+        if existing.get(key) != new.get(key):
+            out.append(f"{key}: {new.get(key)!r} here vs {existing.get(key)!r} already registered")
+    a, b = existing.get("columns", {}), new.get("columns", {})
+    for col in sorted(set(a) - set(b)):
+        out.append(f"column {col!r} is missing here (declared by the other nodes)")
+    for col in sorted(set(b) - set(a)):
+        out.append(f"column {col!r} is not declared by the other nodes")
+    for col in sorted(set(a) & set(b)):
+        for attr in ("type", "min", "max", "values", "uses"):
+            if a[col].get(attr) != b[col].get(attr):
+                out.append(f"column {col!r} {attr}: {b[col].get(attr)!r} here vs {a[col].get(attr)!r} registered")
+    return out
+
+
+def parse_declaration(d: Any, *, origin: str = "registration") -> DatasetSpec:
+    """Re-validate a dataset declaration as a node sends it (``DatasetSpec.to_dict()``, no source).
+
+    The gateway trusts nothing a node sends: the declaration passes the same checks as a manifest.
+    """
+    ctx = _Ctx(origin)
+    if not isinstance(d, dict):
+        raise ctx.fail("datasets", "each declaration must be an object")
+    raw = {k: v for k, v in d.items() if k not in ("columns", "source", "table")}
+    cols = d.get("columns")
+    if not isinstance(cols, list):
+        raise ctx.fail(f"datasets[{d.get('name')}].columns", "must be a list of column declarations")
+    table: dict[str, Any] = {}
+    for c in cols:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise ctx.fail(f"datasets[{d.get('name')}].columns", "each column needs a name")
+        spec = {k: v for k, v in c.items() if k != "name" and v is not None}
+        if spec.get("type") == "bool":
+            spec.pop("values", None)
+        table[c["name"]] = spec
+    raw["columns"] = table
+    raw["source"] = "declared.csv"
+    for k in ("allowed_analysts", "allowed_regions"):
+        if raw.get(k) is None:
+            raw.pop(k, None)
+    spec = _dataset(ctx, 0, raw, Path("."), check_files=False)
+    return DatasetSpec(**{**spec.__dict__, "source": ""})

@@ -1,0 +1,169 @@
+"""FastAPI app factory of the gateway. The lifespan owns the store, the gRPC server and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from xdp_compute.config import Settings
+from xdp_compute.errors import PROBLEM_BASE, XdpError
+from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.store import Store
+
+log = logging.getLogger("xdp.gateway")
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Services:
+    """What routers and the gRPC servicer share; built by the lifespan (or a test)."""
+
+    settings: Settings
+    store: Store
+    hub: TaskHub = field(default_factory=TaskHub)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def problem_response(status: int, slug: str, title: str, detail: str, instance: str | None = None,
+                     **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+class BodyLimit:
+    """Refuse request bodies above ``limit`` bytes with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                await self._reject(scope, send)
+                return
+        seen = 0
+        too_big = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_big
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    too_big = True
+                    raise _TooLarge()
+            return msg
+
+        started = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(scope, send)
+        except Exception:
+            if too_big and not started:
+                await self._reject(scope, send)
+            else:
+                raise
+
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        resp = problem_response(413, "payload-too-large", "Payload too large",
+                                f"request body exceeds the limit of {self.limit} bytes",
+                                instance=scope.get("path"))
+        await resp(scope, _empty_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """Build the gateway app. With ``services`` given (tests), the lifespan starts nothing."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services is not None:
+            app.state.services = services
+            yield
+            return
+        store = await asyncio.to_thread(Store.open, settings.db_url)
+        svc = Services(settings=settings, store=store)
+        app.state.services = svc
+        from xdp_compute.gateway.runtime import start_runtime
+
+        stop = await start_runtime(svc)
+        try:
+            yield
+        finally:
+            await stop()
+            store.close()
+
+    app = FastAPI(title="xdp-compute gateway", version="0.1.0", lifespan=lifespan,
+                  description="Data usable but not visible: catalog, joint statistics, HE queries, DP "
+                              "training and a verifiable release log.")
+    if services is not None:
+        app.state.services = services
+
+    @app.exception_handler(XdpError)
+    async def _xdp_error(request: Request, exc: XdpError) -> JSONResponse:
+        return JSONResponse(exc.problem(instance=request.url.path), status_code=exc.status, media_type=PROBLEM)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+        return problem_response(422, "validation-error", "Request validation failed", detail,
+                                instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return problem_response(exc.status_code, slug, str(exc.detail), str(exc.detail), instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return problem_response(500, "internal", "Internal error", "unexpected error; see gateway log",
+                                instance=request.url.path)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "time": time.time()}
+
+    from xdp_compute.gateway.routers import catalog, jobs, nodes
+
+    app.include_router(nodes.router)
+    app.include_router(catalog.router)
+    app.include_router(jobs.router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
+    return app

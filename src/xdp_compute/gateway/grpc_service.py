@@ -1,0 +1,111 @@
+"""The nodes' gRPC endpoint: thin — authenticate, convert, call the store and the task hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from xdp_compute.domain.manifest import parse_declaration
+from xdp_compute.errors import XdpError
+from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.serde import parse_json_list, reply_from_proto, task_to_proto
+from xdp_compute.gateway.store import PrincipalView, Store
+from xdp_compute.v1 import node_pb2 as pb
+from xdp_compute.v1 import node_pb2_grpc as pb_grpc
+
+log = logging.getLogger("xdp.gateway.grpc")
+
+_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+           403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+           409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class NodeService(pb_grpc.NodeServiceServicer):
+    def __init__(self, store: Store, hub: TaskHub, heartbeat_seconds: float,
+                 capture: Callable[[str, bytes], None] | None = None) -> None:
+        self.store, self.hub, self.heartbeat_seconds = store, hub, heartbeat_seconds
+        self.capture = capture
+
+    async def _guard(self, context: grpc.aio.ServicerContext, method: str, request: Any,
+                     fn: Callable[[PrincipalView], Awaitable[Any]]) -> Any:
+        if self.capture is not None:
+            self.capture(method, request.SerializeToString())
+        try:
+            token = None
+            for key, value in context.invocation_metadata() or ():
+                if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                    token = value[7:]
+            principal = await asyncio.to_thread(self.store.authenticate, token)
+            if principal.role != "holder":
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only holder tokens may run nodes")
+            return await fn(principal)
+        except XdpError as e:
+            await context.abort(_STATUS.get(e.status, grpc.StatusCode.INTERNAL), e.detail)
+
+    async def _node(self, principal: PrincipalView, node_id: str, session_id: str) -> bool:
+        await asyncio.to_thread(self.store.node_for, principal, node_id)
+        return self.hub.session_ok(node_id, session_id)
+
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+        async def run(p: PrincipalView) -> pb.RegisterResponse:
+            decls = [parse_declaration(d, origin=f"node {request.node_name}")
+                     for d in parse_json_list(request.datasets_json, "datasets_json")]
+            node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
+                                              [d.to_dict() for d in decls])
+            sid = self.hub.new_session(node_id)
+            log.info("node %s registered (%d datasets)", request.node_name, len(decls))
+            return pb.RegisterResponse(node_id=node_id, session_id=sid, heartbeat_seconds=self.heartbeat_seconds)
+
+        return await self._guard(context, "Register", request, run)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+        async def run(p: PrincipalView) -> pb.HeartbeatResponse:
+            if not await self._node(p, request.node_id, request.session_id):
+                return pb.HeartbeatResponse(known=False)
+            await asyncio.to_thread(self.store.touch_node, request.node_id)
+            return pb.HeartbeatResponse(known=True)
+
+        return await self._guard(context, "Heartbeat", request, run)
+
+    async def PullTask(self, request: pb.PullTaskRequest, context: grpc.aio.ServicerContext) -> pb.PullTaskResponse:
+        async def run(p: PrincipalView) -> pb.PullTaskResponse:
+            if not await self._node(p, request.node_id, request.session_id):
+                return pb.PullTaskResponse(has_task=False, known=False)
+            wait = min(max(request.wait_seconds, 0.0), 30.0)
+            task = await self.hub.pull(request.node_id, wait)
+            if task is None:
+                return pb.PullTaskResponse(has_task=False, known=True)
+            return pb.PullTaskResponse(has_task=True, task=task_to_proto(task), known=True)
+
+        return await self._guard(context, "PullTask", request, run)
+
+    async def SubmitResult(self, request: pb.TaskResult, context: grpc.aio.ServicerContext) -> pb.SubmitResultResponse:
+        async def run(p: PrincipalView) -> pb.SubmitResultResponse:
+            if not await self._node(p, request.node_id, request.session_id):
+                return pb.SubmitResultResponse(accepted=False)
+            ok = self.hub.submit(request.node_id, request.task_id, reply_from_proto(request))
+            return pb.SubmitResultResponse(accepted=ok)
+
+        return await self._guard(context, "SubmitResult", request, run)
+
+
+def file_capture(path: str) -> Callable[[str, bytes], None]:
+    """Test-only: append every request the gateway receives as 'method<TAB>hex' lines."""
+
+    def capture(method: str, data: bytes) -> None:
+        with open(path, "a") as f:
+            f.write(f"{time.time():.6f}\t{method}\t{data.hex()}\n")
+
+    return capture
+
+
+def build_server(service: NodeService, max_message_bytes: int) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes)])
+    pb_grpc.add_NodeServiceServicer_to_server(service, server)
+    return server

@@ -1,0 +1,92 @@
+"""The task channel's gateway side: per-node queues that nodes long-poll, and replies matched to callers.
+
+Nodes never accept connections; the gateway reaches a node only by leaving a task in its queue
+and waiting for the node's ``SubmitResult``. A node that does not answer in time counts as
+dropped for that call (secure aggregation tolerates it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Task:
+    kind: str
+    job_id: str
+    header: dict[str, Any] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    task_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Reply:
+    ok: bool
+    header: dict[str, Any]
+    blobs: dict[str, bytes]
+    error: str = ""
+
+
+class NodeDropped(Exception):
+    """The node did not answer the task in time (or disconnected)."""
+
+
+class TaskHub:
+    def __init__(self) -> None:
+        self._queues: dict[str, asyncio.Queue[Task]] = {}
+        self._waiting: dict[str, tuple[str, asyncio.Future[Reply]]] = {}
+        self.sessions: dict[str, str] = {}  # node_id -> current session id
+
+    def _queue(self, node_id: str) -> asyncio.Queue[Task]:
+        q = self._queues.get(node_id)
+        if q is None:
+            q = self._queues[node_id] = asyncio.Queue()
+        return q
+
+    def new_session(self, node_id: str) -> str:
+        sid = uuid.uuid4().hex
+        self.sessions[node_id] = sid
+        return sid
+
+    def session_ok(self, node_id: str, session_id: str) -> bool:
+        return bool(session_id) and self.sessions.get(node_id) == session_id
+
+    async def call(self, node_id: str, task: Task, timeout: float) -> Reply:
+        """Queue ``task`` for ``node_id`` and wait for its reply; NodeDropped on timeout."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[task.task_id] = (node_id, fut)
+        await self._queue(node_id).put(task)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise NodeDropped(f"node {node_id} did not answer {task.kind} within {timeout:g}s") from None
+        finally:
+            self._waiting.pop(task.task_id, None)
+
+    async def pull(self, node_id: str, wait: float) -> Task | None:
+        q = self._queue(node_id)
+        while True:
+            try:
+                task = await asyncio.wait_for(q.get(), wait)
+            except TimeoutError:
+                return None
+            # Skip tasks whose caller already gave up (a stale queue after a timeout).
+            if task.task_id in self._waiting:
+                return task
+
+    def submit(self, node_id: str, task_id: str, reply: Reply) -> bool:
+        entry = self._waiting.get(task_id)
+        if entry is None or entry[0] != node_id:
+            return False
+        fut = entry[1]
+        if not fut.done():
+            fut.set_result(reply)
+        return True
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,143 @@
+"""SQLAlchemy 2 tables of the gateway's store. Migrations live in ``gateway/migrations``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Principal(Base):
+    __tablename__ = "principals"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    region: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    holder_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    region: Mapped[str] = mapped_column(String(64))
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen: Mapped[float] = mapped_column(Float, default=0.0)
+    registered_at: Mapped[float] = mapped_column(Float)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schema_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class NodeDataset(Base):
+    """One node's part of a dataset, with that node's policy and its privacy ledger row."""
+
+    __tablename__ = "node_datasets"
+    __table_args__ = (UniqueConstraint("node_id", "dataset_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    dataset_name: Mapped[str] = mapped_column(ForeignKey("datasets.name"))
+    spec_json: Mapped[str] = mapped_column(Text)
+    eps_budget: Mapped[float] = mapped_column(Float)
+    delta_budget: Mapped[float] = mapped_column(Float)
+    eps_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    delta_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    eps_reserved: Mapped[float] = mapped_column(Float, default=0.0)
+    delta_reserved: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class AnalystBudget(Base):
+    __tablename__ = "analyst_budgets"
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), primary_key=True)
+    eps_budget: Mapped[float] = mapped_column(Float)
+    delta_budget: Mapped[float] = mapped_column(Float)
+    eps_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    delta_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    eps_reserved: Mapped[float] = mapped_column(Float, default=0.0)
+    delta_reserved: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("principal_id", "idempotency_key"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))
+    spec_json: Mapped[str] = mapped_column(Text)
+    plan_json: Mapped[str] = mapped_column(Text, default="{}")
+    cost_json: Mapped[str] = mapped_column(Text, default="{}")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    compute_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Reservation(Base):
+    """A budget hold for one job on one ledger row (node-dataset or analyst)."""
+
+    __tablename__ = "reservations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    node_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("node_datasets.id"), nullable=True)
+    analyst_id: Mapped[str | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
+    eps: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("job_id", "holder_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    holder_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LogEntry(Base):
+    """Append-only release-log entries (RFC 9162 leaves are their canonical JSON)."""
+
+    __tablename__ = "log_entries"
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    entry_json: Mapped[str] = mapped_column(Text)
+
+
+class TreeHead(Base):
+    __tablename__ = "tree_heads"
+    tree_size: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    signature: Mapped[str] = mapped_column(String(200))
+    key_id: Mapped[str] = mapped_column(String(64))
+
+
+class Secret(Base):
+    __tablename__ = "secrets"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

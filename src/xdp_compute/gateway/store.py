@@ -1,0 +1,369 @@
+"""The gateway's persistent store (SQLAlchemy 2; SQLite in WAL mode by default, PostgreSQL by URL).
+
+Writes that must not race — budget reservations above all — run in ``Store.write()``: on SQLite
+that transaction starts with ``BEGIN IMMEDIATE`` (the write lock is taken before anything is
+read); on PostgreSQL the ledger uses conditional ``UPDATE ... WHERE spent + reserved + x <= budget``
+so two concurrent reservations can never both pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from xdp_compute.errors import BadRequest, BudgetExhausted, NotFound, SchemaConflict, Unauthorized
+from xdp_compute.gateway import models as m
+
+ROLES = ("admin", "holder", "analyst", "auditor")
+EPS_TOLERANCE = 1e-9
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE for write sessions."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+            # Let SQLAlchemy, not pysqlite, decide where transactions begin.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            write = conn.get_execution_options().get("xdp_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+@dataclass(frozen=True)
+class PrincipalView:
+    id: str
+    name: str
+    role: str
+    region: str
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    """Hold ``eps``/``delta`` on one (node, dataset) ledger row."""
+
+    node_dataset_id: int
+    eps: float
+    delta: float
+
+
+class Store:
+    """All persistence of the gateway; routers and the job runner call only this."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write_engine = engine.execution_options(xdp_write=True)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        engine = make_engine(url)
+        migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    # ----------------------------------------------------------------- principals
+    def create_principal(self, role: str, name: str, region: str, ttl_seconds: float | None = None) -> str:
+        """Create a principal and return its bearer token (only its hash is stored)."""
+        if role not in ROLES:
+            raise BadRequest(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if not name or len(name) > 200:
+            raise BadRequest("name must be 1..200 characters")
+        token = "xdp_" + secrets.token_urlsafe(32)
+        now = time.time()
+        with self.write() as s:
+            if s.scalar(select(m.Principal).where(m.Principal.name == name)) is not None:
+                raise BadRequest(f"a principal named {name!r} already exists")
+            s.add(m.Principal(id=new_id(), name=name, role=role, region=region, token_hash=hash_token(token),
+                              created_at=now, expires_at=(now + ttl_seconds) if ttl_seconds else None,
+                              revoked=False))
+        return token
+
+    def authenticate(self, token: str | None) -> PrincipalView:
+        """Bearer token -> principal; unknown, revoked or expired -> Unauthorized."""
+        if not token:
+            raise Unauthorized("missing bearer token")
+        digest = hash_token(token)
+        with self.read() as s:
+            p = s.scalar(select(m.Principal).where(m.Principal.token_hash == digest))
+            # The lookup is by hash; compare again in constant time so no timing depends on the token.
+            if p is None or not hmac.compare_digest(p.token_hash, digest):
+                raise Unauthorized("unknown token")
+            if p.revoked:
+                raise Unauthorized("token revoked")
+            if p.expires_at is not None and p.expires_at < time.time():
+                raise Unauthorized("token expired")
+            return PrincipalView(p.id, p.name, p.role, p.region)
+
+    def principal_names(self, ids: list[str]) -> dict[str, str]:
+        with self.read() as s:
+            return {p.id: p.name for p in s.scalars(select(m.Principal).where(m.Principal.id.in_(ids)))}
+
+    # ----------------------------------------------------------------- nodes
+    def register_node(self, holder: PrincipalView, node_name: str, region: str,
+                      datasets: list[dict[str, Any]]) -> str:
+        """Register (or re-register) a node and its datasets atomically; clashes refuse all of it."""
+        from xdp_compute.domain.manifest import DatasetSpec, schema_differences
+
+        specs = [DatasetSpec.from_dict(d) for d in datasets]
+        now = time.time()
+        with self.write() as s:
+            node = s.scalar(select(m.Node).where(m.Node.name == node_name))
+            if node is not None and node.holder_id != holder.id:
+                raise SchemaConflict(f"node name {node_name!r} is already registered by another holder")
+            for spec in specs:
+                ds = s.get(m.Dataset, spec.name)
+                if ds is None:
+                    continue
+                others = s.scalars(select(m.NodeDataset).where(m.NodeDataset.dataset_name == spec.name)).all()
+                if node is not None and others and all(o.node_id == node.id for o in others):
+                    continue  # only this node declares it: it may change its own schema
+                diffs = schema_differences(json.loads(ds.schema_json), spec.schema())
+                if diffs:
+                    raise SchemaConflict(
+                        f"dataset {spec.name!r} from node {node_name!r} disagrees with the registered schema: "
+                        + "; ".join(diffs), dataset=spec.name, differences=diffs)
+            if node is None:
+                node = m.Node(id=new_id(), name=node_name, holder_id=holder.id, region=region, online=True,
+                              last_seen=now, registered_at=now)
+                s.add(node)
+                s.flush()
+            else:
+                node.region, node.online, node.last_seen = region, True, now
+            for spec in specs:
+                ds = s.get(m.Dataset, spec.name)
+                if ds is None:
+                    s.add(m.Dataset(name=spec.name, schema_json=json.dumps(spec.schema()), created_at=now))
+                    s.flush()
+                else:
+                    ds.schema_json = json.dumps(spec.schema())
+                nd = s.scalar(select(m.NodeDataset).where(m.NodeDataset.node_id == node.id,
+                                                          m.NodeDataset.dataset_name == spec.name))
+                if nd is None:
+                    s.add(m.NodeDataset(node_id=node.id, dataset_name=spec.name,
+                                        spec_json=json.dumps(spec.to_dict()), eps_budget=spec.epsilon_budget,
+                                        delta_budget=spec.delta, eps_spent=0.0, delta_spent=0.0,
+                                        eps_reserved=0.0, delta_reserved=0.0))
+                else:
+                    # Re-registration may change policy; spent budget is never reset.
+                    nd.spec_json = json.dumps(spec.to_dict())
+                    nd.eps_budget, nd.delta_budget = spec.epsilon_budget, spec.delta
+            return node.id
+
+    def node_for(self, holder: PrincipalView, node_id: str) -> m.Node:
+        with self.read() as s:
+            node = s.get(m.Node, node_id)
+            if node is None or node.holder_id != holder.id:
+                raise Unauthorized("this token does not own that node")
+            return node
+
+    def touch_node(self, node_id: str) -> bool:
+        with self.write() as s:
+            n = s.get(m.Node, node_id)
+            if n is None:
+                return False
+            n.online, n.last_seen = True, time.time()
+            return True
+
+    def mark_offline_stale(self, older_than: float) -> list[str]:
+        with self.write() as s:
+            stale = s.scalars(select(m.Node).where(m.Node.online.is_(True), m.Node.last_seen < older_than)).all()
+            for n in stale:
+                n.online = False
+            return [n.id for n in stale]
+
+    def list_nodes(self, holder_id: str | None = None) -> list[dict[str, Any]]:
+        with self.read() as s:
+            q = select(m.Node).order_by(m.Node.name)
+            if holder_id is not None:
+                q = q.where(m.Node.holder_id == holder_id)
+            nodes = s.scalars(q).all()
+            out = []
+            for n in nodes:
+                dss = s.scalars(select(m.NodeDataset.dataset_name).where(m.NodeDataset.node_id == n.id)).all()
+                out.append({"id": n.id, "name": n.name, "region": n.region, "online": n.online,
+                            "last_seen": n.last_seen, "datasets": sorted(dss)})
+            return out
+
+    def get_node(self, node_id: str, holder_id: str | None = None) -> dict[str, Any]:
+        for n in self.list_nodes(holder_id):
+            if n["id"] == node_id or n["name"] == node_id:
+                return n
+        raise NotFound(f"no node {node_id!r}")
+
+    # ----------------------------------------------------------------- catalog
+    def dataset_parts(self, name: str) -> list[dict[str, Any]]:
+        """Every node's part of a dataset: node id/name/region/online/holder + spec + ledger row id."""
+        with self.read() as s:
+            rows = s.execute(select(m.NodeDataset, m.Node).join(m.Node, m.Node.id == m.NodeDataset.node_id)
+                             .where(m.NodeDataset.dataset_name == name).order_by(m.Node.name)).all()
+            return [{"node_id": n.id, "node": n.name, "region": n.region, "online": n.online,
+                     "holder_id": n.holder_id, "ledger_id": nd.id, "spec": json.loads(nd.spec_json),
+                     "eps_budget": nd.eps_budget, "eps_spent": nd.eps_spent, "eps_reserved": nd.eps_reserved,
+                     "delta_budget": nd.delta_budget, "delta_spent": nd.delta_spent}
+                    for nd, n in rows]
+
+    def dataset_names(self, holder_id: str | None = None) -> list[str]:
+        with self.read() as s:
+            q = select(m.Dataset.name).order_by(m.Dataset.name)
+            if holder_id is not None:
+                q = (select(m.NodeDataset.dataset_name).join(m.Node, m.Node.id == m.NodeDataset.node_id)
+                     .where(m.Node.holder_id == holder_id).distinct().order_by(m.NodeDataset.dataset_name))
+            return list(s.scalars(q).all())
+
+    # ----------------------------------------------------------------- ledger
+    def ensure_analyst_budget(self, s: Session, principal_id: str, eps: float, delta: float) -> None:
+        if s.get(m.AnalystBudget, principal_id) is None:
+            s.add(m.AnalystBudget(principal_id=principal_id, eps_budget=eps, delta_budget=delta, eps_spent=0.0,
+                                  delta_spent=0.0, eps_reserved=0.0, delta_reserved=0.0))
+            s.flush()
+
+    def reserve(self, s: Session, job_id: str, analyst_id: str, holds: list[ReservationRequest],
+                analyst_eps: float, analyst_delta: float) -> None:
+        """Atomically hold budget on every ledger row, or raise BudgetExhausted and hold nothing.
+
+        Runs inside the caller's write transaction; each hold is a conditional UPDATE, so a
+        concurrent reservation can never push spent + reserved past the budget.
+        """
+        tol = EPS_TOLERANCE
+        for h in holds:
+            res = s.execute(
+                update(m.NodeDataset)
+                .where(m.NodeDataset.id == h.node_dataset_id,
+                       m.NodeDataset.eps_spent + m.NodeDataset.eps_reserved + h.eps <= m.NodeDataset.eps_budget + tol,
+                       m.NodeDataset.delta_spent + m.NodeDataset.delta_reserved + h.delta
+                       <= m.NodeDataset.delta_budget + 1e-15)
+                .values(eps_reserved=m.NodeDataset.eps_reserved + h.eps,
+                        delta_reserved=m.NodeDataset.delta_reserved + h.delta))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                nd = s.get(m.NodeDataset, h.node_dataset_id)
+                node = s.get(m.Node, nd.node_id) if nd else None
+                left = (nd.eps_budget - nd.eps_spent - nd.eps_reserved) if nd else 0.0
+                raise BudgetExhausted(
+                    f"privacy budget of dataset {nd.dataset_name if nd else '?'!r} on node "
+                    f"{node.name if node else '?'!r} cannot afford epsilon={h.eps:g} "
+                    f"(left: {max(left, 0.0):g})", node=node.name if node else None, epsilon_left=max(left, 0.0))
+            s.add(m.Reservation(job_id=job_id, node_dataset_id=h.node_dataset_id, analyst_id=None,
+                                eps=h.eps, delta=h.delta, state="reserved"))
+        res = s.execute(
+            update(m.AnalystBudget)
+            .where(m.AnalystBudget.principal_id == analyst_id,
+                   m.AnalystBudget.eps_spent + m.AnalystBudget.eps_reserved + analyst_eps
+                   <= m.AnalystBudget.eps_budget + tol,
+                   m.AnalystBudget.delta_spent + m.AnalystBudget.delta_reserved + analyst_delta
+                   <= m.AnalystBudget.delta_budget + 1e-15)
+            .values(eps_reserved=m.AnalystBudget.eps_reserved + analyst_eps,
+                    delta_reserved=m.AnalystBudget.delta_reserved + analyst_delta))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise BudgetExhausted(f"your analyst budget cannot afford epsilon={analyst_eps:g}")
+        s.add(m.Reservation(job_id=job_id, node_dataset_id=None, analyst_id=analyst_id, eps=analyst_eps,
+                            delta=analyst_delta, state="reserved"))
+
+    def settle(self, s: Session, job_id: str, commit: bool,
+               actual: dict[int, tuple[float, float]] | None = None) -> None:
+        """Turn a job's reservations into spend (commit) or give them back (refund).
+
+        ``actual`` may lower the charge of a node-dataset row (e.g. training that stopped early
+        charges what its accountant spent); it can never raise it above the reservation.
+        """
+        rows = s.scalars(select(m.Reservation).where(m.Reservation.job_id == job_id,
+                                                     m.Reservation.state == "reserved")).all()
+        for r in rows:
+            spend_eps, spend_delta = r.eps, r.delta
+            if commit and actual is not None and r.node_dataset_id in actual:
+                spend_eps = min(r.eps, actual[r.node_dataset_id][0])
+                spend_delta = min(r.delta, actual[r.node_dataset_id][1])
+            if r.node_dataset_id is not None:
+                tbl: Any = m.NodeDataset
+                cond = m.NodeDataset.id == r.node_dataset_id
+            else:
+                tbl = m.AnalystBudget
+                cond = m.AnalystBudget.principal_id == r.analyst_id
+            values: dict[str, Any] = {"eps_reserved": tbl.eps_reserved - r.eps,
+                                      "delta_reserved": tbl.delta_reserved - r.delta}
+            if commit:
+                values["eps_spent"] = tbl.eps_spent + spend_eps
+                values["delta_spent"] = tbl.delta_spent + spend_delta
+            s.execute(update(tbl).where(cond).values(**values))
+            r.state = "committed" if commit else "refunded"
+            if commit:
+                r.eps, r.delta = spend_eps, spend_delta
+
+    def analyst_budget(self, principal_id: str) -> dict[str, float]:
+        with self.read() as s:
+            b = s.get(m.AnalystBudget, principal_id)
+            if b is None:
+                return {}
+            return {"epsilon_budget": b.eps_budget, "epsilon_spent": b.eps_spent,
+                    "epsilon_reserved": b.eps_reserved, "delta_budget": b.delta_budget, "delta_spent": b.delta_spent}
+
+    # ----------------------------------------------------------------- secrets
+    def get_or_create_secret(self, name: str, factory: Any) -> bytes:
+        with self.write() as s:
+            row = s.get(m.Secret, name)
+            if row is None:
+                row = m.Secret(name=name, value=factory())
+                s.add(row)
+            return bytes(row.value)

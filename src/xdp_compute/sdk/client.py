@@ -1,0 +1,96 @@
+"""The Python SDK: ``Client(url, token)`` over httpx (transport injectable for tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from xdp_compute import errors as E
+
+_BY_SLUG: dict[str, type[E.XdpError]] = {}
+for _cls in list(vars(E).values()):
+    if isinstance(_cls, type) and issubclass(_cls, E.XdpError):
+        _BY_SLUG.setdefault(_cls.slug, _cls)
+_BY_STATUS: dict[int, type[E.XdpError]] = {400: E.BadRequest, 401: E.Unauthorized, 403: E.Forbidden,
+                                           404: E.NotFound, 409: E.Conflict, 413: E.PayloadTooLarge,
+                                           422: E.BadRequest}
+
+
+class ApiError(E.XdpError):
+    """An error answer from the gateway that maps to no more specific class."""
+
+
+def raise_for_problem(resp: httpx.Response) -> None:
+    """Raise the typed XdpError subclass for an RFC 9457 problem answer; carries ``.problem``."""
+    if resp.status_code < 400:
+        return
+    try:
+        problem = resp.json()
+        if not isinstance(problem, dict):
+            raise ValueError
+    except ValueError:
+        problem = {"status": resp.status_code, "detail": resp.text[:500] or resp.reason_phrase}
+    slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
+    cls = _BY_SLUG.get(slug) or _BY_STATUS.get(resp.status_code) or ApiError
+    err = cls(str(problem.get("detail") or problem.get("title") or resp.reason_phrase))
+    err.status = resp.status_code
+    err.problem = problem  # type: ignore[attr-defined]
+    raise err
+
+
+class Client:
+    """Talk to a gateway as one principal. Every method raises a typed ``XdpError`` on failure."""
+
+    def __init__(self, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = 120.0, key_dir: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.key_dir = key_dir
+        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"},
+                                  transport=transport, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise ApiError(f"cannot reach the gateway at {self.url}: {e}") from None
+        raise_for_problem(resp)
+        return resp.json() if resp.content else None
+
+    def _get(self, path: str, **kw: Any) -> Any:
+        return self._request("GET", path, **kw)
+
+    def _post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self._request("POST", path, json=json, **kw)
+
+    # ------------------------------------------------------------------ catalog
+    def me(self) -> dict[str, Any]:
+        return self._get("/v1/me")  # type: ignore[no-any-return]
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """Catalog: datasets with nodes, columns, classification and policy (no data-derived figures)."""
+        return self._get("/v1/datasets")  # type: ignore[no-any-return]
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        return self._get(f"/v1/datasets/{name}")  # type: ignore[no-any-return]
+
+    def mock(self, name: str, rows: int = 10) -> list[dict[str, Any]]:
+        """Synthetic rows drawn from the dataset's declared metadata alone."""
+        return self._get(f"/v1/datasets/{name}/mock", params={"rows": rows})["rows"]  # type: ignore[no-any-return]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._get("/v1/nodes")  # type: ignore[no-any-return]
+
+    def validate_node(self, node: str) -> dict[str, Any]:
+        """Holders: ask one's own node to check its sources against its manifest (counts only)."""
+        return self._post(f"/v1/nodes/{node}/validate")  # type: ignore[no-any-return]
