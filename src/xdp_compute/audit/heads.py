@@ -133,11 +133,7 @@ class SignedTreeHead:
             raise ProofError("tree head signature is not valid base64") from None
         if len(signature) != SIGNATURE_SIZE:
             raise ProofError(f"tree head signature must be {SIGNATURE_SIZE} bytes, got {len(signature)}")
-        if (
-            not isinstance(key_id, str)
-            or len(key_id) != 2 * HASH_SIZE
-            or key_id.strip("0123456789abcdef")
-        ):
+        if not isinstance(key_id, str) or len(key_id) != 2 * HASH_SIZE or key_id.strip("0123456789abcdef"):
             raise ProofError("tree head key_id must be 64 lowercase hex characters")
         return cls(tree_size, root_hash, timestamp_ms, signature, key_id)
 
@@ -149,7 +145,7 @@ class TreeHeadSigner:
     bytes through :meth:`private_bytes`, for the gateway's key storage.
     """
 
-    __slots__ = ("_key", "_public", "_key_id")
+    __slots__ = ("_key", "_key_id", "_public")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
@@ -231,6 +227,4 @@ def verify_tree_head(sth: SignedTreeHead, public_key_bytes: bytes) -> None:
         public_key = Ed25519PublicKey.from_public_bytes(public_key_bytes)
         public_key.verify(sth.signature, sth.signed_message())
     except (InvalidSignature, ValueError):
-        raise ProofError(
-            f"signature on the tree head for size {sth.tree_size} does not verify"
-        ) from None
+        raise ProofError(f"signature on the tree head for size {sth.tree_size} does not verify") from None

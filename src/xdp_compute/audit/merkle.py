@@ -276,9 +276,7 @@ def verify_inclusion(
     # Step 4.
     for p in path:
         if sn == 0:  # 4a: more hashes than levels in the tree.
-            raise ProofError(
-                f"inclusion proof too long: {len(path)} hashes for leaf {index} of {size}"
-            )
+            raise ProofError(f"inclusion proof too long: {len(path)} hashes for leaf {index} of {size}")
         if fn & 1 or fn == sn:  # 4b: p is a left sibling (or we are on the right border).
             r = hash_children(p, r)
             if not fn & 1:
@@ -291,9 +289,7 @@ def verify_inclusion(
         sn >>= 1
     # Step 5.
     if sn != 0:
-        raise ProofError(
-            f"inclusion proof too short: {len(path)} hashes for leaf {index} of {size}"
-        )
+        raise ProofError(f"inclusion proof too short: {len(path)} hashes for leaf {index} of {size}")
     if r != root:
         raise ProofError(
             f"inclusion proof for leaf {index} in tree of size {size} yields root {r.hex()}, "
@@ -349,9 +345,7 @@ def verify_consistency(
     # Step 6.
     for c in path[1:]:
         if sn == 0:  # 6a
-            raise ProofError(
-                f"consistency proof too long for sizes {size1} -> {size2} ({len(path)} hashes)"
-            )
+            raise ProofError(f"consistency proof too long for sizes {size1} -> {size2} ({len(path)} hashes)")
         if fn & 1 or fn == sn:  # 6b
             fr = hash_children(c, fr)
             sr = hash_children(c, sr)
@@ -368,11 +362,9 @@ def verify_consistency(
         raise ProofError(f"consistency proof too short for sizes {size1} -> {size2}")
     if fr != root1:
         raise ProofError(
-            f"consistency proof does not reproduce the old root at size {size1} "
-            f"({fr.hex()} != {root1.hex()})"
+            f"consistency proof does not reproduce the old root at size {size1} ({fr.hex()} != {root1.hex()})"
         )
     if sr != root2:
         raise ProofError(
-            f"consistency proof does not reproduce the new root at size {size2} "
-            f"({sr.hex()} != {root2.hex()})"
+            f"consistency proof does not reproduce the new root at size {size2} ({sr.hex()} != {root2.hex()})"
         )

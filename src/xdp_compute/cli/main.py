@@ -114,9 +114,10 @@ def create_token(
     typer.echo(token)
 
 
-def main() -> None:  # pragma: no cover - console entry for python -m
-    app()
+@app.command()
+@friendly
+def demo() -> None:
+    """Start a gateway and three hospital nodes on loopback and walk through every role."""
+    from xdp_compute.cli.demo import run_demo
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    raise typer.Exit(run_demo())

@@ -47,8 +47,10 @@ class SystemRandomness:
 class SeededRandomness:
     """Deterministic DRBG for TESTS ONLY: never use it for noise that protects real data.
 
-    The stream is the AES-256-CTR keystream (zero nonce) under the key SHA-256(seed), so the
-    same seed always yields the same integers on every platform. Anyone who knows the seed can
+    The stream is the AES-256-CTR keystream (zero nonce, counter from 0) under the key
+    SHA-256(tagged seed), where the tagged seed is ``b"bytes:" + seed`` for bytes and
+    ``b"int:" + seed.to_bytes(signed, big-endian, minimal length)`` for ints. The same seed
+    always yields the same integers on every platform. Anyone who knows the seed can
     recompute every "random" value, which is exactly why it is unfit for production noise.
     """
 
