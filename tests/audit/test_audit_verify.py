@@ -177,7 +177,7 @@ def test_deleted_entry_is_named(log20: Log, k: int) -> None:
     assert not _has(report, "None")
     assert report.first_bad_index == k
     assert not _has(report, "edited entry")  # named for what it is
-    assert _has(report, "truncated tail", "size 20", "only 19")  # heads still cover 20
+    assert _has(report, "missing entries", "size 20", "only 19")  # heads still cover 20
 
 
 def test_deleted_entries_range(log20: Log) -> None:
@@ -311,6 +311,16 @@ def test_split_view(log20: Log) -> None:
     heads.append(SIGNER.sign(12, other_root, timestamp_ms=5).to_dict())
     report = verify_log(entries, heads, PUB)
     assert _has(report, "split view", "size 12")
+    assert not _has(report, "edited") and report.first_bad_index is None  # the download agrees with one view
+    # An auditor who was shown the other view at size 12 and pinned it is told so.
+    other_view = {
+        "tree_size": 12,
+        "root_hash": other_root.hex(),
+        "public_key": PUB.hex(),
+        "key_id": SIGNER.key_id,
+    }
+    pinned = verify_log(entries, heads, PUB, other_view)
+    assert _has(pinned, "history rewritten", "size 12") and _has(pinned, "not an extension", "size 20")
 
 
 def test_unsigned_entries(log20: Log) -> None:
@@ -413,3 +423,25 @@ def test_receipt_tampering_rejected() -> None:
     for args, fragment in cases:
         with pytest.raises(ProofError, match=fragment):
             verify_receipt(*args)
+
+
+def test_deletion_plus_swap_and_duplicate_are_each_named(log20: Log) -> None:
+    entries, heads = log20.download()
+    del entries[2]  # positions now hold 0, 1, 3, 4, 5, 6, ...
+    entries[4], entries[5] = entries[5], entries[4]  # indices 5 and 6 swapped
+    report = verify_log(entries, heads, PUB)
+    assert _has(report, "deleted entry", "index 2 is missing")
+    assert _has(report, "reordered entries", "index 5 at position 5 follows index 6")
+    assert report.first_bad_index == 2
+
+    entries, heads = log20.download()
+    entries.insert(5, copy.deepcopy(entries[4]))  # a replayed entry
+    report = verify_log(entries, heads, PUB)
+    assert _has(report, "duplicated entries", "index 4 appears more than once")
+    assert report.first_bad_index == 4
+
+
+def test_single_entry_receipt_with_empty_proof() -> None:
+    log = Log().grow(1)
+    assert verify_receipt(log.entries[0], 0, 1, [], log.heads[0], PUB)
+    assert verify_receipt(log.entries[0], 0, 1, None, log.heads[0].to_dict(), PUB)

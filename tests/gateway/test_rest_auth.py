@@ -20,6 +20,14 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/nodes"): {"admin", "holder", "analyst"},
     ("GET", "/v1/nodes/{node_id}"): {"admin", "holder", "analyst"},
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
+    ("GET", "/v1/audit/public-key"): {"admin", "holder", "analyst", "auditor"},
+    ("GET", "/v1/audit/head"): {"auditor"},
+    ("GET", "/v1/audit/heads"): {"auditor"},
+    ("GET", "/v1/audit/entries"): {"auditor"},
+    ("GET", "/v1/audit/entries/{index}"): {"auditor"},
+    ("GET", "/v1/audit/export"): {"auditor"},
+    ("GET", "/v1/audit/proof/inclusion"): {"auditor"},
+    ("GET", "/v1/audit/proof/consistency"): {"auditor"},
 }
 # Routes whose object belongs to one holder: the other holder gets 404.
 HOLDER_OBJECTS = {("GET", "/v1/datasets/{name}"), ("GET", "/v1/datasets/{name}/mock"),
@@ -40,7 +48,7 @@ def world(api: Any, store: Any) -> dict[str, Any]:
     holder = store.authenticate(tokens["holder"])
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     node_id = store.register_node(holder, "siming-hospital", "CN-FJ", [ds.to_dict()])
-    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id}}
+    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0"}}
 
 
 def fill(path: str, params: dict[str, str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -63,7 +64,7 @@ def test_rho_to_epsilon_matches_brute_force_infimum(rho: float) -> None:
 
 def test_rho_to_epsilon_monotone() -> None:
     eps = [rho_to_epsilon(r, 1e-6) for r in np.geomspace(1e-5, 10, 60)]
-    assert all(a < b for a, b in zip(eps, eps[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(eps))
     assert rho_to_epsilon(0.1, 1e-3) < rho_to_epsilon(0.1, 1e-9)
     assert rho_to_epsilon(0, 1e-6) == 0.0
 
@@ -79,7 +80,17 @@ def test_epsilon_delta_to_rho_inverts(eps: float, delta: float) -> None:
 
 @pytest.mark.parametrize(
     ("eps", "delta"),
-    [(0, 1e-6), (-1, 1e-6), (math.inf, 1e-6), (math.nan, 1e-6), (1, 0), (1, 1), (1, 1.5), (1, -0.1), (True, 1e-6)],
+    [
+        (0, 1e-6),
+        (-1, 1e-6),
+        (math.inf, 1e-6),
+        (math.nan, 1e-6),
+        (1, 0),
+        (1, 1),
+        (1, 1.5),
+        (1, -0.1),
+        (True, 1e-6),
+    ],
 )
 def test_conversion_rejects_bad_input(eps: float, delta: float) -> None:
     with pytest.raises(BadRequest):
@@ -134,7 +145,7 @@ def test_ddg_requires_sigma_half_for_several_parties() -> None:
 
 def test_ddg_monotone_in_sigma() -> None:
     values = [ddg_rho(1, 1, s2, 5, 20) for s2 in np.geomspace(0.25, 100, 80)]
-    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(values))
 
 
 # --- planner --------------------------------------------------------------------------------

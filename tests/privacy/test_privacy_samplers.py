@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -27,6 +28,8 @@ from xdp_compute.privacy.samplers import (
 ALPHA = 1e-6
 SMALL = [Fraction(4, 25), Fraction(16, 25), Fraction(9)]  # sigma = 0.4, 0.8, 3
 LARGE = 10**12  # sigma = 1e6
+
+Cdf = Callable[[np.ndarray], np.ndarray]
 
 
 # --- exact reference distributions ----------------------------------------------------------
@@ -55,7 +58,7 @@ def chi2_pvalue_from_pmf(samples: list[int], support: np.ndarray, pmf: np.ndarra
     return float(stats.chisquare(o, e).pvalue)
 
 
-def ks_pvalue(samples: list[int], cdf) -> float:  # type: ignore[no-untyped-def]
+def ks_pvalue(samples: list[int], cdf: Cdf) -> float:
     """KS against a discrete CDF. Both CDFs are step functions on the integers, so the sup is
     attained at a sample point or just before one. The continuous KS null distribution is
     conservative for discrete data (rejects less often), so alpha is respected."""
@@ -69,7 +72,7 @@ def ks_pvalue(samples: list[int], cdf) -> float:  # type: ignore[no-untyped-def]
     return float(stats.kstwo.sf(max(d1, d2), n))
 
 
-def exact_cdf_small(sigma2: float):  # type: ignore[no-untyped-def]
+def exact_cdf_small(sigma2: float) -> Cdf:
     support, pmf = dg_pmf(sigma2)
     cum = np.cumsum(pmf)
 
@@ -80,11 +83,15 @@ def exact_cdf_small(sigma2: float):  # type: ignore[no-untyped-def]
     return cdf
 
 
-def large_cdf(sigma2: float):  # type: ignore[no-untyped-def]
+def large_cdf(sigma2: float) -> Cdf:
     # For sigma = 1e6, sum_{x <= k} pmf(x) equals the continuity-corrected normal CDF up to
     # ~1e-12 (Poisson summation / midpoint rule), far below the tests' resolution.
     s = math.sqrt(sigma2)
-    return lambda k: stats.norm.cdf((np.asarray(k, dtype=float) + 0.5) / s)
+
+    def cdf(k: np.ndarray) -> np.ndarray:
+        return np.asarray(stats.norm.cdf((np.asarray(k, dtype=float) + 0.5) / s))
+
+    return cdf
 
 
 def exact_variance(sigma2: float) -> tuple[float, float]:

@@ -39,40 +39,58 @@ class CanonicalJsonError(BadRequest, ValueError):
     slug, title = "not-canonical-json", "Value is not canonical JSON"
 
 
-def _check(value: Any, path: str, depth: int, active: set[int]) -> None:
-    """Reject anything that is not plain, finite, acyclic JSON; ``path`` names the culprit."""
-    if depth > _MAX_DEPTH:
-        raise CanonicalJsonError(f"{path}: nested deeper than {_MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int)):
-        return
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise CanonicalJsonError(f"{path}: string is not valid Unicode ({exc.reason})") from None
-        return
-    if isinstance(value, float):
+class _Reject(Exception):
+    """Internal: carries the reason up the walk; each level prepends its key to the path."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _walk(value: Any, depth: int, active: set[int]) -> bool:
+    """Reject anything that is not plain, finite, acyclic JSON.
+
+    Returns True when a non-``dict`` Mapping was seen (``json`` needs it copied into a dict).
+    Exact-type checks first: this runs on every log entry, so the common case stays cheap.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return False
+    if kind is float:
         if not math.isfinite(value):
-            raise CanonicalJsonError(f"{path}: {value!r} is not allowed in JSON")
-        return
-    if isinstance(value, (Mapping, list, tuple)):
+            raise _Reject(f"{value!r} is not allowed in JSON")
+        return False
+    if kind is dict or kind is list or kind is tuple or isinstance(value, (Mapping, list, tuple)):
+        if depth >= _MAX_DEPTH:
+            raise _Reject(f"nested deeper than {_MAX_DEPTH} levels")
         if id(value) in active:
-            raise CanonicalJsonError(f"{path}: circular reference")
+            raise _Reject("circular reference")
         active.add(id(value))
+        needs_copy = not isinstance(value, dict) and isinstance(value, Mapping)
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise CanonicalJsonError(
-                        f"{path}: object key {key!r} is a {type(key).__name__}, not a string"
-                    )
-                _check(key, f"{path}.{key}", depth + 1, active)
-                _check(item, f"{path}.{key}", depth + 1, active)
+                    raise _Reject(f"object key {key!r} is a {type(key).__name__}, not a string")
+                try:
+                    needs_copy |= _walk(item, depth + 1, active)
+                except _Reject as exc:
+                    exc.path.append(f".{key}")
+                    raise
         else:
             for i, item in enumerate(value):
-                _check(item, f"{path}[{i}]", depth + 1, active)
+                try:
+                    needs_copy |= _walk(item, depth + 1, active)
+                except _Reject as exc:
+                    exc.path.append(f"[{i}]")
+                    raise
         active.discard(id(value))
-        return
-    raise CanonicalJsonError(f"{path}: {type(value).__name__} is not a JSON type")
+        return needs_copy
+    if isinstance(value, (str, int)):  # str/int subclasses (enums): json writes their value
+        return False
+    if isinstance(value, float):
+        return _walk(float(value), depth, active)
+    raise _Reject(f"{type(value).__name__} is not a JSON type")
 
 
 def _plain(value: Any) -> Any:
@@ -90,12 +108,20 @@ def canonical_json(obj: Any) -> bytes:
     Raises :class:`CanonicalJsonError` (a ``BadRequest`` and a ``ValueError``) naming the
     offending path, e.g. ``$.cost.epsilon: nan is not allowed in JSON``.
     """
-    _check(obj, "$", 0, set())
+    try:
+        needs_copy = _walk(obj, 0, set())
+    except _Reject as exc:
+        path = "$" + "".join(reversed(exc.path))
+        raise CanonicalJsonError(f"{path}: {exc.reason}") from None
     text = json.dumps(
-        _plain(obj),
+        _plain(obj) if needs_copy else obj,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
         allow_nan=False,
     )
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # Lone surrogates survive json.dumps(ensure_ascii=False) but are not UTF-8.
+        raise CanonicalJsonError(f"$: string is not valid Unicode ({exc.reason})") from None

@@ -43,7 +43,6 @@ from xdp_compute.audit.heads import (
     verify_tree_head,
 )
 from xdp_compute.audit.merkle import (
-    EMPTY_ROOT,
     HASH_SIZE,
     MerkleTree,
     hash_leaf,
@@ -347,8 +346,7 @@ def verify_log(
         roots = {h.root_hash for h in verified[size]}
         if len(roots) > 1:
             found.add(
-                f"split view: {len(roots)} validly signed tree heads for size {size} disagree on the root",
-                size - 1 if size > 0 else None,
+                f"split view: {len(roots)} validly signed tree heads for size {size} disagree on the root"
             )
 
     # -- every signed root must equal the recomputed root at its size (RFC 9162 §2.1.1) -----
@@ -359,7 +357,9 @@ def verify_log(
         if size > n:
             continue
         root = tree.root(size)
-        if any(h.root_hash != root for h in verified[size]):
+        # With a split view one head may match the download; that is reported above, and the
+        # entries are only blamed when no signed head of this size agrees with them.
+        if all(h.root_hash != root for h in verified[size]):
             mismatches += 1
             if first_mismatch is None:
                 first_mismatch = size
@@ -390,11 +390,18 @@ def verify_log(
     # -- coverage: the download must match what was signed ----------------------------------
     max_verified = max(verified, default=0)
     if max_verified > n:
-        found.add(
-            f"truncated tail: the log signed a tree head for size {max_verified} but only {n} "
-            f"entries were downloaded ({_entries(range(n, max_verified))} missing)",
-            n,
-        )
+        if sequence_intact:
+            found.add(
+                f"truncated tail: the log signed a tree head for size {max_verified} but only {n} "
+                f"entries were downloaded ({_entries(range(n, max_verified))} missing)",
+                n,
+            )
+        else:
+            found.add(
+                f"missing entries: the log signed a tree head for size {max_verified} but only {n} "
+                "entries were downloaded",
+                n,
+            )
     max_claimed = max(claimed_sizes, default=0)
     if n > max_claimed:
         found.add(
@@ -415,7 +422,7 @@ def verify_log(
         if size1 > n:
             found.add(
                 f"truncated tail: the checkpoint pinned {size1} entries but the log now has only "
-                f"{n} ({_entries(range(n, size1))} removed)",
+                f"{n} ({_entries(range(n, size1))} missing)",
                 n,
             )
         else:
@@ -426,9 +433,9 @@ def verify_log(
                 )
             later = [s for s in verified if size1 <= s <= n]
             if size1 == 0:
-                # Every log extends the empty tree; RFC 9162 defines no proof from it.
-                if pinned.root_hash != EMPTY_ROOT:
-                    found.add("checkpoint of size 0 does not carry the empty-tree root")
+                # Every log extends the empty tree (its root was compared just above); RFC 9162
+                # defines no consistency proof from it.
+                pass
             elif not later:
                 found.add(f"no validly signed tree head at or beyond the checkpoint's size {size1}")
             else:
@@ -473,7 +480,7 @@ def verify_receipt(
     entry: Mapping[str, Any],
     index: int,
     tree_size: int,
-    inclusion_proof: Sequence[bytes | str],
+    inclusion_proof: Sequence[bytes | str] | None,
     sth: SignedTreeHead | Mapping[str, Any],
     public_key: bytes | str,
 ) -> Literal[True]:
@@ -496,6 +503,6 @@ def verify_receipt(
         leaf = hash_leaf(canonical_json(entry))
     except CanonicalJsonError as exc:
         raise ProofError(f"entry cannot be canonically encoded: {exc.detail}") from None
-    proof = [_decode_hash(p, f"inclusion proof[{i}]") for i, p in enumerate(inclusion_proof)]
+    proof = [_decode_hash(p, f"inclusion proof[{i}]") for i, p in enumerate(inclusion_proof or [])]
     verify_inclusion(leaf, index, tree_size, proof, head.root_hash)
     return True

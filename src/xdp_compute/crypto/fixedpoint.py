@@ -112,11 +112,8 @@ def headroom_check(max_abs: float, n_terms: int, frac_bits: int = DEFAULT_FRAC_B
 def max_frac_bits(max_abs: float, n_terms: int) -> int:
     """Largest ``frac_bits`` for which :func:`headroom_check` passes; -1 if none does."""
     for bits in range(_MAX_FRAC_BITS, -1, -1):
-        try:
-            headroom_check(max_abs, n_terms, bits)
-        except FixedPointOverflow:
-            continue
-        return bits
+        if math.ceil(math.ldexp(max_abs, bits)) * n_terms < _TWO63:
+            return bits
     return -1
 
 

@@ -15,7 +15,6 @@ each thread start at its own block counter, so the output is identical for any w
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,17 +59,20 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                       thread_name_prefix="xdp-prg")
+            _pool = ThreadPoolExecutor(
+                max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="xdp-prg"
+            )
         return _pool
 
 
 def hkdf_info(purpose: str, context: Sequence[bytes | str]) -> bytes:
     """Unambiguous HKDF ``info``: protocol label, purpose and each context item length-prefixed."""
-    parts = [_PROTOCOL_LABEL, purpose.encode()]
-    for item in context:
-        parts.append(item.encode() if isinstance(item, str) else bytes(item))
-    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+    out = bytearray()
+    for item in (_PROTOCOL_LABEL, purpose, *context):
+        b = item.encode() if isinstance(item, str) else bytes(item)
+        out += len(b).to_bytes(4, "big")
+        out += b
+    return bytes(out)
 
 
 def derive_seed(ikm: bytes, *, purpose: str, context: Sequence[bytes | str]) -> bytes:
@@ -91,21 +93,30 @@ def _check_seed(seed: bytes) -> None:
         raise InvalidSpec(f"PRG seed must be {SEED_BYTES} bytes")
 
 
-def _fill(out: U64Vector, start_word: int, terms: Sequence[MaskTerm]) -> None:
-    """out[:] += sum(sign * PRG(seed)[start_word : start_word + len(out)]) mod 2^64."""
-    n = out.shape[0]
-    # Two words per AES block: start_word is even, so the slice begins on a block boundary.
-    counter = (start_word // 2).to_bytes(16, "big")
+def _fill(padded: U64Vector, lo: int, hi: int, terms: Sequence[MaskTerm]) -> None:
+    """padded[lo:hi] = sum(sign * PRG(seed)[lo:hi]) mod 2^64 (overwrites; ``lo`` is even).
+
+    The first term's keystream is written straight into the output (no zero fill, no extra
+    pass); ``padded`` has two spare words at the end because older ``cryptography`` releases
+    want block_size - 1 bytes of slack in ``update_into`` buffers. Nothing is written there.
+    """
+    raw = padded.view(np.uint8)
+    # Two words per AES block: lo is even, so the slice begins on a block boundary.
+    counter = (lo // 2).to_bytes(16, "big")
     encryptors = [
         (Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor(), sign) for seed, sign in terms
     ]
-    scratch = np.empty(8 * _CHUNK_WORDS + 15, dtype=np.uint8)  # update_into needs block-1 spare
+    (first, first_sign), rest = encryptors[0], encryptors[1:]
+    scratch = np.empty(8 * _CHUNK_WORDS + 16, dtype=np.uint8)
     zeros = memoryview(_ZEROS)
-    for off in range(0, n, _CHUNK_WORDS):
-        k = min(_CHUNK_WORDS, n - off)
-        dst = out[off : off + k]
+    for off in range(lo, hi, _CHUNK_WORDS):
+        k = min(_CHUNK_WORDS, hi - off)
+        dst = padded[off : off + k]
+        first.update_into(zeros[: 8 * k], raw[8 * off : 8 * (off + k) + 16])
+        if first_sign < 0:
+            np.negative(dst, out=dst)
         words = scratch[: 8 * k].view("<u8")
-        for enc, sign in encryptors:
+        for enc, sign in rest:
             enc.update_into(zeros[: 8 * k], scratch)
             if sign > 0:
                 np.add(dst, words, out=dst)
@@ -125,25 +136,27 @@ def combined_mask(terms: Sequence[MaskTerm], length: int, *, workers: int | None
         _check_seed(seed)
         if sign not in (1, -1):
             raise InvalidSpec(f"mask term sign must be +1 or -1, got {sign!r}")
-    out = np.zeros(length, dtype=np.uint64)
     if not terms or length == 0:
-        return out
+        return np.zeros(length, dtype=np.uint64)
+    # A positive term first saves the negation pass (the sum is order-independent).
+    ordered = sorted(terms, key=lambda term: -term[1])
+    padded = np.empty(length + 2, dtype=np.uint64)
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if length * len(terms) >= _PARALLEL_MIN_WORK else 1
     workers = max(1, min(workers, length // 2 or 1))
     if workers == 1:
-        _fill(out, 0, terms)
-        return out
-    # Even split points keep every slice on an AES block boundary.
-    bounds = [((length * i // workers) // 2) * 2 for i in range(workers)] + [length]
-    futures = [
-        _executor().submit(_fill, out[bounds[i] : bounds[i + 1]], bounds[i], terms)
-        for i in range(workers)
-        if bounds[i + 1] > bounds[i]
-    ]
-    for f in futures:
-        f.result()
-    return out
+        _fill(padded, 0, length, ordered)
+    else:
+        # Even split points keep every slice on an AES block boundary.
+        bounds = [((length * i // workers) // 2) * 2 for i in range(workers)] + [length]
+        futures = [
+            _executor().submit(_fill, padded, bounds[i], bounds[i + 1], ordered)
+            for i in range(workers)
+            if bounds[i + 1] > bounds[i]
+        ]
+        for f in futures:
+            f.result()
+    return padded[:length]
 
 
 def expand(seed: bytes, length: int, *, workers: int | None = None) -> U64Vector:

@@ -216,9 +216,8 @@ class SecAggConfig:
             raise InvalidSpec(f"vector_length must be an int in [1, {MAX_VECTOR_LENGTH}], got {m!r}")
         n = len(parts)
         k = self.neighbours
-        if k is not None:
-            if not isinstance(k, int) or isinstance(k, bool) or k < 2 or k % 2:
-                raise InvalidSpec(f"neighbours must be an even int >= 2 (Harary ring), got {k!r}")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 2 or k % 2):
+            raise InvalidSpec(f"neighbours must be an even int >= 2 (Harary ring), got {k!r}")
         size = self.neighbourhood_size
         t = self.threshold
         if t is None:
@@ -716,11 +715,21 @@ class UnmaskResponse:
         return cls(r.session_id, sender, b_shares, sk_shares)
 
 
-SecAggMessage = AdvertiseKeys | KeyRoster | ShareKeys | EncryptedShares | MaskedInput | UnmaskRequest | UnmaskResponse
+SecAggMessage = (
+    AdvertiseKeys | KeyRoster | ShareKeys | EncryptedShares | MaskedInput | UnmaskRequest | UnmaskResponse
+)
 
 _BY_TYPE: dict[int, type[SecAggMessage]] = {
     c.TYPE: c
-    for c in (AdvertiseKeys, KeyRoster, ShareKeys, EncryptedShares, MaskedInput, UnmaskRequest, UnmaskResponse)
+    for c in (
+        AdvertiseKeys,
+        KeyRoster,
+        ShareKeys,
+        EncryptedShares,
+        MaskedInput,
+        UnmaskRequest,
+        UnmaskResponse,
+    )
 }
 
 
@@ -743,7 +752,9 @@ def _coerce(message: object, cls: type[_M], name: str) -> _M:
 
 
 def _abort(phase: Phase, detail: str, **extra: object) -> ProtocolAborted:
-    return ProtocolAborted(f"secure aggregation aborted in phase {phase.label}: {detail}", phase=phase.label, **extra)
+    return ProtocolAborted(
+        f"secure aggregation aborted in phase {phase.label}: {detail}", phase=phase.label, **extra
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -802,7 +813,9 @@ class SecAggClient:
         """Round 0 (AdvertiseKeys): generate (c_pk, c_sk) and (s_pk, s_sk); send both public keys."""
         self._expect(Phase.ADVERTISE_KEYS)
         self._c_sk, self._s_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-        self._keys = NodeKeys(self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw())
+        self._keys = NodeKeys(
+            self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
+        )
         self._phase = Phase.SHARE_KEYS
         return AdvertiseKeys(self.config.session_id, self.node_id, self._keys.c_pk, self._keys.s_pk)
 
@@ -834,7 +847,8 @@ class SecAggClient:
             raise self._fail(
                 Phase.SHARE_KEYS,
                 f"{len(roster_here)} of {len(holders)} share holders advertised keys, threshold is {cfg.t}",
-                survivors=len(roster_here), threshold=cfg.t,
+                survivors=len(roster_here),
+                threshold=cfg.t,
             )
         self._roster = roster_here
         self._b = secrets.token_bytes(prg.SEED_BYTES)
@@ -892,7 +906,9 @@ class SecAggClient:
         cfg, me = self.config, self.node_id
         vec = np.asarray(x)
         if vec.dtype != np.uint64 or vec.shape != (cfg.vector_length,):
-            raise InvalidSpec(f"input must be a uint64 vector of length {cfg.vector_length}, got {vec.dtype} {vec.shape}")
+            raise InvalidSpec(
+                f"input must be a uint64 vector of length {cfg.vector_length}, got {vec.dtype} {vec.shape}"
+            )
         es = _coerce(shares, EncryptedShares, "EncryptedShares")
         self._check_session(es.session_id)
         if es.recipient != me:
@@ -918,8 +934,12 @@ class SecAggClient:
         alive = len(received) + 1
         if alive < cfg.t:
             # Paper, Round 2: "if the list of ciphertexts contains < t-1 elements, abort".
-            raise self._fail(Phase.MASKED_INPUT, f"{alive} share holders left, threshold is {cfg.t}",
-                             survivors=alive, threshold=cfg.t)
+            raise self._fail(
+                Phase.MASKED_INPUT,
+                f"{alive} share holders left, threshold is {cfg.t}",
+                survivors=alive,
+                threshold=cfg.t,
+            )
         peers = frozenset(received)
         if self._mask is not None:
             gone = self._mask_peers - peers
@@ -968,19 +988,26 @@ class SecAggClient:
         if me not in u3:
             raise self._fail(Phase.UNMASK, f"{me} is not among the survivors; it reveals nothing")
         if len(u3) < cfg.t:
-            raise self._fail(Phase.UNMASK, f"{len(u3)} survivors, threshold is {cfg.t}",
-                             survivors=len(u3), threshold=cfg.t)
+            raise self._fail(
+                Phase.UNMASK, f"{len(u3)} survivors, threshold is {cfg.t}", survivors=len(u3), threshold=cfg.t
+            )
         held = self._u2_peers | {me}
         for v in cfg.neighbours_of(me) & u3:
             if v not in self._u2_peers:
                 raise MalformedMessage(f"survivor {v!r} never sent {me} its shares, so it cannot be in U3")
         local = len(cfg.holders_of(me) & u3)
         if local < cfg.t:
-            raise self._fail(Phase.UNMASK, f"{local} of {me}'s share holders survived, threshold is {cfg.t}",
-                             survivors=local, threshold=cfg.t)
+            raise self._fail(
+                Phase.UNMASK,
+                f"{local} of {me}'s share holders survived, threshold is {cfg.t}",
+                survivors=local,
+                threshold=cfg.t,
+            )
         if cfg.sparse and not cfg.is_connected(u3):
-            raise self._fail(Phase.UNMASK, "survivors are disconnected in the neighbour graph; "
-                             "the server would learn partial sums")
+            raise self._fail(
+                Phase.UNMASK,
+                "survivors are disconnected in the neighbour graph; the server would learn partial sums",
+            )
         assert self._own_shares is not None
         all_shares = {**self._peer_shares, me: self._own_shares}
         b_out = {v: all_shares[v][1] for v in held if v in u3}
@@ -1016,7 +1043,9 @@ class SecAggServer:
     def __init__(self, config: SecAggConfig) -> None:
         self.config = config
         self._phase = Phase.ADVERTISE_KEYS
-        self._rounds: dict[Phase, _Round] = {p: _Round() for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)}
+        self._rounds: dict[Phase, _Round] = {
+            p: _Round() for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+        }
         self._survivors: dict[Phase, tuple[str, ...]] = {}
         self._keys: dict[str, NodeKeys] = {}
         self._inbox: dict[str, dict[str, bytes]] = {}
@@ -1038,8 +1067,12 @@ class SecAggServer:
     def expected_senders(self) -> tuple[str, ...]:
         """Nodes still allowed to send a message in the current phase."""
         self._check_alive()
-        prev = {Phase.ADVERTISE_KEYS: None, Phase.SHARE_KEYS: Phase.ADVERTISE_KEYS,
-                Phase.MASKED_INPUT: Phase.SHARE_KEYS, Phase.UNMASK: Phase.MASKED_INPUT}.get(self._phase)
+        prev = {
+            Phase.ADVERTISE_KEYS: None,
+            Phase.SHARE_KEYS: Phase.ADVERTISE_KEYS,
+            Phase.MASKED_INPUT: Phase.SHARE_KEYS,
+            Phase.UNMASK: Phase.MASKED_INPUT,
+        }.get(self._phase)
         if self._phase is Phase.DONE:
             return ()
         pool = self.config.participants if prev is None else self._survivors[prev]
@@ -1070,8 +1103,13 @@ class SecAggServer:
     def _require_threshold(self, phase: Phase, survivors: Sequence[str], pool: int) -> None:
         t = self.config.t
         if len(survivors) < t:
-            raise self._fail(phase, f"{len(survivors)} of {pool} nodes remain, threshold is {t}",
-                             survivors=len(survivors), eligible=pool, threshold=t)
+            raise self._fail(
+                phase,
+                f"{len(survivors)} of {pool} nodes remain, threshold is {t}",
+                survivors=len(survivors),
+                eligible=pool,
+                threshold=t,
+            )
 
     def _close(self, phase: Phase) -> tuple[str, ...]:
         self._check_alive()
@@ -1112,12 +1150,16 @@ class SecAggServer:
             raw = msg.encode()
         phase = self._phase
         expected = self._EXPECTED.get(phase)
-        if expected is None or not isinstance(msg, expected):
+        if (
+            expected is None
+            or not isinstance(msg, expected)
+            or not isinstance(msg, (AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse))
+        ):
             raise RoundConflict(f"{type(msg).__name__} is not expected in phase {phase.label}")
         if msg.session_id != cfg.session_id:
             raise MalformedMessage("message belongs to another secure-aggregation session")
-        if getattr(msg, "sender") != node_id:
-            raise MalformedMessage(f"message claims sender {getattr(msg, 'sender')!r} but came from {node_id!r}")
+        if msg.sender != node_id:
+            raise MalformedMessage(f"message claims sender {msg.sender!r} but came from {node_id!r}")
         prev = self._PREVIOUS.get(phase)
         if prev is not None and node_id not in self._survivors[prev]:
             raise RoundConflict(f"{node_id} did not complete phase {prev.label}")
@@ -1169,7 +1211,9 @@ class SecAggServer:
         u = msg.sender
         wanted = {v for v in self.config.holders_of(u) if v in self._keys} - {u}
         if set(msg.ciphertexts) != wanted:
-            raise MalformedMessage(f"ShareKeys from {u} must carry one ciphertext for each of its {len(wanted)} U1 peers")
+            raise MalformedMessage(
+                f"ShareKeys from {u} must carry one ciphertext for each of its {len(wanted)} U1 peers"
+            )
         self._rounds[Phase.SHARE_KEYS].received[u] = msg.ciphertexts
 
     def close_share_keys(self) -> None:
@@ -1203,7 +1247,9 @@ class SecAggServer:
         m = self.config.vector_length
         vec = np.asarray(msg.vector)
         if vec.dtype != np.uint64 or vec.shape != (m,):
-            raise MalformedMessage(f"MaskedInput must hold {m} uint64 words, got {vec.shape[0] if vec.ndim == 1 else vec.shape}")
+            raise MalformedMessage(
+                f"MaskedInput must hold {m} uint64 words, got {vec.shape[0] if vec.ndim == 1 else vec.shape}"
+            )
         # Sum as they arrive: only the running total is kept, never an individual y_u.
         if self._acc is None:
             self._acc = vec.copy()
@@ -1223,8 +1269,11 @@ class SecAggServer:
         self._require_threshold(Phase.MASKED_INPUT, u3, len(u2))
         self._check_recoverable(Phase.MASKED_INPUT, set(u3))
         if cfg.sparse and not cfg.is_connected(u3):
-            raise self._fail(Phase.MASKED_INPUT, "survivors are disconnected in the neighbour graph; "
-                             "unmasking would reveal partial sums", survivors=len(u3))
+            raise self._fail(
+                Phase.MASKED_INPUT,
+                "survivors are disconnected in the neighbour graph; unmasking would reveal partial sums",
+                survivors=len(u3),
+            )
         self._phase = Phase.UNMASK
         return UnmaskRequest(cfg.session_id, u3)
 
@@ -1249,13 +1298,23 @@ class SecAggServer:
         for u in need_b:
             have = len(cfg.holders_of(u) & responders)
             if have < t:
-                raise self._fail(phase, f"self mask of {u} has {have} share holders left, threshold is {t}",
-                                 node=u, survivors=have, threshold=t)
+                raise self._fail(
+                    phase,
+                    f"self mask of {u} has {have} share holders left, threshold is {t}",
+                    node=u,
+                    survivors=have,
+                    threshold=t,
+                )
         for u in need_sk:
             have = len(cfg.neighbours_of(u) & responders)
             if have < t:
-                raise self._fail(phase, f"key of dropped node {u} has {have} share holders left, threshold is {t}",
-                                 node=u, survivors=have, threshold=t)
+                raise self._fail(
+                    phase,
+                    f"key of dropped node {u} has {have} share holders left, threshold is {t}",
+                    node=u,
+                    survivors=have,
+                    threshold=t,
+                )
 
     # Round 4 ------------------------------------------------------------------------------
 
@@ -1267,8 +1326,10 @@ class SecAggServer:
         want_b = held & u3
         want_sk = held - u3
         if set(msg.self_mask_shares) != want_b or set(msg.secret_key_shares) != want_sk:
-            raise MalformedMessage(f"UnmaskResponse from {u} must hold b-shares for {len(want_b)} survivors "
-                                   f"and key shares for {len(want_sk)} dropped peers, exactly")
+            raise MalformedMessage(
+                f"UnmaskResponse from {u} must hold b-shares for {len(want_b)} survivors "
+                f"and key shares for {len(want_sk)} dropped peers, exactly"
+            )
         x = cfg.x_of(u)
         for sh in (*msg.self_mask_shares.values(), *msg.secret_key_shares.values()):
             if sh.x != x:
@@ -1298,7 +1359,8 @@ class SecAggServer:
                 # Paper, Round 4: reconstruct s_u^SK of a dropped user, recompute its pairwise masks.
                 shares = [responses[v].secret_key_shares[u] for v in u4 if v in cfg.neighbours_of(u)]
                 sk = X25519PrivateKey.from_private_bytes(
-                    shamir.reconstruct_secret(shares, cfg.t, secret_len=_KEY_BYTES))
+                    shamir.reconstruct_secret(shares, cfg.t, secret_len=_KEY_BYTES)
+                )
                 if sk.public_key().public_bytes_raw() != self._keys[u].s_pk:
                     raise shamir.InvalidShare(f"rebuilt key of {u} does not match its advertised key")
                 for v in partners:

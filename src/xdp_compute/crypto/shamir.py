@@ -77,9 +77,7 @@ def _check_t_n(threshold: int, n: int) -> None:
         raise InvalidSpec(f"need 1 <= threshold <= n <= {_MAX_X}, got threshold={threshold}, n={n}")
 
 
-def split_secret(
-    secret: bytes, threshold: int, n: int, *, xs: Sequence[int] | None = None
-) -> list[Share]:
+def split_secret(secret: bytes, threshold: int, n: int, *, xs: Sequence[int] | None = None) -> list[Share]:
     """Split ``secret`` into shares at x = 1..n (or at the given distinct ``xs``), any t recover it.
 
     ``xs`` lets a caller share among a subset (SecAgg+ neighbourhoods) while keeping each
@@ -127,14 +125,15 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def reconstruct_secret(
-    shares: Iterable[Share], threshold: int, *, secret_len: int | None = None
-) -> bytes:
+def reconstruct_secret(shares: Iterable[Share], threshold: int, *, secret_len: int | None = None) -> bytes:
     """Recover the secret from at least ``threshold`` shares (uses the t with smallest x).
 
     Raises :class:`InvalidShare` if there are too few distinct shares or the result is not a
-    well-formed secret. Pass ``secret_len`` when it is known (32 for keys and seeds): then
-    inconsistent shares are caught except with probability about 2^-250.
+    well-formed secret. Pass ``secret_len`` when it is known (32 for keys and seeds): a garbage
+    share then gives a random field element, caught except with probability ~2^-260. A share
+    altered on purpose (or by a small offset) cannot be caught from t shares, which carry no
+    redundancy; callers that can, verify the result (secagg checks a rebuilt key against its
+    advertised public key).
     """
     by_x: dict[int, int] = {}
     for sh in shares:

@@ -34,6 +34,13 @@ class Services:
     hub: TaskHub = field(default_factory=TaskHub)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
+
+        self.release_log = ReleaseLog(self.store)
+        self.gate = ReleaseGate(self.store, self.release_log)
+        self.extra["release_log"] = self.release_log
+
 
 def problem_response(status: int, slug: str, title: str, detail: str, instance: str | None = None,
                      **extra: Any) -> JSONResponse:
@@ -160,8 +167,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "time": time.time()}
 
-    from xdp_compute.gateway.routers import catalog, jobs, nodes
+    from xdp_compute.gateway.routers import audit, catalog, jobs, nodes
 
+    app.include_router(audit.router)
     app.include_router(nodes.router)
     app.include_router(catalog.router)
     app.include_router(jobs.router)

@@ -365,7 +365,9 @@ def _validate_measurements(measurements: Sequence[Measurement]) -> None:
                 or not math.isfinite(value)
                 or value <= 0
             ):
-                raise BadRequest(f"measurement {m.name!r}: {label} must be a finite number > 0, got {value!r}")
+                raise BadRequest(
+                    f"measurement {m.name!r}: {label} must be a finite number > 0, got {value!r}"
+                )
         if m.l1_sensitivity is not None and m.l1_sensitivity < m.l2_sensitivity * (1 - 1e-12):
             raise BadRequest(f"measurement {m.name!r}: l1_sensitivity cannot be below l2_sensitivity")
         if isinstance(m.dim, bool) or not isinstance(m.dim, int) or m.dim < 1:

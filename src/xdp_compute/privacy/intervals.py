@@ -12,8 +12,8 @@ Gaussians, an integer with variance <= V = n * sigma_node2. The half-width is an
 cell units, so the interval [raw - k, raw + k] contains the true value iff |Z| <= k:
 
 * sigma_node2 >= 1: continuity-corrected normal, k = ceil(z * sqrt(V) - 1/2). A discrete
-  Gaussian with sigma >= 1 matches the sampled normal density to ~1e-8 relative
-  (CKS 2020, via Poisson summation), and so does a sum of them (KLS 2021, Thm. 1). The exact
+  Gaussian with sigma >= 1 matches the normal density sampled at the integers to ~1e-7
+  relative (Poisson summation; CKS 2020), and so does a sum of them (KLS 2021, Thm. 1). The exact
   coverage P(|Z| <= k), computed by convolution in the tests, is >= level on the tested grid
   (sigma_node2 in [1, 100], n <= 10, level in [0.5, 0.999]).
 * sigma_node2 < 1: no approximation. N_Z(0, s^2) is s^2-subgaussian (shown in CKS 2020), so

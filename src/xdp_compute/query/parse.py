@@ -100,6 +100,7 @@ _CMP: dict[type[exp.Expression], str] = {
 }
 _INT_TEXT = re.compile(r"^[0-9]+$")
 _TOKEN_REPR = re.compile(r"<Token token_type: [^,]+, text: (.*?), line: \d+, col: \d+, start: \d+, end: \d+, comments: \[.*?\]>")
+_MISSING_ARG = re.compile(r"Required keyword: '\w+' missing for <class '[\w.]+\.(\w+)'>")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -165,6 +166,7 @@ def _readable_parse_error(e: ParseError | TokenError) -> InvalidQuery:
     if errors:
         first = errors[0]
         desc = _TOKEN_REPR.sub(lambda m: f"'{m.group(1)}'", str(first.get("description") or "invalid syntax"))
+        desc = _MISSING_ARG.sub(lambda m: f"incomplete {m.group(1).upper()} (something is missing here)", desc)
         near = _ANSI.sub("", str(first.get("highlight") or ""))
         line, col = first.get("line"), first.get("col")
         msg = f"SQL syntax error at line {line}, column {col}"
@@ -172,6 +174,8 @@ def _readable_parse_error(e: ParseError | TokenError) -> InvalidQuery:
             msg += f" near '{near}'"
         return InvalidQuery(f"{msg}: {desc}", construct="syntax", line=line, column=col)
     text = _ANSI.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else "invalid syntax"
+    if isinstance(e, TokenError):
+        text += " (an unterminated string or quoted name?)"
     return InvalidQuery(f"SQL syntax error: {text}", construct="syntax")
 
 

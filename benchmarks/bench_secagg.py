@@ -1,0 +1,266 @@
+"""Benchmark secure aggregation (crypto/secagg.py).
+
+(a) One node's masking of 1M uint64 words in a 3-node job (self mask + 2 pairwise masks:
+    AES-256-CTR expansion and additions) versus DuckDB's SUM over the same 1M rows, same run.
+(c) Whole protocol with 10, 50 and 100 simulated nodes, 10% dropping after sharing keys,
+    vector length 1000: per-node client cost and server cost, complete graph and SecAgg+.
+
+Run: .venv/bin/python benchmarks/bench_secagg.py [--quick]
+Prints tables and a final ``RESULT {json}`` line. Timings are medians; the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from xdp_compute.crypto import prg
+from xdp_compute.crypto.secagg import (
+    EncryptedShares,
+    KeyRoster,
+    Phase,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+    UnmaskRequest,
+    decode_message,
+)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e3
+
+
+# -- (a) masking vs DuckDB SUM ------------------------------------------------------------------
+
+
+def _three_node_session(m: int) -> tuple[SecAggClient, EncryptedShares]:
+    """Run Rounds 0-1 of a 3-node job; return node-0 ready for Round 2 and its routed shares."""
+    cfg = SecAggConfig(
+        session_id=f"bench/{time.perf_counter_ns()}", participants=["a", "b", "c"], vector_length=m
+    )
+    server = SecAggServer(cfg)
+    clients = {u: SecAggClient(u, cfg) for u in cfg.participants}
+    for u, c in clients.items():
+        server.receive(u, c.advertise_keys().encode())
+    server.close_advertise_keys()
+    for u, c in clients.items():
+        server.receive(u, c.share_keys(server.roster_for(u)).encode())
+    server.close_share_keys()
+    return clients["a"], server.shares_for("a")
+
+
+def bench_masking(m: int, repeats: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    values = rng.integers(-(2**40), 2**40, m, dtype=np.int64)
+    x = values.view(np.uint64)
+
+    con = duckdb.connect()
+    con.register("col", {"v": values})  # a view over the numpy array, no copy
+    con.execute("CREATE TABLE t AS SELECT v FROM col")
+    assert con.execute("SELECT SUM(v) FROM t").fetchone()[0] == int(values.sum())
+    duck_ms = _median_ms(lambda: con.execute("SELECT SUM(v) FROM t").fetchone(), repeats)
+    duck_scan_ms = _median_ms(lambda: con.execute("SELECT SUM(v) FROM col").fetchone(), repeats)
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+
+    # The primitive itself: 3 AES-CTR streams (PRG(b_u), +PRG(s_ab), -PRG(s_ac)) and the adds.
+    seeds = [bytes([i]) * 32 for i in range(3)]
+    terms = [(seeds[0], 1), (seeds[1], 1), (seeds[2], -1)]
+
+    def mask_once(workers: int | None) -> Callable[[], object]:
+        return lambda: np.add(x, prg.combined_mask(terms, m, workers=workers))
+
+    prim_ms = _median_ms(mask_once(None), repeats)
+    prim_1t_ms = _median_ms(mask_once(1), repeats)
+
+    # The client API end to end (decrypt 2 shares, derive seeds, expand, add), fresh session each time.
+    full, offline, online = [], [], []
+    for _ in range(max(3, repeats // 2)):
+        client, shares = _three_node_session(m)
+        t0 = time.perf_counter()
+        client.masked_input(x, shares)
+        full.append(time.perf_counter() - t0)
+        client, shares = _three_node_session(m)
+        t0 = time.perf_counter()
+        client.precompute_mask()
+        t1 = time.perf_counter()
+        client.masked_input(x, shares)
+        t2 = time.perf_counter()
+        offline.append(t1 - t0)
+        online.append(t2 - t1)
+    api_ms = statistics.median(full) * 1e3
+    off_ms = statistics.median(offline) * 1e3
+    on_ms = statistics.median(online) * 1e3
+    return {
+        "m": m,
+        "duckdb_threads": int(threads),
+        "duckdb_sum_ms": duck_ms,
+        "duckdb_sum_numpy_scan_ms": duck_scan_ms,
+        "mask_primitive_ms": prim_ms,
+        "mask_primitive_1thread_ms": prim_1t_ms,
+        "masked_input_api_ms": api_ms,
+        "precompute_mask_ms": off_ms,
+        "masked_input_online_ms": on_ms,
+        "ratio_mask_vs_duckdb": prim_ms / duck_ms,
+        "ratio_api_vs_duckdb": api_ms / duck_ms,
+        "ratio_online_vs_duckdb": on_ms / duck_ms,
+    }
+
+
+# -- (c) whole protocol -------------------------------------------------------------------------
+
+
+def _run_protocol(n: int, m: int, k: int | None, seed: int) -> dict[str, float]:
+    parts = [f"node-{i:03d}" for i in range(n)]
+    cfg = SecAggConfig(
+        session_id=f"bench-c/{n}/{k}/{seed}", participants=parts, vector_length=m, neighbours=k
+    )
+    rng = np.random.default_rng(seed)
+    inputs = {u: rng.integers(0, 2**64, m, dtype=np.uint64) for u in parts}
+    dropped = set(parts[::10])  # 10%, spread over the roster; they vanish after sharing keys
+    client_s = dict.fromkeys(parts, 0.0)
+    server_s = 0.0
+    clock = time.perf_counter
+
+    def as_client(u: str, fn: Callable[[], Any]) -> Any:
+        t0 = clock()
+        out = fn()
+        client_s[u] += clock() - t0
+        return out
+
+    def as_server(fn: Callable[[], Any]) -> Any:
+        nonlocal server_s
+        t0 = clock()
+        out = fn()
+        server_s += clock() - t0
+        return out
+
+    server = SecAggServer(cfg)
+    clients = {u: SecAggClient(u, cfg) for u in parts}
+    # Client cost includes encoding what it sends and decoding what it gets; server likewise.
+    for u in parts:
+        raw = as_client(u, lambda c=clients[u]: c.advertise_keys().encode())
+        as_server(lambda u=u, raw=raw: server.receive(u, raw))
+    as_server(server.close_advertise_keys)
+    for u in parts:
+        roster = as_server(lambda u=u: server.roster_for(u).encode())
+        raw = as_client(u, lambda u=u, r=roster: clients[u].share_keys(KeyRoster.decode(r)).encode())
+        as_server(lambda u=u, raw=raw: server.receive(u, raw))
+    as_server(server.close_share_keys)
+    for u in parts:
+        if u in dropped:
+            continue
+        es = as_server(lambda u=u: server.shares_for(u).encode())
+        raw = as_client(
+            u, lambda u=u, es=es: clients[u].masked_input(inputs[u], EncryptedShares.decode(es)).encode()
+        )
+        as_server(lambda u=u, raw=raw: server.receive(u, raw))
+    req = as_server(lambda: server.close_masked_input().encode())
+    for u in server.survivors(Phase.MASKED_INPUT):
+        raw = as_client(u, lambda u=u: clients[u].unmask(UnmaskRequest.decode(req)).encode())
+        as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
+    total = as_server(server.close_unmask)
+    expect = np.zeros(m, dtype=np.uint64)
+    for u in parts:
+        if u not in dropped:
+            expect += inputs[u]
+    assert np.array_equal(total, expect), "wrong sum"
+    survivors = [u for u in parts if u not in dropped]
+    return {
+        "client_ms": statistics.mean(client_s[u] for u in survivors) * 1e3,
+        "server_ms": server_s * 1e3,
+    }
+
+
+def secagg_plus_k(n: int) -> int:
+    """An even k ~ 2 log2 n (Bell et al.: k = O(log n))."""
+    k = 2 * math.ceil(math.log2(n))
+    return k + (k % 2)
+
+
+def bench_protocol(sizes: list[int], m: int, repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for mode in ("complete", "secagg+"):
+        for n in sizes:
+            k = secagg_plus_k(n) if mode == "secagg+" else None
+            runs = [_run_protocol(n, m, k, seed) for seed in range(repeats)]
+            client = statistics.median(r["client_ms"] for r in runs)
+            server = statistics.median(r["server_ms"] for r in runs)
+            cfg = SecAggConfig(
+                session_id="x", participants=[str(i) for i in range(n)], vector_length=m, neighbours=k
+            )
+            rows.append(
+                {
+                    "mode": mode,
+                    "n": n,
+                    "k": k if cfg.sparse else None,
+                    "t": cfg.t,
+                    "client_ms_per_node": client,
+                    "server_ms": server,
+                    "client_ms_per_node_per_peer": client / (cfg.neighbourhood_size - 1),
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = ap.parse_args()
+    repeats_a = 7 if args.quick else 21
+    repeats_c = 1 if args.quick else 3
+
+    a = bench_masking(1_000_000, repeats_a)
+    print("(a) masking 1M uint64 words, 3-node job (self mask + 2 pairwise masks) vs DuckDB SUM")
+    print(f"    {'what':<52} {'ms':>8} {'x DuckDB':>9}")
+    d = a["duckdb_sum_ms"]
+    for label, key in [
+        (f"DuckDB SELECT SUM(v) over 1M-row table ({a['duckdb_threads']} threads)", "duckdb_sum_ms"),
+        ("DuckDB SELECT SUM(v) scanning the numpy array", "duckdb_sum_numpy_scan_ms"),
+        ("mask: 3 AES-CTR streams + adds (auto threads)", "mask_primitive_ms"),
+        ("mask: 3 AES-CTR streams + adds (1 thread)", "mask_primitive_1thread_ms"),
+        ("SecAggClient.masked_input, all work", "masked_input_api_ms"),
+        ("  split: precompute_mask (before data are ready)", "precompute_mask_ms"),
+        ("  split: masked_input after precompute (online)", "masked_input_online_ms"),
+    ]:
+        print(f"    {label:<52} {a[key]:8.2f} {a[key] / d:9.2f}")
+
+    m_c = 1000
+    rows = bench_protocol([10, 50, 100], m_c, repeats_c)
+    print(f"\n(c) whole protocol, vector length {m_c}, 10% of nodes drop after sharing keys")
+    print(
+        f"    {'mode':<9} {'n':>4} {'k':>4} {'t':>4} {'client ms/node':>15} {'per peer':>9} {'server ms':>10}"
+    )
+    for r in rows:
+        print(
+            f"    {r['mode']:<9} {r['n']:>4} {r['k'] or '-':>4} {r['t']:>4} {r['client_ms_per_node']:15.2f} "
+            f"{r['client_ms_per_node_per_peer']:9.3f} {r['server_ms']:10.1f}"
+        )
+    growth = {}
+    for mode in ("complete", "secagg+"):
+        base = next(r for r in rows if r["mode"] == mode and r["n"] == 10)
+        big = next(r for r in rows if r["mode"] == mode and r["n"] == 100)
+        growth[mode] = big["client_ms_per_node"] / base["client_ms_per_node"]
+        print(
+            f"    {mode}: per-node client cost x{growth[mode]:.1f} from n=10 to n=100 (linear would be x10)"
+        )
+
+    print("RESULT " + json.dumps({"masking": a, "protocol": rows, "per_node_growth_10_to_100": growth}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The one ReleaseGate every output passes, and the verifiable release log behind it.
+
+Gate steps, in one database transaction (DESIGN "Flow of one job", step 5): policy re-check,
+small-cell suppression, budget commit (or refund), append to the release log (RFC 9162 leaf +
+Ed25519 signed tree head), store the delivery; then the caller delivers the result with its
+receipt (log index, inclusion proof, signed tree head). Refusals (policy denied, budget
+exhausted, approval refused, protocol failure) are log entries too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from xdp_compute.audit import MerkleTree, SignedTreeHead, TreeHeadSigner, canonical_json
+from xdp_compute.errors import XdpError
+from xdp_compute.gateway import models as m
+from xdp_compute.gateway.store import Store
+
+log = logging.getLogger("xdp.gateway.release")
+SIGNING_KEY = "release-log-ed25519"
+
+# Entry kinds: one per decision.
+RELEASED = "released"
+DENIED = "denied"
+BUDGET_EXHAUSTED = "budget_exhausted"
+APPROVAL_GIVEN = "approval_given"
+APPROVAL_REFUSED = "approval_refused"
+FAILED = "failed"
+
+
+class LogIntegrityError(XdpError):
+    status, slug, title = 503, "log-integrity", "Release log integrity check failed"
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 (hex) of an object's canonical JSON, or of raw bytes."""
+    data = obj if isinstance(obj, bytes) else canonical_json(obj)
+    return hashlib.sha256(data).hexdigest()
+
+
+class ReleaseLog:
+    """Append-only entries in the store + an in-memory RFC 9162 tree rebuilt at start."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.signer = TreeHeadSigner.from_private_bytes(
+            store.get_or_create_secret(SIGNING_KEY, lambda: TreeHeadSigner.generate().private_bytes()))
+        self.tree = MerkleTree()
+        self.lock = threading.Lock()
+        self.integrity_problem: str | None = None
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        with self.store.read() as s:
+            rows = s.execute(select(m.LogEntry.idx, m.LogEntry.entry_json).order_by(m.LogEntry.idx)).all()
+            last = s.scalar(select(m.TreeHead).order_by(m.TreeHead.tree_size.desc()).limit(1))
+        tree = MerkleTree()
+        for i, (idx, text) in enumerate(rows):
+            if idx != i:
+                self.integrity_problem = f"entry index {idx} found at position {i}"
+            tree.append(text.encode())
+        self.tree = tree
+        if last is not None:
+            if last.tree_size > tree.size:
+                self.integrity_problem = (f"last signed head covers {last.tree_size} entries but the store holds "
+                                          f"{tree.size}")
+            elif tree.root(last.tree_size).hex() != last.root_hash:
+                self.integrity_problem = f"entries do not match the last signed head (size {last.tree_size})"
+            elif last.key_id != self.signer.key_id:
+                self.integrity_problem = "the signing key differs from the one that signed the last head"
+        if self.integrity_problem:
+            log.error("RELEASE LOG INTEGRITY: %s; releases are refused until an operator repairs it",
+                      self.integrity_problem)
+
+    @property
+    def public_key_hex(self) -> str:
+        return self.signer.public_key_bytes().hex()
+
+    def append(self, s: Session, entry: dict[str, Any]) -> dict[str, Any]:
+        """Add an entry and its signed head inside the caller's transaction.
+
+        The caller holds ``self.lock`` and uses ``self.transaction()`` so that a rolled-back
+        transaction also rolls back the in-memory tree.
+        """
+        if self.integrity_problem:
+            raise LogIntegrityError(self.integrity_problem)
+        idx = self.tree.size
+        stored_max = s.scalar(select(func.max(m.LogEntry.idx)))
+        if (stored_max if stored_max is not None else -1) != idx - 1:
+            raise LogIntegrityError(f"store holds entries up to {stored_max}, memory up to {idx - 1}")
+        full = {"index": idx, "time": round(time.time(), 3), **entry}
+        leaf = canonical_json(full)
+        s.add(m.LogEntry(idx=idx, entry_json=leaf.decode()))
+        self.tree.append(leaf)
+        sth = self.signer.sign(self.tree.size, self.tree.root())
+        s.add(m.TreeHead(tree_size=sth.tree_size, root_hash=sth.root_hash.hex(), timestamp_ms=sth.timestamp_ms,
+                         signature=sth.signature.hex(), key_id=sth.key_id))
+        return full
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Serialise appends; on any failure rebuild the tree from the store (nothing half-done)."""
+        with self.lock:
+            try:
+                with self.store.write() as s:
+                    yield s
+            except BaseException:
+                self._rebuild()
+                raise
+
+    def receipt(self, index: int) -> dict[str, Any]:
+        """Log index, inclusion proof and the signed head of the current size."""
+        with self.store.read() as s:
+            head = s.get(m.TreeHead, self.tree.size)
+            entry = s.get(m.LogEntry, index)
+        assert head is not None and entry is not None
+        return {
+            "log_index": index,
+            "tree_size": head.tree_size,
+            "inclusion_proof": [h.hex() for h in self.tree.inclusion_proof(index, head.tree_size)],
+            "signed_tree_head": head_dict(head),
+            "entry": json.loads(entry.entry_json),
+            "public_key": self.public_key_hex,
+        }
+
+
+def head_dict(h: m.TreeHead) -> dict[str, Any]:
+    return SignedTreeHead(tree_size=h.tree_size, root_hash=bytes.fromhex(h.root_hash), timestamp_ms=h.timestamp_ms,
+                          signature=bytes.fromhex(h.signature), key_id=h.key_id).to_dict()
+
+
+@dataclass
+class Outcome:
+    """What a job produced and wants released."""
+
+    operation: str                      # query | he_query | he_score | training
+    payload: dict[str, Any]             # delivered to the requester
+    datasets: list[str]
+    nodes: list[str]
+    spec_digest: str
+    cost: dict[str, float]
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    # Small-cell suppression over the payload; returns how many cells it suppressed.
+    suppress: Callable[[dict[str, Any]], int] | None = None
+    # Policy re-check at release time; returns decisions (any not allowed -> denial).
+    recheck: Callable[[], list[dict[str, Any]]] | None = None
+    # Per ledger-row actual charge, when lower than reserved (e.g. training stopped early).
+    actual_charges: dict[int, tuple[float, float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReleaseGate:
+    """The only path by which any result leaves the gateway."""
+
+    def __init__(self, store: Store, release_log: ReleaseLog) -> None:
+        self.store, self.log = store, release_log
+
+    def _budget_left(self, s: Session, job_id: str) -> dict[str, float]:
+        rows = s.execute(select(m.NodeDataset, m.Node.name).join(m.Reservation,
+                                                                   m.Reservation.node_dataset_id == m.NodeDataset.id)
+                         .join(m.Node, m.Node.id == m.NodeDataset.node_id)
+                         .where(m.Reservation.job_id == job_id)).all()
+        return {f"{name}/{nd.dataset_name}": round(nd.eps_budget - nd.eps_spent - nd.eps_reserved, 9)
+                for nd, name in rows}
+
+    def release(self, job_id: str, principal: str, outcome: Outcome, approvers: list[str] | None = None) -> dict[str, Any]:
+        """Pass ``outcome`` through the gate; return the delivery (result + receipt) or raise."""
+        if outcome.recheck is not None:
+            decisions = outcome.recheck()
+            denied = [d for d in decisions if not d["allowed"]]
+            if denied:
+                self.refuse(job_id, principal, outcome, DENIED, f"policy re-check at release: {denied[0]['reason']}",
+                            refund=False, decisions=decisions)
+                from xdp_compute.errors import PolicyDenied
+
+                raise PolicyDenied(f"denied at release by rule {denied[0]['rule']!r}: {denied[0]['reason']}")
+        payload = outcome.payload
+        suppressed = outcome.suppress(payload) if outcome.suppress is not None else 0
+        with self.log.transaction() as s:
+                self.store.settle(s, job_id, commit=True, actual=outcome.actual_charges)
+                left = self._budget_left(s, job_id)
+                entry = {
+                    "kind": RELEASED, "job_id": job_id, "principal": principal, "operation": outcome.operation,
+                    "datasets": outcome.datasets, "nodes": outcome.nodes, "spec_digest": outcome.spec_digest,
+                    "privacy_cost": outcome.cost, "budget_left": left, "policy_decisions": outcome.decisions,
+                    "approvers": approvers or [], "suppressed_cells": suppressed,
+                    "payload_digest": digest(payload),
+                }
+                stored = self.log.append(s, entry)
+                job = s.get(m.Job, job_id)
+                delivery = {"job_id": job_id, "status": "released", "operation": outcome.operation,
+                            "result": payload, "log_index": stored["index"]}
+                if job is not None:
+                    job.status = "released"
+                    job.result_json = json.dumps(delivery)
+                    job.updated_at = time.time()
+        delivery["receipt"] = self.log.receipt(stored["index"])
+        return delivery
+
+    def refuse(self, job_id: str | None, principal: str, outcome: Outcome | None, kind: str, reason: str, *,
+               refund: bool, decisions: list[dict[str, Any]] | None = None,
+               charge: bool = False) -> dict[str, Any]:
+        """Record a decision that releases nothing; refund (or, if values may exist, charge) the job."""
+        with self.log.transaction() as s:
+                if job_id is not None and (refund or charge):
+                    self.store.settle(s, job_id, commit=charge)
+                entry = {
+                    "kind": kind, "job_id": job_id, "principal": principal,
+                    "operation": outcome.operation if outcome else None,
+                    "datasets": outcome.datasets if outcome else [], "nodes": outcome.nodes if outcome else [],
+                    "spec_digest": outcome.spec_digest if outcome else None,
+                    "privacy_cost": outcome.cost if outcome else {}, "reason": reason,
+                    "policy_decisions": decisions if decisions is not None else (outcome.decisions if outcome else []),
+                    "payload_digest": None,
+                }
+                stored = self.log.append(s, entry)
+                if job_id is not None:
+                    job = s.get(m.Job, job_id)
+                    if job is not None:
+                        job.status = {DENIED: "denied", BUDGET_EXHAUSTED: "denied",
+                                      APPROVAL_REFUSED: "denied"}.get(kind, "failed")
+                        job.error_json = json.dumps({"detail": reason, "log_index": stored["index"]})
+                        job.updated_at = time.time()
+        return stored
+
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Log a decision that is neither release nor refusal (e.g. an approval given)."""
+        with self.log.transaction() as s:
+            return self.log.append(s, entry)

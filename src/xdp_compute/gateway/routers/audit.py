@@ -1,0 +1,115 @@
+"""Auditors' read-only routes: entries, signed tree heads, proofs, JSON Lines export, metering."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from xdp_compute.errors import BadRequest, NotFound
+from xdp_compute.gateway import models as m
+from xdp_compute.gateway.deps import Auditor, CurrentPrincipal, Svc
+from xdp_compute.gateway.release import ReleaseLog, head_dict
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+MAX_PAGE = 100_000
+
+
+def _log(svc: Svc) -> ReleaseLog:
+    return svc.extra["release_log"]  # type: ignore[no-any-return]
+
+
+def _entries(svc: Svc, start: int = 0, limit: int = MAX_PAGE) -> list[dict[str, Any]]:
+    with svc.store.read() as s:
+        rows = s.scalars(select(m.LogEntry.entry_json).where(m.LogEntry.idx >= start)
+                         .order_by(m.LogEntry.idx).limit(limit)).all()
+    return [json.loads(r) for r in rows]
+
+
+@router.get("/public-key")
+def public_key(svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
+    """The Ed25519 key that signs tree heads (any signed-in principal may pin it)."""
+    lg = _log(svc)
+    return {"algorithm": "Ed25519", "public_key": lg.public_key_hex, "key_id": lg.signer.key_id}
+
+
+@router.get("/head")
+def latest_head(svc: Svc, who: Auditor) -> dict[str, Any]:
+    lg = _log(svc)
+    with svc.store.read() as s:
+        h = s.scalar(select(m.TreeHead).order_by(m.TreeHead.tree_size.desc()).limit(1))
+    return {"tree_size": h.tree_size if h else 0, "signed_tree_head": head_dict(h) if h else None,
+            "integrity_problem": lg.integrity_problem}
+
+
+@router.get("/heads")
+def heads(svc: Svc, who: Auditor, start: int = Query(1, ge=0)) -> list[dict[str, Any]]:
+    with svc.store.read() as s:
+        rows = s.scalars(select(m.TreeHead).where(m.TreeHead.tree_size >= start).order_by(m.TreeHead.tree_size)
+                         .limit(MAX_PAGE)).all()
+    return [head_dict(h) for h in rows]
+
+
+@router.get("/entries")
+def entries(svc: Svc, who: Auditor, dataset: str | None = None, principal: str | None = None,
+            kind: str | None = None, since: float | None = None, until: float | None = None,
+            start: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=MAX_PAGE)) -> list[dict[str, Any]]:
+    """Entries filtered by dataset, principal, kind and time range (digests and costs, no values)."""
+    out = []
+    for e in _entries(svc, start, MAX_PAGE):
+        if dataset and dataset not in (e.get("datasets") or []):
+            continue
+        if principal and e.get("principal") != principal:
+            continue
+        if kind and e.get("kind") != kind:
+            continue
+        if since is not None and e.get("time", 0) < since:
+            continue
+        if until is not None and e.get("time", 0) > until:
+            continue
+        out.append(e)
+        if len(out) >= limit:
+            break
+    return out
+
+
+@router.get("/export", response_class=PlainTextResponse)
+def export(svc: Svc, who: Auditor) -> PlainTextResponse:
+    """The whole log as JSON Lines (one canonical entry per line)."""
+    with svc.store.read() as s:
+        rows = s.scalars(select(m.LogEntry.entry_json).order_by(m.LogEntry.idx)).all()
+    return PlainTextResponse("".join(r + "\n" for r in rows), media_type="application/x-ndjson")
+
+
+@router.get("/proof/inclusion")
+def inclusion(svc: Svc, who: Auditor, index: int = Query(..., ge=0),
+              size: int | None = Query(None, ge=1)) -> dict[str, Any]:
+    lg = _log(svc)
+    size = size or lg.tree.size
+    if not 0 <= index < size <= lg.tree.size:
+        raise BadRequest(f"need 0 <= index < size <= {lg.tree.size}")
+    return {"index": index, "tree_size": size,
+            "proof": [h.hex() for h in lg.tree.inclusion_proof(index, size)]}
+
+
+@router.get("/proof/consistency")
+def consistency(svc: Svc, who: Auditor, first: int = Query(..., ge=0),
+                second: int | None = Query(None, ge=0)) -> dict[str, Any]:
+    lg = _log(svc)
+    second = lg.tree.size if second is None else second
+    if not 0 < first <= second <= lg.tree.size:
+        raise BadRequest(f"need 0 < first <= second <= {lg.tree.size}")
+    return {"first": first, "second": second,
+            "proof": [h.hex() for h in lg.tree.consistency_proof(first, second)]}
+
+
+@router.get("/entries/{index}")
+def entry(index: int, svc: Svc, who: Auditor) -> dict[str, Any]:
+    with svc.store.read() as s:
+        row = s.get(m.LogEntry, index)
+    if row is None:
+        raise NotFound(f"no log entry {index}")
+    return json.loads(row.entry_json)  # type: ignore[no-any-return]
