@@ -15,6 +15,7 @@ from xdp_compute.crypto.secagg import (
     SecAggConfig,
     SecAggServer,
     ShareKeys,
+    default_neighbours,
     run_local_session,
 )
 from xdp_compute.errors import InvalidSpec, ProtocolAborted
@@ -74,6 +75,22 @@ def test_graph_is_a_harary_ring() -> None:
     ring = _ring(cfg)
     for i, u in enumerate(ring):
         assert cfg.neighbours_of(u) == {ring[(i + d) % 20] for d in (-2, -1, 1, 2)}
+
+
+def test_default_neighbours_is_logarithmic_and_even() -> None:
+    assert [default_neighbours(n) for n in (1, 2, 5, 9, 10, 50, 100, 1000)] == [
+        None,
+        None,
+        None,
+        None,
+        8,
+        12,
+        14,
+        20,
+    ]
+    for n in (10, 100, 1000):
+        k = default_neighbours(n)
+        assert k is not None and k % 2 == 0 and _config(n, k).sparse
 
 
 def test_large_k_falls_back_to_complete_graph() -> None:

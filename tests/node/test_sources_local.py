@@ -156,15 +156,15 @@ def _check(plan: QueryPlan, vec: np.ndarray, expected: np.ndarray) -> None:
 
 QUERIES = [
     "SELECT COUNT(*) FROM people",
-    "SELECT region, smoker, COUNT(*), SUM(age), AVG(income), VARIANCE(income), STDDEV(age), COUNT(age) "
-    "FROM people GROUP BY region, smoker",
-    "SELECT sex, AVG(smoker), SUM(sex), COUNT(sex) FROM people "
-    "WHERE (age >= 30 AND region <> 'east') OR income < 0 GROUP BY sex",
-    "SELECT region, SUM(income), COUNT(*) FROM people "
-    "WHERE region IN ('north', 'south') AND NOT smoker AND age IS NOT NULL GROUP BY region",
+    ("SELECT region, smoker, COUNT(*), SUM(age), AVG(income), VARIANCE(income), STDDEV(age), COUNT(age) "
+     "FROM people GROUP BY region, smoker"),
+    ("SELECT sex, AVG(smoker), SUM(sex), COUNT(sex) FROM people "
+     "WHERE (age >= 30 AND region <> 'east') OR income < 0 GROUP BY sex"),
+    ("SELECT region, SUM(income), COUNT(*) FROM people "
+     "WHERE region IN ('north', 'south') AND NOT smoker AND age IS NOT NULL GROUP BY region"),
     "SELECT COUNT(*), SUM(age), VARIANCE(income) FROM people WHERE age > 1000",
-    "SELECT smoker, COUNT(*), SUM(income) FROM people "
-    "WHERE income NOT BETWEEN 0 AND 500 OR age IS NULL OR sex NOT IN ('m') GROUP BY smoker",
+    ("SELECT smoker, COUNT(*), SUM(income) FROM people "
+     "WHERE income NOT BETWEEN 0 AND 500 OR age IS NULL OR sex NOT IN ('m') GROUP BY smoker"),
 ]
 
 

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -65,14 +66,20 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def _lp(b: bytes) -> bytes:
+    return len(b).to_bytes(4, "big") + b
+
+
+@lru_cache(maxsize=256)
+def _info_prefix(purpose: str) -> bytes:
+    return _lp(_PROTOCOL_LABEL) + _lp(purpose.encode())
+
+
 def hkdf_info(purpose: str, context: Sequence[bytes | str]) -> bytes:
     """Unambiguous HKDF ``info``: protocol label, purpose and each context item length-prefixed."""
-    out = bytearray()
-    for item in (_PROTOCOL_LABEL, purpose, *context):
-        b = item.encode() if isinstance(item, str) else bytes(item)
-        out += len(b).to_bytes(4, "big")
-        out += b
-    return bytes(out)
+    return _info_prefix(purpose) + b"".join(
+        _lp(item.encode() if isinstance(item, str) else bytes(item)) for item in context
+    )
 
 
 def derive_seed(ikm: bytes, *, purpose: str, context: Sequence[bytes | str]) -> bytes:

@@ -34,11 +34,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import math
 import secrets
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar, NamedTuple, TypeVar
 
@@ -81,6 +82,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "decode_message",
+    "default_neighbours",
     "default_threshold",
     "run_local_session",
 ]
@@ -145,6 +147,19 @@ def default_threshold(n: int) -> int:
     return n // 2 + 1
 
 
+def default_neighbours(n: int) -> int | None:
+    """A SecAgg+ degree for n nodes: the even number >= 2*ceil(log2 n), or None (complete graph)
+    when that would not be sparser than n-1 anyway.
+
+    Per-node cost then grows like log n instead of n; see :class:`SecAggConfig` for what the
+    graph costs in drop-out and collusion tolerance.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise InvalidSpec(f"participant count must be a positive int, got {n!r}")
+    k = 2 * math.ceil(math.log2(n)) if n > 1 else 2
+    return k if k < n - 1 else None
+
+
 def _check_id(kind: str, value: str) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidSpec(f"{kind} must be a non-empty string")
@@ -178,12 +193,14 @@ class SecAggConfig:
     4. the graph induced on U3 is connected (otherwise the server would learn the sum of each
        component separately, which is more than the total; we abort instead).
 
-    Guaranteed tolerance: any k+1-t drop-outs, spread over any phases (each neighbourhood then
-    keeps >= t members, and H_{k,n} stays connected after removing <= k-1 >= k+1-t nodes).
-    Beyond that it depends on *which* nodes drop; random drop-outs are usually survivable when
-    k ~ O(log n) (Bell et al.'s analysis), and when they are not the server aborts cleanly.
+    Guaranteed tolerance: any k+1-t drop-outs, spread over any phases. (Each neighbourhood then
+    keeps >= t members, and H_{k,n} is k-connected, so removing k+1-t <= k-1 nodes cannot
+    disconnect it.) Beyond that it depends on *which* nodes drop; random drop-outs are usually
+    survivable when k ~ 2 log2 n (Bell et al.'s analysis; see :func:`default_neighbours`), and
+    when they are not, the server and the clients abort cleanly instead of leaking.
     Privacy against collusion is also per neighbourhood: the server plus t of a node's k
-    neighbours can unmask it, versus t of all n nodes in the full protocol.
+    neighbours can unmask it, versus t of all n nodes in the full protocol. The graph is
+    public and fixed by ``session_id``; an honest-but-curious server does not grind ids.
     With ``neighbours`` unset (or >= n-1) the graph is complete: the original protocol, which
     tolerates any n-t drop-outs.
     """
@@ -952,8 +969,11 @@ class SecAggClient:
         y = np.add(vec, mask, out=mask)
         self._peer_shares = received
         self._u2_peers = peers
+        # y is out: keep no copy of the mask nor the secrets behind it, only the shares Round 4 needs.
         self._share_keys = {}
-        self._mask = None  # y is out; keep no copy of the mask
+        self._mask = None
+        self._b = b""
+        self._c_sk = self._s_sk = None
         self._phase = Phase.UNMASK
         return MaskedInput(cfg.session_id, me, y)
 
@@ -1023,12 +1043,6 @@ class SecAggClient:
 # Server
 
 
-@dataclass
-class _Round:
-    received: dict[str, object] = field(default_factory=dict)
-    digests: dict[str, bytes] = field(default_factory=dict)
-
-
 class SecAggServer:
     """The aggregator's side: collect each round, route shares, unmask the sum of U3's inputs.
 
@@ -1043,8 +1057,13 @@ class SecAggServer:
     def __init__(self, config: SecAggConfig) -> None:
         self.config = config
         self._phase = Phase.ADVERTISE_KEYS
-        self._rounds: dict[Phase, _Round] = {
-            p: _Round() for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+        # Per round: who sent what (only what later rounds need), and a digest per sender to
+        # recognise identical resends.
+        self._advertised: dict[str, NodeKeys] = {}
+        self._shared: dict[str, Mapping[str, bytes]] = {}
+        self._responses: dict[str, UnmaskResponse] = {}
+        self._digests: dict[Phase, dict[str, bytes]] = {
+            p: {} for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
         }
         self._survivors: dict[Phase, tuple[str, ...]] = {}
         self._keys: dict[str, NodeKeys] = {}
@@ -1076,7 +1095,7 @@ class SecAggServer:
         if self._phase is Phase.DONE:
             return ()
         pool = self.config.participants if prev is None else self._survivors[prev]
-        got = self._rounds[self._phase].received
+        got = self._digests[self._phase]
         return tuple(p for p in pool if p not in got)
 
     @property
@@ -1097,6 +1116,7 @@ class SecAggServer:
         self._phase = Phase.ABORTED
         self._acc = None
         self._inbox = {}
+        self._responses = {}  # shares are secrets' fragments: keep none after the session
         self._error = _abort(phase, detail, **extra)
         return self._error
 
@@ -1115,7 +1135,7 @@ class SecAggServer:
         self._check_alive()
         if self._phase is not phase:
             raise RoundConflict(f"cannot close {phase.label}: server is in phase {self._phase.label}")
-        got = self._rounds[phase].received
+        got = self._digests[phase]
         survivors = tuple(p for p in self.config.participants if p in got)
         self._survivors[phase] = survivors
         return survivors
@@ -1163,10 +1183,10 @@ class SecAggServer:
         prev = self._PREVIOUS.get(phase)
         if prev is not None and node_id not in self._survivors[prev]:
             raise RoundConflict(f"{node_id} did not complete phase {prev.label}")
-        rnd = self._rounds[phase]
+        digests = self._digests[phase]
         digest = hashlib.sha256(raw).digest()
-        if node_id in rnd.digests:
-            if hmac.compare_digest(rnd.digests[node_id], digest):
+        if node_id in digests:
+            if hmac.compare_digest(digests[node_id], digest):
                 return  # identical resend (e.g. a transport retry)
             raise RoundConflict(f"{node_id} already sent a different {type(msg).__name__}")
         if isinstance(msg, AdvertiseKeys):
@@ -1178,21 +1198,20 @@ class SecAggServer:
         else:
             assert isinstance(msg, UnmaskResponse)
             self._accept_unmask(msg)
-        rnd.digests[node_id] = digest
+        digests[node_id] = digest
 
     # Round 0 ------------------------------------------------------------------------------
 
     def _accept_keys(self, msg: AdvertiseKeys) -> None:
         _check_key("AdvertiseKeys", msg.c_pk, "c_pk")
         _check_key("AdvertiseKeys", msg.s_pk, "s_pk")
-        self._rounds[Phase.ADVERTISE_KEYS].received[msg.sender] = NodeKeys(msg.c_pk, msg.s_pk)
+        self._advertised[msg.sender] = NodeKeys(msg.c_pk, msg.s_pk)
 
     def close_advertise_keys(self) -> None:
         """End Round 0: U1 = nodes whose keys arrived; abort if |U1| < t."""
         u1 = self._close(Phase.ADVERTISE_KEYS)
         self._require_threshold(Phase.ADVERTISE_KEYS, u1, self.config.n)
-        got = self._rounds[Phase.ADVERTISE_KEYS].received
-        self._keys = {u: got[u] for u in u1}  # type: ignore[misc]
+        self._keys = {u: self._advertised[u] for u in u1}
         self._phase = Phase.SHARE_KEYS
 
     def roster_for(self, node_id: str) -> KeyRoster:
@@ -1214,22 +1233,19 @@ class SecAggServer:
             raise MalformedMessage(
                 f"ShareKeys from {u} must carry one ciphertext for each of its {len(wanted)} U1 peers"
             )
-        self._rounds[Phase.SHARE_KEYS].received[u] = msg.ciphertexts
+        self._shared[u] = msg.ciphertexts
 
     def close_share_keys(self) -> None:
         """End Round 1: U2 = nodes whose shares arrived; abort if |U2| < t; route ciphertexts."""
         u2 = self._close(Phase.SHARE_KEYS)
         self._require_threshold(Phase.SHARE_KEYS, u2, len(self._survivors[Phase.ADVERTISE_KEYS]))
-        got = self._rounds[Phase.SHARE_KEYS].received
         inbox: dict[str, dict[str, bytes]] = {v: {} for v in u2}
         for u in u2:
-            cts: Mapping[str, bytes] = got[u]  # type: ignore[assignment]
-            for v, ct in cts.items():
+            for v, ct in self._shared[u].items():
                 if v in inbox:
                     inbox[v][u] = ct
         self._inbox = inbox
-        # The ciphertexts now live only in the inboxes.
-        self._rounds[Phase.SHARE_KEYS].received = dict.fromkeys(got, True)
+        self._shared = {}  # the ciphertexts now live only in the inboxes
         self._phase = Phase.MASKED_INPUT
 
     def shares_for(self, node_id: str) -> EncryptedShares:
@@ -1255,7 +1271,6 @@ class SecAggServer:
             self._acc = vec.copy()
         else:
             np.add(self._acc, vec, out=self._acc)
-        self._rounds[Phase.MASKED_INPUT].received[msg.sender] = True
 
     def close_masked_input(self) -> UnmaskRequest:
         """End Round 2: U3 = nodes whose masked input arrived; check recoverability; return the request for Round 4.
@@ -1334,7 +1349,7 @@ class SecAggServer:
         for sh in (*msg.self_mask_shares.values(), *msg.secret_key_shares.values()):
             if sh.x != x:
                 raise MalformedMessage(f"UnmaskResponse from {u} holds a share with x={sh.x}, expected {x}")
-        self._rounds[Phase.UNMASK].received[u] = msg
+        self._responses[u] = msg
 
     def close_unmask(self) -> U64Vector:
         """End Round 4: U4 = responders; rebuild b_u (u in U3) and s_u^SK (u in U2\\U3); return sum x_u mod 2^64.
@@ -1346,7 +1361,7 @@ class SecAggServer:
         u4 = self._close(Phase.UNMASK)
         self._require_threshold(Phase.UNMASK, u4, len(self._survivors[Phase.MASKED_INPUT]))
         self._check_recoverable(Phase.UNMASK, set(u4))
-        responses: dict[str, UnmaskResponse] = self._rounds[Phase.UNMASK].received  # type: ignore[assignment]
+        responses = self._responses
         need_b, need_sk = self._needs()
         terms: list[prg.MaskTerm] = []
         try:
@@ -1372,6 +1387,7 @@ class SecAggServer:
         total = np.subtract(self._acc, prg.combined_mask(terms, cfg.vector_length))
         self._result = total
         self._acc = None
+        self._responses = {}
         self._phase = Phase.DONE
         return total
 

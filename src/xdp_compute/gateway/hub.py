@@ -78,6 +78,13 @@ class TaskHub:
             if task.task_id in self._waiting:
                 return task
 
+    def fail_node(self, node_id: str, reason: str) -> None:
+        """The node went offline: its pending calls fail now instead of at their timeout."""
+        for n, fut in list(self._waiting.values()):
+            if n == node_id and not fut.done():
+                fut.set_exception(NodeDropped(f"node {node_id} {reason}"))
+        self._queues.pop(node_id, None)
+
     def submit(self, node_id: str, task_id: str, reply: Reply) -> bool:
         entry = self._waiting.get(task_id)
         if entry is None or entry[0] != node_id:

@@ -37,6 +37,7 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
                 gone = await asyncio.to_thread(svc.store.mark_offline_stale, cutoff)
                 for node_id in gone:
                     log.info("node %s marked offline", node_id)
+                    svc.hub.fail_node(node_id, "went offline")
             except Exception:  # noqa: BLE001 - the monitor must outlive a transient DB error
                 log.exception("liveness monitor")
 

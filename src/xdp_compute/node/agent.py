@@ -105,6 +105,7 @@ class NodeAgent:
     def _serve(self, stub: pb_grpc.NodeServiceStub) -> None:
         session = self._register(stub)
         self._session = session
+        self.executor.node_id = session.node_id
         lost = threading.Event()
         hb = threading.Thread(target=self._heartbeat_loop, args=(stub, session, lost), daemon=True)
         hb.start()

@@ -26,6 +26,7 @@ class TaskExecutor:
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
+        self.node_id = ""  # set by the agent once the gateway has registered this node
         self.state: dict[str, Any] = {}
         self.handlers: dict[str, Handler] = {"validate": self._validate}
         from xdp_compute.node import jobs as node_jobs

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from sqlglot import exp
@@ -73,10 +73,10 @@ class LocalSource(ABC):
     def column_names(self) -> list[str]:
         """The relation's actual column names, in order."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release the engine connection."""
 
-    def __enter__(self) -> LocalSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
@@ -167,10 +167,13 @@ class PostgresSource(LocalSource):
         try:
             self._conn = psycopg.connect(url, connect_timeout=connect_timeout)
             self._conn.read_only = True
-            if statement_timeout_ms is not None:
-                with self._conn.cursor() as cur:
+            with self._conn.cursor() as cur:
+                # sqlglot quotes literals the standard way (doubling quotes); make sure the server
+                # reads a backslash as a plain character, whatever its configuration.
+                cur.execute("SET standard_conforming_strings = on")
+                if statement_timeout_ms is not None:
                     cur.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
-                self._conn.commit()
+            self._conn.commit()
         except psycopg.Error as e:
             # The message may carry host names or credentials: class only.
             raise SourceError(f"dataset '{dataset}': cannot connect to the PostgreSQL source "

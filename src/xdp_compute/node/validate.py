@@ -232,7 +232,7 @@ def _validate_postgres(src: PostgresSource, dataset: DatasetSpec, report: dict[s
             checked.append(spec)
     query = sql.SQL("SELECT {parts} FROM {t}").format(parts=sql.SQL(", ").join(parts), t=sql.Identifier(src.table))
     try:
-        row = src.execute(query.as_string(src._conn))  # noqa: SLF001 - same package
+        row = src.execute(query.as_string(src._conn))
     except SourceError:
         report["problems"].append("table could not be read")
         return

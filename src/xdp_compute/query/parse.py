@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
@@ -37,10 +38,10 @@ from xdp_compute.query.where import (
     Compare,
     InList,
     IsNull,
-    Literal,
     Not,
     Or,
     Predicate,
+    Scalar,
     predicate_size,
 )
 
@@ -206,7 +207,8 @@ def _statement(sql: str) -> exp.Select:
     if isinstance(stmt, exp.Subquery):
         raise _refuse("parenthesised subquery", stmt, "query", "submit a plain SELECT")
     if not isinstance(stmt, exp.Select):
-        kind = stmt.key.upper()
+        # sqlglot parses statements it does not model (SET, PRAGMA, ...) as a generic Command
+        kind = str(stmt.this).upper() if isinstance(stmt, exp.Command) else stmt.key.upper()
         raise InvalidQuery(f"{kind} statements are not supported: only read-only SELECT aggregates are "
                            f"(found `{_fragment(stmt)}`)", construct=kind, clause="query")
     for key, value in stmt.args.items():
@@ -363,7 +365,7 @@ def _aggregate(node: exp.Expression, kind: str, res: _Resolver, alias: str | Non
     if isinstance(arg, exp.Distinct):
         raise _refuse(f"{function}(DISTINCT ...)", node, "SELECT",
                       "distinct counts are not supported (their sensitivity is unbounded per row)")
-    if kind == "count" and isinstance(arg, exp.Literal) and not arg.is_string and arg.this.strip() != "0":
+    if kind == "count" and isinstance(arg, exp.Literal) and not arg.is_string:
         # COUNT(1) is the common spelling of COUNT(*): a non-null constant counts every row.
         return ParsedAggregate("count", None, function, alias)
     if not isinstance(arg, exp.Column):
@@ -430,7 +432,7 @@ def _group_by(stmt: exp.Select, res: _Resolver) -> tuple[str, ...]:
         if isinstance(node, exp.Literal):
             raise _refuse("positional GROUP BY", node, "GROUP BY", "name the group columns")
         if not isinstance(node, exp.Column):
-            what, why = _describe(node)
+            what, _ = _describe(node)
             raise _refuse(what, node, "GROUP BY", "group by plain declared columns only")
         spec = res.column(node, "GROUP BY")
         _require_use(spec, "group", node, "GROUP BY", "grouped by")
@@ -491,7 +493,7 @@ class _WhereBuilder:
             raise _refuse("IS [NOT] DISTINCT FROM", node, "WHERE", "use =, <> or IS NULL")
         if isinstance(node, exp.Boolean | exp.Literal | exp.Null):
             raise _refuse("constant condition", node, "WHERE", "compare a declared column with a literal")
-        what, why = _describe(node)
+        what, _ = _describe(node)
         raise _refuse(what, node, "WHERE", "conditions compare a declared column with literals only")
 
     # -- pieces
@@ -504,15 +506,15 @@ class _WhereBuilder:
                                construct="column type", clause="WHERE", column=spec.name)
         return spec
 
-    def _as_column(self, node: exp.Expression, whole: exp.Expression) -> exp.Column:
+    def _as_column(self, node: exp.Expression) -> exp.Column:
         while isinstance(node, exp.Paren):
             node = node.this
         if isinstance(node, exp.Column):
             return node
-        what, why = _describe(node)
+        what, _ = _describe(node)
         raise _refuse(what, node, "WHERE", "conditions compare a declared column with literals only")
 
-    def _literal(self, node: exp.Expression, spec: ColumnSpec, whole: exp.Expression) -> Literal:
+    def _literal(self, node: exp.Expression, spec: ColumnSpec, whole: exp.Expression) -> Scalar:
         raw = node
         negative = False
         while True:
@@ -530,7 +532,7 @@ class _WhereBuilder:
         if isinstance(node, exp.Placeholder | exp.Parameter):
             raise _refuse("query parameter", node, "WHERE", "write literals inline")
         if not isinstance(node, exp.Literal | exp.Boolean):
-            what, why = _describe(node)
+            what, _ = _describe(node)
             raise _refuse(what, raw, "WHERE", "compare a declared column with a literal")
         if spec.numeric:
             if not isinstance(node, exp.Literal) or node.is_string:
@@ -575,7 +577,7 @@ class _WhereBuilder:
             col_node, lit_node, op = right, left, _FLIP[op]
         else:
             bad = left if not _is_literalish(left) else right
-            what, why = _describe(bad)
+            what, _ = _describe(bad)
             raise _refuse(what, bad, "WHERE", "conditions compare a declared column with literals only")
         spec = self._column(col_node, "filtered on")
         value = self._literal(lit_node, spec, node)
@@ -590,7 +592,7 @@ class _WhereBuilder:
         for key in ("unnest", "field"):
             if node.args.get(key) is not None:
                 raise _refuse("IN over an expression", node, "WHERE", "IN takes a list of literals")
-        col = self._as_column(node.this, node)
+        col = self._as_column(node.this)
         spec = self._column(col, "filtered on")
         if not node.expressions:
             raise _refuse("empty IN list", node, "WHERE", "list at least one literal")
@@ -603,7 +605,7 @@ class _WhereBuilder:
     def _between(self, node: exp.Between) -> Predicate:
         if node.args.get("symmetric"):
             raise _refuse("BETWEEN SYMMETRIC", node, "WHERE", "use BETWEEN low AND high")
-        col = self._as_column(node.this, node)
+        col = self._as_column(node.this)
         spec = self._column(col, "filtered on")
         if not spec.numeric:
             raise _refuse(f"BETWEEN on {spec.type} column '{spec.name}'", node, "WHERE",
@@ -614,7 +616,7 @@ class _WhereBuilder:
     def _is(self, node: exp.Is) -> Predicate:
         if not isinstance(node.expression, exp.Null):
             raise _refuse(f"IS {_fragment(node.expression)}", node, "WHERE", "only IS NULL / IS NOT NULL")
-        col = self._as_column(node.this, node)
+        col = self._as_column(node.this)
         spec = self._column(col, "filtered on")
         return IsNull(spec.name)
 

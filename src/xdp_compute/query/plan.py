@@ -85,7 +85,7 @@ def encode_fixed(value: float, frac_bits: int) -> int:
     """round(value * 2^frac_bits) as a Python int (round half to even; exact for |value| < 2^53)."""
     if not math.isfinite(value):
         raise ValueError("cannot encode a non-finite value")
-    return int(round(Fraction(value) * (1 << frac_bits)))
+    return round(Fraction(value) * (1 << frac_bits))
 
 
 def to_ring(value: int) -> int:

@@ -33,7 +33,7 @@ from sqlglot import exp
 
 from xdp_compute.domain.manifest import ColumnSpec
 from xdp_compute.query.plan import QueryPlan
-from xdp_compute.query.where import And, Between, Compare, InList, IsNull, Literal, Not, Or, Predicate
+from xdp_compute.query.where import And, Between, Compare, InList, IsNull, Not, Or, Predicate, Scalar
 
 DIALECTS = ("duckdb", "postgres")
 _CMP_EXP: dict[str, type[exp.Binary]] = {
@@ -45,7 +45,7 @@ def _double() -> exp.DataType:
     return exp.DataType.build("DOUBLE")
 
 
-def _num(value: float | int) -> exp.Expression:
+def _num(value: float) -> exp.Expression:
     """A numeric literal; negative numbers as unary minus so every dialect reads them."""
     if isinstance(value, bool):
         raise TypeError("bool is not a number here")
@@ -55,7 +55,7 @@ def _num(value: float | int) -> exp.Expression:
     return exp.Neg(this=lit) if value < 0 else lit
 
 
-def _literal(value: Literal) -> exp.Expression:
+def _literal(value: Scalar) -> exp.Expression:
     if isinstance(value, bool):
         return exp.Boolean(this=value)
     if isinstance(value, str):
@@ -135,8 +135,7 @@ class _Columns:
         t = self.typed(p.column)
         node: exp.Expression
         if isinstance(p, Compare):
-            node = _CMP_EXP[p.op](this=t, expression=_literal(p.value))
-            return node
+            return _CMP_EXP[p.op](this=t, expression=_literal(p.value))
         if isinstance(p, InList):
             node = exp.In(this=t, expressions=[_literal(v) for v in p.values])
         elif isinstance(p, Between):

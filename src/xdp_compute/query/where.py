@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from xdp_compute.errors import InvalidQuery
 
-Literal = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 COMPARISON_OPS = ("=", "<>", "<", "<=", ">", ">=")
 MAX_IN_LIST = 1000
@@ -28,7 +28,7 @@ class Compare:
 
     column: str
     op: str
-    value: Literal
+    value: Scalar
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class InList:
     """``column [NOT] IN (v1, v2, ...)`` over literals only."""
 
     column: str
-    values: tuple[Literal, ...]
+    values: tuple[Scalar, ...]
     negated: bool = False
 
 
@@ -45,8 +45,8 @@ class Between:
     """``column [NOT] BETWEEN low AND high`` (inclusive, as in SQL)."""
 
     column: str
-    low: Literal
-    high: Literal
+    low: Scalar
+    high: Scalar
     negated: bool = False
 
 
@@ -73,14 +73,14 @@ class Not:
     item: Predicate
 
 
-Predicate = Union[Compare, InList, Between, IsNull, And, Or, Not]
+Predicate = Compare | InList | Between | IsNull | And | Or | Not
 
 
-def _lit_to_json(v: Literal) -> Any:
+def _lit_to_json(v: Scalar) -> Any:
     return v
 
 
-def _lit_from_json(v: Any, where: str) -> Literal:
+def _lit_from_json(v: Any, where: str) -> Scalar:
     if isinstance(v, bool | str):
         return v
     if isinstance(v, int):
