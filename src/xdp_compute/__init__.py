@@ -11,6 +11,7 @@ from xdp_compute.errors import (
     XdpError,
 )
 from xdp_compute.sdk.client import ApiError, Client
+from xdp_compute.sdk.results import QueryResult
 
 __all__ = [
     "ApiError",
@@ -21,6 +22,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PolicyDenied",
+    "QueryResult",
     "Unauthorized",
     "XdpError",
 ]

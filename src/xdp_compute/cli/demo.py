@@ -89,7 +89,10 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = N
 def run_demo(console: Console | None = None) -> int:
     from xdp_compute import Client
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=150)
     started = time.time()
     console.rule("[bold]xdp-compute demo: three district hospitals, one gateway")
     cluster, tokens = start_demo_cluster(console)

@@ -121,3 +121,31 @@ def demo() -> None:
     from xdp_compute.cli.demo import run_demo
 
     raise typer.Exit(run_demo())
+
+
+@app.command()
+@friendly
+def query(
+    sql: str = typer.Argument(..., help="SELECT ... FROM dataset [WHERE ...] [GROUP BY ...]"),
+    url: str = typer.Option(..., help="Gateway REST URL, e.g. http://127.0.0.1:8000"),
+    token: str = typer.Option(..., help="Analyst token", envvar="XDP_TOKEN"),
+    epsilon: float = typer.Option(..., help="Privacy cost to spend on this query"),
+    delta: float = typer.Option(None, help="Delta (default: 1% of the dataset's delta budget)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show plan, cost, expected error; charge nothing"),
+    encrypt: bool = typer.Option(False, "--encrypt", help="Paillier encrypted delivery (key kept locally)"),
+    idempotency_key: str = typer.Option(None, help="Retry-safe key: the same key returns the same answer"),
+) -> None:
+    """Run a federated DP SQL query and print the table with 95% intervals."""
+    import json as _json
+
+    from xdp_compute import Client
+
+    with Client(url, token) as c:
+        r = c.query(sql, epsilon=epsilon, delta=delta, dry_run=dry_run, idempotency_key=idempotency_key,
+                    encrypt=encrypt)
+    if dry_run:
+        typer.echo(_json.dumps(r, indent=2))
+        return
+    typer.echo(r.table())
+    typer.echo(f"\nspent epsilon={r.epsilon:.6g} delta={r.delta:.3g}; intervals are {r.level:.0%}; "
+               f"budget left: " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(r.remaining.items())))

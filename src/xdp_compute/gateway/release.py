@@ -200,7 +200,8 @@ class ReleaseGate:
                 stored = self.log.append(s, entry)
                 job = s.get(m.Job, job_id)
                 delivery = {"job_id": job_id, "status": "released", "operation": outcome.operation,
-                            "result": payload, "log_index": stored["index"]}
+                            "result": payload, "log_index": stored["index"], "budget_left": left,
+                            "cost": outcome.cost}
                 if job is not None:
                     job.status = "released"
                     job.result_json = json.dumps(delivery)

@@ -30,6 +30,7 @@ class TaskExecutor:
         self.state: dict[str, Any] = {}
         self.handlers: dict[str, Handler] = {"validate": self._validate}
         from xdp_compute.node import jobs as node_jobs
+        from xdp_compute.node import query_task  # noqa: F401 - registers its round-0 provider
 
         node_jobs.install(self)
 

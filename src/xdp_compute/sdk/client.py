@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import time
+
 import httpx
 
 from xdp_compute import errors as E
+from xdp_compute.sdk.results import QueryResult, query_result
 
 _BY_SLUG: dict[str, type[E.XdpError]] = {}
 for _cls in list(vars(E).values()):
@@ -94,3 +97,43 @@ class Client:
     def validate_node(self, node: str) -> dict[str, Any]:
         """Holders: ask one's own node to check its sources against its manifest (counts only)."""
         return self._post(f"/v1/nodes/{node}/validate")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ analysts
+    def _wait(self, out: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Poll a job that waits (e.g. for approval) until it is released, denied or failed."""
+        deadline = time.time() + timeout
+        while out.get("status") not in ("released", "denied", "failed"):
+            if time.time() > deadline:
+                raise ApiError(f"job {out.get('job_id')} still {out.get('status')} after {timeout:g}s", job=out)
+            time.sleep(0.25)
+            out = self._get(f"/v1/jobs/{out['job_id']}")
+        if out["status"] != "released":
+            err = out.get("error") or {}
+            raise E.Forbidden(f"job {out['job_id']} {out['status']}: {err.get('detail', '')}")
+        return out
+
+    def query(self, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
+              idempotency_key: str | None = None, *, level: float = 0.95, encrypt: bool = False,
+              wait: float = 600.0) -> Any:
+        """Run a federated DP SQL query; returns a QueryResult (a dict of the plan when ``dry_run``).
+
+        ``encrypt=True`` asks for Paillier encrypted delivery: only this client can decrypt.
+        """
+        if encrypt:
+            from xdp_compute.sdk.he import encrypted_query
+
+            return encrypted_query(self, sql, epsilon, delta, idempotency_key=idempotency_key, level=level,
+                                   wait=wait, dry_run=dry_run)
+        body = {"sql": sql, "epsilon": epsilon, "delta": delta, "dry_run": dry_run,
+                "idempotency_key": idempotency_key, "level": level}
+        out = self._post("/v1/queries", json=body)
+        if dry_run:
+            return out
+        return query_result(self._wait(out, wait) if out.get("status") != "released" else out)
+
+    def budget(self, dataset: str) -> dict[str, Any]:
+        """Budget left per node of ``dataset`` and the analyst's own."""
+        return self._get(f"/v1/budget/{dataset}")  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._get(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]

@@ -1,7 +1,71 @@
-"""Job routes (queries, HE queries, training) — filled in by the jobs module."""
+"""Analysts' job routes: federated DP SQL (plain or encrypted delivery), job status, budgets."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from xdp_compute.errors import NotFound
+from xdp_compute.gateway import models as m
+from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc
+from xdp_compute.gateway.query_service import QueryService
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+class QueryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(..., max_length=20000)
+    epsilon: float
+    delta: float | None = None
+    dry_run: bool = False
+    idempotency_key: str | None = Field(None, max_length=200)
+    level: float = 0.95
+
+
+def service(svc: Svc) -> QueryService:
+    qs = svc.extra.get("query_service")
+    if qs is None:
+        qs = svc.extra["query_service"] = QueryService(svc)
+    return qs  # type: ignore[no-any-return]
+
+
+@router.post("/queries")
+async def submit_query(body: QueryBody, svc: Svc, who: Analyst) -> JSONResponse:
+    """Run a federated DP SQL query; waits for the answer (or 202 when approval is required)."""
+    status, out = await service(svc).submit(who, body.model_dump())
+    return JSONResponse(out, status_code=status)
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
+    """A job's status and, once released, its delivery with a fresh receipt (owner only)."""
+    with svc.store.read() as s:
+        job = s.get(m.Job, job_id)
+    if job is None or job.principal_id != who.id:
+        raise NotFound(f"no job {job_id!r}")
+    out: dict[str, Any] = {"job_id": job.id, "status": job.status, "operation": job.kind,
+                           "created_at": job.created_at, "cost": json.loads(job.cost_json)}
+    if job.status == "released" and job.result_json:
+        out.update(json.loads(job.result_json))
+        out["receipt"] = svc.release_log.receipt(out["log_index"])
+    if job.error_json:
+        out["error"] = json.loads(job.error_json)
+    return out
+
+
+@router.get("/budget/{dataset}")
+async def budget(dataset: str, svc: Svc, who: Analyst) -> dict[str, Any]:
+    """Budget left on each node holding ``dataset``, and the analyst's own budget."""
+    parts = await asyncio.to_thread(service(svc).lookup, dataset)
+    return {"dataset": parts[0]["spec"]["name"],
+            "nodes": [{"node": p["node"], "epsilon_budget": p["eps_budget"],
+                       "epsilon_spent": p["eps_spent"], "epsilon_reserved": p["eps_reserved"],
+                       "epsilon_left": p["eps_budget"] - p["eps_spent"] - p["eps_reserved"],
+                       "delta_budget": p["delta_budget"], "delta_spent": p["delta_spent"]} for p in parts],
+            "analyst": svc.store.analyst_budget(who.id)}

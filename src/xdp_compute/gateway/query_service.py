@@ -1,0 +1,403 @@
+"""Federated DP SQL jobs: plan -> policy -> reserve -> secure aggregation -> release through the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlglot
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlglot import exp
+
+from xdp_compute.crypto.secagg import default_threshold
+from xdp_compute.domain.manifest import DatasetSpec
+from xdp_compute.domain.policy import Decision, NodePart, Requester, check_privacy_params, enforce, evaluate
+from xdp_compute.errors import (
+    BadRequest,
+    BudgetExhausted,
+    Conflict,
+    InvalidQuery,
+    NotFound,
+    PolicyDenied,
+    ProtocolAborted,
+)
+from xdp_compute.gateway import models as m
+from xdp_compute.gateway.app import Services
+from xdp_compute.gateway.hub import Task
+from xdp_compute.gateway.release import BUDGET_EXHAUSTED, DENIED, FAILED, Outcome, digest
+from xdp_compute.gateway.secure_sum import secure_sum
+from xdp_compute.gateway.store import PrincipalView, ReservationRequest, new_id
+from xdp_compute.privacy import (
+    Measurement,
+    NoisePlan,
+    NoisyCell,
+    avg_interval,
+    cell_interval,
+    expected_error,
+    plan_noise,
+    stddev_interval,
+    variance_interval,
+)
+from xdp_compute.query import QueryPlan, plan_query, referenced_dataset
+from xdp_compute.query.plan import from_ring
+
+log = logging.getLogger("xdp.gateway.query")
+GROUP_SIZE_ALIAS = "xdp_group_size"
+DEFAULT_DELTA_FRACTION = 0.01  # a query's default delta: 1% of the smallest declared delta budget
+
+
+@dataclass
+class Prepared:
+    """Everything decided before anything is computed."""
+
+    principal: PrincipalView
+    dataset: str
+    parts: list[dict[str, Any]]
+    plan: QueryPlan
+    hidden_count: bool
+    noise: NoisePlan
+    threshold: int
+    decisions: list[Decision]
+    epsilon: float
+    delta: float
+    level: float
+    spec_digest: str
+    operation: str = "query"
+
+    @property
+    def node_names(self) -> list[str]:
+        return [p["node"] for p in self.parts]
+
+    def cost(self) -> dict[str, float]:
+        return {"epsilon": self.noise.epsilon, "delta": self.noise.delta, "rho": self.noise.rho}
+
+
+def with_group_size(sql: str) -> tuple[str, bool]:
+    """Make sure the query measures COUNT(*) per group: small-cell suppression needs it."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.ParseError:
+        return sql, False  # the planner reports the syntax error properly
+    if not isinstance(tree, exp.Select):
+        return sql, False
+    for e in tree.expressions:
+        inner = e.this if isinstance(e, exp.Alias) else e
+        if isinstance(inner, exp.Count) and isinstance(inner.this, exp.Star):
+            return sql, False
+    tree = tree.select(exp.alias_(exp.Count(this=exp.Star()), GROUP_SIZE_ALIAS), copy=True)
+    return tree.sql(dialect="duckdb"), True
+
+
+def count_alias(plan: QueryPlan) -> str:
+    for o in plan.outputs:
+        if o.kind == "count" and o.column is None:
+            return o.alias
+    raise AssertionError("plan has no COUNT(*)")
+
+
+def node_parts(parts: list[dict[str, Any]]) -> list[NodePart]:
+    return [NodePart(node=p["node"], region=p["region"], spec=DatasetSpec.from_dict(p["spec"]),
+                     epsilon_left=p["eps_budget"] - p["eps_spent"] - p["eps_reserved"],
+                     delta_left=p["delta_budget"] - p["delta_spent"]) for p in parts]
+
+
+class QueryService:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.store = svc.store
+        self.gate = svc.gate
+
+    # ------------------------------------------------------------------ planning
+    def lookup(self, name: str) -> list[dict[str, Any]]:
+        for n in self.store.dataset_names():
+            if n.lower() == name.lower():
+                return self.store.dataset_parts(n)
+        raise NotFound(f"no dataset named {name!r}")
+
+    def prepare(self, who: PrincipalView, sql: str, epsilon: Any, delta: Any, level: float = 0.95,
+                operation: str = "query") -> Prepared:
+        if not isinstance(sql, str) or not sql.strip():
+            raise InvalidQuery("empty query")
+        name = referenced_dataset(sql)
+        all_parts = self.lookup(name)
+        parts = [p for p in all_parts if p["online"]]
+        if not parts:
+            raise Conflict(f"no node holding dataset {name!r} is online")
+        spec = DatasetSpec.from_dict(parts[0]["spec"])
+        default_delta = min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
+        eps, dlt = check_privacy_params(epsilon, delta, default_delta)
+        if not 0.5 <= level < 1:
+            raise BadRequest("level must be in [0.5, 1)")
+        full_sql, hidden = with_group_size(sql)
+        plan = plan_query(full_sql, spec)
+        n = len(parts)
+        t = default_threshold(n)  # a majority; at least 2 when n >= 2
+        measurements = [Measurement(name=mm.key, l2_sensitivity=mm.sensitivity, dim=len(plan.cells),
+                                    l1_sensitivity=mm.sensitivity) for mm in plan.measurements]
+        noise = plan_noise(eps, dlt, measurements, t)
+        decisions = evaluate(node_parts(parts), Requester(who.name, who.role, who.region), noise.epsilon,
+                             noise.delta, restricted_categories=self.svc.settings.restricted_categories,
+                             output=operation)
+        offline = [p["node"] for p in all_parts if not p["online"]]
+        if offline:
+            decisions.append(Decision("participation", True, f"offline node(s) {offline} do not take part; "
+                                                              "their rows are not in the answer"))
+        spec_digest = digest({"operation": operation, "sql": sql, "epsilon": eps, "delta": dlt, "level": level})
+        return Prepared(who, plan.dataset, parts, plan, hidden, noise, t, decisions, eps, dlt, level, spec_digest,
+                        operation)
+
+    def dry_run(self, p: Prepared) -> dict[str, Any]:
+        scales = {mm.key: 1.0 / mm.scale for mm in p.plan.measurements}
+        err_t = expected_error(p.noise, level=p.level, scales=scales)
+        err_n = expected_error(p.noise, level=p.level, n_shares=len(p.parts), scales=scales)
+        per_output = {}
+        for o in p.plan.outputs:
+            if o.kind in ("count", "sum") and not (p.hidden_count and o.alias == GROUP_SIZE_ALIAS):
+                key = p.plan.measurements[o.inputs[0]].key
+                per_output[o.alias] = {"halfwidth_all_nodes": err_n[key], "halfwidth_threshold_nodes": err_t[key]}
+            elif o.kind in ("avg", "variance", "stddev"):
+                per_output[o.alias] = {"note": "depends on the (unknown) group size; see the count and sum "
+                                               "half-widths it is derived from"}
+        return {
+            "dry_run": True, "dataset": p.dataset, "operation": p.operation,
+            "plan": {"sql": p.plan.sql, "cells": len(p.plan.cells), "group_columns": list(p.plan.group_columns),
+                     "measurements": [mm.key for mm in p.plan.measurements],
+                     "nodes": p.node_names, "threshold": p.threshold, "digest": p.plan.digest()},
+            "cost": p.cost(), "level": p.level, "expected_error": per_output,
+            "decisions": [d.to_dict() for d in p.decisions],
+            "allowed": all(d.allowed for d in p.decisions),
+        }
+
+    # ------------------------------------------------------------------ submission
+    def outcome_for(self, p: Prepared, payload: dict[str, Any] | None = None, nodes: list[str] | None = None
+                    ) -> Outcome:
+        return Outcome(operation=p.operation, payload=payload or {}, datasets=[p.dataset],
+                       nodes=nodes if nodes is not None else p.node_names, spec_digest=p.spec_digest,
+                       cost=p.cost(), decisions=[d.to_dict() for d in p.decisions])
+
+    def existing(self, who: PrincipalView, key: str | None, spec_digest: str) -> m.Job | None:
+        if not key:
+            return None
+        with self.store.read() as s:
+            job = s.scalar(select(m.Job).where(m.Job.principal_id == who.id, m.Job.idempotency_key == key))
+        if job is not None and json.loads(job.spec_json).get("digest") != spec_digest:
+            raise Conflict("this idempotency key was used for a different request")
+        return job
+
+    def reserve(self, p: Prepared, idempotency_key: str | None, spec: dict[str, Any],
+                approval_holders: list[str]) -> tuple[str, bool]:
+        """Create the job and hold its budget atomically; returns (job id, created)."""
+        job_id = new_id()
+        now = time.time()
+        status = "awaiting_approval" if approval_holders else "reserved"
+        try:
+            with self.store.write() as s:
+                s.add(m.Job(id=job_id, principal_id=p.principal.id, kind=p.operation, status=status,
+                            spec_json=json.dumps({**spec, "digest": p.spec_digest}),
+                            plan_json=json.dumps({"plan": p.plan.to_dict(), "noise": p.noise.to_dict(),
+                                                  "threshold": p.threshold, "hidden_count": p.hidden_count,
+                                                  "nodes": [x["node_id"] for x in p.parts],
+                                                  "level": p.level,
+                                                  "decisions": [d.to_dict() for d in p.decisions]}),
+                            cost_json=json.dumps(p.cost()), idempotency_key=idempotency_key, created_at=now,
+                            updated_at=now, compute_seconds=0.0))
+                s.flush()
+                settings = self.svc.settings
+                self.store.ensure_analyst_budget(s, p.principal.id, settings.analyst_epsilon_budget,
+                                                 settings.analyst_delta_budget)
+                holds = [ReservationRequest(x["ledger_id"], p.noise.epsilon, p.noise.delta) for x in p.parts]
+                self.store.reserve(s, job_id, p.principal.id, holds, p.noise.epsilon, p.noise.delta)
+                for holder_id in approval_holders:
+                    s.add(m.Approval(job_id=job_id, holder_id=holder_id, decision="pending"))
+        except IntegrityError:
+            job = self.existing(p.principal, idempotency_key, p.spec_digest)
+            if job is None:
+                raise
+            return job.id, False
+        return job_id, True
+
+    async def submit(self, who: PrincipalView, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Handle POST /v1/queries. Returns (HTTP status, body)."""
+        p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
+                                    body.get("level", 0.95))
+        if body.get("dry_run"):
+            return 200, self.dry_run(p)
+        key = body.get("idempotency_key")
+        job = await asyncio.to_thread(self.existing, who, key, p.spec_digest)
+        if job is not None:
+            return await self.await_existing(job.id)
+        try:
+            enforce(p.decisions)
+        except (PolicyDenied, BudgetExhausted) as e:
+            kind = BUDGET_EXHAUSTED if isinstance(e, BudgetExhausted) else DENIED
+            await asyncio.to_thread(self.gate.refuse, None, who.name, self.outcome_for(p), kind, e.detail,
+                                    refund=False)
+            raise
+        approvals = self.approval_holders(p)
+        try:
+            job_id, created = await asyncio.to_thread(self.reserve, p, key, {"sql": body["sql"],
+                                                                             "epsilon": p.epsilon,
+                                                                             "delta": p.delta}, approvals)
+        except BudgetExhausted as e:
+            await asyncio.to_thread(self.gate.refuse, None, who.name, self.outcome_for(p), BUDGET_EXHAUSTED,
+                                    e.detail, refund=False)
+            raise
+        if not created:
+            return await self.await_existing(job_id)
+        if approvals:
+            return 202, {"job_id": job_id, "status": "awaiting_approval",
+                         "detail": "the dataset's holders must approve this job before anything is computed"}
+        return 200, await self.run(job_id, p)
+
+    def approval_holders(self, p: Prepared) -> list[str]:
+        return sorted({x["holder_id"] for x in p.parts if x["spec"].get("require_approval")
+                       or x["spec"].get("classification") == "core"})
+
+    async def await_existing(self, job_id: str, timeout: float = 600) -> tuple[int, dict[str, Any]]:
+        """An idempotent retry: return the job's one answer (waiting for it if still running)."""
+        deadline = time.time() + timeout
+        while True:
+            with self.store.read() as s:
+                job = s.get(m.Job, job_id)
+            assert job is not None
+            if job.status == "released" and job.result_json:
+                delivery = json.loads(job.result_json)
+                delivery["receipt"] = self.gate.log.receipt(delivery["log_index"])
+                return 200, delivery
+            if job.status in ("denied", "failed"):
+                err = json.loads(job.error_json or "{}")
+                raise Conflict(f"job {job_id} ended {job.status}: {err.get('detail', '')}", job_id=job_id)
+            if job.status == "awaiting_approval":
+                return 202, {"job_id": job_id, "status": job.status}
+            if time.time() > deadline:
+                return 202, {"job_id": job_id, "status": job.status}
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ execution
+    def _set_status(self, job_id: str, status: str) -> None:
+        with self.store.write() as s:
+            job = s.get(m.Job, job_id)
+            if job is not None:
+                job.status, job.updated_at = status, time.time()
+
+    async def run(self, job_id: str, p: Prepared) -> dict[str, Any]:
+        """Compute over the nodes and pass the result through the ReleaseGate."""
+        await asyncio.to_thread(self._set_status, job_id, "running")
+        started = time.time()
+        sigmas = {mm.name: f"{mm.sigma_node2.numerator}/{mm.sigma_node2.denominator}"
+                  for mm in p.noise.measurements}
+        ids = [x["node_id"] for x in p.parts]
+        names = {x["node_id"]: x["node"] for x in p.parts}
+        header = {"plan": p.plan.to_dict(), "sigma_node2": sigmas}
+        try:
+            res = await secure_sum(self.svc.hub, job_id, f"{job_id}:sum", ids, p.plan.vector_length,
+                                   lambda node: Task("query_begin", job_id, dict(header)), threshold=p.threshold,
+                                   round_timeout=self.svc.settings.round_timeout_seconds,
+                                   begin_timeout=self.svc.settings.round_timeout_seconds * 6)
+        except ProtocolAborted as e:
+            # Nothing was unmasked, so nothing was computed that could leak: refund.
+            await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
+                                    f"secure aggregation aborted: {e.detail}", refund=True)
+            raise
+        except Exception as e:
+            # Unknown state: charge (a noisy value may exist) but release nothing.
+            await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
+                                    f"job failed: {type(e).__name__}", refund=False, charge=True)
+            raise
+        survivors = [names[u] for u in res.survivors]
+        payload = self.finalize(p, res.total, len(res.survivors))
+        payload["nodes"] = survivors
+        payload["dropped"] = {names[u]: ph for u, ph in res.dropped.items()}
+        outcome = self.outcome_for(p, payload, survivors)
+        outcome.suppress = lambda pl: self.suppress(p, pl)
+        outcome.recheck = lambda: self.recheck(p)
+        with self.store.write() as s:
+            job = s.get(m.Job, job_id)
+            if job is not None:
+                job.compute_seconds = time.time() - started
+        delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome,
+                                           self.approvers(job_id))
+        return delivery
+
+    def approvers(self, job_id: str) -> list[str]:
+        with self.store.read() as s:
+            rows = s.execute(select(m.Principal.name).join(m.Approval, m.Approval.holder_id == m.Principal.id)
+                             .where(m.Approval.job_id == job_id, m.Approval.decision == "approved")).all()
+        return sorted(r[0] for r in rows)
+
+    def recheck(self, p: Prepared) -> list[dict[str, Any]]:
+        """Policy re-check at release: the holders' current policy (budget excluded: it is reserved)."""
+        parts = [x for x in self.lookup(p.dataset) if x["node_id"] in {y["node_id"] for y in p.parts}]
+        fresh = evaluate(node_parts(parts), Requester(p.principal.name, p.principal.role, p.principal.region),
+                         0.0, 0.0, restricted_categories=self.svc.settings.restricted_categories,
+                         output=p.operation)
+        return [d.to_dict() for d in fresh if d.rule not in ("budget", "epsilon_cap")]
+
+    def finalize(self, p: Prepared, total: np.ndarray, n_shares: int) -> dict[str, Any]:
+        """Noisy totals -> rows keyed by alias, with 95% intervals from the known noise."""
+        plan, noise = p.plan, p.noise
+        sig = {mm.name: mm.sigma_node2 for mm in noise.measurements}
+        cells: list[list[NoisyCell]] = []
+        for c in range(len(plan.cells)):
+            cells.append([NoisyCell(raw=from_ring(int(total[plan.index(c, j)])), sigma_node2=sig[mm.key],
+                                    n_shares=n_shares, scale=1.0 / mm.scale)
+                          for j, mm in enumerate(plan.measurements)])
+        rows, intervals = [], []
+        for c, cell in enumerate(plan.cells):
+            row: dict[str, Any] = {}
+            ivs: dict[str, Any] = {}
+            for o in plan.outputs:
+                if o.kind == "group":
+                    row[o.alias] = cell[plan.group_columns.index(o.column or "")]
+                    continue
+                ins = [cells[c][i] for i in o.inputs]
+                if o.kind == "count":
+                    iv = cell_interval(ins[0], p.level, lower=0)
+                elif o.kind == "sum":
+                    iv = cell_interval(ins[0], p.level)
+                else:
+                    col = plan.column(o.column or "")
+                    bounds = (float(col.min if col.min is not None else 0.0),
+                              float(col.max if col.max is not None else 1.0))
+                    count_c, sum_c = ins[0], ins[1]
+                    if o.kind == "avg":
+                        iv = avg_interval(sum_c, count_c, bounds, p.level)
+                    elif o.kind == "variance":
+                        iv = variance_interval(ins[2], sum_c, count_c, bounds, p.level)
+                    else:
+                        iv = stddev_interval(ins[2], sum_c, count_c, bounds, p.level)
+                row[o.alias] = iv.estimate
+                ivs[o.alias] = [iv.low, iv.high]
+            rows.append(row)
+            intervals.append(ivs)
+        return {"columns": [o.alias for o in plan.outputs if not (p.hidden_count and o.alias == GROUP_SIZE_ALIAS)],
+                "rows": rows, "intervals": intervals, "level": p.level,
+                "epsilon": p.noise.epsilon, "delta": p.noise.delta, "dataset": p.dataset,
+                "noise_variance": {mm.name: float(mm.sigma_node2 * n_shares) for mm in noise.measurements}}
+
+    def suppress(self, p: Prepared, payload: dict[str, Any]) -> int:
+        """Small-cell suppression: a group whose noisy count is below min_group_size shows no numbers."""
+        threshold = max(x["spec"]["min_group_size"] for x in p.parts)
+        alias = count_alias(p.plan)
+        group_aliases = {o.alias for o in p.plan.outputs if o.kind == "group"}
+        suppressed = 0
+        for row, ivs in zip(payload["rows"], payload["intervals"], strict=True):
+            small = row[alias] is None or row[alias] < threshold
+            if p.hidden_count:
+                row.pop(alias, None)
+                ivs.pop(alias, None)
+            if small:
+                for k in list(row):
+                    if k not in group_aliases:
+                        row[k] = None
+                        ivs[k] = None
+                suppressed += 1
+        payload["suppressed_groups"] = suppressed
+        payload["min_group_size"] = threshold
+        return suppressed
