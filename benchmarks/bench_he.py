@@ -30,8 +30,9 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def bench_paillier(n_values: int, sub_positions: int, value_bits_list: list[int], workers: int) -> dict[str, Any]:
-    from phe import paillier as phe
+def bench_paillier(
+    n_values: int, sub_positions: int, value_bits_list: list[int], workers: int
+) -> dict[str, Any]:
 
     from xdp_compute.crypto import paillier as P
 
@@ -40,7 +41,12 @@ def bench_paillier(n_values: int, sub_positions: int, value_bits_list: list[int]
     keygen_s = _now() - t0
     rng = random.Random(2024)
     nodes = 3
-    results: dict[str, Any] = {"key_bits": 3072, "nodes": nodes, "values_per_node": n_values, "keygen_s": keygen_s}
+    results: dict[str, Any] = {
+        "key_bits": 3072,
+        "nodes": nodes,
+        "values_per_node": n_values,
+        "keygen_s": keygen_s,
+    }
 
     # ---------------- baseline: phe, one EncryptedNumber per value (subsample, extrapolated)
     phe_pub, phe_priv = pub.to_phe(), priv.to_phe()
@@ -183,7 +189,9 @@ def bench_ckks(repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller Paillier run (1000 values) for a smoke test")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller Paillier run (1000 values) for a smoke test"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     n_values = 1000 if args.quick else 10_000

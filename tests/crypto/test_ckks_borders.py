@@ -48,7 +48,9 @@ def test_oversized_payloads_are_refused_before_parsing(sctx: C.ScoringContext, w
         C.validate_public_context(sctx.public_bytes, max_bytes=1024)
     assert info.value.status == 413
     with pytest.raises(PayloadTooLarge):
-        C.score_partial(sctx.public_bytes, weights, np.ones((2, 6)), np.zeros(2), 0.0, max_ciphertext_bytes=1024)
+        C.score_partial(
+            sctx.public_bytes, weights, np.ones((2, 6)), np.zeros(2), 0.0, max_ciphertext_bytes=1024
+        )
     with pytest.raises(PayloadTooLarge):
         C.add_ciphertexts(sctx.public_bytes, [weights], max_ciphertext_bytes=1024)
 
@@ -61,7 +63,9 @@ def test_truncated_and_garbage_contexts_are_400(sctx: C.ScoringContext) -> None:
         C.validate_public_context(b"")
 
 
-def test_truncated_ciphertexts_are_400_and_the_caller_survives(sctx: C.ScoringContext, weights: bytes) -> None:
+def test_truncated_ciphertexts_are_400_and_the_caller_survives(
+    sctx: C.ScoringContext, weights: bytes
+) -> None:
     F, noise = np.ones((4, 6)), np.zeros(4)
     with pytest.raises(InvalidCiphertext):
         C.score_partial(sctx.public_bytes, weights[: len(weights) - 777], F, noise, 0.0)

@@ -41,7 +41,16 @@ def _simulate(plan: C.ScoringPlan, w: np.ndarray, F: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("d", "max_groups", "groups"),
-    [(10, 5, 5), (4096, 10, 10), (3, 100, 100), (1, 1, 1), (1, 7, 3), (17, 17, 17), (64, 4096, 4096), (5, 16, 2)],
+    [
+        (10, 5, 5),
+        (4096, 10, 10),
+        (3, 100, 100),
+        (1, 1, 1),
+        (1, 7, 3),
+        (17, 17, 17),
+        (64, 4096, 4096),
+        (5, 16, 2),
+    ],
 )
 def test_plan_computes_every_group_score(d: int, max_groups: int, groups: int) -> None:
     rng = np.random.default_rng(d * 7919 + max_groups)

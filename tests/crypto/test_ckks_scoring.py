@@ -17,7 +17,9 @@ def sctx() -> C.ScoringContext:
     return C.make_scoring_context(12, 20)
 
 
-def _score(sctx: C.ScoringContext, enc: bytes, F: np.ndarray, noise: np.ndarray | None = None, flood: float = 0.0) -> bytes:
+def _score(
+    sctx: C.ScoringContext, enc: bytes, F: np.ndarray, noise: np.ndarray | None = None, flood: float = 0.0
+) -> bytes:
     noise = np.zeros(F.shape[0]) if noise is None else noise
     return C.score_partial(sctx.public_bytes, enc, F, noise, flood, sandbox=False)
 
@@ -32,7 +34,9 @@ def test_public_context_is_public_with_only_the_needed_galois_keys(sctx: C.Scori
     assert info.fingerprint == sctx.fingerprint
 
 
-@pytest.mark.parametrize(("d", "max_groups", "groups"), [(12, 20, 20), (12, 20, 7), (300, 3, 3), (2, 600, 600)])
+@pytest.mark.parametrize(
+    ("d", "max_groups", "groups"), [(12, 20, 20), (12, 20, 7), (300, 3, 3), (2, 600, 600)]
+)
 def test_scores_match_plaintext_with_noise_off(d: int, max_groups: int, groups: int) -> None:
     rng = np.random.default_rng(d + groups)
     ctx = C.make_scoring_context(d, max_groups)
@@ -107,7 +111,9 @@ def test_results_are_bound_to_their_context(sctx: C.ScoringContext) -> None:
     with pytest.raises(WrongKey):
         C.decrypt_scores(other, out, 20)
     with pytest.raises(InvalidCiphertext, match="another CKKS context"):
-        C.score_partial(other.public_bytes, C.encrypt_weights(sctx, np.ones(12)), np.ones((2, 12)), np.zeros(2), 0.0)
+        C.score_partial(
+            other.public_bytes, C.encrypt_weights(sctx, np.ones(12)), np.ones((2, 12)), np.zeros(2), 0.0
+        )
     with pytest.raises(InvalidCiphertext, match="another CKKS context"):
         C.add_ciphertexts(other.public_bytes, [out])
     with pytest.raises(InvalidCiphertext, match="20 groups"):
@@ -135,7 +141,9 @@ def test_node_input_validation(sctx: C.ScoringContext) -> None:
 def test_context_without_the_plan_keys_is_rejected() -> None:
     ctx = C.make_scoring_context(12, 20)
     bare = bytes(
-        ctx.context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+        ctx.context.serialize(
+            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+        )
     )
     stripped = C.ScoringContext(ctx.context, ctx.plan, bare)
     enc = C.encrypt_weights(stripped, np.ones(12))

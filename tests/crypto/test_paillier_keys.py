@@ -49,7 +49,9 @@ def test_keypair_decrypts_and_matches_phe(keypair: tuple[P.PaillierPublic, P.Pai
     assert priv.raw_decrypt(c2) == 123456789
 
 
-def test_validate_public_key_accepts_a_real_modulus(keypair: tuple[P.PaillierPublic, P.PaillierPrivate]) -> None:
+def test_validate_public_key_accepts_a_real_modulus(
+    keypair: tuple[P.PaillierPublic, P.PaillierPrivate],
+) -> None:
     P.validate_public_key(keypair[0].n)
 
 

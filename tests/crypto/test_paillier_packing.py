@@ -79,7 +79,9 @@ def test_100_way_sums_of_extremes_do_not_overflow() -> None:
     top = (1 << 62) - 1
     length = 100
     rng = random.Random(7)
-    parties = [[rng.choice([top, -top, 0, rng.randint(-top, top)]) for _ in range(length)] for _ in range(100)]
+    parties = [
+        [rng.choice([top, -top, 0, rng.randint(-top, top)]) for _ in range(length)] for _ in range(100)
+    ]
     parties[0] = [top] * length
     for row in parties[1:50]:
         row[:10] = [top] * 10  # columns 0..9: 50 x max ...

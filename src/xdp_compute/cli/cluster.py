@@ -62,6 +62,7 @@ class LocalCluster:
         return f"127.0.0.1:{self.grpc_port}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        self.root.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
         with open(log, "ab") as fh:

@@ -6,6 +6,7 @@ import functools
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,11 +86,11 @@ def node(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     m = load_manifest(manifest)
     agent = NodeAgent(gateway, token, m)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=agent.stop, daemon=True).start())
     try:
         agent.run()
     except KeyboardInterrupt:
-        agent.stop_event.set()
+        agent.stop()
 
 
 @admin_app.command("create-token")

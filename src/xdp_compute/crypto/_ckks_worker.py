@@ -102,8 +102,10 @@ def main() -> int:
         result, out_blobs = ckks._worker_dispatch(header, blobs)
         response = pack_frame(RESPONSE_MAGIC, {"ok": True, **result}, out_blobs)
     except MemoryError:
-        response = pack_frame(RESPONSE_MAGIC, {"ok": False, "error": "PayloadTooLarge", "detail": "out of memory"})
-    except Exception as exc:  # every failure becomes a framed answer; the parent maps it
+        response = pack_frame(
+            RESPONSE_MAGIC, {"ok": False, "error": "PayloadTooLarge", "detail": "out of memory"}
+        )
+    except Exception as exc:  # noqa: BLE001  (every failure becomes a framed answer; the parent maps it)
         from xdp_compute.errors import XdpError
 
         if isinstance(exc, XdpError):

@@ -43,8 +43,13 @@ need flooding ~2^40 times the error, which CKKS precision cannot afford. The rel
 protected by the DP noise; ``flood_sigma`` is declared in the result header so the SDK can add
 it to the error bar.
 
-Bounds: after the 2^-scale_exp scaling chosen by the SDK from ``score_bound``, every slot value
-(score + noise) must stay below 2^(q0_bits - scale_bits - 3) (2^17 by default) or it wraps.
+Bounds and precision: every slot value (score + noise, after the node scales its matrix and
+noise by the public factor 2^-scale_exp that the SDK derived from ``score_bound``) must stay
+below 2^(q0_bits - scale_bits - 3) (2^17 by default) or it wraps. Scaling the plaintext matrix
+rather than the encrypted weights keeps the error independent of scale_exp: the dominant error
+is the weights' encryption noise times the plaintext diagonals, so the absolute error grows with
+max|feature_sums| (measured with N = 8192, scale 2^40, 16 features: ~6e-7 for |F| <= 1,
+~5e-5 for |F| <= 100, ~5e-3 for |F| <= 1e4, ~0.4 for |F| <= 1e6: about 5e-7 * max|F|).
 
 Borders: contexts and ciphertexts from outside are parsed only in a sandbox subprocess
 (:mod:`xdp_compute.crypto._ckks_worker`); see :func:`validate_public_context`,
@@ -216,7 +221,9 @@ class ScoringPlan:
         return out
 
 
-def scoring_plan(n_features: int, max_groups: int, slots: int = DEFAULT_POLY_MODULUS_DEGREE // 2) -> ScoringPlan:
+def scoring_plan(
+    n_features: int, max_groups: int, slots: int = DEFAULT_POLY_MODULUS_DEGREE // 2
+) -> ScoringPlan:
     """Derive the diagonal / BSGS layout for ``max_groups`` x ``n_features`` with ``slots`` slots."""
     for name, value in (("n_features", n_features), ("max_groups", max_groups), ("slots", slots)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -243,7 +250,7 @@ def scoring_plan(n_features: int, max_groups: int, slots: int = DEFAULT_POLY_MOD
 def _tenseal() -> Any:
     # Imported lazily: the gateway process never needs TenSEAL's C++ code, only the sandbox.
     import tenseal
-    import tenseal.sealapi  # noqa: F401  (registers the ``tenseal.sealapi`` attribute)
+    import tenseal.sealapi
 
     return tenseal
 
@@ -328,7 +335,9 @@ def _unpack_envelope(data: bytes, kind: str, max_bytes: int) -> tuple[dict[str, 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidCiphertext(f"encrypted {kind} must be bytes")
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"encrypted {kind} is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes)
+        raise PayloadTooLarge(
+            f"encrypted {kind} is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes
+        )
     data = bytes(data)
     if len(data) < 8 or data[:4] != _ENVELOPE_MAGIC:
         raise InvalidCiphertext(f"encrypted {kind} has a bad magic number or is truncated")
@@ -356,7 +365,12 @@ def _int_member(header: dict[str, Any], name: str, low: int, high: int) -> int:
 
 def _float_member(header: dict[str, Any], name: str) -> float:
     value = header.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise InvalidCiphertext(f"envelope member {name!r} must be a finite non-negative number")
     return float(value)
 
@@ -455,19 +469,27 @@ def make_scoring_context(
         raise InvalidSpec("scale_bits must be >= 20 and no larger than the middle primes")
     plan = scoring_plan(n_features, max_groups, poly_modulus_degree // 2)
     ts_mod = _tenseal()
-    context = ts_mod.context(ts_mod.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=bits)
+    context = ts_mod.context(
+        ts_mod.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=bits
+    )
     context.global_scale = 2.0**scale_bits
     return ScoringContext(context, plan, _public_context_bytes(context, plan.rotation_steps))
 
 
-def save_scoring_context(path: str | os.PathLike[str], sctx: ScoringContext, *, overwrite: bool = False) -> None:
+def save_scoring_context(
+    path: str | os.PathLike[str], sctx: ScoringContext, *, overwrite: bool = False
+) -> None:
     """Write the analyst's context (secret key included) to a new 0600 file."""
     secret = bytes(
-        sctx.context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+        sctx.context.serialize(
+            save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+        )
     )
     header = json.dumps({"plan": [sctx.plan.n_features, sctx.plan.max_groups, sctx.plan.slots]}).encode()
     body = struct.pack(">III", len(header), len(secret), len(sctx.public_bytes))
-    write_secret_file(path, _CONTEXT_FILE_MAGIC + body + header + secret + sctx.public_bytes, overwrite=overwrite)
+    write_secret_file(
+        path, _CONTEXT_FILE_MAGIC + body + header + secret + sctx.public_bytes, overwrite=overwrite
+    )
 
 
 def load_scoring_context(path: str | os.PathLike[str]) -> ScoringContext:
@@ -485,19 +507,22 @@ def load_scoring_context(path: str | os.PathLike[str]) -> ScoringContext:
             raise ValueError("length")
         d, g, slots = header["plan"]
         context = _tenseal().context_from(secret)
-    except Exception:
+    except Exception:  # noqa: BLE001  (TenSEAL's C++ binding raises assorted types)
         raise InvalidKey("not a readable xdp-compute CKKS context file") from None
     if not context.has_secret_key():
         raise InvalidKey("CKKS context file holds no secret key")
     return ScoringContext(context, scoring_plan(int(d), int(g), int(slots)), public)
 
 
-def encrypt_weights(sctx: ScoringContext, weights: Sequence[float] | np.ndarray, *, score_bound: float = 2.0**17) -> bytes:
+def encrypt_weights(
+    sctx: ScoringContext, weights: Sequence[float] | np.ndarray, *, score_bound: float = 2.0**17
+) -> bytes:
     """Encrypt a weight vector (bias last, if any) for :func:`score_partial`.
 
-    ``score_bound`` bounds |w . feature_sums[g] + noise| summed over all nodes; the weights are
-    scaled by 2^-scale_exp (recorded in the envelope, undone by :func:`decrypt_scores`) so the
-    slots stay below the wrap-around point.
+    ``score_bound`` bounds |w . feature_sums[g] + noise| summed over all nodes. From it the SDK
+    picks scale_exp (recorded in the envelope); nodes scale their matrix and noise by
+    2^-scale_exp so the slots stay below the wrap-around point, and :func:`decrypt_scores`
+    multiplies back.
     """
     w = np.asarray(weights, dtype=np.float64)
     plan = sctx.plan
@@ -509,7 +534,7 @@ def encrypt_weights(sctx: ScoringContext, weights: Sequence[float] | np.ndarray,
         raise InvalidSpec("score_bound must be a positive number")
     scale_exp = max(0, math.ceil(math.log2(score_bound)) - sctx.value_bound_bits)
     padded = np.zeros(plan.period)
-    padded[: plan.n_features] = w * 2.0**-scale_exp
+    padded[: plan.n_features] = w
     replicated = np.tile(padded, plan.slots // plan.period)
     vector = _tenseal().ckks_vector(sctx.context, replicated.tolist())
     header = {
@@ -546,7 +571,7 @@ def decrypt_scores(
     try:
         vector = _tenseal().ckks_vector_from(sctx.context, payload)
         values = np.asarray(vector.decrypt(), dtype=np.float64)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (foreign C++ code: any failure means bad input)
         raise InvalidCiphertext(f"score ciphertext could not be decrypted: {type(exc).__name__}") from None
     if values.shape[0] != groups:
         raise InvalidCiphertext("score ciphertext size does not match its header")
@@ -583,7 +608,7 @@ def _load_context(data: bytes) -> tuple[ts.Context, ContextInfo]:
     ts_mod = _tenseal()
     try:
         context = ts_mod.context_from(bytes(data), n_threads=1)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (foreign C++ code: any failure means bad input)
         # SEAL also refuses to load keys under parameters beyond its 128-bit bounds.
         raise InvalidHeContext(
             f"CKKS context could not be parsed (malformed, truncated, or parameters outside "
@@ -606,7 +631,7 @@ def _load_context(data: bytes) -> tuple[ts.Context, ContextInfo]:
         raise InvalidHeContext("context has no public key (needed to re-randomise the result)")
     try:
         scale = float(context.global_scale)
-    except Exception:
+    except Exception:  # noqa: BLE001  (TenSEAL raises when no scale was set)
         raise InvalidHeContext("context has no global scale") from None
     if not 2.0**20 <= scale <= 2.0 ** min(bits[1:-1]):
         raise InvalidHeContext("context global scale is outside [2^20, middle prime size]")
@@ -728,12 +753,13 @@ def _score_in_process(
                 raise InvalidHeContext(f"context lacks the Galois key for rotation step {step}")
     try:
         vector = ts_mod.ckks_vector_from(context, weights_payload)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (foreign C++ code: any failure means bad input)
         raise InvalidCiphertext(f"encrypted weights could not be parsed: {type(exc).__name__}") from None
     weights = _check_weights_ciphertext(context, vector, plan)
     scale_exp = _int_member(weights_header, "scale_exp", 0, 1024)
 
-    result = bsgs_matvec(context, weights, feature_sums, plan)
+    factor = 2.0**-scale_exp  # exact power of two: no rounding in the scaling itself
+    result = bsgs_matvec(context, weights, feature_sums * factor, plan)
     sealapi = ts_mod.sealapi
     seal_context = context.seal_context().data
     evaluator = sealapi.Evaluator(seal_context)
@@ -743,7 +769,6 @@ def _score_in_process(
 
     # Noise goes in through a fresh public-key encryption: DP share in every slot holding the
     # group, flooding in every slot; the fresh encryption re-randomises the ciphertext.
-    factor = 2.0**-scale_exp
     groups = feature_sums.shape[0]
     slot_noise = (plan.replicate_outputs(noise) + _gaussian(plan.slots, flood_sigma)) * factor
     encoder = sealapi.CKKSEncoder(seal_context)
@@ -778,11 +803,15 @@ def _add_in_process(
     for index, payload in enumerate(payloads):
         try:
             vector = ts_mod.ckks_vector_from(context, payload)
-        except Exception as exc:
-            raise InvalidCiphertext(f"score ciphertext {index} could not be parsed: {type(exc).__name__}") from None
+        except Exception as exc:  # noqa: BLE001  (foreign C++ code: any failure means bad input)
+            raise InvalidCiphertext(
+                f"score ciphertext {index} could not be parsed: {type(exc).__name__}"
+            ) from None
         cts = vector.ciphertext()
         if vector.size() != groups or len(cts) != 1:
-            raise InvalidCiphertext(f"score ciphertext {index} does not hold {groups} groups in one ciphertext")
+            raise InvalidCiphertext(
+                f"score ciphertext {index} does not hold {groups} groups in one ciphertext"
+            )
         ct = cts[0]
         if ct.parms_id() != seal_context.last_parms_id() or ct.size() != 2:
             raise InvalidCiphertext(f"score ciphertext {index} is not a size-2 ciphertext at the last level")
@@ -827,7 +856,14 @@ def _worker_dispatch(header: dict[str, Any], blobs: list[bytes]) -> tuple[dict[s
 
 _ERRORS: dict[str, type[XdpError]] = {
     cls.__name__: cls
-    for cls in (BadRequest, InvalidHeContext, UnsafeHeContext, InvalidCiphertext, InvalidSpec, PayloadTooLarge)
+    for cls in (
+        BadRequest,
+        InvalidHeContext,
+        UnsafeHeContext,
+        InvalidCiphertext,
+        InvalidSpec,
+        PayloadTooLarge,
+    )
 }
 
 
@@ -839,9 +875,9 @@ def _worker_command() -> list[str]:
     # -I: isolated mode (no PYTHON* variables, no user site, no cwd on sys.path); the package
     # root is put on the path explicitly.
     boot = (
-        "import sys; sys.path.insert(0, {root!r}); "
+        f"import sys; sys.path.insert(0, {_package_root()!r}); "
         "from xdp_compute.crypto._ckks_worker import main; raise SystemExit(main())"
-    ).format(root=_package_root())
+    )
     return [sys.executable, "-I", "-c", boot]
 
 
@@ -870,7 +906,9 @@ def _run_sandboxed(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise HeSandboxFailure(f"HE input rejected: processing did not finish within {timeout:.0f} s") from None
+        raise HeSandboxFailure(
+            f"HE input rejected: processing did not finish within {timeout:.0f} s"
+        ) from None
     if proc.returncode != 0:
         how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
         raise HeSandboxFailure(f"HE input rejected: the parser crashed ({how})", exit=proc.returncode)
@@ -964,7 +1002,12 @@ def score_partial(
         out_header, out = _score_in_process(context, header, payload, features, noise_arr, float(flood_sigma))
         return _pack_envelope(out_header, out)
     answer, blobs = _run_sandboxed(
-        {"op": "score", "weights_header": header, "shape": [groups, plan.n_features], "flood_sigma": float(flood_sigma)},
+        {
+            "op": "score",
+            "weights_header": header,
+            "shape": [groups, plan.n_features],
+            "flood_sigma": float(flood_sigma),
+        },
         [context, payload, features.astype("<f8").tobytes(), noise_arr.astype("<f8").tobytes()],
         timeout=timeout,
         memory_bytes=memory_bytes,
@@ -992,7 +1035,9 @@ def add_ciphertexts(
     if not ciphertexts:
         raise InvalidCiphertext("nothing to add")
     if len(ciphertexts) > max_inputs:
-        raise PayloadTooLarge(f"{len(ciphertexts)} ciphertexts; at most {max_inputs} may be added", limit=max_inputs)
+        raise PayloadTooLarge(
+            f"{len(ciphertexts)} ciphertexts; at most {max_inputs} may be added", limit=max_inputs
+        )
     fingerprint = _fingerprint(context)
     headers: list[dict[str, Any]] = []
     payloads: list[bytes] = []
@@ -1006,7 +1051,10 @@ def add_ciphertexts(
             "n_contributions": _int_member(header, "n_contributions", 1, 1 << 20),
             "flood_variance": _float_member(header, "flood_variance"),
         }
-        if headers and (clean["n_groups"], clean["scale_exp"]) != (headers[0]["n_groups"], headers[0]["scale_exp"]):
+        if headers and (clean["n_groups"], clean["scale_exp"]) != (
+            headers[0]["n_groups"],
+            headers[0]["scale_exp"],
+        ):
             raise InvalidCiphertext(f"score ciphertext {index} has different groups or scaling")
         headers.append(clean)
         payloads.append(payload)

@@ -43,7 +43,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import gmpy2
 from phe import paillier as _phe
@@ -143,7 +143,7 @@ def _as_int(value: Any, what: str, error: type[BadRequest] = InvalidKey) -> int:
             if text[:2].lower() == "0x":
                 if len(text) > 2 + MAX_KEY_BITS // 2:
                     raise error(f"{what} is too long")
-                return int(text[2:], 16)
+                return int(text, 0)
             if len(text) > _MAX_DECIMAL_DIGITS:
                 raise error(f"{what} is too long")
             return int(text, 10)
@@ -303,7 +303,9 @@ def generate_keypair(bits: int = DEFAULT_KEY_BITS) -> tuple[PaillierPublic, Pail
     return public, PaillierPrivate(public, int(phe_priv.p), int(phe_priv.q))
 
 
-def save_private_key(path: str | os.PathLike[str], private: PaillierPrivate, *, overwrite: bool = False) -> None:
+def save_private_key(
+    path: str | os.PathLike[str], private: PaillierPrivate, *, overwrite: bool = False
+) -> None:
     """Write ``private`` as JSON to a new file with mode 0600 (``Conflict`` if it exists)."""
     doc = {
         "kind": _PRIVATE_KEY_KIND,
@@ -643,13 +645,15 @@ class ObfuscatorPool:
         worker_count = (os.cpu_count() or 1) if workers is None else workers
         self._own_executor = executor is None and worker_count > 0
         self._executor: Executor | None = (
-            executor if executor is not None else (_spawn_executor(worker_count) if worker_count > 0 else None)
+            executor
+            if executor is not None
+            else (_spawn_executor(worker_count) if worker_count > 0 else None)
         )
         self._workers = max(1, worker_count)
         if start:
             self.fill()
 
-    def __enter__(self) -> ObfuscatorPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -691,6 +695,8 @@ class ObfuscatorPool:
                     self._schedule(short, chunk=max(1, -(-short // self._workers)))
             while len(self._ready) < count:
                 pending = list(self._pending)
+                if not pending:  # closed (or cancelled) while we waited
+                    raise RuntimeError("obfuscator pool was closed while waiting")
                 self._lock.release()
                 try:
                     wait(pending, return_when=FIRST_COMPLETED)
@@ -734,7 +740,9 @@ class ObfuscatorPool:
 # ----------------------------------------------------------------------------- vectors
 
 
-def encrypt_plaintexts(public: PaillierPublic, plaintexts: Sequence[int], obfuscators: Sequence[int]) -> list[int]:
+def encrypt_plaintexts(
+    public: PaillierPublic, plaintexts: Sequence[int], obfuscators: Sequence[int]
+) -> list[int]:
     """Encrypt raw plaintexts in [0, n) as (1 + m*n) * r^n mod n^2 with the given obfuscators."""
     if len(obfuscators) != len(plaintexts):
         raise ValueError("need exactly one obfuscator per plaintext")
@@ -863,7 +871,12 @@ class EncryptedVector:
             },
             separators=(",", ":"),
         ).encode()
-        return _VECTOR_MAGIC + struct.pack(">I", len(header)) + header + ciphertexts_to_bytes(self.ciphertexts, public)
+        return (
+            _VECTOR_MAGIC
+            + struct.pack(">I", len(header))
+            + header
+            + ciphertexts_to_bytes(self.ciphertexts, public)
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, public: PaillierPublic, *, max_bytes: int) -> EncryptedVector:

@@ -56,6 +56,7 @@ class NodeAgent:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self.stop_event = threading.Event()
         self._session: Session | None = None
+        self._channel: grpc.Channel | None = None
         self._fault = os.environ.get("XDP_NODE_FAULT")  # test-only fault injection: exit on this task kind
 
     # ------------------------------------------------------------------ plumbing
@@ -120,6 +121,13 @@ class NodeAgent:
             if resp.has_task:
                 self._pool.submit(self._submit, stub, session, resp.task)
 
+    def stop(self) -> None:
+        """Stop serving now: cancels the pending long poll by closing the channel."""
+        self.stop_event.set()
+        ch = self._channel
+        if ch is not None:
+            ch.close()
+
     def run(self) -> None:
         """Serve until ``stop_event`` is set; raise NodeFatal if the gateway refuses this node."""
         backoff = 0.5
@@ -128,10 +136,13 @@ class NodeAgent:
                 ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.keepalive_time_ms", 20000)])
             stub = pb_grpc.NodeServiceStub(channel)
+            self._channel = channel
             self._session = None
             try:
                 self._serve(stub)
             except grpc.RpcError as e:
+                if self.stop_event.is_set():
+                    break
                 code = e.code() if hasattr(e, "code") else None
                 if code in _FATAL:
                     detail = e.details() if hasattr(e, "details") else str(e)
@@ -140,6 +151,10 @@ class NodeAgent:
             except _Reconnect as e:
                 log.warning("%s; registering again", e)
                 backoff = 0.5
+            except (ValueError, RuntimeError):
+                if self.stop_event.is_set():
+                    break  # the channel was closed under us by stop()
+                raise
             finally:
                 channel.close()
             if self._session is not None:

@@ -8,8 +8,10 @@ adds a distributed-discrete-Gaussian share N_Z(0, sigma_node^2) per cell (Kairou
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import time
 from fractions import Fraction
 from typing import Any
 
@@ -24,13 +26,24 @@ from xdp_compute.query import QueryPlan
 log = logging.getLogger("xdp.node.query")
 
 
-def noise_source(job_id: str) -> RandomnessSource:
-    """The OS CSPRNG; a seeded DRBG only when the test-only XDP_TEST_NOISE_SEED is set."""
+_counter = itertools.count()
+
+
+def noise_source(node_name: str) -> RandomnessSource:
+    """The OS CSPRNG; a seeded DRBG only when the test-only XDP_TEST_NOISE_SEED is set.
+
+    Seeded noise is keyed by (seed, node, n-th noisy task on this node), so a test that runs
+    queries one after another gets the same noise every run and can recompute it.
+    """
     seed = os.environ.get("XDP_TEST_NOISE_SEED")
     if seed:
         log.warning("XDP_TEST_NOISE_SEED is set: noise is reproducible and NOT private (tests only)")
-        return SeededRandomness(f"{seed}:{job_id}".encode())
+        return SeededRandomness(seeded_noise_key(seed, node_name, next(_counter)))
     return SystemRandomness()
+
+
+def seeded_noise_key(seed: str, node_name: str, k: int) -> bytes:
+    return f"{seed}:{node_name}:{k}".encode()
 
 
 def add_noise(vec: np.ndarray, plan: QueryPlan, sigma_node2: dict[str, Fraction], rng: RandomnessSource) -> np.ndarray:
@@ -67,7 +80,11 @@ def local_noisy_vector(executor: Any, job_id: str, header: dict[str, Any]) -> tu
     if ds is None:
         raise BadRequest(f"this node does not hold dataset {plan.dataset!r}")
     vec = run_local_query(plan, executor.manifest, ds)
-    return plan, add_noise(vec, plan, parse_sigmas(header.get("sigma_node2")), noise_source(job_id))
+    delay = float(os.environ.get("XDP_TEST_NODE_DELAY", "0"))  # test-only: a slow node
+    if delay:
+        time.sleep(delay)
+    return plan, add_noise(vec, plan, parse_sigmas(header.get("sigma_node2")),
+                           noise_source(executor.manifest.node_name))
 
 
 @provider("query_begin")
