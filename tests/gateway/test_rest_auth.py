@@ -20,6 +20,9 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/nodes"): {"admin", "holder", "analyst"},
     ("GET", "/v1/nodes/{node_id}"): {"admin", "holder", "analyst"},
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
+    ("POST", "/v1/queries"): {"analyst"},
+    ("GET", "/v1/jobs/{job_id}"): {"admin", "holder", "analyst", "auditor"},
+    ("GET", "/v1/budget/{dataset}"): {"analyst"},
     ("GET", "/v1/audit/public-key"): {"admin", "holder", "analyst", "auditor"},
     ("GET", "/v1/audit/head"): {"auditor"},
     ("GET", "/v1/audit/heads"): {"auditor"},
@@ -48,7 +51,7 @@ def world(api: Any, store: Any) -> dict[str, Any]:
     holder = store.authenticate(tokens["holder"])
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     node_id = store.register_node(holder, "siming-hospital", "CN-FJ", [ds.to_dict()])
-    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0"}}
+    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0", "job_id": "no-such-job", "dataset": "patients"}}
 
 
 def fill(path: str, params: dict[str, str]) -> str:
