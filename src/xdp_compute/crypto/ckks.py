@@ -138,8 +138,10 @@ _BOUND_MARGIN_BITS = 3  # keep slot values 8x below the wrap-around point
 _MAX_FEATURE_MAGNITUDE = 2.0**40
 _ENVELOPE_MAGIC = b"XCK1"
 _CONTEXT_FILE_MAGIC = b"XCKS"
-_ROTATION_COST_TOP = 2.0  # measured: a rotation on 2 primes costs ~2x one on 1 prime (N = 8192)
-_RESCALE_COST = 0.55  # a rescale costs ~0.55 of a one-prime rotation
+# Measured with SEAL at N = 8192, (60, 40, 60), in units of one rotation on one prime.
+_ROTATION_COST_TOP = 2.0  # rotation of the fresh (two-prime) ciphertext
+_RESCALE_COST = 0.55
+_ENCODE_COST = 0.6  # encoding one diagonal at the top level (+ multiply_plain)
 
 
 class InvalidHeContext(BadRequest):
@@ -163,10 +165,13 @@ class HeSandboxFailure(BadRequest):
 # ----------------------------------------------------------------------------- plan
 
 
-def _baby_giant_cost(baby: int, giant: int) -> float:
-    # Measured with SEAL at N = 8192, (60, 40, 60), in units of one rotation on one prime:
-    # rotation on the fresh (two-prime) ciphertext ~2, rescale ~0.55.
-    return _ROTATION_COST_TOP * (baby - 1) + (giant - 1) + _RESCALE_COST * giant
+def _baby_giant_cost(baby: int, giant: int, paired: bool) -> float:
+    baby_cost = _ROTATION_COST_TOP * (baby - 1)
+    if not paired:
+        return baby_cost + (giant - 1) + _RESCALE_COST * giant + _ENCODE_COST * baby * giant
+    half = giant // 2
+    # Horner over half the giant steps, one rotation by half*B, one conjugation, one monomial.
+    return baby_cost + (half - 1) + 2.2 + _RESCALE_COST * half + _ENCODE_COST * baby * half
 
 
 def _next_pow2(x: int) -> int:
@@ -187,6 +192,7 @@ class ScoringPlan:
     baby: int  # B
     giant: int  # m // B
     fold_steps: tuple[int, ...]
+    paired: bool = False  # two real diagonals per complex plaintext (see bsgs_matvec)
 
     @property
     def rotation_steps(self) -> tuple[int, ...]:
@@ -194,9 +200,20 @@ class ScoringPlan:
         steps = set(self.fold_steps)
         if self.baby > 1:
             steps.add(1)
-        if self.giant > 1:
+        horner = self.giant // 2 if self.paired else self.giant
+        if horner > 1:
             steps.add(self.baby)
+        if self.paired:
+            steps.add(self.baby * (self.giant // 2))
         return tuple(sorted(steps))
+
+    def galois_elements(self) -> tuple[int, ...]:
+        """SEAL Galois elements for :attr:`rotation_steps` (and conjugation when paired)."""
+        degree = 2 * self.slots
+        elements = [_galois_elt(step, degree) for step in self.rotation_steps]
+        if self.paired:
+            elements.append(2 * degree - 1)  # complex conjugation: x -> x^(2N - 1)
+        return tuple(elements)
 
     def diagonals(self, feature_sums: np.ndarray, start: int, count: int) -> np.ndarray:
         """Generalised diagonals start..start+count-1 (rows of length ``slots``) of the G x d matrix.
@@ -239,9 +256,16 @@ def scoring_plan(
         fold = tuple(groups << s for s in range((period // groups).bit_length() - 1))
     else:
         wide, rows, m, fold = False, slots, period, ()
-    candidates = [1 << e for e in range(m.bit_length())]
-    baby = min(candidates, key=lambda b: (_baby_giant_cost(b, m // b), b))
-    return ScoringPlan(n_features, max_groups, slots, period, wide, rows, m, baby, m // baby, fold)
+    # Pairing needs an even B (rotations by multiples of B keep the +-i pattern aligned) and
+    # at least two giant steps to pair.
+    options = [
+        (b, paired)
+        for b in (1 << e for e in range(m.bit_length()))
+        for paired in (False, True)
+        if not paired or (b % 2 == 0 and m // b >= 2)
+    ]
+    baby, paired = min(options, key=lambda o: (_baby_giant_cost(o[0], m // o[0], o[1]), o[0], o[1]))
+    return ScoringPlan(n_features, max_groups, slots, period, wide, rows, m, baby, m // baby, fold, paired)
 
 
 # ----------------------------------------------------------------------------- TenSEAL helpers
