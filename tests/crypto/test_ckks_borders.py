@@ -25,7 +25,7 @@ def weights(sctx: C.ScoringContext) -> bytes:
 def test_sandboxed_validation_accepts_the_public_context(sctx: C.ScoringContext) -> None:
     info = C.validate_public_context(sctx.public_bytes)
     assert info.fingerprint == sctx.fingerprint
-    assert info.poly_modulus_degree == 8192 and info.n_galois_keys == len(sctx.plan.rotation_steps)
+    assert info.poly_modulus_degree == 8192 and info.n_galois_keys == len(sctx.plan.galois_elements())
 
 
 def test_context_with_secret_key_is_refused(sctx: C.ScoringContext) -> None:

@@ -19,30 +19,43 @@ def _rot(x: np.ndarray, step: int) -> np.ndarray:
 
 
 def _simulate(plan: C.ScoringPlan, w: np.ndarray, F: np.ndarray) -> np.ndarray:
-    """Plaintext replay of bsgs_matvec: the same diagonals, rotations and fold."""
+    """Plaintext replay of bsgs_matvec: the same diagonals, rotations, pairing and fold."""
     padded = np.zeros(plan.period)
     padded[: w.shape[0]] = w
-    enc = np.tile(padded, plan.slots // plan.period)
+    enc = np.tile(padded, plan.slots // plan.period).astype(complex)
     babies = [enc]
     for _ in range(1, plan.baby):
         babies.append(_rot(babies[-1], 1))
+    half = plan.giant // 2 if plan.paired else plan.giant
+    sigma = np.where(np.arange(plan.slots) % 2 == 0, 1j, -1j)  # slot values of X^(N/2)
     inner = []
-    for j in range(plan.giant):
-        block = plan.diagonals(F, j * plan.baby, plan.baby)
-        block = np.roll(block, j * plan.baby, axis=1)
+    for j in range(half):
+        block = np.roll(plan.diagonals(F, j * plan.baby, plan.baby), j * plan.baby, axis=1).astype(complex)
+        if plan.paired:
+            high = plan.diagonals(F, (j + half) * plan.baby, plan.baby)
+            block = 0.5 * (block + sigma * np.roll(high, (j + half) * plan.baby, axis=1))
         inner.append(sum(block[b] * babies[b] for b in range(plan.baby)))
     result = inner[-1]
-    for j in reversed(range(plan.giant - 1)):
+    for j in reversed(range(half - 1)):
         result = _rot(result, plan.baby) + inner[j]
+    if plan.paired:
+        result = result - _rot(sigma * result, half * plan.baby)
     for shift in plan.fold_steps:
         result = result + _rot(result, shift)
-    return result
+    if plan.paired:
+        result = result + np.conj(result)
+    assert np.max(np.abs(result.imag)) < 1e-6 * max(1.0, np.max(np.abs(result.real)))
+    return result.real
 
 
 @pytest.mark.parametrize(
     ("d", "max_groups", "groups"),
     [
         (10, 5, 5),
+        (10, 5, 4),
+        (100, 2, 2),
+        (4096, 1, 1),
+        (2048, 300, 300),
         (4096, 10, 10),
         (3, 100, 100),
         (1, 1, 1),
@@ -73,10 +86,14 @@ def test_plan_shapes_and_rotation_keys() -> None:
     assert wide.wide and wide.rows == 16 and wide.n_diagonals == 16
     assert wide.fold_steps == (16, 32, 64, 128, 256, 512, 1024, 2048)
     assert wide.baby * wide.giant == 16
-    assert set(wide.rotation_steps) == {1, wide.baby, *wide.fold_steps}
+    assert wide.paired and wide.baby % 2 == 0  # two real diagonals per complex plaintext
+    assert set(wide.rotation_steps) == {1, wide.baby, wide.baby * wide.giant // 2, *wide.fold_steps}
+    assert 2 * 8192 - 1 in wide.galois_elements()  # conjugation
+    assert len(wide.galois_elements()) == len(wide.rotation_steps) + 1
     tall = C.scoring_plan(3, 100, 4096)
     assert not tall.wide and tall.n_diagonals == 4 and tall.fold_steps == ()
-    assert C.scoring_plan(1, 1, 4096).rotation_steps == ()
+    one = C.scoring_plan(1, 1, 4096)
+    assert one.rotation_steps == () and one.galois_elements() == ()
 
 
 def test_plan_rejects_impossible_shapes() -> None:

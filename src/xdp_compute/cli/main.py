@@ -150,3 +150,67 @@ def query(
     typer.echo(r.table())
     typer.echo(f"\nspent epsilon={r.epsilon:.6g} delta={r.delta:.3g}; intervals are {r.level:.0%}; "
                f"budget left: " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(r.remaining.items())))
+
+
+@audit_app.command("verify")
+@friendly
+def audit_verify(
+    url: str = typer.Option(..., help="Gateway REST URL"),
+    token: str = typer.Option(..., help="Auditor token", envvar="XDP_TOKEN"),
+    checkpoint: Path = typer.Option(None, help="Checkpoint file: checked against, then updated on success"),
+) -> None:
+    """Download the release log, recompute the Merkle tree, check every signed head and the
+    consistency with the saved checkpoint; exit non-zero naming the first bad index on tampering."""
+    from xdp_compute import Client
+    from xdp_compute.sdk.audit import verify_remote
+
+    with Client(url, token) as c:
+        report, _ = verify_remote(c, checkpoint)
+    if report.ok:
+        typer.echo(f"release log verified: {report.tree_size} entries, root {report.root_hash.hex()}")
+        if checkpoint:
+            typer.echo(f"checkpoint saved to {checkpoint}")
+        return
+    where = f" (first bad index: {report.first_bad_index})" if report.first_bad_index is not None else ""
+    typer.echo(f"release log verification FAILED{where}:", err=True)
+    for p in report.problems:
+        typer.echo(f"  - {p}", err=True)
+    raise typer.Exit(1)
+
+
+approvals_app = typer.Typer(no_args_is_help=True, help="Holders: approve or deny jobs on your datasets.")
+app.add_typer(approvals_app, name="approvals")
+
+
+@approvals_app.command("list")
+@friendly
+def approvals_list(url: str = typer.Option(...), token: str = typer.Option(..., envvar="XDP_TOKEN")) -> None:
+    """Jobs awaiting your decision: plan, principal, cost and policy decisions."""
+    import json as _json
+
+    from xdp_compute import Client
+
+    with Client(url, token) as c:
+        typer.echo(_json.dumps(c.approvals(), indent=2))
+
+
+@approvals_app.command("approve")
+@friendly
+def approvals_approve(job_id: str, url: str = typer.Option(...),
+                      token: str = typer.Option(..., envvar="XDP_TOKEN")) -> None:
+    from xdp_compute import Client
+
+    with Client(url, token) as c:
+        r = c.approve(job_id)
+    typer.echo(f"approved {job_id}" + ("; the job runs now" if r.get("job_runs") else "; waiting for others"))
+
+
+@approvals_app.command("deny")
+@friendly
+def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logged)"), url: str = typer.Option(...),
+                   token: str = typer.Option(..., envvar="XDP_TOKEN")) -> None:
+    from xdp_compute import Client
+
+    with Client(url, token) as c:
+        c.deny(job_id, reason)
+    typer.echo(f"denied {job_id}; nothing was computed and the reservation was refunded")

@@ -23,12 +23,18 @@ Juvekar, Vaikuntanathan & Chandrakasan (GAZELLE, USENIX Security 2018, §5.2):
 * BSGS: i = j*B + b; sum_i D_i * rot(w, i) = sum_j rot(sum_b rot(D_i, -jB) * rot(w, b), jB).
   Baby rotations act on the fresh ciphertext (B - 1 of them, key for step 1); each inner sum is
   rescaled first so giant rotations (Horner form, key for step B) and the fold work on one fewer
-  prime, where SEAL's key switching is ~2x cheaper. B minimises the measured cost
-  2(B - 1) + (m/B - 1) + 0.55 m/B (rotations on two primes, on one prime, rescales).
+  prime, where SEAL's key switching is ~2x cheaper.
+* Complex pairing: CKKS slots are complex and the diagonals real, so one complex plaintext
+  carries the diagonals of giant steps j and j + m/(2B) (the second times the +-i slot pattern
+  of the monomial X^(N/2)); this halves encodings, multiplications and rescales, for one extra
+  rotation (by m/2) and one conjugation that takes the real part at the end (details in
+  :func:`bsgs_matvec`).
+* B and pairing minimise a cost model measured with SEAL (rotations on two primes ~2x one
+  prime, rescale ~0.55, encode ~0.6) plus a charge per Galois key (context size).
 
-The context holds Galois keys for exactly the steps this plan uses (steps 1, B, and the fold
-shifts), not TenSEAL's default set of all powers of two, which is both larger and more than the
-node needs. One multiplicative level suffices: default ``coeff_mod_bit_sizes = (60, 40, 60)``
+The context holds Galois keys for exactly the steps this plan uses (1, B, m/2 and the fold
+shifts, plus conjugation when paired; :meth:`ScoringPlan.galois_elements`), not TenSEAL's
+default set of all powers of two, which is both larger and more than the node needs. One multiplicative level suffices: default ``coeff_mod_bit_sizes = (60, 40, 60)``
 (160 bits <= 218 allowed for N = 8192 at 128-bit security), scale 2^40. Plaintext diagonals are
 encoded at the scale of the prime that the rescale drops, so the result's scale is exactly the
 weights' scale and ciphertexts from several nodes add without scale drift.
@@ -142,6 +148,7 @@ _CONTEXT_FILE_MAGIC = b"XCKS"
 _ROTATION_COST_TOP = 2.0  # rotation of the fresh (two-prime) ciphertext
 _RESCALE_COST = 0.55
 _ENCODE_COST = 0.6  # encoding one diagonal at the top level (+ multiply_plain)
+_KEY_COST = 1.0  # preference against larger contexts, per Galois key
 
 
 class InvalidHeContext(BadRequest):
@@ -259,13 +266,20 @@ def scoring_plan(
     # Pairing needs an even B (rotations by multiples of B keep the +-i pattern aligned) and
     # at least two giant steps to pair.
     options = [
-        (b, paired)
+        ScoringPlan(n_features, max_groups, slots, period, wide, rows, m, b, m // b, fold, paired)
         for b in (1 << e for e in range(m.bit_length()))
         for paired in (False, True)
         if not paired or (b % 2 == 0 and m // b >= 2)
     ]
-    baby, paired = min(options, key=lambda o: (_baby_giant_cost(o[0], m // o[0], o[1]), o[0], o[1]))
-    return ScoringPlan(n_features, max_groups, slots, period, wide, rows, m, baby, m // baby, fold, paired)
+    # Every Galois key adds ~0.35 MB to the context the analyst uploads: charge it too.
+    return min(
+        options,
+        key=lambda o: (
+            _baby_giant_cost(o.baby, o.giant, o.paired) + _KEY_COST * len(o.galois_elements()),
+            o.baby,
+            o.paired,
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- TenSEAL helpers
@@ -451,20 +465,19 @@ class ScoringContext:
         return int(q0_bits - self.scale_bits) - _BOUND_MARGIN_BITS
 
 
-def _public_context_bytes(context: ts.Context, steps: Sequence[int]) -> bytes:
+def _public_context_bytes(context: ts.Context, galois_elements: Sequence[int]) -> bytes:
     ts_mod = _tenseal()
     public = context.serialize(
         save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
-    if not steps:
+    if not galois_elements:
         return bytes(public)
     sealapi = ts_mod.sealapi
     seal_context = context.seal_context().data
     keygen = sealapi.KeyGenerator(seal_context, context.secret_key().data)
-    degree = seal_context.key_context_data().parms().poly_modulus_degree()
     # SEAL's create_galois_keys(list) takes Galois elements; the Serializable form is seeded
     # (half the size of an expanded key).
-    galois = keygen.create_galois_keys([_galois_elt(s, degree) for s in steps])
+    galois = keygen.create_galois_keys(list(galois_elements))
     galois_bytes = _save_seal_object(galois)
     # Protobuf merges a repeated embedded message field, so appending
     # TenSEALContextProto.public_context(2){galois_keys(5)} sets just that member.
@@ -497,7 +510,7 @@ def make_scoring_context(
         ts_mod.SCHEME_TYPE.CKKS, poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=bits
     )
     context.global_scale = 2.0**scale_bits
-    return ScoringContext(context, plan, _public_context_bytes(context, plan.rotation_steps))
+    return ScoringContext(context, plan, _public_context_bytes(context, plan.galois_elements()))
 
 
 def save_scoring_context(
@@ -674,6 +687,14 @@ def _load_context(data: bytes) -> tuple[ts.Context, ContextInfo]:
     return context, info
 
 
+def _alternating_i(slots: int) -> np.ndarray:
+    # X^(N/2) evaluates to i at a root zeta^g with g = 1 (mod 4) and to -i when g = 3 (mod 4);
+    # SEAL puts slot k at g = 3^k mod 2N, so the pattern alternates. Encoded at scale 1 this
+    # vector is exactly the monomial X^(N/2) (integer coefficients, no rounding): an exact
+    # multiplication by +-i that costs no level.
+    return np.where(np.arange(slots) % 2 == 0, 1j, -1j)
+
+
 def bsgs_matvec(context: ts.Context, weights: Any, feature_sums: np.ndarray, plan: ScoringPlan) -> Any | None:
     """Encrypted weights x plaintext G x d matrix by diagonals with baby-step/giant-step.
 
@@ -681,10 +702,19 @@ def bsgs_matvec(context: ts.Context, weights: Any, feature_sums: np.ndarray, pla
     Returns a SEAL ciphertext one level down whose slot k holds the score of group k mod rows
     (wide plan) or of group k (tall plan), at exactly the weights' scale; ``None`` if the matrix
     is all zero (SEAL refuses transparent results). Cites: Halevi & Shoup 2014 §4.1-4.2.
+
+    Paired plans (``plan.paired``) put two real diagonals in one complex plaintext, halving the
+    encodings, multiplications and rescales: with H = giant/2 and sigma the +-i pattern of
+    X^(N/2) (see ``_alternating_i``), X_j = sum_b (E_j,b + sigma * E_j+H,b) / 2 * rot(w, b), so
+    Y = sum_{j<H} rot(X_j, jB) = (U + sigma * V) / 2 with U, V the real Horner sums of the low
+    and high halves (B even keeps sigma aligned under the rotations). Multiplying by the
+    monomial gives sigma * Y = (sigma * U - V) / 2, hence
+    Re(Y - rot(sigma * Y, HB)) = (U + rot(V, HB)) / 2, and the real part is taken with one
+    conjugation at the end: T + conj(T) = U + rot(V, HB), the full giant-step sum.
     """
     sealapi = _tenseal().sealapi
     seal_context = context.seal_context().data
-    galois = context.galois_keys().data if plan.rotation_steps else None
+    galois = context.galois_keys().data if plan.galois_elements() else None
     evaluator = sealapi.Evaluator(seal_context)
     encoder = sealapi.CKKSEncoder(seal_context)
     parms_id = weights.parms_id()
@@ -693,20 +723,25 @@ def bsgs_matvec(context: ts.Context, weights: Any, feature_sums: np.ndarray, pla
     # back to exactly the weights' scale.
     drop_scale = float(level.parms().coeff_modulus()[-1].value())
     zero_cut = 0.5 / drop_scale  # entries below this encode to 0
+    baby = plan.baby
+    half = plan.giant // 2 if plan.paired else plan.giant
+    sigma = _alternating_i(plan.slots)
 
     babies = [weights]
-    for _ in range(1, plan.baby):  # baby steps: rot(w, b) = rot(rot(w, b - 1), 1)
+    for _ in range(1, baby):  # baby steps: rot(w, b) = rot(rot(w, b - 1), 1)
         rotated = sealapi.Ciphertext()
         evaluator.rotate_vector(babies[-1], 1, galois, rotated)
         babies.append(rotated)
 
     inner: list[Any | None] = []
-    for j in range(plan.giant):
+    for j in range(half):
+        # rot(D, -jB)[k] = D[k - jB]: pre-rotated diagonals for giant step j.
+        block: np.ndarray = np.roll(plan.diagonals(feature_sums, j * baby, baby), j * baby, axis=1)
+        if plan.paired:
+            high = np.roll(plan.diagonals(feature_sums, (j + half) * baby, baby), (j + half) * baby, axis=1)
+            block = 0.5 * (block + sigma[None, :] * high)
         acc = None
-        block = plan.diagonals(feature_sums, j * plan.baby, plan.baby)
-        if j:
-            block = np.roll(block, j * plan.baby, axis=1)  # rot(D, -jB)[k] = D[k - jB]
-        for b in range(plan.baby):
+        for b in range(baby):
             diag = block[b]
             if not np.any(np.abs(diag) >= zero_cut):
                 continue  # an all-zero plaintext would make a transparent ciphertext
@@ -723,9 +758,9 @@ def bsgs_matvec(context: ts.Context, weights: Any, feature_sums: np.ndarray, pla
         inner.append(acc)
 
     result = None
-    for j in reversed(range(plan.giant)):  # Horner: sum_j rot(I_j, jB)
+    for j in reversed(range(half)):  # Horner: sum_j rot(I_j, jB)
         if result is not None:
-            evaluator.rotate_vector_inplace(result, plan.baby, galois)
+            evaluator.rotate_vector_inplace(result, baby, galois)
         if inner[j] is not None:
             if result is None:
                 result = inner[j]
@@ -733,10 +768,21 @@ def bsgs_matvec(context: ts.Context, weights: Any, feature_sums: np.ndarray, pla
                 evaluator.add_inplace(result, inner[j])
     if result is None:
         return None
+    if plan.paired:
+        monomial = sealapi.Plaintext()
+        encoder.encode(sigma.tolist(), result.parms_id(), 1.0, monomial)
+        shifted = sealapi.Ciphertext()
+        evaluator.multiply_plain(result, monomial, shifted)
+        evaluator.rotate_vector_inplace(shifted, half * baby, galois)
+        evaluator.sub_inplace(result, shifted)
     for shift in plan.fold_steps:  # GAZELLE hybrid fold: add row sums over the period
         rotated = sealapi.Ciphertext()
         evaluator.rotate_vector(result, shift, galois, rotated)
         evaluator.add_inplace(result, rotated)
+    if plan.paired:
+        conjugate = sealapi.Ciphertext()
+        evaluator.complex_conjugate(result, galois, conjugate)
+        evaluator.add_inplace(result, conjugate)  # 2 Re(T)
     return result
 
 
@@ -768,13 +814,13 @@ def _score_in_process(
     plan = _weights_plan(weights_header)
     if plan.slots * 2 != info.poly_modulus_degree:
         raise InvalidCiphertext("weights envelope slot count does not match the context")
-    if plan.rotation_steps:
+    if plan.galois_elements():
         if not context.has_galois_keys():
             raise InvalidHeContext("context has no Galois keys but the plan needs rotations")
         keys = context.galois_keys().data
-        for step in plan.rotation_steps:
-            if not keys.has_key(_galois_elt(step, info.poly_modulus_degree)):
-                raise InvalidHeContext(f"context lacks the Galois key for rotation step {step}")
+        for element in plan.galois_elements():
+            if not keys.has_key(element):
+                raise InvalidHeContext(f"context lacks the Galois key for element {element} (rotation plan)")
     try:
         vector = ts_mod.ckks_vector_from(context, weights_payload)
     except Exception as exc:  # noqa: BLE001  (foreign C++ code: any failure means bad input)

@@ -167,8 +167,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "time": time.time()}
 
-    from xdp_compute.gateway.routers import audit, catalog, jobs, nodes
+    from xdp_compute.gateway.routers import approvals, audit, catalog, jobs, nodes
 
+    app.include_router(approvals.router)
     app.include_router(audit.router)
     app.include_router(nodes.router)
     app.include_router(catalog.router)

@@ -401,3 +401,41 @@ class QueryService:
         payload["suppressed_groups"] = suppressed
         payload["min_group_size"] = threshold
         return suppressed
+
+
+def prepared_from_job(qs: QueryService, job: m.Job) -> Prepared:
+    """Rebuild what was decided at submission from the stored job (used after approval)."""
+    from xdp_compute.privacy import NoisePlan
+
+    with qs.store.read() as s:
+        pr = s.get(m.Principal, job.principal_id)
+    assert pr is not None
+    who = PrincipalView(pr.id, pr.name, pr.role, pr.region)
+    stored = json.loads(job.plan_json)
+    plan = QueryPlan.from_dict(stored["plan"])
+    parts = [x for x in qs.lookup(plan.dataset) if x["node_id"] in set(stored["nodes"])]
+    spec = json.loads(job.spec_json)
+    decisions = [Decision(**d) for d in stored["decisions"]]
+    return Prepared(who, plan.dataset, parts, plan, stored["hidden_count"], NoisePlan.from_dict(stored["noise"]),
+                    stored["threshold"], decisions, spec["epsilon"], spec["delta"], stored["level"],
+                    spec["digest"], job.kind)
+
+
+async def run_approved_query(svc: Services, job_id: str) -> dict[str, Any]:
+    from xdp_compute.gateway.routers.jobs import service
+
+    qs = service(svc)
+    with svc.store.read() as s:
+        job = s.get(m.Job, job_id)
+    assert job is not None
+    p = await asyncio.to_thread(prepared_from_job, qs, job)
+    return await qs.run(job_id, p)
+
+
+def _register() -> None:
+    from xdp_compute.gateway.approvals import RUNNERS
+
+    RUNNERS["query"] = run_approved_query
+
+
+_register()

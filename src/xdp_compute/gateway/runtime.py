@@ -26,6 +26,9 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     log.info("gRPC for nodes on %s:%d", s.grpc_host, bound)
     from xdp_compute.gateway.jobs import recover_interrupted_jobs
 
+    # No node has a session with this fresh process: all are offline until they register again.
+    await asyncio.to_thread(svc.store.mark_offline_stale, float("inf"))
+
     await asyncio.to_thread(recover_interrupted_jobs, svc)
 
     async def monitor() -> None:

@@ -137,3 +137,52 @@ class Client:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._get(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ holders
+    def approvals(self) -> list[dict[str, Any]]:
+        """Holders: jobs on your datasets awaiting (or past) your decision."""
+        return self._get("/v1/approvals")  # type: ignore[no-any-return]
+
+    def approve(self, job_id: str) -> dict[str, Any]:
+        return self._post(f"/v1/approvals/{job_id}/approve")  # type: ignore[no-any-return]
+
+    def deny(self, job_id: str, reason: str) -> dict[str, Any]:
+        return self._post(f"/v1/approvals/{job_id}/deny", json={"reason": reason})  # type: ignore[no-any-return]
+
+    def submit_query(self, sql: str, epsilon: float, delta: float | None = None,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit without waiting (e.g. a job that needs approval): returns {job_id, status}."""
+        return self._post("/v1/queries", json={"sql": sql, "epsilon": epsilon, "delta": delta,  # type: ignore[no-any-return]
+                                               "idempotency_key": idempotency_key})
+
+    def result(self, job_id: str, wait: float = 600.0) -> QueryResult:
+        """Wait for a submitted query's release and return it."""
+        return query_result(self._wait(self.job(job_id), wait))
+
+    # ------------------------------------------------------------------ receipts and audit
+    def public_key(self) -> str:
+        return self._get("/v1/audit/public-key")["public_key"]  # type: ignore[no-any-return]
+
+    def verify_receipt(self, result: Any, public_key: str | None = None) -> bool:
+        """Check a delivered result's receipt: its payload digest is the logged one, the entry is in
+        the log (RFC 9162 inclusion proof) under a head signed by the log's key. Raises on failure."""
+        from xdp_compute.audit import canonical_json, verify_receipt
+        from xdp_compute.errors import ProofError
+        import hashlib
+
+        delivery = result.delivery if hasattr(result, "delivery") else result
+        receipt = delivery.get("receipt")
+        if not receipt:
+            raise ProofError("this result carries no receipt")
+        key = public_key or self.public_key()
+        if receipt["public_key"] != key:
+            raise ProofError("the receipt was signed by a key other than the log's published key")
+        entry = receipt["entry"]
+        payload = delivery["result"]
+        if entry.get("payload_digest") != hashlib.sha256(canonical_json(payload)).hexdigest():
+            raise ProofError("the delivered payload does not match the digest in the release log")
+        from xdp_compute.audit import SignedTreeHead
+
+        return verify_receipt(entry, receipt["log_index"], receipt["tree_size"],
+                              [bytes.fromhex(h) for h in receipt["inclusion_proof"]],
+                              SignedTreeHead.from_dict(receipt["signed_tree_head"]), bytes.fromhex(key))
