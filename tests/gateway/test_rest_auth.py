@@ -22,6 +22,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
     ("POST", "/v1/queries"): {"analyst"},
     ("GET", "/v1/approvals"): {"holder"},
+    ("GET", "/v1/metering"): {"holder", "auditor"},
     ("POST", "/v1/approvals/{job_id}/approve"): {"holder"},
     ("POST", "/v1/approvals/{job_id}/deny"): {"holder"},
     ("GET", "/v1/jobs/{job_id}"): {"admin", "holder", "analyst", "auditor"},

@@ -167,12 +167,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "time": time.time()}
 
-    from xdp_compute.gateway.routers import approvals, audit, catalog, jobs, nodes
+    from xdp_compute.gateway.routers import approvals, audit, catalog, jobs, metering, nodes
 
     app.include_router(approvals.router)
     app.include_router(audit.router)
     app.include_router(nodes.router)
     app.include_router(catalog.router)
     app.include_router(jobs.router)
+    app.include_router(metering.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
     return app

@@ -135,6 +135,15 @@ class ReleaseLog:
         }
 
 
+def count_cells(payload: dict[str, Any]) -> int:
+    """Released numbers in a payload (for metering): non-null numeric cells of its rows, or its
+    declared ``cells`` count (encrypted or model outputs)."""
+    if isinstance(payload.get("cells"), int):
+        return int(payload["cells"])
+    return sum(1 for row in payload.get("rows") or [] for v in row.values()
+               if isinstance(v, int | float) and not isinstance(v, bool))
+
+
 def head_dict(h: m.TreeHead) -> dict[str, Any]:
     return SignedTreeHead(tree_size=h.tree_size, root_hash=bytes.fromhex(h.root_hash), timestamp_ms=h.timestamp_ms,
                           signature=bytes.fromhex(h.signature), key_id=h.key_id).to_dict()
@@ -195,6 +204,7 @@ class ReleaseGate:
                     "datasets": outcome.datasets, "nodes": outcome.nodes, "spec_digest": outcome.spec_digest,
                     "privacy_cost": outcome.cost, "budget_left": left, "policy_decisions": outcome.decisions,
                     "approvers": approvers or [], "suppressed_cells": suppressed,
+                    "cells_released": count_cells(payload),
                     "payload_digest": digest(payload),
                 }
                 stored = self.log.append(s, entry)

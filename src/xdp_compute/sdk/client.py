@@ -186,3 +186,7 @@ class Client:
         return verify_receipt(entry, receipt["log_index"], receipt["tree_size"],
                               [bytes.fromhex(h) for h in receipt["inclusion_proof"]],
                               SignedTreeHead.from_dict(receipt["signed_tree_head"]), bytes.fromhex(key))
+
+    def metering(self) -> dict[str, Any]:
+        """Auditors (all) and holders (their datasets): jobs, epsilon spent, cells, compute seconds."""
+        return self._get("/v1/metering")  # type: ignore[no-any-return]
