@@ -65,3 +65,79 @@ def api(services: object) -> Iterator[object]:
     app = create_app(services.settings, services)  # type: ignore[attr-defined]
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+def _pg_bin() -> "Path | None":
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL server: XDP_TEST_PG_URL (CI starts one), else a throwaway local server."""
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from typing import Any
+
+    url = os.environ.get("XDP_TEST_PG_URL")
+    if url:
+        yield url
+        return
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("no XDP_TEST_PG_URL and no PostgreSQL server binaries (initdb) installed")
+    run_as: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="xdp-pg-"))
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            pytest.skip("running as root and there is no 'postgres' user to run a throwaway server as")
+        os.chown(tmp, pw.pw_uid, pw.pw_gid)
+        run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    data = tmp / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    try:
+        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                        "--no-sync"], check=True, capture_output=True, timeout=120, env=env, cwd=tmp, **run_as)
+        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-t", "60",
+                        "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=90, env=env, cwd=tmp, **run_as)
+    except (subprocess.SubprocessError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        pytest.skip(f"could not start a throwaway PostgreSQL server: {type(e).__name__}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60, env=env, cwd=tmp, check=False, **run_as)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_pg_db(pg_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test."""
+    import uuid
+
+    import psycopg
+
+    name = "xdp_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    base = pg_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -203,3 +203,14 @@ def test_pool_in_worker_process_hands_out_each_obfuscator_once(keypair: KeyPair)
     assert all(priv.raw_decrypt(r) == 0 for r in taken[:3])
     with pytest.raises(RuntimeError):
         pool.take(1)
+
+
+def test_pool_is_safe_under_concurrent_takes(keypair: KeyPair) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pub, _ = keypair
+    with P.ObfuscatorPool(pub, target=2, workers=1, chunk=2) as pool, ThreadPoolExecutor(4) as threads:
+        batches = list(threads.map(lambda _: pool.take(3), range(4)))
+    flat = [r for batch in batches for r in batch]
+    assert all(len(batch) == 3 for batch in batches)
+    assert len(set(flat)) == 12

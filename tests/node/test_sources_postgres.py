@@ -9,13 +9,7 @@ the reason, when neither is possible.
 from __future__ import annotations
 
 import csv
-import glob
-import os
-import pwd
-import shutil
 import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,53 +52,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    url = os.environ.get("XDP_TEST_PG_URL")
-    if url:
-        yield url
-        return
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("no XDP_TEST_PG_URL and no PostgreSQL server binaries (initdb) installed")
-    run_as: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="xdp-pg-"))
-    if os.geteuid() == 0:
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            pytest.skip("running as root and there is no 'postgres' user to run a throwaway server as")
-        os.chown(tmp, pw.pw_uid, pw.pw_gid)
-        run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    data = tmp / "data"
-    port = _free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    try:
-        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True, timeout=120, env=env, cwd=tmp, **run_as)
-        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(tmp / "log"), "-w", "-t", "60",
-                        "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                       check=True, capture_output=True, timeout=90, env=env, cwd=tmp, **run_as)
-    except (subprocess.SubprocessError, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"could not start a throwaway PostgreSQL server: {type(e).__name__}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60, env=env, cwd=tmp, check=False, **run_as)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rows(n: int, seed: int) -> list[tuple[Any, ...]]:

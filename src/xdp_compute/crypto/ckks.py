@@ -556,10 +556,13 @@ def encrypt_weights(
 ) -> bytes:
     """Encrypt a weight vector (bias last, if any) for :func:`score_partial`.
 
-    ``score_bound`` bounds |w . feature_sums[g] + noise| summed over all nodes. From it the SDK
-    picks scale_exp (recorded in the envelope); nodes scale their matrix and noise by
-    2^-scale_exp so the slots stay below the wrap-around point, and :func:`decrypt_scores`
-    multiplies back.
+    ``score_bound`` must bound, summed over all nodes, every partial sum the node forms, i.e.
+    sum_j |w_j| * |feature_sums[g, j]| + |noise| (intermediate slots hold partial inner
+    products, so cancellation in the final score does not help); a safe choice is
+    sum_j |w_j| * (clip bound of feature j) * (largest group size). From it the SDK picks
+    scale_exp (recorded in the envelope); nodes scale their matrix and noise by 2^-scale_exp so
+    slots stay below the wrap-around point (beyond it the result is garbage, not an error), and
+    :func:`decrypt_scores` multiplies back. Precision does not depend on scale_exp.
     """
     w = np.asarray(weights, dtype=np.float64)
     plan = sctx.plan
@@ -808,7 +811,7 @@ def _score_in_process(
     feature_sums: np.ndarray,
     noise: np.ndarray,
     flood_sigma: float,
-) -> tuple[dict[str, Any], bytes]:
+) -> bytes:
     ts_mod = _tenseal()
     context, info = _load_context(public_context)
     plan = _weights_plan(weights_header)
@@ -850,23 +853,13 @@ def _score_in_process(
         result = fresh
     else:
         evaluator.add_inplace(result, fresh)
-    header = {
-        "v": 1,
-        "kind": "scores",
-        "context": info.fingerprint,
-        "n_groups": groups,
-        "scale_exp": scale_exp,
-        "n_contributions": 1,
-        "flood_variance": flood_sigma**2,
-    }
-    return header, _vector_payload(result, groups)
+
+    return _vector_payload(result, groups)
 
 
-def _add_in_process(
-    public_context: bytes, headers: list[dict[str, Any]], payloads: list[bytes]
-) -> tuple[dict[str, Any], bytes]:
+def _add_in_process(public_context: bytes, headers: list[dict[str, Any]], payloads: list[bytes]) -> bytes:
     ts_mod = _tenseal()
-    context, info = _load_context(public_context)
+    context, _info = _load_context(public_context)
     seal_context = context.seal_context().data
     groups = headers[0]["n_groups"]
     total = None
@@ -889,16 +882,8 @@ def _add_in_process(
             raise InvalidCiphertext(f"score ciphertext {index} is not at the context's global scale")
         total = vector if total is None else total.add(vector)
     assert total is not None
-    header = {
-        "v": 1,
-        "kind": "scores",
-        "context": info.fingerprint,
-        "n_groups": groups,
-        "scale_exp": headers[0]["scale_exp"],
-        "n_contributions": sum(h["n_contributions"] for h in headers),
-        "flood_variance": sum(h["flood_variance"] for h in headers),
-    }
-    return header, bytes(total.serialize())
+
+    return bytes(total.serialize())
 
 
 def _worker_dispatch(header: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
@@ -911,13 +896,13 @@ def _worker_dispatch(header: dict[str, Any], blobs: list[bytes]) -> tuple[dict[s
         groups, d = header["shape"]
         features = np.frombuffer(blobs[2], dtype="<f8").reshape(groups, d)
         noise = np.frombuffer(blobs[3], dtype="<f8").reshape(groups)
-        out_header, payload = _score_in_process(
+        payload = _score_in_process(
             blobs[0], header["weights_header"], blobs[1], features, noise, float(header["flood_sigma"])
         )
-        return {"envelope": out_header}, [payload]
+        return {}, [payload]
     if op == "add":
-        out_header, payload = _add_in_process(blobs[0], header["headers"], blobs[1:])
-        return {"envelope": out_header}, [payload]
+        payload = _add_in_process(blobs[0], header["headers"], blobs[1:])
+        return {}, [payload]
     raise BadRequest(f"unknown sandbox operation {op!r}")
 
 
@@ -1068,10 +1053,15 @@ def score_partial(
     if not math.isfinite(flood_sigma) or flood_sigma < 0:
         raise InvalidSpec("flood_sigma must be a finite non-negative number")
     features = np.ascontiguousarray(features)
+    # The result header is built here from what this process validated, not taken from the
+    # sandbox: a compromised worker can at worst return a bad ciphertext.
+    out_header = _scores_header(
+        _fingerprint(context), groups, _int_member(header, "scale_exp", 0, 1024), 1, float(flood_sigma) ** 2
+    )
     if not sandbox:
-        out_header, out = _score_in_process(context, header, payload, features, noise_arr, float(flood_sigma))
+        out = _score_in_process(context, header, payload, features, noise_arr, float(flood_sigma))
         return _pack_envelope(out_header, out)
-    answer, blobs = _run_sandboxed(
+    _answer, blobs = _run_sandboxed(
         {
             "op": "score",
             "weights_header": header,
@@ -1082,7 +1072,7 @@ def score_partial(
         timeout=timeout,
         memory_bytes=memory_bytes,
     )
-    return _pack_envelope(answer["envelope"], blobs[0])
+    return _pack_envelope(out_header, _single_blob(blobs))
 
 
 def add_ciphertexts(
@@ -1128,13 +1118,40 @@ def add_ciphertexts(
             raise InvalidCiphertext(f"score ciphertext {index} has different groups or scaling")
         headers.append(clean)
         payloads.append(payload)
+    out_header = _scores_header(
+        fingerprint,
+        headers[0]["n_groups"],
+        headers[0]["scale_exp"],
+        sum(h["n_contributions"] for h in headers),
+        sum(h["flood_variance"] for h in headers),
+    )
     if not sandbox:
-        out_header, out = _add_in_process(context, headers, payloads)
+        out = _add_in_process(context, headers, payloads)
         return _pack_envelope(out_header, out)
-    answer, blobs = _run_sandboxed(
+    _answer, blobs = _run_sandboxed(
         {"op": "add", "headers": headers}, [context, *payloads], timeout=timeout, memory_bytes=memory_bytes
     )
-    return _pack_envelope(answer["envelope"], blobs[0])
+    return _pack_envelope(out_header, _single_blob(blobs))
+
+
+def _scores_header(
+    fingerprint: str, groups: int, scale_exp: int, contributions: int, flood_variance: float
+) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "kind": "scores",
+        "context": fingerprint,
+        "n_groups": groups,
+        "scale_exp": scale_exp,
+        "n_contributions": contributions,
+        "flood_variance": flood_variance,
+    }
+
+
+def _single_blob(blobs: list[bytes]) -> bytes:
+    if len(blobs) != 1 or not blobs[0]:
+        raise HeSandboxFailure("HE input rejected: the sandbox returned no ciphertext")
+    return blobs[0]
 
 
 def scores_header(data: bytes, *, max_bytes: int = DEFAULT_MAX_CIPHERTEXT_BYTES) -> dict[str, Any]:

@@ -686,17 +686,18 @@ class ObfuscatorPool:
             if self._closed:
                 raise RuntimeError("obfuscator pool is closed")
             self._harvest()
-            short = count - len(self._ready) - sum(self._pending.values())
-            if short > 0:
-                if self._executor is None:
-                    self._ready.extend(obfuscator_batch(self.public.n, short))
-                else:
+            while len(self._ready) < count:
+                if self._closed:
+                    raise RuntimeError("obfuscator pool was closed while waiting")
+                # Recomputed each round: another thread may have taken what we waited for.
+                short = count - len(self._ready) - sum(self._pending.values())
+                if short > 0:
+                    if self._executor is None:
+                        self._ready.extend(obfuscator_batch(self.public.n, short))
+                        continue
                     # Split the shortfall over all workers so a large batch runs in parallel.
                     self._schedule(short, chunk=max(1, -(-short // self._workers)))
-            while len(self._ready) < count:
                 pending = list(self._pending)
-                if not pending:  # closed (or cancelled) while we waited
-                    raise RuntimeError("obfuscator pool was closed while waiting")
                 self._lock.release()
                 try:
                     wait(pending, return_when=FIRST_COMPLETED)

@@ -275,10 +275,14 @@ class Store:
 
     # ----------------------------------------------------------------- ledger
     def ensure_analyst_budget(self, s: Session, principal_id: str, eps: float, delta: float) -> None:
-        if s.get(m.AnalystBudget, principal_id) is None:
-            s.add(m.AnalystBudget(principal_id=principal_id, eps_budget=eps, delta_budget=delta, eps_spent=0.0,
-                                  delta_spent=0.0, eps_reserved=0.0, delta_reserved=0.0))
-            s.flush()
+        """Create the analyst's ledger row if absent (an upsert: concurrent first jobs do not clash)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        s.execute(insert(m.AnalystBudget).values(
+            principal_id=principal_id, eps_budget=eps, delta_budget=delta, eps_spent=0.0, delta_spent=0.0,
+            eps_reserved=0.0, delta_reserved=0.0).on_conflict_do_nothing(index_elements=["principal_id"]))
 
     def reserve(self, s: Session, job_id: str, analyst_id: str, holds: list[ReservationRequest],
                 analyst_eps: float, analyst_delta: float) -> None:

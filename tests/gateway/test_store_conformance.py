@@ -1,0 +1,123 @@
+"""One conformance suite for the store, run against SQLite and PostgreSQL; migrations match models."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import example_manifest
+
+from xdp_compute.domain.manifest import parse_manifest_text
+from xdp_compute.errors import BudgetExhausted, SchemaConflict, Unauthorized
+from xdp_compute.gateway import models as m
+from xdp_compute.gateway.store import ReservationRequest, Store, new_id
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'conf.db'}"
+    else:
+        url = request.getfixturevalue("fresh_pg_db")
+    s = Store.open(url)
+    yield s
+    s.close()
+
+
+def _job(s: Any, principal_id: str) -> str:
+    jid = new_id()
+    s.add(m.Job(id=jid, principal_id=principal_id, kind="query", status="reserved", spec_json="{}",
+                plan_json="{}", cost_json="{}", idempotency_key=None, created_at=0.0, updated_at=0.0,
+                compute_seconds=0.0))
+    s.flush()
+    return jid
+
+
+def test_migrations_match_models(any_store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with any_store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), m.Base.metadata)
+    assert diff == []
+
+
+def test_tokens_hashed_and_checked(any_store: Store) -> None:
+    tok = any_store.create_principal("analyst", "ann", "CN-FJ")
+    assert any_store.authenticate(tok).name == "ann"
+    with any_store.read() as s:
+        assert all(tok not in p.token_hash for p in s.query(m.Principal).all())
+    with pytest.raises(Unauthorized):
+        any_store.authenticate(tok + "x")
+
+
+def test_register_and_schema_clash_is_atomic(any_store: Store) -> None:
+    h1 = any_store.authenticate(any_store.create_principal("holder", "h1", "CN-FJ"))
+    h2 = any_store.authenticate(any_store.create_principal("holder", "h2", "CN-FJ"))
+    ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
+    any_store.register_node(h1, "a", "CN-FJ", [ds.to_dict()])
+    bad = parse_manifest_text(example_manifest().replace("max = 120", "max = 9"), check_files=False).datasets[0]
+    with pytest.raises(SchemaConflict):
+        any_store.register_node(h2, "b", "CN-FJ", [bad.to_dict()])
+    assert [n["name"] for n in any_store.list_nodes()] == ["a"]
+
+
+def test_concurrent_reservations_never_overspend(any_store: Store) -> None:
+    h = any_store.authenticate(any_store.create_principal("holder", "h", "CN-FJ"))
+    ds = parse_manifest_text(example_manifest(budget=1.0), check_files=False).datasets[0]
+    any_store.register_node(h, "a", "CN-FJ", [ds.to_dict()])
+    ledger_id = any_store.dataset_parts("patients")[0]["ledger_id"]
+    analyst = any_store.authenticate(any_store.create_principal("analyst", "an", "CN-FJ"))
+
+    def attempt(_: int) -> bool:
+        try:
+            with any_store.write() as s:
+                any_store.ensure_analyst_budget(s, analyst.id, 100.0, 1.0)
+                jid = _job(s, analyst.id)
+                any_store.reserve(s, jid, analyst.id, [ReservationRequest(ledger_id, 0.1, 1e-9)], 0.1, 1e-9)
+            return True
+        except BudgetExhausted:
+            return False
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, range(40)))
+    assert results.count(True) == 10
+    part = any_store.dataset_parts("patients")[0]
+    assert part["eps_reserved"] == pytest.approx(1.0) and part["eps_reserved"] <= 1.0 + 1e-9
+
+
+def test_settle_commit_and_refund(any_store: Store) -> None:
+    h = any_store.authenticate(any_store.create_principal("holder", "h", "CN-FJ"))
+    ds = parse_manifest_text(example_manifest(budget=1.0), check_files=False).datasets[0]
+    any_store.register_node(h, "a", "CN-FJ", [ds.to_dict()])
+    ledger_id = any_store.dataset_parts("patients")[0]["ledger_id"]
+    analyst = any_store.authenticate(any_store.create_principal("analyst", "an", "CN-FJ"))
+    jobs = []
+    for _ in range(2):
+        with any_store.write() as s:
+            any_store.ensure_analyst_budget(s, analyst.id, 100.0, 1.0)
+            jid = _job(s, analyst.id)
+            any_store.reserve(s, jid, analyst.id, [ReservationRequest(ledger_id, 0.3, 0.0)], 0.3, 0.0)
+            jobs.append(jid)
+    with any_store.write() as s:
+        any_store.settle(s, jobs[0], commit=True)
+        any_store.settle(s, jobs[1], commit=False)
+    part = any_store.dataset_parts("patients")[0]
+    assert part["eps_spent"] == pytest.approx(0.3) and part["eps_reserved"] == pytest.approx(0.0)
+    assert any_store.analyst_budget(analyst.id)["epsilon_spent"] == pytest.approx(0.3)
+
+
+def test_release_log_appends_and_rebuilds(any_store: Store) -> None:
+    from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
+
+    log = ReleaseLog(any_store)
+    gate = ReleaseGate(any_store, log)
+    for i in range(3):
+        gate.record({"kind": "approval_given", "job_id": f"j{i}", "principal": "p"})
+    root = log.tree.root()
+    again = ReleaseLog(any_store)
+    assert again.tree.size == 3 and again.tree.root() == root and again.integrity_problem is None
+    assert again.signer.key_id == log.signer.key_id
