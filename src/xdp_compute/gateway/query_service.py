@@ -33,22 +33,12 @@ from xdp_compute.gateway.hub import Task
 from xdp_compute.gateway.release import BUDGET_EXHAUSTED, DENIED, FAILED, Outcome, digest
 from xdp_compute.gateway.secure_sum import secure_sum
 from xdp_compute.gateway.store import PrincipalView, ReservationRequest, new_id
-from xdp_compute.privacy import (
-    Measurement,
-    NoisePlan,
-    NoisyCell,
-    avg_interval,
-    cell_interval,
-    expected_error,
-    plan_noise,
-    stddev_interval,
-    variance_interval,
-)
+from xdp_compute.privacy import Measurement, NoisePlan, expected_error, plan_noise
 from xdp_compute.query import QueryPlan, plan_query, referenced_dataset
+from xdp_compute.query.finalize import GROUP_SIZE_ALIAS, finalize_rows, suppress_small_groups
 from xdp_compute.query.plan import from_ring
 
 log = logging.getLogger("xdp.gateway.query")
-GROUP_SIZE_ALIAS = "xdp_group_size"
 DEFAULT_DELTA_FRACTION = 0.01  # a query's default delta: 1% of the smallest declared delta budget
 
 
@@ -92,13 +82,6 @@ def with_group_size(sql: str) -> tuple[str, bool]:
             return sql, False
     tree = tree.select(exp.alias_(exp.Count(this=exp.Star()), GROUP_SIZE_ALIAS), copy=True)
     return tree.sql(dialect="duckdb"), True
-
-
-def count_alias(plan: QueryPlan) -> str:
-    for o in plan.outputs:
-        if o.kind == "count" and o.column is None:
-            return o.alias
-    raise AssertionError("plan has no COUNT(*)")
 
 
 def node_parts(parts: list[dict[str, Any]]) -> list[NodePart]:
@@ -340,67 +323,14 @@ class QueryService:
         return [d.to_dict() for d in fresh if d.rule not in ("budget", "epsilon_cap")]
 
     def finalize(self, p: Prepared, total: np.ndarray, n_shares: int) -> dict[str, Any]:
-        """Noisy totals -> rows keyed by alias, with 95% intervals from the known noise."""
-        plan, noise = p.plan, p.noise
-        sig = {mm.name: mm.sigma_node2 for mm in noise.measurements}
-        cells: list[list[NoisyCell]] = []
-        for c in range(len(plan.cells)):
-            cells.append([NoisyCell(raw=from_ring(int(total[plan.index(c, j)])), sigma_node2=sig[mm.key],
-                                    n_shares=n_shares, scale=1.0 / mm.scale)
-                          for j, mm in enumerate(plan.measurements)])
-        rows, intervals = [], []
-        for c, cell in enumerate(plan.cells):
-            row: dict[str, Any] = {}
-            ivs: dict[str, Any] = {}
-            for o in plan.outputs:
-                if o.kind == "group":
-                    row[o.alias] = cell[plan.group_columns.index(o.column or "")]
-                    continue
-                ins = [cells[c][i] for i in o.inputs]
-                if o.kind == "count":
-                    iv = cell_interval(ins[0], p.level, lower=0)
-                elif o.kind == "sum":
-                    iv = cell_interval(ins[0], p.level)
-                else:
-                    col = plan.column(o.column or "")
-                    bounds = (float(col.min if col.min is not None else 0.0),
-                              float(col.max if col.max is not None else 1.0))
-                    count_c, sum_c = ins[0], ins[1]
-                    if o.kind == "avg":
-                        iv = avg_interval(sum_c, count_c, bounds, p.level)
-                    elif o.kind == "variance":
-                        iv = variance_interval(ins[2], sum_c, count_c, bounds, p.level)
-                    else:
-                        iv = stddev_interval(ins[2], sum_c, count_c, bounds, p.level)
-                row[o.alias] = iv.estimate
-                ivs[o.alias] = [iv.low, iv.high]
-            rows.append(row)
-            intervals.append(ivs)
-        return {"columns": [o.alias for o in plan.outputs if not (p.hidden_count and o.alias == GROUP_SIZE_ALIAS)],
-                "rows": rows, "intervals": intervals, "level": p.level,
-                "epsilon": p.noise.epsilon, "delta": p.noise.delta, "dataset": p.dataset,
-                "noise_variance": {mm.name: float(mm.sigma_node2 * n_shares) for mm in noise.measurements}}
+        """Noisy totals -> rows keyed by alias, with intervals from the known noise."""
+        return finalize_rows(p.plan, p.noise, [from_ring(int(x)) for x in total], n_shares, p.level,
+                             p.hidden_count, p.dataset)
 
     def suppress(self, p: Prepared, payload: dict[str, Any]) -> int:
         """Small-cell suppression: a group whose noisy count is below min_group_size shows no numbers."""
-        threshold = max(x["spec"]["min_group_size"] for x in p.parts)
-        alias = count_alias(p.plan)
-        group_aliases = {o.alias for o in p.plan.outputs if o.kind == "group"}
-        suppressed = 0
-        for row, ivs in zip(payload["rows"], payload["intervals"], strict=True):
-            small = row[alias] is None or row[alias] < threshold
-            if p.hidden_count:
-                row.pop(alias, None)
-                ivs.pop(alias, None)
-            if small:
-                for k in list(row):
-                    if k not in group_aliases:
-                        row[k] = None
-                        ivs[k] = None
-                suppressed += 1
-        payload["suppressed_groups"] = suppressed
-        payload["min_group_size"] = threshold
-        return suppressed
+        return suppress_small_groups(p.plan, payload, max(x["spec"]["min_group_size"] for x in p.parts),
+                                     p.hidden_count)
 
 
 def prepared_from_job(qs: QueryService, job: m.Job) -> Prepared:
