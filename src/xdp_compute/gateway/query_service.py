@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlglot import exp
 
+from xdp_compute.crypto.paillier import EncryptedVector, PackingScheme, PaillierPublic, aggregate_encrypted
 from xdp_compute.crypto.secagg import default_threshold
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import Decision, NodePart, Requester, check_privacy_params, enforce, evaluate
@@ -26,10 +28,11 @@ from xdp_compute.errors import (
     NotFound,
     PolicyDenied,
     ProtocolAborted,
+    XdpError,
 )
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.app import Services
-from xdp_compute.gateway.hub import Task
+from xdp_compute.gateway.hub import NodeDropped, Task
 from xdp_compute.gateway.release import BUDGET_EXHAUSTED, DENIED, FAILED, Outcome, digest
 from xdp_compute.gateway.secure_sum import secure_sum
 from xdp_compute.gateway.store import PrincipalView, ReservationRequest, new_id
@@ -39,7 +42,9 @@ from xdp_compute.query.finalize import GROUP_SIZE_ALIAS, finalize_rows, suppress
 from xdp_compute.query.plan import from_ring
 
 log = logging.getLogger("xdp.gateway.query")
-DEFAULT_DELTA_FRACTION = 0.01  # a query's default delta: 1% of the smallest declared delta budget
+DEFAULT_DELTA_FRACTION = 0.01
+HE_VALUE_BITS = 62  # per-node noisy partials fit in 62 bits (plan headroom); slots add room for the n-way sum
+MAX_CIPHERTEXT_BYTES = 32 << 20  # a query's default delta: 1% of the smallest declared delta budget
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Prepared:
     level: float
     spec_digest: str
     operation: str = "query"
+    public_key: dict[str, Any] | None = None  # the analyst's Paillier key (encrypted delivery)
 
     @property
     def node_names(self) -> list[str]:
@@ -104,7 +110,7 @@ class QueryService:
         raise NotFound(f"no dataset named {name!r}")
 
     def prepare(self, who: PrincipalView, sql: str, epsilon: Any, delta: Any, level: float = 0.95,
-                operation: str = "query") -> Prepared:
+                operation: str = "query", public_key: dict[str, Any] | None = None) -> Prepared:
         if not isinstance(sql, str) or not sql.strip():
             raise InvalidQuery("empty query")
         name = referenced_dataset(sql)
@@ -117,6 +123,10 @@ class QueryService:
         eps, dlt = check_privacy_params(epsilon, delta, default_delta)
         if not 0.5 <= level < 1:
             raise BadRequest("level must be in [0.5, 1)")
+        if public_key is not None:
+            # Encrypted delivery: the analyst's Paillier key is validated at the border.
+            PaillierPublic.from_dict(public_key)
+            operation = "he_query"
         full_sql, hidden = with_group_size(sql)
         plan = plan_query(full_sql, spec)
         n = len(parts)
@@ -131,9 +141,14 @@ class QueryService:
         if offline:
             decisions.append(Decision("participation", True, f"offline node(s) {offline} do not take part; "
                                                               "their rows are not in the answer"))
-        spec_digest = digest({"operation": operation, "sql": sql, "epsilon": eps, "delta": dlt, "level": level})
+        spec_digest = digest({"operation": operation, "sql": sql, "epsilon": eps, "delta": dlt, "level": level,
+                              "public_key": public_key})
+        if public_key is not None:
+            decisions.append(Decision("suppression", True, "encrypted delivery: the gateway cannot see counts, so "
+                                                           "small-group suppression is applied by the SDK after "
+                                                           "decryption (the DP noise protects either way)"))
         return Prepared(who, plan.dataset, parts, plan, hidden, noise, t, decisions, eps, dlt, level, spec_digest,
-                        operation)
+                        operation, public_key)
 
     def dry_run(self, p: Prepared) -> dict[str, Any]:
         scales = {mm.key: 1.0 / mm.scale for mm in p.plan.measurements}
@@ -208,7 +223,7 @@ class QueryService:
     async def submit(self, who: PrincipalView, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle POST /v1/queries. Returns (HTTP status, body)."""
         p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
-                                    body.get("level", 0.95))
+                                    body.get("level", 0.95), "query", body.get("public_key"))
         if body.get("dry_run"):
             return 200, self.dry_run(p)
         key = body.get("idempotency_key")
@@ -226,7 +241,9 @@ class QueryService:
         try:
             job_id, created = await asyncio.to_thread(self.reserve, p, key, {"sql": body["sql"],
                                                                              "epsilon": p.epsilon,
-                                                                             "delta": p.delta}, approvals)
+                                                                             "delta": p.delta,
+                                                                             "public_key": p.public_key},
+                                                      approvals)
         except BudgetExhausted as e:
             await asyncio.to_thread(self.gate.refuse, None, who.name, self.outcome_for(p), BUDGET_EXHAUSTED,
                                     e.detail, refund=False)
@@ -250,7 +267,7 @@ class QueryService:
                 job = s.get(m.Job, job_id)
             assert job is not None
             if job.status == "released" and job.result_json:
-                delivery = json.loads(job.result_json)
+                delivery = self.svc.extra.get("undelivered", {}).pop(job_id, None) or json.loads(job.result_json)
                 delivery["receipt"] = self.gate.log.receipt(delivery["log_index"])
                 return 200, delivery
             if job.status in ("denied", "failed"):
@@ -269,9 +286,15 @@ class QueryService:
             if job is not None:
                 job.status, job.updated_at = status, time.time()
 
-    async def run(self, job_id: str, p: Prepared) -> dict[str, Any]:
-        """Compute over the nodes and pass the result through the ReleaseGate."""
+    async def run(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
+        """Compute over the nodes and pass the result through the ReleaseGate.
+
+        ``background``: nobody waits on the HTTP request (approved jobs); an encrypted answer is
+        then held in memory until its owner fetches it once.
+        """
         await asyncio.to_thread(self._set_status, job_id, "running")
+        if p.public_key is not None:
+            return await self.run_encrypted(job_id, p, background)
         started = time.time()
         sigmas = {mm.name: f"{mm.sigma_node2.numerator}/{mm.sigma_node2.denominator}"
                   for mm in p.noise.measurements}
@@ -306,6 +329,61 @@ class QueryService:
                 job.compute_seconds = time.time() - started
         delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome,
                                            self.approvers(job_id))
+        return delivery
+
+    async def run_encrypted(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
+        """Paillier encrypted delivery: nodes send packed encrypted noisy partials; the gateway only
+        multiplies ciphertexts (homomorphic addition) and releases the encrypted total."""
+        assert p.public_key is not None
+        started = time.time()
+        public = PaillierPublic.from_dict(p.public_key)
+        scheme = PackingScheme(public.bits, HE_VALUE_BITS)
+        sigmas = {mm.name: f"{mm.sigma_node2.numerator}/{mm.sigma_node2.denominator}"
+                  for mm in p.noise.measurements}
+        header = {"plan": p.plan.to_dict(), "sigma_node2": sigmas, "public_key": public.to_dict(),
+                  "scheme": scheme.to_dict()}
+        names = {x["node_id"]: x["node"] for x in p.parts}
+        timeout = self.svc.settings.round_timeout_seconds * 6
+
+        async def one(node: str) -> tuple[str, EncryptedVector | None]:
+            try:
+                r = await self.svc.hub.call(node, Task("he_query_partial", job_id, dict(header)), timeout)
+                if not r.ok:
+                    log.warning("node %s failed its encrypted partial: %s", names[node], r.error)
+                    return node, None
+                return node, EncryptedVector.from_bytes(r.blobs.get("ciphertext", b""), public,
+                                                        max_bytes=MAX_CIPHERTEXT_BYTES)
+            except NodeDropped:
+                return node, None
+            except XdpError as e:  # an invalid ciphertext from a node counts as its drop-out
+                log.warning("node %s sent an invalid encrypted partial: %s", names[node], e.detail)
+                return node, None
+
+        got = [(n, v) for n, v in await asyncio.gather(*(one(x["node_id"]) for x in p.parts)) if v is not None]
+        if len(got) < p.threshold:
+            reason = (f"only {len(got)} of {len(p.parts)} nodes returned encrypted partials; at least "
+                      f"{p.threshold} are needed to carry the calibrated noise")
+            await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
+                                    reason, refund=True)
+            raise ProtocolAborted(reason)
+        total = aggregate_encrypted(public, [v for _, v in got])
+        survivors = sorted(names[n] for n, _ in got)
+        payload = {"encrypted": True, "ciphertext": base64.b64encode(total.to_bytes(public)).decode(),
+                   "plan": p.plan.to_dict(), "noise": p.noise.to_dict(), "n_shares": len(got), "level": p.level,
+                   "hidden_count": p.hidden_count, "dataset": p.dataset, "nodes": survivors,
+                   "min_group_size": max(x["spec"]["min_group_size"] for x in p.parts),
+                   "epsilon": p.noise.epsilon, "delta": p.noise.delta, "cells": p.plan.vector_length}
+        outcome = self.outcome_for(p, payload, survivors)
+        outcome.recheck = lambda: self.recheck(p)
+        outcome.keep_out = ("ciphertext",)
+        with self.store.write() as s:
+            job = s.get(m.Job, job_id)
+            if job is not None:
+                job.compute_seconds = time.time() - started
+        delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome,
+                                           self.approvers(job_id))
+        if background:
+            self.svc.extra.setdefault("undelivered", {})[job_id] = delivery
         return delivery
 
     def approvers(self, job_id: str) -> list[str]:
@@ -348,7 +426,7 @@ def prepared_from_job(qs: QueryService, job: m.Job) -> Prepared:
     decisions = [Decision(**d) for d in stored["decisions"]]
     return Prepared(who, plan.dataset, parts, plan, stored["hidden_count"], NoisePlan.from_dict(stored["noise"]),
                     stored["threshold"], decisions, spec["epsilon"], spec["delta"], stored["level"],
-                    spec["digest"], job.kind)
+                    spec["digest"], job.kind, spec.get("public_key"))
 
 
 async def run_approved_query(svc: Services, job_id: str) -> dict[str, Any]:
@@ -359,13 +437,14 @@ async def run_approved_query(svc: Services, job_id: str) -> dict[str, Any]:
         job = s.get(m.Job, job_id)
     assert job is not None
     p = await asyncio.to_thread(prepared_from_job, qs, job)
-    return await qs.run(job_id, p)
+    return await qs.run(job_id, p, background=True)
 
 
 def _register() -> None:
     from xdp_compute.gateway.approvals import RUNNERS
 
     RUNNERS["query"] = run_approved_query
+    RUNNERS["he_query"] = run_approved_query
 
 
 _register()

@@ -167,6 +167,8 @@ class Outcome:
     # Per ledger-row actual charge, when lower than reserved (e.g. training stopped early).
     actual_charges: dict[int, tuple[float, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Payload members the gateway must not keep (e.g. ciphertexts): stored as their digest only.
+    keep_out: tuple[str, ...] = ()
 
 
 class ReleaseGate:
@@ -214,7 +216,9 @@ class ReleaseGate:
                             "cost": outcome.cost}
                 if job is not None:
                     job.status = "released"
-                    job.result_json = json.dumps(delivery)
+                    kept = {k: ({"sha256": digest(v if isinstance(v, bytes) else str(v).encode())}
+                                if k in outcome.keep_out else v) for k, v in payload.items()}
+                    job.result_json = json.dumps({**delivery, "result": kept})
                     job.updated_at = time.time()
         delivery["receipt"] = self.log.receipt(stored["index"])
         return delivery

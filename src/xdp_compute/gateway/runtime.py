@@ -41,7 +41,7 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
                 for node_id in gone:
                     log.info("node %s marked offline", node_id)
                     svc.hub.fail_node(node_id, "went offline")
-            except Exception:  # noqa: BLE001 - the monitor must outlive a transient DB error
+            except Exception:
                 log.exception("liveness monitor")
 
     task = asyncio.create_task(monitor())

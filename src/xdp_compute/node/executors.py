@@ -33,6 +33,9 @@ class TaskExecutor:
         from xdp_compute.node import query_task  # noqa: F401 - registers its round-0 provider
 
         node_jobs.install(self)
+        from xdp_compute.node import he_task
+
+        he_task.install(self)
 
     def handle(self, kind: str, job_id: str, header: dict[str, Any], blobs: dict[str, bytes]) -> TaskOutcome:
         handler = self.handlers.get(kind)

@@ -26,6 +26,7 @@ class QueryBody(BaseModel):
     dry_run: bool = False
     idempotency_key: str | None = Field(None, max_length=200)
     level: float = 0.95
+    public_key: dict[str, Any] | None = Field(None, description="Paillier public key {scheme, n, bits}: encrypted delivery")
 
 
 def service(svc: Svc) -> QueryService:
@@ -52,7 +53,10 @@ def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     out: dict[str, Any] = {"job_id": job.id, "status": job.status, "operation": job.kind,
                            "created_at": job.created_at, "cost": json.loads(job.cost_json)}
     if job.status == "released" and job.result_json:
-        out.update(json.loads(job.result_json))
+        # An encrypted answer not yet fetched (e.g. after approval) is handed over once, then only
+        # its digest remains at the gateway.
+        full = svc.extra.get("undelivered", {}).pop(job.id, None)
+        out.update(full or json.loads(job.result_json))
         out["receipt"] = svc.release_log.receipt(out["log_index"])
     if job.error_json:
         out["error"] = json.loads(job.error_json)

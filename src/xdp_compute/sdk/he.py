@@ -1,0 +1,77 @@
+"""Analyst-side homomorphic encryption: Paillier keys kept locally, decryption of encrypted answers."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+from xdp_compute.crypto.paillier import (
+    DEFAULT_KEY_BITS,
+    EncryptedVector,
+    PaillierPrivate,
+    PaillierPublic,
+    decrypt_aggregate,
+    generate_keypair,
+    load_private_key,
+    save_private_key,
+)
+from xdp_compute.errors import Conflict
+from xdp_compute.privacy import NoisePlan
+from xdp_compute.query import QueryPlan
+from xdp_compute.query.finalize import finalize_rows, suppress_small_groups
+from xdp_compute.sdk.results import QueryResult, query_result
+
+MAX_RESULT_BYTES = 64 << 20
+
+
+def key_dir(client: Any) -> Path:
+    d = Path(client.key_dir or os.environ.get("XDP_KEY_DIR") or Path.home() / ".xdp" / "keys")
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def paillier_keys(client: Any, bits: int = DEFAULT_KEY_BITS) -> tuple[PaillierPublic, PaillierPrivate]:
+    """The analyst's key pair: loaded from its owner-only file, or created and saved there."""
+    path = key_dir(client) / f"paillier-{bits}.json"
+    if path.exists():
+        priv = load_private_key(path)
+    else:
+        _, priv = generate_keypair(bits)
+        save_private_key(path, priv)
+    return priv.public, priv
+
+
+def decrypt_delivery(priv: PaillierPrivate, delivery: dict[str, Any]) -> QueryResult:
+    """Decrypt an encrypted answer and build the same QueryResult as the plain path."""
+    res = delivery["result"]
+    ct = res.get("ciphertext")
+    if not isinstance(ct, str):
+        raise Conflict("this encrypted answer was already delivered; the gateway keeps only its digest")
+    vector = EncryptedVector.from_bytes(base64.b64decode(ct), priv.public, max_bytes=MAX_RESULT_BYTES)
+    totals = decrypt_aggregate(priv, vector)
+    plan = QueryPlan.from_dict(res["plan"])
+    noise = NoisePlan.from_dict(res["noise"])
+    payload = finalize_rows(plan, noise, totals, int(res["n_shares"]), float(res["level"]),
+                            bool(res["hidden_count"]), res["dataset"])
+    suppress_small_groups(plan, payload, int(res["min_group_size"]), bool(res["hidden_count"]))
+    payload["nodes"] = res.get("nodes", [])
+    plain = dict(delivery)
+    plain["result"] = payload
+    result = query_result(plain)
+    result.delivery = delivery  # the receipt covers what the gateway released: the ciphertext
+    return result
+
+
+def encrypted_query(client: Any, sql: str, epsilon: float, delta: float | None, *, idempotency_key: str | None,
+                    level: float, wait: float, dry_run: bool, bits: int = DEFAULT_KEY_BITS) -> Any:
+    public, priv = paillier_keys(client, bits)
+    body = {"sql": sql, "epsilon": epsilon, "delta": delta, "dry_run": dry_run,
+            "idempotency_key": idempotency_key, "level": level, "public_key": public.to_dict()}
+    out = client._post("/v1/queries", json=body)
+    if dry_run:
+        return out
+    if out.get("status") != "released":
+        out = client._wait(out, wait)
+    return decrypt_delivery(priv, out)
