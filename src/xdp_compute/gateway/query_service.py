@@ -368,7 +368,8 @@ class QueryService:
             raise ProtocolAborted(reason)
         total = aggregate_encrypted(public, [v for _, v in got])
         survivors = sorted(names[n] for n, _ in got)
-        payload = {"encrypted": True, "ciphertext": base64.b64encode(total.to_bytes(public)).decode(),
+        payload = {"encrypted": True, "key_fingerprint": public.fingerprint,
+                   "ciphertext": base64.b64encode(total.to_bytes(public)).decode(),
                    "plan": p.plan.to_dict(), "noise": p.noise.to_dict(), "n_shares": len(got), "level": p.level,
                    "hidden_count": p.hidden_count, "dataset": p.dataset, "nodes": survivors,
                    "min_group_size": max(x["spec"]["min_group_size"] for x in p.parts),

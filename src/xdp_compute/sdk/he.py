@@ -17,7 +17,7 @@ from xdp_compute.crypto.paillier import (
     load_private_key,
     save_private_key,
 )
-from xdp_compute.errors import Conflict
+from xdp_compute.errors import Conflict, WrongKey
 from xdp_compute.privacy import NoisePlan
 from xdp_compute.query import QueryPlan
 from xdp_compute.query.finalize import finalize_rows, suppress_small_groups
@@ -49,6 +49,9 @@ def decrypt_delivery(priv: PaillierPrivate, delivery: dict[str, Any]) -> QueryRe
     ct = res.get("ciphertext")
     if not isinstance(ct, str):
         raise Conflict("this encrypted answer was already delivered; the gateway keeps only its digest")
+    if res.get("key_fingerprint") != priv.public.fingerprint:
+        raise WrongKey("this answer was encrypted under another Paillier key (fingerprint mismatch); "
+                       "load the key pair the query was sent with")
     vector = EncryptedVector.from_bytes(base64.b64decode(ct), priv.public, max_bytes=MAX_RESULT_BYTES)
     totals = decrypt_aggregate(priv, vector)
     plan = QueryPlan.from_dict(res["plan"])
