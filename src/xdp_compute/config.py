@@ -31,7 +31,7 @@ class Settings:
     # Data categories that never cross a region border (the cross-border negative list).
     restricted_categories: tuple[str, ...] = field(
         default_factory=lambda: _env_list("XDP_RESTRICTED_CATEGORIES", ("health", "genetic", "biometric")))
-    max_body_bytes: int = field(default_factory=lambda: int(os.environ.get("XDP_MAX_BODY_BYTES", str(8 << 20))))
+    max_body_bytes: int = field(default_factory=lambda: int(os.environ.get("XDP_MAX_BODY_BYTES", str(24 << 20))))
     max_grpc_message_bytes: int = 64 << 20
     heartbeat_seconds: float = field(default_factory=lambda: float(os.environ.get("XDP_HEARTBEAT_SECONDS", "2")))
     offline_after_missed: int = 3

@@ -21,6 +21,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/nodes/{node_id}"): {"admin", "holder", "analyst"},
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
     ("POST", "/v1/queries"): {"analyst"},
+    ("POST", "/v1/scores"): {"analyst"},
     ("GET", "/v1/approvals"): {"holder"},
     ("GET", "/v1/metering"): {"holder", "auditor"},
     ("POST", "/v1/approvals/{job_id}/approve"): {"holder"},

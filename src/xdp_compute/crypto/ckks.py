@@ -1158,3 +1158,14 @@ def scores_header(data: bytes, *, max_bytes: int = DEFAULT_MAX_CIPHERTEXT_BYTES)
     """The metadata of a score envelope (groups, contributions, flooding variance, scaling)."""
     header, _ = _unpack_envelope(data, "scores", max_bytes)
     return header
+
+
+def weights_header(data: bytes, public_context: bytes, *, max_bytes: int = DEFAULT_MAX_CIPHERTEXT_BYTES
+                   ) -> dict[str, Any]:
+    """Gateway border check of encrypted weights: size, envelope, and that they belong to
+    ``public_context`` (the ciphertext itself is parsed only in the node's sandbox)."""
+    header, _ = _unpack_envelope(data, "weights", max_bytes)
+    if header.get("context") != _fingerprint(public_context):
+        raise InvalidCiphertext("encrypted weights were made under another CKKS context")
+    _weights_plan(header)
+    return header

@@ -7,7 +7,7 @@ import base64
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,7 @@ class Prepared:
     spec_digest: str
     operation: str = "query"
     public_key: dict[str, Any] | None = None  # the analyst's Paillier key (encrypted delivery)
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific inputs (e.g. CKKS context)
 
     @property
     def node_names(self) -> list[str]:
@@ -202,6 +203,9 @@ class QueryService:
                                                   "threshold": p.threshold, "hidden_count": p.hidden_count,
                                                   "nodes": [x["node_id"] for x in p.parts],
                                                   "level": p.level,
+                                                  "extra": {k: (base64.b64encode(v).decode()
+                                                                if isinstance(v, bytes) else v)
+                                                            for k, v in p.extra.items()},
                                                   "decisions": [d.to_dict() for d in p.decisions]}),
                             cost_json=json.dumps(p.cost()), idempotency_key=idempotency_key, created_at=now,
                             updated_at=now, compute_seconds=0.0))
@@ -226,7 +230,13 @@ class QueryService:
                                     body.get("level", 0.95), "query", body.get("public_key"))
         if body.get("dry_run"):
             return 200, self.dry_run(p)
-        key = body.get("idempotency_key")
+        return await self.submit_prepared(who, p, body.get("idempotency_key"),
+                                          {"sql": body["sql"], "epsilon": p.epsilon, "delta": p.delta,
+                                           "public_key": p.public_key})
+
+    async def submit_prepared(self, who: PrincipalView, p: Prepared, key: str | None,
+                              spec: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Idempotency, policy enforcement, reservation, approval wait or run — for every job kind."""
         job = await asyncio.to_thread(self.existing, who, key, p.spec_digest)
         if job is not None:
             return await self.await_existing(job.id)
@@ -239,11 +249,7 @@ class QueryService:
             raise
         approvals = self.approval_holders(p)
         try:
-            job_id, created = await asyncio.to_thread(self.reserve, p, key, {"sql": body["sql"],
-                                                                             "epsilon": p.epsilon,
-                                                                             "delta": p.delta,
-                                                                             "public_key": p.public_key},
-                                                      approvals)
+            job_id, created = await asyncio.to_thread(self.reserve, p, key, spec, approvals)
         except BudgetExhausted as e:
             await asyncio.to_thread(self.gate.refuse, None, who.name, self.outcome_for(p), BUDGET_EXHAUSTED,
                                     e.detail, refund=False)
@@ -293,6 +299,10 @@ class QueryService:
         then held in memory until its owner fetches it once.
         """
         await asyncio.to_thread(self._set_status, job_id, "running")
+        if p.operation == "he_score":
+            from xdp_compute.gateway.score_service import run_score
+
+            return await run_score(self, job_id, p, background)
         if p.public_key is not None:
             return await self.run_encrypted(job_id, p, background)
         started = time.time()
@@ -383,6 +393,10 @@ class QueryService:
                 job.compute_seconds = time.time() - started
         delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome,
                                            self.approvers(job_id))
+        return self.hand_over(job_id, delivery, background)
+
+    def hand_over(self, job_id: str, delivery: dict[str, Any], background: bool) -> dict[str, Any]:
+        """An encrypted answer that nobody is waiting for is held in memory until fetched once."""
         if background:
             self.svc.extra.setdefault("undelivered", {})[job_id] = delivery
         return delivery
@@ -427,7 +441,9 @@ def prepared_from_job(qs: QueryService, job: m.Job) -> Prepared:
     decisions = [Decision(**d) for d in stored["decisions"]]
     return Prepared(who, plan.dataset, parts, plan, stored["hidden_count"], NoisePlan.from_dict(stored["noise"]),
                     stored["threshold"], decisions, spec["epsilon"], spec["delta"], stored["level"],
-                    spec["digest"], job.kind, spec.get("public_key"))
+                    spec["digest"], job.kind, spec.get("public_key"),
+                    {k: (base64.b64decode(v) if k in ("context", "weights") else v)
+                     for k, v in stored.get("extra", {}).items()})
 
 
 async def run_approved_query(svc: Services, job_id: str) -> dict[str, Any]:
@@ -446,6 +462,7 @@ def _register() -> None:
 
     RUNNERS["query"] = run_approved_query
     RUNNERS["he_query"] = run_approved_query
+    RUNNERS["he_score"] = run_approved_query
 
 
 _register()

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +91,7 @@ class NodeAgent:
             out: TaskOutcome = self.executor.handle(task.kind, task.job_id, header, dict(task.blobs))
         except XdpError as e:
             out = TaskOutcome(ok=False, error=e.detail)
-        except Exception as e:  # noqa: BLE001 - a task failure must not kill the node
+        except Exception as e:
             log.exception("task %s failed", task.kind)
             out = TaskOutcome(ok=False, error=f"{type(e).__name__} while running {task.kind}")
         try:

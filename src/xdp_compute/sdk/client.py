@@ -131,6 +131,20 @@ class Client:
             return out
         return query_result(self._wait(out, wait) if out.get("status") != "released" else out)
 
+    def score(self, dataset: str, features: list[str], weights: list[float], bias: float = 0.0,
+              where: str | None = None, group_by: list[str] | None = None, *, epsilon: float,
+              delta: float | None = None, level: float = 0.95, idempotency_key: str | None = None,
+              wait: float = 600.0) -> QueryResult:
+        """CKKS encrypted scoring: the mean of w.x + bias per group over the holders' rows.
+
+        The weights are encrypted here and never leave in plaintext; nodes and gateway see only
+        ciphertexts. ``rows`` hold ``score`` (mean) and ``n`` (noisy group size) per group.
+        """
+        from xdp_compute.sdk.he import encrypted_score
+
+        return encrypted_score(self, dataset, features, weights, bias, where, group_by, epsilon, delta, level,
+                               idempotency_key, wait)
+
     def budget(self, dataset: str) -> dict[str, Any]:
         """Budget left per node of ``dataset`` and the analyst's own."""
         return self._get(f"/v1/budget/{dataset}")  # type: ignore[no-any-return]

@@ -43,6 +43,31 @@ async def submit_query(body: QueryBody, svc: Svc, who: Analyst) -> JSONResponse:
     return JSONResponse(out, status_code=status)
 
 
+class ScoreBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(..., max_length=64)
+    features: list[str] = Field(..., min_length=1, max_length=64)
+    where: str | None = Field(None, max_length=10000)
+    group_by: list[str] | None = Field(None, max_length=4)
+    epsilon: float
+    delta: float | None = None
+    level: float = 0.95
+    score_bound: float
+    context: str = Field(..., description="base64 public CKKS context (no secret key)")
+    weights: str = Field(..., description="base64 encrypted weights envelope")
+    dry_run: bool = False
+    idempotency_key: str | None = Field(None, max_length=200)
+
+
+@router.post("/scores")
+async def submit_score(body: ScoreBody, svc: Svc, who: Analyst) -> JSONResponse:
+    """CKKS encrypted scoring of a secret linear model; the answer is released as a ciphertext."""
+    from xdp_compute.gateway.score_service import submit_score as run
+
+    status, out = await run(service(svc), who, body.model_dump())
+    return JSONResponse(out, status_code=status)
+
+
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     """A job's status and, once released, its delivery with a fresh receipt (owner only)."""
