@@ -95,6 +95,11 @@ def prepare_score(qs: QueryService, who: PrincipalView, body: dict[str, Any]) ->
     if header["n_features"] != len(features) + 2 or header["max_groups"] < 2 * cells:
         raise InvalidSpec(f"the encrypted weights must cover {len(features) + 2} inputs (features, bias, count) "
                           f"and {2 * cells} outputs")
+    # Parse the weights ciphertext too (sandboxed, on zeros): a malformed one is the analyst's 400
+    # here, not a node failure later.
+    import numpy as np
+
+    ckks.score_partial(context, weights, np.zeros((2 * cells, len(features) + 2)), np.zeros(2 * cells), 0.0)
     sens = math.ceil(bound * 2**SCORE_FRAC_BITS) + 1
     n = len(parts)
     from xdp_compute.crypto.secagg import default_threshold
