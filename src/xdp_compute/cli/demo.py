@@ -109,7 +109,7 @@ def run_demo(console: Console | None = None) -> int:
                                   f"valid={ds['ok']} violations={ds.get('violations_total', 0)}")
         # Analyst catalog
         console.rule("[bold]2. Analyst: catalog (metadata only) and a mock preview")
-        with Client(cluster.url, tokens["analyst"]) as analyst:
+        with Client(cluster.url, tokens["analyst"], key_dir=str(cluster.root / "analyst-keys")) as analyst:
             for ds in analyst.datasets():
                 console.print(f"  dataset {ds['name']!r} ({ds['classification']}, categories {ds['categories']}) "
                               f"on {', '.join(n['name'] + (' (online)' if n['online'] else ' (offline)') for n in ds['nodes'])}")

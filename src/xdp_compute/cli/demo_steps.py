@@ -27,6 +27,43 @@ def joint_statistics(console: Console, analyst: Any) -> None:
     console.print(f"  idempotent retry returns the same answer: {again.rows == r.rows}")
 
 
+def he_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
+    console.rule("[bold]4. Analyst: homomorphic encryption — answers even the operator cannot read")
+    sql = "SELECT district, COUNT(*) AS patients, AVG(stay_days) AS avg_stay FROM patients GROUP BY district"
+    r = analyst.query(sql, epsilon=0.5, encrypt=True)
+    console.print(f"  encrypted delivery (Paillier, {r.delivery['result']['key_fingerprint'][:12]}..., packed): "
+                  "nodes encrypted their noisy partials, the gateway only added ciphertexts")
+    console.print(r.table())
+    console.print("  encrypted scoring (CKKS): a secret risk model w scored on the hospitals' rows; nodes and "
+                  "gateway never see w or the answer")
+    s = analyst.score("patients", features=["age", "stay_days"], weights=[0.03, 0.12], bias=-2.0,
+                      group_by=["chronic"], epsilon=0.5)
+    console.print(s.table(3))
+
+
+def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str]) -> None:
+    from xdp_compute import Client
+    from xdp_compute.sdk.audit import verify_remote
+
+    console.rule("[bold]6. Auditor: the release log, verified")
+    with Client(cluster.url, tokens["auditor"]) as auditor:
+        entries = auditor._get("/v1/audit/entries")
+        for e in entries:
+            cost = (e.get("privacy_cost") or {}).get("epsilon")
+            console.print(f"  #{e['index']:<3} {e['kind']:<17} {e.get('operation') or '':<10} "
+                          f"{e.get('principal') or '':<24} eps={'' if cost is None else f'{cost:.3g}':<6} "
+                          f"payload={(e.get('payload_digest') or '-')[:16]}")
+        report, checkpoint = verify_remote(auditor, cluster.root / "auditor-checkpoint.json")
+        console.print(f"  verified: {report.ok}; {report.tree_size} entries; root {report.root_hash.hex()[:32]}...; "
+                      "every signed tree head checked; checkpoint saved")
+        meter = auditor.metering()
+        for who, m in meter["per_analyst"].items():
+            console.print(f"  metering {who}: {int(m['jobs'])} jobs, epsilon {m['epsilon_spent']:.3g}, "
+                          f"{int(m['cells_released'])} cells, {m['compute_seconds']:.2f}s compute")
+
+
 def run_all(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
     """Each capability adds its step here."""
     joint_statistics(console, analyst)
+    he_steps(console, cluster, tokens, analyst)
+    audit_steps(console, cluster, tokens)
