@@ -18,6 +18,8 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     """Start gRPC and monitors; return a coroutine function that stops them."""
     s = svc.settings
     capture = file_capture(s.grpc_capture_path) if s.grpc_capture_path else None
+    if capture is not None:
+        log.warning("XDP_GRPC_CAPTURE is set: every gRPC request is recorded to a file (tests only)")
     server = build_server(NodeService(svc.store, svc.hub, s.heartbeat_seconds, capture), s.max_grpc_message_bytes)
     bound = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
     if bound == 0:

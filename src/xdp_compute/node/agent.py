@@ -57,6 +57,8 @@ class NodeAgent:
         self._session: Session | None = None
         self._channel: grpc.Channel | None = None
         self._fault = os.environ.get("XDP_NODE_FAULT")  # test-only fault injection: exit on this task kind
+        if self._fault:
+            log.warning("XDP_NODE_FAULT=%s is set: this node exits on that task (tests only)", self._fault)
 
     # ------------------------------------------------------------------ plumbing
     def _declarations(self) -> str:
