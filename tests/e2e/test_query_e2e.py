@@ -91,7 +91,7 @@ def test_gateway_transcript_holds_no_single_partial(tmp_path: Path) -> None:
     noisy) appears, and what it unmasked is exactly the sum of the nodes' noisy partials."""
     from xdp_compute.crypto.secagg import MaskedInput, decode_message
     from xdp_compute.domain.manifest import load_manifest
-    from xdp_compute.gateway.query_service import with_group_size
+    from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION, with_group_size
     from xdp_compute.node.query_task import add_noise, seeded_noise_key
     from xdp_compute.node.sources import run_local_query
     from xdp_compute.privacy import Measurement, plan_noise
@@ -120,7 +120,7 @@ def test_gateway_transcript_holds_no_single_partial(tmp_path: Path) -> None:
     for node in h.nodes:
         m = load_manifest(h.cluster.root / node / "node.toml")
         plan = plan_query(with_group_size(sql)[0], m.datasets[0])
-        noise = plan_noise(1.0, 1e-5 * 0.01, [Measurement(mm.key, mm.sensitivity, len(plan.cells), mm.sensitivity)
+        noise = plan_noise(1.0, 1e-5 * DEFAULT_DELTA_FRACTION, [Measurement(mm.key, mm.sensitivity, len(plan.cells), mm.sensitivity)
                                               for mm in plan.measurements], 2)
         sig = {x.name: x.sigma_node2 for x in noise.measurements}
         partial = run_local_query(plan, m, m.datasets[0])

@@ -188,3 +188,44 @@ def test_restart_keeps_log_and_key_with_consistency_and_key_swap_is_caught(tmp_p
         assert bad.returncode != 0 and "key" in bad.stderr.lower(), bad.stderr
     finally:
         h.cluster.close()
+
+
+def test_concurrent_approve_and_deny_never_release_uncharged(approving: Hospitals) -> None:
+    import concurrent.futures as cf
+
+    h = approving
+    analyst, owner = h.analyst(), Client(h.cluster.url, h.tokens["clinic-0"])
+    before = analyst.budget("visits")["nodes"]
+    jobs = [analyst.submit_query(SQL, epsilon=0.05)["job_id"] for _ in range(8)]
+
+    def decide(args: tuple[str, int]) -> str:
+        job_id, k = args
+        try:
+            (owner.approve(job_id) if k % 2 == 0 else owner.deny(job_id, "race"))
+            return "ok"
+        except XdpError as e:
+            return str(e.status)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(decide, [(j, k) for j in jobs for k in range(4)]))
+    assert outcomes.count("ok") == len(jobs)  # exactly one decision per job wins
+    final = {}
+    for j in jobs:
+        for _ in range(200):
+            st = analyst.job(j)["status"]
+            if st in ("released", "denied", "failed"):
+                break
+            time.sleep(0.1)
+        final[j] = st
+    released = sum(1 for s in final.values() if s == "released")
+    assert set(final.values()) <= {"released", "denied"}
+    after = analyst.budget("visits")["nodes"]
+    for b, a in zip(before, after, strict=True):
+        assert a["epsilon_reserved"] == pytest.approx(0.0, abs=1e-12)
+        assert a["epsilon_spent"] - b["epsilon_spent"] == pytest.approx(released * 0.05, rel=1e-6, abs=1e-9)
+
+
+def test_empty_idempotency_key_is_422(approving: Hospitals) -> None:
+    with pytest.raises(XdpError) as e:
+        approving.analyst()._post("/v1/queries", json={"sql": SQL, "epsilon": 0.1, "idempotency_key": ""})
+    assert e.value.status == 422

@@ -22,7 +22,7 @@ FAST = {"XDP_TEST_NOISE_SEED": "dropout", "XDP_ROUND_TIMEOUT": "8"}
 
 def noisy_partials(root: Path, nodes: list[str]) -> dict[str, tuple[object, np.ndarray]]:
     from xdp_compute.domain.manifest import load_manifest
-    from xdp_compute.gateway.query_service import with_group_size
+    from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION, with_group_size
     from xdp_compute.node.query_task import add_noise, seeded_noise_key
     from xdp_compute.node.sources import run_local_query
     from xdp_compute.privacy import Measurement, plan_noise
@@ -33,7 +33,7 @@ def noisy_partials(root: Path, nodes: list[str]) -> dict[str, tuple[object, np.n
     for node in nodes:
         m = load_manifest(root / node / "node.toml")
         plan = plan_query(with_group_size(SQL)[0], m.datasets[0])
-        noise = plan_noise(1.0, 1e-7, [Measurement(mm.key, mm.sensitivity, len(plan.cells), mm.sensitivity)
+        noise = plan_noise(1.0, 1e-5 * DEFAULT_DELTA_FRACTION, [Measurement(mm.key, mm.sensitivity, len(plan.cells), mm.sensitivity)
                                        for mm in plan.measurements], 2)
         sig = {x.name: x.sigma_node2 for x in noise.measurements}
         vec = add_noise(run_local_query(plan, m, m.datasets[0]), plan, sig,

@@ -1169,3 +1169,8 @@ def weights_header(data: bytes, public_context: bytes, *, max_bytes: int = DEFAU
         raise InvalidCiphertext("encrypted weights were made under another CKKS context")
     _weights_plan(header)
     return header
+
+
+def context_fingerprint(public_context: bytes) -> str:
+    """The fingerprint envelopes carry to bind ciphertexts to their context."""
+    return _fingerprint(public_context)

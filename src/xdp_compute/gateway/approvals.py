@@ -64,14 +64,41 @@ def _load(svc: Services, holder: PrincipalView, job_id: str) -> tuple[m.Job, m.A
     return job, a
 
 
+def _lock_pending(s: Any, holder: PrincipalView, job_id: str) -> tuple[m.Approval, m.Job]:
+    """Inside a write transaction: this holder's still-pending decision on a still-waiting job.
+
+    SQLite write transactions are BEGIN IMMEDIATE; on PostgreSQL the rows are locked FOR UPDATE,
+    so a concurrent approve and deny cannot both pass.
+    """
+    j = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
+    a = s.scalar(select(m.Approval).where(m.Approval.job_id == job_id, m.Approval.holder_id == holder.id)
+                 .with_for_update())
+    if j is None or a is None or a.decision != "pending" or j.status != "awaiting_approval":
+        raise Conflict(f"job {job_id} is no longer awaiting your decision")
+    return a, j
+
+
+def _refund_if_never_started(svc: Services, job_id: str) -> None:
+    """An approved job whose runner failed before computing anything: refund and log it."""
+    with svc.store.read() as s:
+        job = s.get(m.Job, job_id)
+    if job is None or job.status != "reserved":
+        return
+    from xdp_compute.gateway.release import FAILED, Outcome
+
+    spec = json.loads(job.spec_json)
+    outcome = Outcome(operation=job.kind, payload={}, datasets=[], nodes=[], spec_digest=spec.get("digest", ""),
+                      cost=json.loads(job.cost_json))
+    svc.gate.refuse(job_id, "gateway", outcome, FAILED, "the approved job could not start; nothing was computed",
+                    refund=True)
+
+
 async def approve(svc: Services, holder: PrincipalView, job_id: str) -> dict[str, Any]:
     job, _ = await asyncio.to_thread(_load, svc, holder, job_id)
 
     def record() -> bool:
         with svc.store.write() as s:
-            a = s.scalar(select(m.Approval).where(m.Approval.job_id == job_id, m.Approval.holder_id == holder.id))
-            if a is None or a.decision != "pending":
-                raise Conflict("already decided")
+            a, _ = _lock_pending(s, holder, job_id)
             a.decision, a.decided_at = "approved", time.time()
             s.flush()
             left = s.scalars(select(m.Approval).where(m.Approval.job_id == job_id,
@@ -96,6 +123,8 @@ async def approve(svc: Services, holder: PrincipalView, job_id: str) -> dict[str
                 log.warning("approved job %s did not release: %s", job_id, e.detail)
             except Exception:
                 log.exception("approved job %s failed", job_id)
+            finally:
+                await asyncio.to_thread(_refund_if_never_started, svc, job_id)
 
         task = asyncio.create_task(run())
         _background.add(task)
@@ -108,9 +137,10 @@ async def deny(svc: Services, holder: PrincipalView, job_id: str, reason: str) -
 
     def record() -> None:
         with svc.store.write() as s:
-            a = s.scalar(select(m.Approval).where(m.Approval.job_id == job_id, m.Approval.holder_id == holder.id))
-            assert a is not None
+            a, j = _lock_pending(s, holder, job_id)
             a.decision, a.reason, a.decided_at = "denied", reason, time.time()
+            # In the same transaction: no concurrent approval can start this job any more.
+            j.status, j.updated_at = "denied", time.time()
 
     await asyncio.to_thread(record)
     from xdp_compute.gateway.release import Outcome

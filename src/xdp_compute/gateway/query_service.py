@@ -42,7 +42,7 @@ from xdp_compute.query.finalize import GROUP_SIZE_ALIAS, finalize_rows, suppress
 from xdp_compute.query.plan import from_ring
 
 log = logging.getLogger("xdp.gateway.query")
-DEFAULT_DELTA_FRACTION = 0.01
+DEFAULT_DELTA_FRACTION = 0.001  # a query's default delta: 0.1% of the smallest delta budget
 HE_VALUE_BITS = 62  # per-node noisy partials fit in 62 bits (plan headroom); slots add room for the n-way sum
 MAX_CIPHERTEXT_BYTES = 32 << 20  # a query's default delta: 1% of the smallest declared delta budget
 
@@ -268,10 +268,14 @@ class QueryService:
     async def await_existing(self, job_id: str, timeout: float = 600) -> tuple[int, dict[str, Any]]:
         """An idempotent retry: return the job's one answer (waiting for it if still running)."""
         deadline = time.time() + timeout
-        while True:
+        def load() -> m.Job:
             with self.store.read() as s:
                 job = s.get(m.Job, job_id)
             assert job is not None
+            return job
+
+        while True:
+            job = await asyncio.to_thread(load)
             if job.status == "released" and job.result_json:
                 delivery = self.svc.extra.get("undelivered", {}).pop(job_id, None) or json.loads(job.result_json)
                 delivery["receipt"] = self.gate.log.receipt(delivery["log_index"])
@@ -286,11 +290,35 @@ class QueryService:
             await asyncio.sleep(0.1)
 
     # ------------------------------------------------------------------ execution
-    def _set_status(self, job_id: str, status: str) -> None:
+    def _start(self, job_id: str) -> None:
+        """reserved -> running, and only that: a denied or finished job never starts."""
+        with self.store.write() as s:
+            job = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
+            if job is None or job.status != "reserved":
+                raise Conflict(f"job {job_id} is {job.status if job else 'unknown'}; it cannot start")
+            job.status, job.updated_at = "running", time.time()
+
+    def _record_compute(self, job_id: str, seconds: float) -> None:
         with self.store.write() as s:
             job = s.get(m.Job, job_id)
             if job is not None:
-                job.status, job.updated_at = status, time.time()
+                job.compute_seconds = seconds
+
+    async def guarded(self, job_id: str, p: Prepared, work: Any) -> dict[str, Any]:
+        """Run ``work`` (compute through release). A protocol abort before any value exists is
+        refunded; any other failure before release is charged (a noisy value may exist) and logged."""
+        try:
+            return await work
+        except ProtocolAborted:
+            raise  # the runner refunded and logged it
+        except BaseException as e:
+            with self.store.read() as s:
+                job = s.get(m.Job, job_id)
+            if job is not None and job.status == "running":
+                detail = e.detail if isinstance(e, XdpError) else type(e).__name__
+                await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
+                                        f"job failed: {detail}", refund=False, charge=True)
+            raise
 
     async def run(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
         """Compute over the nodes and pass the result through the ReleaseGate.
@@ -298,13 +326,16 @@ class QueryService:
         ``background``: nobody waits on the HTTP request (approved jobs); an encrypted answer is
         then held in memory until its owner fetches it once.
         """
-        await asyncio.to_thread(self._set_status, job_id, "running")
+        await asyncio.to_thread(self._start, job_id)
         if p.operation == "he_score":
             from xdp_compute.gateway.score_service import run_score
 
-            return await run_score(self, job_id, p, background)
+            return await self.guarded(job_id, p, run_score(self, job_id, p, background))
         if p.public_key is not None:
-            return await self.run_encrypted(job_id, p, background)
+            return await self.guarded(job_id, p, self.run_encrypted(job_id, p, background))
+        return await self.guarded(job_id, p, self.run_plain(job_id, p))
+
+    async def run_plain(self, job_id: str, p: Prepared) -> dict[str, Any]:
         started = time.time()
         sigmas = {mm.name: f"{mm.sigma_node2.numerator}/{mm.sigma_node2.denominator}"
                   for mm in p.noise.measurements}
@@ -321,11 +352,6 @@ class QueryService:
             await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
                                     f"secure aggregation aborted: {e.detail}", refund=True)
             raise
-        except Exception as e:
-            # Unknown state: charge (a noisy value may exist) but release nothing.
-            await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
-                                    f"job failed: {type(e).__name__}", refund=False, charge=True)
-            raise
         survivors = [names[u] for u in res.survivors]
         payload = self.finalize(p, res.total, len(res.survivors))
         payload["nodes"] = survivors
@@ -333,13 +359,9 @@ class QueryService:
         outcome = self.outcome_for(p, payload, survivors)
         outcome.suppress = lambda pl: self.suppress(p, pl)
         outcome.recheck = lambda: self.recheck(p)
-        with self.store.write() as s:
-            job = s.get(m.Job, job_id)
-            if job is not None:
-                job.compute_seconds = time.time() - started
-        delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome,
-                                           self.approvers(job_id))
-        return delivery
+        await asyncio.to_thread(self._record_compute, job_id, time.time() - started)
+        approvers = await asyncio.to_thread(self.approvers, job_id)
+        return await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome, approvers)
 
     async def run_encrypted(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
         """Paillier encrypted delivery: nodes send packed encrypted noisy partials; the gateway only
@@ -361,8 +383,14 @@ class QueryService:
                 if not r.ok:
                     log.warning("node %s failed its encrypted partial: %s", names[node], r.error)
                     return node, None
-                return node, EncryptedVector.from_bytes(r.blobs.get("ciphertext", b""), public,
-                                                        max_bytes=MAX_CIPHERTEXT_BYTES)
+                vec = EncryptedVector.from_bytes(r.blobs.get("ciphertext", b""), public,
+                                                 max_bytes=MAX_CIPHERTEXT_BYTES)
+                # One node's vector must be one contribution of exactly this plan's layout.
+                if vec.length != p.plan.vector_length or vec.n_contributions != 1 or \
+                        vec.scheme.to_dict() != scheme.to_dict():
+                    log.warning("node %s sent an encrypted partial of the wrong shape", names[node])
+                    return node, None
+                return node, vec
             except NodeDropped:
                 return node, None
             except XdpError as e:  # an invalid ciphertext from a node counts as its drop-out
@@ -387,12 +415,9 @@ class QueryService:
         outcome = self.outcome_for(p, payload, survivors)
         outcome.recheck = lambda: self.recheck(p)
         outcome.keep_out = ("ciphertext",)
-        with self.store.write() as s:
-            job = s.get(m.Job, job_id)
-            if job is not None:
-                job.compute_seconds = time.time() - started
-        delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome,
-                                           self.approvers(job_id))
+        await asyncio.to_thread(self._record_compute, job_id, time.time() - started)
+        approvers = await asyncio.to_thread(self.approvers, job_id)
+        delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome, approvers)
         return self.hand_over(job_id, delivery, background)
 
     def hand_over(self, job_id: str, delivery: dict[str, Any], background: bool) -> dict[str, Any]:

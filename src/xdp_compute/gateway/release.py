@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from xdp_compute.audit import MerkleTree, SignedTreeHead, TreeHeadSigner, canonical_json
-from xdp_compute.errors import XdpError
+from xdp_compute.errors import Conflict, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.store import Store
 
@@ -59,6 +59,7 @@ class ReleaseLog:
         self.tree = MerkleTree()
         self.lock = threading.Lock()
         self.integrity_problem: str | None = None
+        self.committed_size = 0  # the tree size whose entries and head are committed in the store
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -71,6 +72,7 @@ class ReleaseLog:
                 self.integrity_problem = f"entry index {idx} found at position {i}"
             tree.append(text.encode())
         self.tree = tree
+        self.committed_size = tree.size
         if last is not None:
             if last.tree_size > tree.size:
                 self.integrity_problem = (f"last signed head covers {last.tree_size} entries but the store holds "
@@ -118,17 +120,30 @@ class ReleaseLog:
             except BaseException:
                 self._rebuild()
                 raise
+            self.committed_size = self.tree.size
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        with self.lock:  # the tree is not thread-safe; appends hold this lock
+            return self.tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        with self.lock:
+            return self.tree.consistency_proof(first, second)
 
     def receipt(self, index: int) -> dict[str, Any]:
-        """Log index, inclusion proof and the signed head of the current size."""
+        """Log index, inclusion proof and the signed head of the latest committed size."""
+        with self.lock:
+            size = self.committed_size
+            proof = self.tree.inclusion_proof(index, size)
         with self.store.read() as s:
-            head = s.get(m.TreeHead, self.tree.size)
+            head = s.get(m.TreeHead, size)
             entry = s.get(m.LogEntry, index)
-        assert head is not None and entry is not None
+        if head is None or entry is None:
+            raise LogIntegrityError(f"log entry {index} or the head of size {size} is missing from the store")
         return {
             "log_index": index,
             "tree_size": head.tree_size,
-            "inclusion_proof": [h.hex() for h in self.tree.inclusion_proof(index, head.tree_size)],
+            "inclusion_proof": [h.hex() for h in proof],
             "signed_tree_head": head_dict(head),
             "entry": json.loads(entry.entry_json),
             "public_key": self.public_key_hex,
@@ -191,14 +206,19 @@ class ReleaseGate:
             decisions = outcome.recheck()
             denied = [d for d in decisions if not d["allowed"]]
             if denied:
+                # A noisy value exists already: the reservation is charged, nothing is released.
                 self.refuse(job_id, principal, outcome, DENIED, f"policy re-check at release: {denied[0]['reason']}",
-                            refund=False, decisions=decisions)
+                            refund=False, charge=True, decisions=decisions)
                 from xdp_compute.errors import PolicyDenied
 
                 raise PolicyDenied(f"denied at release by rule {denied[0]['rule']!r}: {denied[0]['reason']}")
         payload = outcome.payload
         suppressed = outcome.suppress(payload) if outcome.suppress is not None else 0
         with self.log.transaction() as s:
+                job = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
+                if job is None or job.status != "running":
+                    raise Conflict(f"job {job_id} is {job.status if job else 'unknown'}, not running; "
+                                   "nothing is released")
                 self.store.settle(s, job_id, commit=True, actual=outcome.actual_charges)
                 left = self._budget_left(s, job_id)
                 entry = {
@@ -210,16 +230,14 @@ class ReleaseGate:
                     "payload_digest": digest(payload),
                 }
                 stored = self.log.append(s, entry)
-                job = s.get(m.Job, job_id)
                 delivery = {"job_id": job_id, "status": "released", "operation": outcome.operation,
                             "result": payload, "log_index": stored["index"], "budget_left": left,
                             "cost": outcome.cost}
-                if job is not None:
-                    job.status = "released"
-                    kept = {k: ({"sha256": digest(v if isinstance(v, bytes) else str(v).encode())}
-                                if k in outcome.keep_out else v) for k, v in payload.items()}
-                    job.result_json = json.dumps({**delivery, "result": kept})
-                    job.updated_at = time.time()
+                job.status = "released"
+                kept = {k: ({"sha256": digest(v if isinstance(v, bytes) else str(v).encode())}
+                            if k in outcome.keep_out else v) for k, v in payload.items()}
+                job.result_json = json.dumps({**delivery, "result": kept})
+                job.updated_at = time.time()
         delivery["receipt"] = self.log.receipt(stored["index"])
         return delivery
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import math
 import re
 import time
@@ -25,7 +26,6 @@ from xdp_compute.crypto import ckks
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import Decision, Requester, check_privacy_params, evaluate
 from xdp_compute.errors import BadRequest, Conflict, InvalidSpec, ProtocolAborted, XdpError
-from xdp_compute.gateway import models as m
 from xdp_compute.gateway.hub import NodeDropped, Task
 from xdp_compute.gateway.query_service import (
     DEFAULT_DELTA_FRACTION,
@@ -38,6 +38,7 @@ from xdp_compute.gateway.store import PrincipalView
 from xdp_compute.privacy import Measurement, plan_noise
 from xdp_compute.query import plan_query
 
+log = logging.getLogger("xdp.gateway.score")
 SCORE_FRAC_BITS = 16
 MAX_FEATURES = 64
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -81,6 +82,8 @@ def prepare_score(qs: QueryService, who: PrincipalView, body: dict[str, Any]) ->
     eps, dlt = check_privacy_params(body["epsilon"], body.get("delta"),
                                     min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION)
     level = float(body.get("level", 0.95))
+    if not 0.5 <= level < 1:
+        raise BadRequest("level must be in [0.5, 1)")
     bound = body["score_bound"]
     if not isinstance(bound, int | float) or not math.isfinite(bound) or not 0 < bound <= 2.0**40:
         raise InvalidSpec("score_bound must be a positive number <= 2^40 (sum_j |w_j| max|x_j| + |bias|)")
@@ -144,7 +147,18 @@ async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool
             r = await qs.svc.hub.call(node, Task("he_score_partial", job_id, dict(header), dict(blobs)), timeout)
         except NodeDropped:
             return node, None
-        return node, (r.blobs.get("scores") if r.ok else None)
+        blob = r.blobs.get("scores") if r.ok else None
+        if blob is None:
+            return node, None
+        try:  # each node's envelope on its own: one bad node is one drop-out, not a failed job
+            h = ckks.scores_header(blob)
+            if h.get("context") != ckks.context_fingerprint(p.extra["context"]) or \
+                    h.get("n_groups") != 2 * len(p.plan.cells) or h.get("n_contributions") != 1:
+                raise BadRequest("score envelope does not match this job")
+        except XdpError as e:
+            log.warning("node %s sent bad encrypted scores: %s", names[node], e.detail)
+            return node, None
+        return node, blob
 
     got = [(n, b) for n, b in await asyncio.gather(*(one(x["node_id"]) for x in p.parts)) if b]
     if len(got) < p.threshold:
@@ -152,12 +166,7 @@ async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool
         await asyncio.to_thread(qs.gate.refuse, job_id, p.principal.name, qs.outcome_for(p), FAILED, reason,
                                 refund=True)
         raise ProtocolAborted(reason)
-    try:
-        total = await asyncio.to_thread(ckks.add_ciphertexts, p.extra["context"], [b for _, b in got])
-    except XdpError as e:
-        await asyncio.to_thread(qs.gate.refuse, job_id, p.principal.name, qs.outcome_for(p), FAILED,
-                                f"could not add encrypted scores: {e.detail}", refund=False, charge=True)
-        raise
+    total = await asyncio.to_thread(ckks.add_ciphertexts, p.extra["context"], [b for _, b in got])
     survivors = sorted(names[n] for n, _ in got)
     payload = {"encrypted": True, "ciphertext": base64.b64encode(total).decode(), "dataset": p.dataset,
                "cells": [list(c) for c in p.plan.cells], "group_columns": list(p.plan.group_columns),
@@ -168,9 +177,7 @@ async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool
     outcome = qs.outcome_for(p, payload, survivors)
     outcome.recheck = lambda: qs.recheck(p)
     outcome.keep_out = ("ciphertext",)
-    with qs.store.write() as s:
-        job = s.get(m.Job, job_id)
-        if job is not None:
-            job.compute_seconds = time.time() - started
-    delivery = await asyncio.to_thread(qs.gate.release, job_id, p.principal.name, outcome, qs.approvers(job_id))
+    await asyncio.to_thread(qs._record_compute, job_id, time.time() - started)
+    approvers = await asyncio.to_thread(qs.approvers, job_id)
+    delivery = await asyncio.to_thread(qs.gate.release, job_id, p.principal.name, outcome, approvers)
     return qs.hand_over(job_id, delivery, background)

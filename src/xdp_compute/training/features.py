@@ -134,7 +134,9 @@ def _class_index(arr: np.ndarray, col: Mapping[str, Any], info: LabelInfo) -> np
     return np.array([lookup.get(str(x), -1) if x is not None else -1 for x in arr], dtype=np.int64)
 
 
-def encode_features(spec: TrainingSpec, cols: Mapping[str, Mapping[str, Any]], data: ColumnData) -> np.ndarray:
+def encode_features(
+    spec: TrainingSpec, cols: Mapping[str, Mapping[str, Any]], data: ColumnData
+) -> np.ndarray:
     """Encode the feature columns into X (n, d) float32 in ``feature_names`` order."""
     blocks: list[np.ndarray] = []
     n: int | None = None
@@ -169,13 +171,13 @@ def encode_features(spec: TrainingSpec, cols: Mapping[str, Mapping[str, Any]], d
             onehot[rows, idx[rows]] = 1.0
             blocks.append(onehot)
         else:
-            raise InvalidSpec(f"column {col['name']!r} of type {ctype!r} cannot be a feature", field="features")
+            raise InvalidSpec(
+                f"column {col['name']!r} of type {ctype!r} cannot be a feature", field="features"
+            )
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def encode(
-    spec: TrainingSpec | Mapping[str, Any], columns: Iterable[Any], data: ColumnData
-) -> EncodedData:
+def encode(spec: TrainingSpec | Mapping[str, Any], columns: Iterable[Any], data: ColumnData) -> EncodedData:
     """Validate ``spec`` against ``columns`` and encode ``data`` into (X, y); see module docstring."""
     s = spec_from_any(spec)
     cols = column_dicts(columns)

@@ -43,7 +43,9 @@ def node_contribution(
     return u * w, w
 
 
-def fedavg_from_sums(global_flat: np.ndarray, weighted_update_sum: np.ndarray, total_weight: float) -> np.ndarray:
+def fedavg_from_sums(
+    global_flat: np.ndarray, weighted_update_sum: np.ndarray, total_weight: float
+) -> np.ndarray:
     """New global parameters from secure-aggregated sums: global + sum(w_i u_i) / sum(w_i).
 
     Raises ``ProtocolAborted`` if the total weight is not a positive finite number (no usable
@@ -91,7 +93,7 @@ def split_holdout(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, 
     if not (isinstance(fraction, int | float) and 0.0 <= float(fraction) < 1.0):
         raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(int(n_rows))
-    n_hold = int(math.floor(n_rows * float(fraction) + 0.5))
+    n_hold = math.floor(n_rows * float(fraction) + 0.5)
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
 
 

@@ -11,8 +11,9 @@ Privacy (per node, for the whole job):
    ``rounds * steps_per_round``, and the noise multiplier from Opacus
    ``get_noise_multiplier(target_epsilon, delta, q, steps=planned, accountant="rdp")``. The plan
    is kept in ``NodePrivacyState`` so later rounds use exactly the same sigma and q.
-2. **Each step**: Poisson sampling (each row independently with probability q, by a tensor mask —
-   the sampling Opacus's RDP analysis assumes, Mironov et al. 2019 "Rényi DP of the sampled
+2. **Each step**: Poisson sampling (each row independently with probability q, by tensor ops —
+   a Bernoulli mask, or geometric gaps when q is small; see ``poisson_sample`` — the sampling
+   Opacus's RDP analysis assumes, Mironov, Talwar, Zhang 2019 "Rényi DP of the sampled
    Gaussian mechanism"), per-sample gradients, per-sample clipping to ``max_grad_norm`` C, sum,
    Gaussian noise N(0, (sigma*C)^2 I) added to the sum, division by the *expected* batch size
    ``q * n_local`` (fixed at planning, as Opacus does with ``loss_reduction="mean"``).
@@ -59,6 +60,7 @@ from xdp_compute.training.zoo import (
     flatten_params,
     load_flat_params,
     loss_kind,
+    n_params,
     per_sample_loss,
 )
 
@@ -184,7 +186,11 @@ def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, s
     that takes ~1 s (a bisection over full accountant evaluations)."""
     return float(
         get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant="rdp",
         )
     )
 
@@ -200,7 +206,8 @@ def plan_privacy(spec: TrainingSpec | Mapping[str, Any], n_local: int, delta: fl
         raise InvalidSpec("this node has no training rows for the spec", field="dataset")
     if not 0 < delta < 1 / n_local:
         raise InvalidSpec(
-            f"delta {delta:g} must be below 1/n = {1 / n_local:.3g} for this node's {n_local} rows", field="delta"
+            f"delta {delta:g} must be below 1/n = {1 / n_local:.3g} for this node's {n_local} rows",
+            field="delta",
         )
     q = min(1.0, s.batch_size / n_local)
     steps_per_round = s.local_epochs * math.ceil(1.0 / q)
@@ -208,7 +215,9 @@ def plan_privacy(spec: TrainingSpec | Mapping[str, Any], n_local: int, delta: fl
     try:
         sigma = _noise_multiplier(float(s.target_epsilon), float(delta), q, planned)
     except ValueError as e:  # "The privacy budget is too low."
-        raise InvalidSpec(f"target_epsilon {s.target_epsilon:g} cannot be reached: {e}", field="target_epsilon") from None
+        raise InvalidSpec(
+            f"target_epsilon {s.target_epsilon:g} cannot be reached: {e}", field="target_epsilon"
+        ) from None
     planned_eps = epsilon_for_history(((sigma, q, planned),), delta)
     return PrivacyPlan(
         noise_multiplier=sigma,
@@ -289,8 +298,48 @@ def clipped_grad_sum_vmap(
         return [torch.einsum("b,b...->...", factor, per[k]) for k in params]
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    # Training noise from torch's Mersenne-Twister-based normal sampler, seeded from the OS
+#: Below this sample rate Poisson sampling draws geometric gaps (O(batch) per step) instead of a
+#: full Bernoulli mask (O(n) per step, i.e. O(n^2 / batch) per epoch).
+_GAP_SAMPLING_BELOW = 1.0 / 16
+
+
+def poisson_sample(n: int, sample_rate: float, gen: torch.Generator) -> torch.Tensor:
+    """Indices of a Poisson sample of ``range(n)``: each row independently with probability q.
+
+    The sampling the RDP analysis of the sampled Gaussian mechanism assumes (Mironov, Talwar,
+    Zhang 2019) and Opacus's ``UniformWithReplacementSampler`` draws. For q >= 1/16 a Bernoulli
+    mask over all rows; below, the equivalent gap form — the distances between successive
+    included rows of a Bernoulli(q) sequence are i.i.d. Geometric(q), drawn by inverse CDF
+    ``floor(log U / log(1 - q)) + 1`` — so a step costs O(q n) instead of O(n). Sorted, int64.
+    """
+    if n <= 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if sample_rate >= 1.0:
+        return torch.arange(n)
+    if sample_rate >= _GAP_SAMPLING_BELOW:
+        return (torch.rand(n, generator=gen) < sample_rate).nonzero().squeeze(1)
+    log1mq = math.log1p(-sample_rate)
+    expected = n * sample_rate
+    chunk = int(expected + 6.0 * math.sqrt(expected) + 16)
+    picked: list[torch.Tensor] = []
+    pos = 0  # 1-based position of the last included row so far
+    while True:
+        u = 1.0 - torch.rand(chunk, generator=gen, dtype=torch.float64)  # in (0, 1]
+        gaps = torch.floor(torch.log(u) / log1mq).to(torch.int64) + 1
+        cum = pos + torch.cumsum(gaps, 0)
+        inside = cum[cum <= n]
+        picked.append(inside - 1)
+        if inside.numel() < chunk:  # a gap crossed n: the sample is complete
+            break
+        pos = int(cum[-1])
+    return torch.cat(picked) if len(picked) > 1 else picked[0]
+
+
+def torch_generator(seed: int | None = None) -> torch.Generator:
+    """A torch generator for DP-SGD sampling and noise: seeded from ``os.urandom`` unless a
+    ``seed`` is given (tests and benchmarks only)."""
+    # 64 bits from the OS CSPRNG seed it, so the sampling and noise are unpredictable to anyone
+    # without the node's memory. Training noise from torch's Mersenne-Twister-based normal sampler, seeded from the OS
     # CSPRNG. Mironov (CCS 2012) showed floating-point noise can leak through its low bits; for
     # DP-SGD training noise that caveat is accepted practice (Opacus does the same unless its
     # slow ``secure_mode``), because only the model after many noisy steps is released and it
@@ -317,8 +366,8 @@ def run_dp_sgd(
 ) -> None:
     """Run ``steps`` DP-SGD steps on ``model`` in place (Abadi et al. 2016, Algorithm 1).
 
-    Each step: Poisson-sample rows with probability ``sample_rate`` (tensor mask, no
-    DataLoader), clip per-sample gradients to ``max_grad_norm``, add N(0, (sigma*C)^2) to the
+    Each step: Poisson-sample rows with probability ``sample_rate`` (``poisson_sample``, tensor
+    ops, no DataLoader), clip per-sample gradients to ``max_grad_norm``, add N(0, (sigma*C)^2) to the
     sum, divide by ``expected_batch_size``, take an SGD step of size ``lr``. An empty sample
     still gets its noise (the mechanism must not reveal that the batch was empty).
     """
@@ -334,10 +383,7 @@ def run_dp_sgd(
     n = X.shape[0]
     std = noise_multiplier * max_grad_norm
     for _ in range(steps):
-        # Poisson sampling (Mironov et al. 2019 assume it; Opacus's UniformWithReplacementSampler
-        # does the same): every row independently with probability q.
-        mask = torch.rand(n, generator=sample_gen) < sample_rate
-        idx = mask.nonzero().squeeze(1)
+        idx = poisson_sample(n, sample_rate, sample_gen)
         if idx.numel() > 0:
             xb, yb = X[idx], y[idx]
             if use_linear:
@@ -483,15 +529,18 @@ class LocalTrainer:
         raised and nothing is computed or changed.
         """
         Xt, yt = self._tensors(X, y)
+        g = np.asarray(global_flat, dtype=np.float64).reshape(-1)
+        if g.shape[0] != n_params(self.model) or not np.all(np.isfinite(g)):
+            load_flat_params(self.model, g)  # raises InvalidSpec naming the problem; checked before any work
         st = state or NodePrivacyState()
         plan, eps_after, cost = self.next_round(st, Xt.shape[0])
-        if not math.isfinite(epsilon_budget_left) or cost > epsilon_budget_left:
+        if math.isnan(epsilon_budget_left) or cost > epsilon_budget_left:
             raise BudgetExhausted(
                 f"this round costs epsilon {cost:.6g} but the node has {epsilon_budget_left:.6g} left",
                 epsilon_needed=cost,
                 epsilon_left=epsilon_budget_left,
             )
-        load_flat_params(self.model, global_flat)
+        load_flat_params(self.model, g)
         start = flatten_params(self.model)  # the global vector as float32 actually trained from
         seed = None if self._seed is None else self._seed * 1_000_003 + st.rounds_done
         run_dp_sgd(
@@ -505,14 +554,16 @@ class LocalTrainer:
             lr=self.spec.lr,
             max_grad_norm=self.spec.max_grad_norm,
             noise_multiplier=plan.noise_multiplier,
-            sample_gen=_generator(None if seed is None else 2 * seed),
-            noise_gen=_generator(None if seed is None else 2 * seed + 1),
+            sample_gen=torch_generator(None if seed is None else 2 * seed),
+            noise_gen=torch_generator(None if seed is None else 2 * seed + 1),
             method=self.per_sample,
         )
         new_state = replace(
             st,
             plan=plan,
-            history=_extend_history(st.history, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round),
+            history=_extend_history(
+                st.history, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round
+            ),
             rounds_done=st.rounds_done + 1,
         )
         return RoundResult(
@@ -540,15 +591,23 @@ def evaluate_sums(model: nn.Module, X: torch.Tensor, y: torch.Tensor, kind: str)
             pred = out.squeeze(-1).clamp(0.0, 1.0)
             err = (pred - y.float()) ** 2
             loss = (0.5 * err).clamp(0.0, EVAL_LOSS_BOUND)
-            return EvalSums(count=int(X.shape[0]), loss_sum=float(loss.sum()), loss_bound=EVAL_LOSS_BOUND,
-                            sq_err_sum=float(err.sum()))
+            return EvalSums(
+                count=int(X.shape[0]),
+                loss_sum=float(loss.sum()),
+                loss_bound=EVAL_LOSS_BOUND,
+                sq_err_sum=float(err.sum()),
+            )
         loss = per_sample_loss(out, y, kind).clamp(0.0, EVAL_LOSS_BOUND)
         if kind == LOSS_BCE:
             correct = ((out.squeeze(-1) > 0).float() == y.float()).sum()
         else:
             correct = (out.argmax(-1) == y.long()).sum()
-        return EvalSums(count=int(X.shape[0]), loss_sum=float(loss.sum()), loss_bound=EVAL_LOSS_BOUND,
-                        correct=int(correct))
+        return EvalSums(
+            count=int(X.shape[0]),
+            loss_sum=float(loss.sum()),
+            loss_bound=EVAL_LOSS_BOUND,
+            correct=int(correct),
+        )
 
 
 __all__ = [
@@ -563,5 +622,7 @@ __all__ = [
     "epsilon_for_history",
     "evaluate_sums",
     "plan_privacy",
+    "poisson_sample",
     "run_dp_sgd",
+    "torch_generator",
 ]

@@ -17,6 +17,7 @@ Text columns cannot be features or labels.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -43,13 +44,17 @@ MAX_FEATURES = 1000
 MAX_WHERE_CHARS = 10_000
 DEFAULT_MLP_HIDDEN = (64, 64)
 
-# Defaults tuned on the breast-cancer federated test (3 nodes of ~150 training rows each,
-# eps=3, delta=1e-5): see tests/training/test_training_federated.py and the helper report.
-DEFAULT_ROUNDS = 10
+# Defaults tuned by simulation (DP-SGD at eps=3, delta=1e-5, 3 nodes, features scaled to
+# [0, 1]): logreg/softmax/mlp on scikit-learn's breast-cancer data split over 3 nodes of ~150
+# training rows (tests/training/test_training_federated.py), linreg on a synthetic 5-feature
+# regression. Clipped DP-SGD moves by about lr * max_grad_norm per step, so the two are tuned
+# together per model: the linear classifiers need long steps on [0, 1]-scaled inputs, while
+# squared error on a [0, 1]-scaled label is only stable with short ones.
+DEFAULT_ROUNDS = 20
 DEFAULT_LOCAL_EPOCHS = 1
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 1.0
-DEFAULT_MAX_GRAD_NORM = 1.0
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_LR = {"logreg": 16.0, "softmax": 8.0, "linreg": 0.5, "mlp": 2.0}
+DEFAULT_MAX_GRAD_NORM = {"logreg": 0.25, "softmax": 0.25, "linreg": 0.05, "mlp": 0.25}
 
 
 def _fail(field_name: str, what: str) -> InvalidSpec:
@@ -123,7 +128,8 @@ class TrainingSpec:
 
     ``delta`` None means: use the dataset's declared delta (the node passes it). ``where`` is an
     opaque row filter handled by the node's query layer, not here. ``hidden`` is only for
-    ``mlp`` (default ``DEFAULT_MLP_HIDDEN``).
+    ``mlp`` (default ``DEFAULT_MLP_HIDDEN``). ``lr`` and ``max_grad_norm`` left out take the
+    model's tuned default (``DEFAULT_LR`` / ``DEFAULT_MAX_GRAD_NORM``).
     """
 
     dataset: str
@@ -133,12 +139,20 @@ class TrainingSpec:
     rounds: int = DEFAULT_ROUNDS
     local_epochs: int = DEFAULT_LOCAL_EPOCHS
     batch_size: int = DEFAULT_BATCH_SIZE
-    lr: float = DEFAULT_LR
+    lr: float = None  # type: ignore[assignment]  # None -> DEFAULT_LR[model] (set in __post_init__)
     target_epsilon: float = 3.0
     delta: float | None = None
-    max_grad_norm: float = DEFAULT_MAX_GRAD_NORM
+    max_grad_norm: float = None  # type: ignore[assignment]  # None -> DEFAULT_MAX_GRAD_NORM[model]
     where: str | None = None
     hidden: tuple[int, ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        # lr / max_grad_norm left out (or null) take the model's tuned default, so the stored
+        # spec always says what was run.
+        if self.lr is None and isinstance(self.model, str) and self.model in DEFAULT_LR:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.model])
+        if self.max_grad_norm is None and isinstance(self.model, str) and self.model in DEFAULT_MAX_GRAD_NORM:
+            object.__setattr__(self, "max_grad_norm", DEFAULT_MAX_GRAD_NORM[self.model])
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -214,19 +228,24 @@ class TrainingSpec:
         if not is_int(self.rounds) or not 1 <= self.rounds <= MAX_ROUNDS:
             raise _fail("rounds", f"must be an integer in 1..{MAX_ROUNDS}, got {self.rounds!r}")
         if not is_int(self.local_epochs) or not 1 <= self.local_epochs <= MAX_LOCAL_EPOCHS:
-            raise _fail("local_epochs", f"must be an integer in 1..{MAX_LOCAL_EPOCHS}, got {self.local_epochs!r}")
+            raise _fail(
+                "local_epochs", f"must be an integer in 1..{MAX_LOCAL_EPOCHS}, got {self.local_epochs!r}"
+            )
         if not is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise _fail("batch_size", f"must be an integer in 1..{MAX_BATCH_SIZE}, got {self.batch_size!r}")
         if not is_num(self.lr) or not 0 < self.lr <= MAX_LR:
             raise _fail("lr", f"must be a number in (0, {MAX_LR:g}], got {self.lr!r}")
         if not is_num(self.target_epsilon) or not 0 < self.target_epsilon <= MAX_TARGET_EPSILON:
             raise _fail(
-                "target_epsilon", f"must be a finite number in (0, {MAX_TARGET_EPSILON:g}], got {self.target_epsilon!r}"
+                "target_epsilon",
+                f"must be a finite number in (0, {MAX_TARGET_EPSILON:g}], got {self.target_epsilon!r}",
             )
         if self.delta is not None and (not is_num(self.delta) or not 0 < self.delta < 1):
             raise _fail("delta", f"must be in (0, 1) or null (use the dataset's delta), got {self.delta!r}")
         if not is_num(self.max_grad_norm) or not 0 < self.max_grad_norm <= MAX_GRAD_NORM:
-            raise _fail("max_grad_norm", f"must be a number in (0, {MAX_GRAD_NORM:g}], got {self.max_grad_norm!r}")
+            raise _fail(
+                "max_grad_norm", f"must be a number in (0, {MAX_GRAD_NORM:g}], got {self.max_grad_norm!r}"
+            )
         if self.where is not None and (not isinstance(self.where, str) or len(self.where) > MAX_WHERE_CHARS):
             raise _fail("where", f"must be a string of at most {MAX_WHERE_CHARS} characters or null")
         if self.hidden is not None:
@@ -237,7 +256,10 @@ class TrainingSpec:
                     raise _fail("hidden", f"an mlp needs 1..{MAX_HIDDEN_LAYERS} hidden layers")
                 for h in self.hidden:
                     if not is_int(h) or not 1 <= h <= MAX_HIDDEN_WIDTH:
-                        raise _fail("hidden", f"each hidden width must be an integer in 1..{MAX_HIDDEN_WIDTH}, got {h!r}")
+                        raise _fail(
+                            "hidden",
+                            f"each hidden width must be an integer in 1..{MAX_HIDDEN_WIDTH}, got {h!r}",
+                        )
 
     def validate(self, columns: Iterable[Any]) -> LabelInfo:
         """Check the spec against the dataset's declared columns; return how the label is learned.
@@ -263,8 +285,10 @@ class TrainingSpec:
         info = label_info(self.model, lcol)
         n_params = count_params(self, encoded_width(self, cols.values()), info.n_classes)
         if n_params > MAX_PARAMS:
-            raise _fail("hidden" if self.model == "mlp" else "features",
-                        f"model would have {n_params} parameters (limit {MAX_PARAMS})")
+            raise _fail(
+                "hidden" if self.model == "mlp" else "features",
+                f"model would have {n_params} parameters (limit {MAX_PARAMS})",
+            )
         return info
 
 
@@ -306,7 +330,9 @@ def label_info(model: str, col: Mapping[str, Any]) -> LabelInfo:
         vals = category_values(col) if ctype == "category" else ()
         if len(vals) >= 2:
             return LabelInfo(name, "classification", len(vals), vals)
-        raise _fail("label", f"softmax needs a category label with at least 2 declared values; {name!r} is {ctype}")
+        raise _fail(
+            "label", f"softmax needs a category label with at least 2 declared values; {name!r} is {ctype}"
+        )
     if model == "linreg" or (model == "mlp" and ctype in NUMERIC_TYPES and not is01):
         if ctype not in NUMERIC_TYPES:
             raise _fail("label", f"{model} regression needs an int or float label; {name!r} is {ctype}")
@@ -341,7 +367,7 @@ def layer_sizes(spec: TrainingSpec, n_features: int, n_classes: int) -> list[int
 def count_params(spec: TrainingSpec, n_features: int, n_classes: int) -> int:
     """Number of trainable parameters of the zoo model (weights + biases)."""
     sizes = layer_sizes(spec, n_features, n_classes)
-    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
 
 
 def spec_from_any(spec: TrainingSpec | Mapping[str, Any]) -> TrainingSpec:

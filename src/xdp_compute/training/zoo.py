@@ -17,6 +17,7 @@ Flat parameter vectors (what nodes send and the gateway averages) are ``float64`
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -63,7 +64,7 @@ def build_model(spec: TrainingSpec | Mapping[str, Any], n_features: int, n_class
     _check_dims(s, n_features, n_classes)
     sizes = layer_sizes(s, n_features, n_classes)
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -88,7 +89,9 @@ def load_flat_params(model: nn.Module, vec: np.ndarray | Sequence[float]) -> Non
     flat = np.asarray(vec, dtype=np.float64).reshape(-1)
     total = n_params(model)
     if flat.shape[0] != total:
-        raise InvalidSpec(f"parameter vector has {flat.shape[0]} values, the model needs {total}", field="params")
+        raise InvalidSpec(
+            f"parameter vector has {flat.shape[0]} values, the model needs {total}", field="params"
+        )
     if not np.all(np.isfinite(flat)):
         raise InvalidSpec("parameter vector holds NaN or infinite values", field="params")
     offset = 0
@@ -113,7 +116,9 @@ def init_params(
     model = build_model(s, n_features, n_classes)
     if s.model != "mlp":
         return np.zeros(n_params(model), dtype=np.float64)
-    gen = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    gen = torch.Generator().manual_seed(
+        seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    )
     with torch.no_grad():
         for layer in model:
             if isinstance(layer, nn.Linear):
@@ -135,7 +140,10 @@ def per_sample_loss(output: torch.Tensor, y: torch.Tensor, kind: str) -> torch.T
 
 
 def model_from_state(
-    spec_dict: TrainingSpec | Mapping[str, Any], n_features: int, n_classes: int, flat: np.ndarray | Sequence[float]
+    spec_dict: TrainingSpec | Mapping[str, Any],
+    n_features: int,
+    n_classes: int,
+    flat: np.ndarray | Sequence[float],
 ) -> nn.Sequential:
     """Rebuild a released model (SDK side) from its spec dict, dimensions and flat parameters.
 
@@ -188,20 +196,26 @@ def describe_model(
     s = spec_from_any(spec)
     sizes = layer_sizes(s, n_features, n_classes)
     layers: list[dict[str, Any]] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append({"type": "linear", "in": a, "out": b})
         if i < len(sizes) - 2:
             layers.append({"type": "relu"})
     kind = loss_kind(s, n_classes)
-    link = {LOSS_BCE: "sigmoid", LOSS_CE: "softmax", LOSS_MSE: "identity (label scaled to [0,1] by declared bounds)"}
+    link = {
+        LOSS_BCE: "sigmoid",
+        LOSS_CE: "softmax",
+        LOSS_MSE: "identity (label scaled to [0,1] by declared bounds)",
+    }
     return {
         "model": s.model,
         "n_features": n_features,
         "n_classes": n_classes,
         "layers": layers,
         "output": link[kind],
-        "loss": {LOSS_BCE: "binary cross-entropy", LOSS_CE: "cross-entropy", LOSS_MSE: "half squared error"}[kind],
-        "n_params": sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)),
+        "loss": {LOSS_BCE: "binary cross-entropy", LOSS_CE: "cross-entropy", LOSS_MSE: "half squared error"}[
+            kind
+        ],
+        "n_params": sum((a + 1) * b for a, b in itertools.pairwise(sizes)),
         "param_order": "per linear layer: weight (out x in, row-major) then bias",
         "input_encoding": "numeric scaled to [0,1] by declared min/max and clipped; bool 0/1; "
         "category one-hot over declared values (unknown -> zeros); missing numeric/bool -> 0.5",

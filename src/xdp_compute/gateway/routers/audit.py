@@ -88,22 +88,22 @@ def export(svc: Svc, who: Auditor) -> PlainTextResponse:
 def inclusion(svc: Svc, who: Auditor, index: int = Query(..., ge=0),
               size: int | None = Query(None, ge=1)) -> dict[str, Any]:
     lg = _log(svc)
-    size = size or lg.tree.size
-    if not 0 <= index < size <= lg.tree.size:
-        raise BadRequest(f"need 0 <= index < size <= {lg.tree.size}")
-    return {"index": index, "tree_size": size,
-            "proof": [h.hex() for h in lg.tree.inclusion_proof(index, size)]}
+    committed = lg.committed_size
+    size = size or committed
+    if not 0 <= index < size <= committed:
+        raise BadRequest(f"need 0 <= index < size <= {committed}")
+    return {"index": index, "tree_size": size, "proof": [h.hex() for h in lg.inclusion_proof(index, size)]}
 
 
 @router.get("/proof/consistency")
 def consistency(svc: Svc, who: Auditor, first: int = Query(..., ge=0),
                 second: int | None = Query(None, ge=0)) -> dict[str, Any]:
     lg = _log(svc)
-    second = lg.tree.size if second is None else second
-    if not 0 < first <= second <= lg.tree.size:
-        raise BadRequest(f"need 0 < first <= second <= {lg.tree.size}")
-    return {"first": first, "second": second,
-            "proof": [h.hex() for h in lg.tree.consistency_proof(first, second)]}
+    committed = lg.committed_size
+    second = committed if second is None else second
+    if not 0 < first <= second <= committed:
+        raise BadRequest(f"need 0 < first <= second <= {committed}")
+    return {"first": first, "second": second, "proof": [h.hex() for h in lg.consistency_proof(first, second)]}
 
 
 @router.get("/entries/{index}")

@@ -24,7 +24,7 @@ class QueryBody(BaseModel):
     epsilon: float
     delta: float | None = None
     dry_run: bool = False
-    idempotency_key: str | None = Field(None, max_length=200)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     level: float = 0.95
     public_key: dict[str, Any] | None = Field(None, description="Paillier public key {scheme, n, bits}: encrypted delivery")
 
@@ -56,7 +56,7 @@ class ScoreBody(BaseModel):
     context: str = Field(..., description="base64 public CKKS context (no secret key)")
     weights: str = Field(..., description="base64 encrypted weights envelope")
     dry_run: bool = False
-    idempotency_key: str | None = Field(None, max_length=200)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
 @router.post("/scores")
