@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path

@@ -8,6 +8,7 @@ run Bonawitz et al. 2017 rounds 1, 2 and 4. Only masked vectors and encrypted sh
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +23,14 @@ InputProvider = Callable[[Any, str, dict[str, Any], dict[str, bytes]], tuple[np.
 PROVIDERS: dict[str, InputProvider] = {}
 
 
+SESSION_TTL_SECONDS = 900.0
+
+
 @dataclass
 class _Session:
     client: SecAggClient
     vector: np.ndarray | None
+    started: float
 
 
 class SecAggSessions:
@@ -41,9 +46,12 @@ class SecAggSessions:
             raise BadRequest("input vector does not match the session's vector length")
         client = SecAggClient(node_id, config)
         msg = client.advertise_keys().encode()
+        now = time.time()
         with self._lock:
-            self._by_id[config.session_id if isinstance(config.session_id, str) else conf["session_id"]] = \
-                _Session(client, vector)
+            # Sessions the gateway abandoned (aborts, drop-outs) do not keep inputs or keys around.
+            for sid in [k for k, v in self._by_id.items() if now - v.started > SESSION_TTL_SECONDS]:
+                del self._by_id[sid]
+            self._by_id[str(conf["session_id"])] = _Session(client, vector, now)
         return msg
 
     def get(self, session_id: str) -> _Session:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -68,7 +68,10 @@ class Client:
         except httpx.TransportError as e:
             raise ApiError(f"cannot reach the gateway at {self.url}: {e}") from None
         raise_for_problem(resp)
-        return resp.json() if resp.content else None
+        try:
+            return resp.json() if resp.content else None
+        except ValueError:
+            raise ApiError(f"the gateway answered {resp.status_code} with a body that is not JSON") from None
 
     def _get(self, path: str, **kw: Any) -> Any:
         return self._request("GET", path, **kw)
@@ -85,11 +88,11 @@ class Client:
         return self._get("/v1/datasets")  # type: ignore[no-any-return]
 
     def dataset(self, name: str) -> dict[str, Any]:
-        return self._get(f"/v1/datasets/{name}")  # type: ignore[no-any-return]
+        return self._get(f"/v1/datasets/{quote(name, safe='')}")  # type: ignore[no-any-return]
 
     def mock(self, name: str, rows: int = 10) -> list[dict[str, Any]]:
         """Synthetic rows drawn from the dataset's declared metadata alone."""
-        return self._get(f"/v1/datasets/{name}/mock", params={"rows": rows})["rows"]  # type: ignore[no-any-return]
+        return self._get(f"/v1/datasets/{quote(name, safe='')}/mock", params={"rows": rows})["rows"]  # type: ignore[no-any-return]
 
     def nodes(self) -> list[dict[str, Any]]:
         return self._get("/v1/nodes")  # type: ignore[no-any-return]
@@ -109,7 +112,8 @@ class Client:
             out = self._get(f"/v1/jobs/{out['job_id']}")
         if out["status"] != "released":
             err = out.get("error") or {}
-            raise E.Forbidden(f"job {out['job_id']} {out['status']}: {err.get('detail', '')}")
+            cls = E.PolicyDenied if out["status"] == "denied" else E.ProtocolAborted
+            raise cls(f"job {out['job_id']} {out['status']}: {err.get('detail', '')}", job_id=out["job_id"])
         return out
 
     def query(self, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
@@ -147,7 +151,7 @@ class Client:
 
     def budget(self, dataset: str) -> dict[str, Any]:
         """Budget left per node of ``dataset`` and the analyst's own."""
-        return self._get(f"/v1/budget/{dataset}")  # type: ignore[no-any-return]
+        return self._get(f"/v1/budget/{quote(dataset, safe='')}")  # type: ignore[no-any-return]
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._get(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
@@ -180,9 +184,10 @@ class Client:
     def verify_receipt(self, result: Any, public_key: str | None = None) -> bool:
         """Check a delivered result's receipt: its payload digest is the logged one, the entry is in
         the log (RFC 9162 inclusion proof) under a head signed by the log's key. Raises on failure."""
+        import hashlib
+
         from xdp_compute.audit import canonical_json, verify_receipt
         from xdp_compute.errors import ProofError
-        import hashlib
 
         delivery = result.delivery if hasattr(result, "delivery") else result
         receipt = delivery.get("receipt")
