@@ -22,6 +22,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
     ("POST", "/v1/queries"): {"analyst"},
     ("POST", "/v1/scores"): {"analyst"},
+    ("POST", "/v1/trainings"): {"analyst"},
     ("GET", "/v1/approvals"): {"holder"},
     ("GET", "/v1/metering"): {"holder", "auditor"},
     ("POST", "/v1/approvals/{job_id}/approve"): {"holder"},

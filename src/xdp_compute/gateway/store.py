@@ -326,7 +326,8 @@ class Store:
                             delta=analyst_delta, state="reserved"))
 
     def settle(self, s: Session, job_id: str, commit: bool,
-               actual: dict[int, tuple[float, float]] | None = None) -> None:
+               actual: dict[int, tuple[float, float]] | None = None,
+               analyst_actual: tuple[float, float] | None = None) -> None:
         """Turn a job's reservations into spend (commit) or give them back (refund).
 
         ``actual`` may lower the charge of a node-dataset row (e.g. training that stopped early
@@ -339,6 +340,8 @@ class Store:
             if commit and actual is not None and r.node_dataset_id in actual:
                 spend_eps = min(r.eps, actual[r.node_dataset_id][0])
                 spend_delta = min(r.delta, actual[r.node_dataset_id][1])
+            if commit and analyst_actual is not None and r.analyst_id is not None:
+                spend_eps, spend_delta = min(r.eps, analyst_actual[0]), min(r.delta, analyst_actual[1])
             if r.node_dataset_id is not None:
                 tbl: Any = m.NodeDataset
                 cond = m.NodeDataset.id == r.node_dataset_id

@@ -30,12 +30,13 @@ class TaskExecutor:
         self.state: dict[str, Any] = {}
         self.handlers: dict[str, Handler] = {"validate": self._validate}
         from xdp_compute.node import jobs as node_jobs
-        from xdp_compute.node import query_task  # noqa: F401 - registers its round-0 provider
+        from xdp_compute.node import query_task, train_task  # noqa: F401 - register round-0 providers
 
         node_jobs.install(self)
         from xdp_compute.node import he_task
 
         he_task.install(self)
+        train_task.install(self)
 
     def handle(self, kind: str, job_id: str, header: dict[str, Any], blobs: dict[str, bytes]) -> TaskOutcome:
         handler = self.handlers.get(kind)

@@ -149,6 +149,21 @@ class Client:
         return encrypted_score(self, dataset, features, weights, bias, where, group_by, epsilon, delta, level,
                                idempotency_key, wait)
 
+    def train(self, dataset: str, model: str = "logreg", features: list[str] | None = None, label: str = "",
+              rounds: int = 10, local_epochs: int = 1, batch_size: int = 64, lr: float | None = None,
+              target_epsilon: float = 3.0, delta: float | None = None, max_grad_norm: float | None = None,
+              where: str | None = None, hidden: list[int] | None = None,
+              idempotency_key: str | None = None) -> Any:
+        """Start DP federated training of a vetted model; returns a TrainingJob (``.wait()``, ``.model()``)."""
+        from xdp_compute.sdk.training import TrainingJob
+
+        body = {"dataset": dataset, "model": model, "features": list(features or []), "label": label,
+                "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
+                "target_epsilon": target_epsilon, "delta": delta, "max_grad_norm": max_grad_norm, "where": where,
+                "hidden": hidden, "idempotency_key": idempotency_key}
+        out = self._post("/v1/trainings", json=body)
+        return TrainingJob(self, out["job_id"])
+
     def budget(self, dataset: str) -> dict[str, Any]:
         """Budget left per node of ``dataset`` and the analyst's own."""
         return self._get(f"/v1/budget/{quote(dataset, safe='')}")  # type: ignore[no-any-return]

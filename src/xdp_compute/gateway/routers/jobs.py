@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from xdp_compute.errors import NotFound
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc
+from xdp_compute.gateway import training_service  # noqa: F401 - registers the approved-job runner
 from xdp_compute.gateway.query_service import QueryService
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -68,6 +69,33 @@ async def submit_score(body: ScoreBody, svc: Svc, who: Analyst) -> JSONResponse:
     return JSONResponse(out, status_code=status)
 
 
+class TrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(..., max_length=64)
+    model: str = "logreg"
+    features: list[str] = Field(..., max_length=256)
+    label: str
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float | None = None
+    target_epsilon: float = 3.0
+    delta: float | None = None
+    max_grad_norm: float | None = None
+    where: str | None = None
+    hidden: list[int] | None = None
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+
+
+@router.post("/trainings")
+async def submit_training(body: TrainBody, svc: Svc, who: Analyst) -> JSONResponse:
+    """Start DP federated training; poll GET /v1/jobs/{id} for progress and, once released, the model."""
+    from xdp_compute.gateway.training_service import submit_training as run
+
+    status, out = await run(svc, service(svc), who, body.model_dump())
+    return JSONResponse(out, status_code=status)
+
+
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     """A job's status and, once released, its delivery with a fresh receipt (owner only)."""
@@ -85,6 +113,9 @@ def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
         out["receipt"] = svc.release_log.receipt(out["log_index"])
     if job.error_json:
         out["error"] = json.loads(job.error_json)
+    progress = svc.extra.get("progress", {}).get(job.id)
+    if progress is not None:
+        out["progress"] = dict(progress)
     return out
 
 
