@@ -37,7 +37,9 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
         # A node is offline after `offline_after_missed` heartbeats that did not arrive.
         while True:
             await asyncio.sleep(max(s.heartbeat_seconds / 2, 0.2))
-            cutoff = time.time() - s.heartbeat_seconds * s.offline_after_missed
+            # At least 6 s: a node busy importing torch or planning DP-SGD can hold the GIL for a
+            # couple of seconds, starving its heartbeat thread; that is not a drop-out.
+            cutoff = time.time() - max(s.heartbeat_seconds * s.offline_after_missed, 6.0)
             try:
                 gone = await asyncio.to_thread(svc.store.mark_offline_stale, cutoff)
                 for node_id in gone:

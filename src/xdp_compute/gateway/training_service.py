@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from xdp_compute.crypto.fixedpoint import decode as fp_decode
 from xdp_compute.crypto.secagg import default_threshold
-from xdp_compute.domain.policy import Requester, enforce, evaluate
+from xdp_compute.domain.policy import Decision, Requester, enforce, evaluate
 from xdp_compute.errors import BudgetExhausted, Conflict, InvalidSpec, PolicyDenied, ProtocolAborted, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.app import Services
@@ -60,8 +60,17 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
     spec, parts, n_features, n_classes, _ = await asyncio.to_thread(_spec_and_shape, qs, body)
     delta = float(spec.delta) if spec.delta is not None else \
         min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
-    decisions = evaluate(node_parts(parts), Requester(who.name, who.role, who.region), float(spec.target_epsilon),
-                         delta, restricted_categories=svc.settings.restricted_categories, output="trained model")
+    # Budget is reserved round by round (each round's exact cost), so the up-front check is only
+    # the cap: the target may not exceed any node's whole budget.
+    decisions = [d for d in evaluate(node_parts(parts), Requester(who.name, who.role, who.region), 0.0, 0.0,
+                                     restricted_categories=svc.settings.restricted_categories,
+                                     output="trained model") if d.rule != "budget"]
+    for p in parts:
+        if float(spec.target_epsilon) > p["eps_budget"] + 1e-12:
+            decisions.append(Decision("epsilon_cap", False, f"target_epsilon {spec.target_epsilon:g} exceeds the "
+                                                            f"dataset's whole budget {p['eps_budget']:g}", node=p["node"]))
+    decisions.append(Decision("budget", True, "reserved round by round; training stops before any node's "
+                                              "budget would be exceeded"))
     spec_digest = digest({"operation": "training", "spec": spec.to_dict(), "delta": delta})
     key = body.get("idempotency_key")
     existing = await asyncio.to_thread(qs.existing, who, key, spec_digest)
