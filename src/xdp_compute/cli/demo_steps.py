@@ -41,6 +41,17 @@ def he_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], an
     console.print(s.table(3))
 
 
+def training_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
+    from xdp_compute.sdk.training import print_card
+
+    console.rule("[bold]5. ML team: differentially private federated training over the three hospitals")
+    job = analyst.train("patients", model="logreg", features=["age", "stay_days", "chronic"], label="readmitted",
+                        rounds=4, target_epsilon=2.0)
+    job.wait(progress=True)
+    print_card(job.model_card(), out=console.file)
+    console.print(f"  released model: {job.model()}")
+
+
 def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str]) -> None:
     from xdp_compute import Client
     from xdp_compute.sdk.audit import verify_remote
@@ -66,4 +77,5 @@ def run_all(console: Console, cluster: LocalCluster, tokens: dict[str, str], ana
     """Each capability adds its step here."""
     joint_statistics(console, analyst)
     he_steps(console, cluster, tokens, analyst)
+    training_steps(console, cluster, tokens, analyst)
     audit_steps(console, cluster, tokens)

@@ -213,3 +213,40 @@ def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logge
     with Client(url, token) as c:
         c.deny(job_id, reason)
     typer.echo(f"denied {job_id}; nothing was computed and the reservation was refunded")
+
+
+@app.command()
+@friendly
+def train(
+    dataset: str = typer.Argument(..., help="Dataset to train on"),
+    url: str = typer.Option(..., help="Gateway REST URL"),
+    token: str = typer.Option(..., help="ML team (analyst) token", envvar="XDP_TOKEN"),
+    model: str = typer.Option("logreg", help="logreg | softmax | linreg | mlp"),
+    features: str = typer.Option(..., help="Comma-separated declared columns"),
+    label: str = typer.Option(..., help="Declared label column"),
+    rounds: int = typer.Option(10),
+    local_epochs: int = typer.Option(1),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(None),
+    target_epsilon: float = typer.Option(3.0),
+    delta: float = typer.Option(None),
+    max_grad_norm: float = typer.Option(None),
+    hidden: str = typer.Option(None, help="MLP hidden sizes, e.g. 64,32"),
+    save: Path = typer.Option(None, help="Save the released model's state_dict here (torch.save)"),
+) -> None:
+    """DP federated training with a progress bar; prints the model card when released."""
+    from xdp_compute import Client
+    from xdp_compute.sdk.training import print_card
+
+    with Client(url, token) as c:
+        job = c.train(dataset, model=model, features=[f.strip() for f in features.split(",") if f.strip()],
+                      label=label, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
+                      target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
+                      hidden=[int(h) for h in hidden.split(",")] if hidden else None)
+        job.wait(progress=True)
+        print_card(job.model_card())
+        if save:
+            import torch
+
+            torch.save(job.model().state_dict(), save)
+            typer.echo(f"model saved to {save}")
