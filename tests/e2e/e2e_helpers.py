@@ -75,8 +75,8 @@ class Hospitals:
 def start_hospitals(root: Path, n: int = 3, rows: int = 300, budget: float = 1000.0, min_group: int = 5,
                     gateway_env: dict[str, str] | None = None, node_env: dict[str, dict[str, str]] | None = None,
                     approval: set[str] | None = None, categories: str = '["transport"]',
-                    env: dict[str, str] | None = None) -> Hospitals:
-    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", **(env or {})})
+                    env: dict[str, str] | None = None, db: str | None = None) -> Hospitals:
+    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", **(env or {})}, db=db)
     cluster.start_gateway(env=gateway_env)
     tokens = {"admin": cluster.token("admin", "admin"), "analyst": cluster.token("analyst", "analyst"),
               "auditor": cluster.token("auditor", "auditor")}

@@ -48,10 +48,11 @@ class LocalCluster:
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     procs: dict[str, Proc] = field(default_factory=dict)
+    db: str | None = None  # a SQLAlchemy URL (e.g. PostgreSQL); default a SQLite file in ``root``
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.root / 'gateway.db'}"
+        return self.db or f"sqlite:///{self.root / 'gateway.db'}"
 
     @property
     def url(self) -> str:
