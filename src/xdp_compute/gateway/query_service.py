@@ -359,9 +359,7 @@ class QueryService:
         outcome = self.outcome_for(p, payload, survivors)
         outcome.suppress = lambda pl: self.suppress(p, pl)
         outcome.recheck = lambda: self.recheck(p)
-        await asyncio.to_thread(self._record_compute, job_id, time.time() - started)
-        approvers = await asyncio.to_thread(self.approvers, job_id)
-        return await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome, approvers)
+        return await self.release(job_id, p.principal.name, outcome, started)
 
     async def run_encrypted(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
         """Paillier encrypted delivery: nodes send packed encrypted noisy partials; the gateway only
@@ -415,10 +413,13 @@ class QueryService:
         outcome = self.outcome_for(p, payload, survivors)
         outcome.recheck = lambda: self.recheck(p)
         outcome.keep_out = ("ciphertext",)
+        return self.hand_over(job_id, await self.release(job_id, p.principal.name, outcome, started), background)
+
+    async def release(self, job_id: str, principal: str, outcome: Outcome, started: float) -> dict[str, Any]:
+        """Record compute time, then pass the outcome through the one ReleaseGate with its approvers."""
         await asyncio.to_thread(self._record_compute, job_id, time.time() - started)
         approvers = await asyncio.to_thread(self.approvers, job_id)
-        delivery = await asyncio.to_thread(self.gate.release, job_id, p.principal.name, outcome, approvers)
-        return self.hand_over(job_id, delivery, background)
+        return await asyncio.to_thread(self.gate.release, job_id, principal, outcome, approvers)
 
     def hand_over(self, job_id: str, delivery: dict[str, Any], background: bool) -> dict[str, Any]:
         """An encrypted answer that nobody is waiting for is held in memory until fetched once."""

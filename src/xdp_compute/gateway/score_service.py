@@ -177,7 +177,4 @@ async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool
     outcome = qs.outcome_for(p, payload, survivors)
     outcome.recheck = lambda: qs.recheck(p)
     outcome.keep_out = ("ciphertext",)
-    await asyncio.to_thread(qs._record_compute, job_id, time.time() - started)
-    approvers = await asyncio.to_thread(qs.approvers, job_id)
-    delivery = await asyncio.to_thread(qs.gate.release, job_id, p.principal.name, outcome, approvers)
-    return qs.hand_over(job_id, delivery, background)
+    return qs.hand_over(job_id, await qs.release(job_id, p.principal.name, outcome, started), background)

@@ -208,9 +208,10 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
             stop_reason = f"round {rnd}: {e.detail}"
             break
         t = default_threshold(len(active))
+        g_bytes = global_flat.astype("<f8").tobytes()
         try:
             res = await secure_sum(hub, job_id, f"{job_id}:round{rnd}", active, global_flat.size + 1,
-                                   lambda node, r=rnd, g=global_flat.astype("<f8").tobytes(): Task(
+                                   lambda node, r=rnd, g=g_bytes: Task(
                                        "train_begin", job_id, {"round": r, "epsilon_budget_left": next_cost[node]},
                                        {"global": g}),
                                    threshold=t, round_timeout=settings.round_timeout_seconds,
@@ -275,15 +276,12 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
     outcome.cost = {"epsilon": max(eps_node.values()), "delta": delta,
                     "per_node": {names[n]: e for n, e in eps_node.items()}}
     outcome.recheck = lambda: _recheck(qs, who, spec_dict, parts)
-    await asyncio.to_thread(qs._record_compute, job_id, time.time() - started)
-    approvers = await asyncio.to_thread(qs.approvers, job_id)
     progress["done"] = True
-    return await asyncio.to_thread(svc.gate.release, job_id, who.name, outcome, approvers)
+    return await qs.release(job_id, who.name, outcome, started)
 
 
 def _warn(node: str, kind: str, error: str) -> None:
     log.warning("node %s failed %s: %s", node, kind, error)
-    return None
 
 
 def _recheck(qs: QueryService, who: PrincipalView, spec: dict[str, Any], parts: list[dict[str, Any]]

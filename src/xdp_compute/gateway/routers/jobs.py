@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xdp_compute.errors import NotFound
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc
 from xdp_compute.gateway import training_service  # noqa: F401 - registers the approved-job runner
+from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc
 from xdp_compute.gateway.query_service import QueryService
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
