@@ -37,7 +37,7 @@ def test_encrypted_delivery_agrees_with_plain_path(hospitals: Hospitals, tmp_pat
         for key in ("n", "total", "mean"):
             # Both answers are noisy versions of the same truth: they agree within their intervals.
             half = (e_iv[key][1] - e_iv[key][0]) / 2 + (p_iv[key][1] - p_iv[key][0]) / 2
-            assert abs(e_row[key] - p_row[key]) <= 2 * half
+            assert abs(e_row[key] - p_row[key]) <= 3 * half
         t = exact[e_row["clinic"]]
         assert abs(e_row["n"] - t["n"]) <= 3 * (e_iv["n"][1] - e_iv["n"][0])
     assert a.verify_receipt(enc)

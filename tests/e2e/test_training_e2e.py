@@ -23,8 +23,10 @@ FEATURES = [f"f{i:02d}" for i in range(30)]
 
 
 def bc_manifest(node: str, budget: float, bounds: list[tuple[float, float]]) -> str:
-    cols = "\n".join(f'{n} = {{ type = "float", min = {lo!r}, max = {hi!r}, uses = ["aggregate"] }}'
-                     for n, (lo, hi) in zip(FEATURES, bounds, strict=True))
+    uses = {"f01": '["aggregate", "filter"]'}  # texture may be filtered on; the others may not
+    default_uses = '["aggregate"]'
+    cols = "\n".join(f'{n} = {{ type = "float", min = {lo!r}, max = {hi!r}, uses = {uses.get(n, default_uses)} }}'
+                      for n, (lo, hi) in zip(FEATURES, bounds, strict=True))
     return f"""
 [node]
 name = "{node}"
@@ -68,15 +70,12 @@ def start(root: Path, budget: float = 50.0) -> tuple[LocalCluster, dict[str, str
     return cluster, tokens, parts
 
 
-def node_split(job_id: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The node's own (public, deterministic) train/held-out split for this job."""
-    import hashlib
-
-    from xdp_compute.node.train_task import HOLDOUT_FRACTION
+def node_split(node: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The node's own (public, deterministic) train/held-out split of the dataset."""
+    from xdp_compute.node.train_task import HOLDOUT_FRACTION, holdout_seed
     from xdp_compute.training import split_holdout
 
-    seed = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "little")
-    return split_holdout(n, HOLDOUT_FRACTION, seed)
+    return split_holdout(n, HOLDOUT_FRACTION, holdout_seed("tumours", node))
 
 
 def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> None:
@@ -90,7 +89,7 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
     cluster, tokens, parts = start(tmp_path)
     try:
         ml = Client(cluster.url, tokens["ml"])
-        job = ml.train("tumours", model="logreg", features=FEATURES, label="malignant", rounds=20,
+        job = ml.train("tumours", model="logreg", features=FEATURES, label="malignant", rounds=40, lr=32.0,
                        target_epsilon=3.0, delta=1e-5)
         job.wait(progress=False, timeout=600)
         model = job.model()
@@ -100,7 +99,7 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
         lo = b.data.min(axis=0)
         hi = b.data.max(axis=0)
         for node, idx in parts.items():
-            tr, ho = node_split(job.job_id, len(idx))
+            tr, ho = node_split(node, len(idx))
             scaled = (b.data[idx] - lo) / (hi - lo)
             X_parts.append(scaled[ho])
             y_parts.append((b.target[idx] == 0)[ho])
@@ -114,20 +113,20 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
         print(f"\nheld-out accuracy over the nodes' held-out rows: DP (eps=3, delta=1e-5) {acc:.3f} | "
               f"non-private on the same split {plain.score(X, y):.3f} | released DP metrics {card['metrics']}")
         assert acc >= 0.90
-        assert card["rounds_done"] == 20 and not card["rounds_missing_nodes"]
+        assert card["rounds_done"] == 40 and not card["rounds_missing_nodes"]
 
         # The ledger's epsilon for each node equals Opacus's accountant for what was actually done.
         spec = TrainingSpec.from_dict({"dataset": "tumours", "model": "logreg", "features": FEATURES,
-                                       "label": "malignant", "rounds": 20, "target_epsilon": 3.0 * SGD_SHARE,
-                                       "delta": 1e-5})
+                                       "label": "malignant", "rounds": 40, "lr": 32.0,
+                                       "target_epsilon": 3.0 * SGD_SHARE, "delta": 1e-5})
         with sqlite3.connect(cluster.root / "gateway.db") as c:
             spent = dict(c.execute("SELECT n.name, d.eps_spent FROM node_datasets d JOIN nodes n "
                                    "ON n.id = d.node_id").fetchall())
         for node, idx in parts.items():
-            tr, _ = node_split(job.job_id, len(idx))
+            tr, _ = node_split(node, len(idx))
             plan = plan_privacy(spec, len(tr), 1e-5)
             acc_ = RDPAccountant()
-            acc_.history = [(plan.noise_multiplier, plan.sample_rate, 20 * plan.steps_per_round),
+            acc_.history = [(plan.noise_multiplier, plan.sample_rate, 40 * plan.steps_per_round),
                             (_count_sigma(plan, 3.0, 1e-5), 1.0, 1)]
             assert abs(spent[node] - acc_.get_epsilon(delta=1e-5)) < 1e-6, node
             assert card["epsilon_per_node"][node] == pytest.approx(spent[node], abs=1e-9)
@@ -171,5 +170,30 @@ def test_budget_exhaustion_mid_training_stops_cleanly(tmp_path: Path) -> None:
             rows = c.execute("SELECT eps_spent, eps_reserved, eps_budget FROM node_datasets").fetchall()
         assert all(s <= b + 1e-9 and r == pytest.approx(0.0, abs=1e-12) for s, r, b in rows)
         assert hasattr(job.model(), "forward")
+    finally:
+        cluster.close()
+
+
+def test_training_with_where_filter_and_uses_enforced(tmp_path: Path) -> None:
+    from xdp_compute.errors import XdpError
+
+    cluster, tokens, parts = start(tmp_path)
+    try:
+        ml = Client(cluster.url, tokens["ml"])
+        # f00 is declared with uses = ["aggregate"] only: filtering on it is refused with the reason.
+        with pytest.raises(XdpError) as e:
+            ml.train("tumours", model="logreg", features=FEATURES[:5], label="malignant", rounds=2,
+                     where="f00 > 12")
+        assert e.value.status == 400 and "f00" in e.value.detail
+        job = ml.train("tumours", model="logreg", features=FEATURES[:5], label="malignant", rounds=2,
+                       where="f01 > 18")
+        job.wait(progress=False, timeout=300)
+        card = job.model_card()
+        assert card["rounds_done"] == 2
+        # Fewer held-out rows than without the filter: the nodes trained on the filtered rows only.
+        b = load_breast_cancer()
+        kept = int((b.data[:, 1] > 18).sum())
+        held = sum(v["holdout_rows_noisy"] for v in card["metrics_per_node"].values())
+        assert held < 0.2 * len(b.target) and abs(held - 0.2 * kept) < 0.2 * kept
     finally:
         cluster.close()

@@ -15,12 +15,13 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from xdp_compute.crypto.fixedpoint import decode as fp_decode
 from xdp_compute.crypto.secagg import default_threshold
 from xdp_compute.domain.policy import Decision, Requester, enforce, evaluate
-from xdp_compute.errors import BudgetExhausted, Conflict, InvalidSpec, PolicyDenied, ProtocolAborted, XdpError
+from xdp_compute.errors import BudgetExhausted, Conflict, PolicyDenied, ProtocolAborted, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.app import Services
 from xdp_compute.gateway.hub import NodeDropped, Task
@@ -34,16 +35,14 @@ UPDATE_FRAC_BITS = 16
 _background: set[asyncio.Task[Any]] = set()
 
 
-def _spec_and_shape(qs: QueryService, body: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], int, int, list[Any]]:
+def _spec_and_shape(qs: QueryService, body: dict[str, Any]
+                    ) -> tuple[Any, list[dict[str, Any]], int, int, dict[str, Any] | None]:
     from xdp_compute.domain.manifest import DatasetSpec
     from xdp_compute.training import TrainingSpec
     from xdp_compute.training.features import label_of
     from xdp_compute.training.spec import encoded_width
 
     raw = {k: v for k, v in body.items() if k not in ("idempotency_key",) and v is not None}
-    if raw.get("where"):
-        raise InvalidSpec("'where' is not supported for training yet; train on the whole dataset", field="where")
-    raw.pop("where", None)
     spec = TrainingSpec.from_dict(raw)
     parts = [p for p in qs.lookup(spec.dataset) if p["online"]]
     if not parts:
@@ -52,12 +51,19 @@ def _spec_and_shape(qs: QueryService, body: dict[str, Any]) -> tuple[Any, list[d
     spec.validate(columns)
     n_features = encoded_width(spec, columns)
     n_classes = label_of(spec, columns).n_classes
-    return spec, parts, n_features, n_classes, columns
+    where_plan = None
+    if spec.where:
+        # The filter goes through the SQL planner: only columns whose uses include 'filter'.
+        from xdp_compute.query import plan_query
+
+        ds_spec = DatasetSpec.from_dict(parts[0]["spec"])
+        where_plan = plan_query(f"SELECT COUNT(*) FROM {ds_spec.name} WHERE {spec.where}", ds_spec).to_dict()
+    return spec, parts, n_features, n_classes, where_plan
 
 
 async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, body: dict[str, Any]
                           ) -> tuple[int, dict[str, Any]]:
-    spec, parts, n_features, n_classes, _ = await asyncio.to_thread(_spec_and_shape, qs, body)
+    spec, parts, n_features, n_classes, where_plan = await asyncio.to_thread(_spec_and_shape, qs, body)
     delta = float(spec.delta) if spec.delta is not None else \
         min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
     # Budget is reserved round by round (each round's exact cost), so the up-front check is only
@@ -94,7 +100,8 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
                         status="awaiting_approval" if approvals else "reserved",
                         spec_json=json.dumps({"spec": spec.to_dict(), "delta": delta, "digest": spec_digest}),
                         plan_json=json.dumps({"nodes": [p["node_id"] for p in parts], "n_features": n_features,
-                                              "n_classes": n_classes, "plan": {"dataset": spec.dataset},
+                                              "n_classes": n_classes, "where_plan": where_plan,
+                                              "plan": {"dataset": spec.dataset, "where": spec.where},
                                               "decisions": [d.to_dict() for d in decisions]}),
                         cost_json=json.dumps(outcome.cost), idempotency_key=key, created_at=now, updated_at=now,
                         compute_seconds=0.0))
@@ -178,7 +185,8 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
     progress: dict[str, Any] = {"round": 0, "rounds": int(spec_dict["rounds"]), "epsilon": 0.0, "loss": None,
                                 "accuracy": None}
     svc.extra.setdefault("progress", {})[job_id] = progress
-    header = {"spec": spec_dict, "n_features": n_features, "n_classes": n_classes, "delta": delta}
+    header = {"spec": spec_dict, "n_features": n_features, "n_classes": n_classes, "delta": delta,
+              "where_plan": plan.get("where_plan")}
 
     async def call(node: str, task: Task, timeout: float) -> Any:
         try:
@@ -194,6 +202,10 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
     global_flat = init_params(spec_dict, n_features, n_classes)
     eps_node = {n: 0.0 for n in names}
     rounds_log: list[dict[str, Any]] = []
+    # Tail averaging (post-processing, free of privacy cost): the released model is the mean of the
+    # global models of the second half of the rounds, which damps the DP noise of single rounds.
+    tail_from = int(spec_dict["rounds"]) // 2 + 1
+    tail_sum, tail_n = np.zeros_like(global_flat), 0
     stop_reason = None
     for rnd in range(1, int(spec_dict["rounds"]) + 1):
         online = {p["node_id"] for p in qs.lookup(spec_dict["dataset"]) if p["online"]}
@@ -230,6 +242,8 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
         from xdp_compute.training.federated import fedavg_from_sums
 
         global_flat = fedavg_from_sums(global_flat, totals[:-1], float(totals[-1]))
+        if rnd >= tail_from:
+            tail_sum, tail_n = tail_sum + global_flat, tail_n + 1
         for n in res.survivors:
             eps_node[n] = float(res.first_replies[n]["epsilon"])
             next_cost[n] = res.first_replies[n].get("next_cost")
@@ -240,6 +254,8 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
         rounds_log.append({"round": rnd, "nodes": sorted(names[n] for n in res.survivors),
                            "missing": sorted(names[n] for n in names if n not in res.survivors)})
         active = [n for n in active if n in res.survivors]
+    if tail_n:
+        global_flat = tail_sum / tail_n
     if not rounds_log:
         await asyncio.to_thread(svc.gate.refuse, job_id, who.name, outcome, FAILED,
                                 f"no training round completed ({stop_reason})", refund=True)
@@ -266,6 +282,8 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
             "epsilon_per_node": {names[n]: e for n, e in eps_node.items()}, "delta": delta,
             "target_epsilon": spec_dict["target_epsilon"], "stopped_early": stop_reason,
             "metrics_per_node": per_node, "metrics": overall,
+            "released_params": f"mean of the global models of rounds {tail_from}..{len(rounds_log)}"
+                               if tail_n else "the last global model",
             "privacy": "DP-SGD per node (Opacus RDP accounting, Poisson sampling), FedAvg weighted by "
                        "Gaussian-noised row counts, secure aggregation of updates; metrics on held-out rows "
                        "with discrete Gaussian noise"}

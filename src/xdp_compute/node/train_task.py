@@ -48,6 +48,12 @@ class TrainState:
     eval_used: float = 0.0
 
 
+def holdout_seed(dataset: str, node_name: str) -> int:
+    """A public, data-independent seed: the same held-out rows for every job on this dataset, so
+    evaluations of different models are comparable (the split is not a privacy mechanism)."""
+    return int.from_bytes(hashlib.sha256(f"{dataset}:{node_name}".encode()).digest()[:8], "little")
+
+
 def _history(ts: TrainState) -> list[tuple[float, float, int]]:
     hist = list(ts.state.history) if ts.state is not None else []
     return [*hist, (ts.count_sigma, 1.0, 1)]
@@ -77,9 +83,16 @@ def _count_sigma(plan: Any, target: float, delta: float) -> float:
     return hi
 
 
-def load_rows(executor: Any, spec: Any, ds: Any) -> dict[str, np.ndarray]:
-    """The spec's feature and label columns from the holder's own engine (declared columns only)."""
-    from xdp_compute.node.sources import open_source
+def load_rows(executor: Any, spec: Any, ds: Any, where_plan: Any = None) -> dict[str, np.ndarray]:
+    """The spec's feature and label columns from the holder's own engine (declared columns only),
+    filtered by the analyst's WHERE — rendered by the same planner and pushdown as queries, after
+    this node re-validated it against its own manifest (filter uses, declared values)."""
+    import sqlglot
+    from sqlglot import exp
+
+    from xdp_compute.node.sources import column_map_for, open_source
+    from xdp_compute.query import QueryPlan, local_sql
+    from xdp_compute.query.plan import validate_plan_for
 
     wanted = [*spec.features, spec.label]
     with open_source(executor.manifest, ds) as src:
@@ -87,8 +100,19 @@ def load_rows(executor: Any, spec: Any, ds: Any) -> dict[str, np.ndarray]:
         missing = [c for c in wanted if c.lower() not in actual]
         if missing:
             raise InvalidSpec(f"column {missing[0]!r} is missing from this node's source", field="features")
-        cols = ", ".join('"' + actual[c.lower()].replace('"', '""') + '"' for c in wanted)
-        rows = src.execute(f"SELECT {cols} FROM {src.relation_sql()}")
+        if where_plan is None:
+            cols = ", ".join('"' + actual[c.lower()].replace('"', '""') + '"' for c in wanted)
+            sql = f"SELECT {cols} FROM {src.relation_sql()}"
+        else:
+            plan = validate_plan_for(QueryPlan.from_dict(where_plan), ds)
+            counted = local_sql(plan, src.relation_sql(), src.dialect, column_map=column_map_for(plan, src))
+            # The pushdown's inner SELECT holds the filtered rows; project the wanted columns from it.
+            inner = sqlglot.parse_one(counted, read=src.dialect).find(exp.Subquery)
+            if inner is None or not isinstance(inner.this, exp.Select):
+                raise BadRequest("could not build the filtered row query")
+            sql = inner.this.select(*(exp.column(actual[c.lower()], table="src", quoted=True) for c in wanted),
+                                    append=False).sql(dialect=src.dialect)
+        rows = src.execute(sql)
     data: dict[str, np.ndarray] = {}
     for i, name in enumerate(wanted):
         data[name] = np.asarray([r[i] for r in rows], dtype=object)
@@ -109,10 +133,9 @@ def prepare(executor: Any, job_id: str, header: dict[str, Any]) -> dict[str, Any
         raise BadRequest(f"this node does not hold dataset {spec.dataset!r}")
     columns = [c.to_dict() for c in ds.columns]
     spec.validate(columns)
-    enc = encode(spec, columns, load_rows(executor, spec, ds))
+    enc = encode(spec, columns, load_rows(executor, spec, ds, header.get("where_plan")))
     n = int(enc.X.shape[0])
-    seed = int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "little")
-    tr, ho = split_holdout(n, HOLDOUT_FRACTION, seed)
+    tr, ho = split_holdout(n, HOLDOUT_FRACTION, holdout_seed(spec.dataset, executor.manifest.node_name))
     delta = float(header.get("delta") or spec.delta or ds.delta * 1e-3)
     target = float(spec.target_epsilon)
     sgd_spec = replace(spec, target_epsilon=target * SGD_SHARE)
