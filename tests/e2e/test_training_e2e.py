@@ -47,10 +47,14 @@ malignant = {{ type = "bool", uses = ["aggregate"] }}
 """
 
 
-def start(root: Path, budget: float = 50.0) -> tuple[LocalCluster, dict[str, str], dict[str, np.ndarray]]:
+def start(root: Path, budget: float = 50.0, seed: str | None = None
+          ) -> tuple[LocalCluster, dict[str, str], dict[str, np.ndarray]]:
     b = load_breast_cancer()
     bounds = [(float(b.data[:, i].min()), float(b.data[:, i].max())) for i in range(30)]
-    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", "XDP_ROUND_TIMEOUT": "8"})
+    env = {"XDP_HEARTBEAT_SECONDS": "0.5", "XDP_ROUND_TIMEOUT": "8"}
+    if seed:
+        env["XDP_TEST_NOISE_SEED"] = seed  # test-only: the same DP noise every run (a fixed-seed test)
+    cluster = LocalCluster(root=root, env=env)
     cluster.start_gateway()
     tokens = {"admin": cluster.token("admin", "admin"), "ml": cluster.token("analyst", "ml-team")}
     perm = np.random.default_rng(0).permutation(len(b.target))
@@ -86,7 +90,7 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
     from xdp_compute.training import TrainingSpec
     from xdp_compute.training.local import plan_privacy
 
-    cluster, tokens, parts = start(tmp_path)
+    cluster, tokens, parts = start(tmp_path, seed="breast-cancer")
     try:
         ml = Client(cluster.url, tokens["ml"])
         job = ml.train("tumours", model="logreg", features=FEATURES, label="malignant", rounds=40, lr=32.0,

@@ -54,6 +54,19 @@ def holdout_seed(dataset: str, node_name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{dataset}:{node_name}".encode()).digest()[:8], "little")
 
 
+def seeded_training_noise(node_name: str) -> int | None:
+    """Test-only reproducible training noise (XDP_TEST_NOISE_SEED); None means the OS CSPRNG."""
+    import logging
+    import os
+
+    seed = os.environ.get("XDP_TEST_NOISE_SEED")
+    if not seed:
+        return None
+    logging.getLogger("xdp.node.train").warning("XDP_TEST_NOISE_SEED is set: training noise is reproducible "
+                                                "and NOT private (tests only)")
+    return int.from_bytes(hashlib.sha256(f"{seed}:{node_name}".encode()).digest()[:4], "little") >> 1
+
+
 def _history(ts: TrainState) -> list[tuple[float, float, int]]:
     hist = list(ts.state.history) if ts.state is not None else []
     return [*hist, (ts.count_sigma, 1.0, 1)]
@@ -139,11 +152,14 @@ def prepare(executor: Any, job_id: str, header: dict[str, Any]) -> dict[str, Any
     delta = float(header.get("delta") or spec.delta or ds.delta * 1e-3)
     target = float(spec.target_epsilon)
     sgd_spec = replace(spec, target_epsilon=target * SGD_SHARE)
-    trainer = LocalTrainer(sgd_spec, int(header["n_features"]), int(header["n_classes"]), default_delta=delta)
+    test_seed = seeded_training_noise(executor.manifest.node_name)
+    trainer = LocalTrainer(sgd_spec, int(header["n_features"]), int(header["n_classes"]), default_delta=delta,
+                           seed=test_seed)
     plan = trainer.plan(len(tr))
     sigma_c = _count_sigma(plan, target, delta)
     # The FedAvg weight: the row count through the Gaussian mechanism (released once, reused).
-    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    gen = torch.Generator().manual_seed(test_seed if test_seed is not None else
+                                        int.from_bytes(os.urandom(8), "little"))
     noisy = float(len(tr) + sigma_c * float(torch.randn((), generator=gen)))
     ts = TrainState(spec, trainer, enc.X[tr], enc.y[tr], enc.X[ho], enc.y[ho], None, sigma_c, noisy, delta,
                     target, time.time())
