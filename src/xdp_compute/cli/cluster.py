@@ -49,6 +49,10 @@ class LocalCluster:
     grpc_port: int = field(default_factory=free_port)
     procs: dict[str, Proc] = field(default_factory=dict)
     db: str | None = None  # a SQLAlchemy URL (e.g. PostgreSQL); default a SQLite file in ``root``
+    # Nodes share this machine's cores: one compute thread each. Preloading torch at node start
+    # makes the first training round fast; tests that never train leave it off.
+    node_threads: int = 1
+    preload: bool = False
 
     @property
     def db_url(self) -> str:
@@ -104,8 +108,11 @@ class LocalCluster:
         return d / "node.toml"
 
     def start_node(self, name: str, token: str, manifest: Path, env: dict[str, str] | None = None) -> Proc:
+        defaults = {k: v for k, v in {"XDP_NODE_THREADS": str(self.node_threads),
+                                      "XDP_NODE_PRELOAD": "1" if self.preload else "0"}.items()
+                    if k not in self.env and k not in os.environ}
         return self._spawn(name, ["node", "--gateway", self.grpc_addr, "--token", token,
-                                  "--manifest", str(manifest)], env)
+                                  "--manifest", str(manifest)], {**defaults, **(env or {})})
 
     def wait_online(self, token: str, names: list[str], online: bool = True, timeout: float = 60) -> None:
         deadline = time.time() + timeout

@@ -59,8 +59,11 @@ def synthetic_patients(district: str, rows: int, seed: int) -> str:
 
 
 def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | None = None,
-                       env: dict[str, str] | None = None) -> tuple[LocalCluster, dict[str, str]]:
-    cluster = LocalCluster(env=env or {})
+                       env: dict[str, str] | None = None, preload: bool = False
+                       ) -> tuple[LocalCluster, dict[str, str]]:
+    """A gateway and the three hospitals' nodes; ``preload`` loads torch on each node at start."""
+    cluster = LocalCluster(env=env or {}, preload=preload)
+    console.print(f"  starting the gateway (REST {cluster.url}, gRPC {cluster.grpc_addr}) ...")
     cluster.start_gateway()
     tokens = {"admin": cluster.token("admin", "city-data-office"),
               "analyst": cluster.token("analyst", "health-bureau-analyst", region="CN-FJ"),
@@ -72,6 +75,7 @@ def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | 
             node=node, approval="true" if node == approval_node else "false"),
             {"patients.csv": synthetic_patients(district, rows, seed=100 + i)})
         cluster.start_node(node, tokens[node], manifest)
+    console.print(f"  started {len(HOSPITALS)} hospital nodes; waiting for them to dial in and register ...")
     cluster.wait_online(tokens["admin"], list(HOSPITALS.values()))
     return cluster, tokens
 
@@ -95,7 +99,8 @@ def run_demo(console: Console | None = None) -> int:
             console = Console(width=150)
     started = time.time()
     console.rule("[bold]xdp-compute demo: three district hospitals, one gateway")
-    cluster, tokens = start_demo_cluster(console)
+    # Nodes load torch in their task worker while the first steps run, so training starts warm.
+    cluster, tokens = start_demo_cluster(console, preload=True)
     try:
         console.print(f"gateway REST {cluster.url}  gRPC {cluster.grpc_addr}  (SQLite {cluster.db_url})")
         # Data holders

@@ -45,6 +45,7 @@ def training_steps(console: Console, cluster: LocalCluster, tokens: dict[str, st
     from xdp_compute.sdk.training import print_card
 
     console.rule("[bold]5. ML team: differentially private federated training over the three hospitals")
+    console.print("  submitting a DP logistic regression (4 rounds); each round runs DP-SGD on every node ...")
     job = analyst.train("patients", model="logreg", features=["age", "stay_days", "chronic"], label="readmitted",
                         rounds=4, target_epsilon=2.0)
     job.wait(progress=True)

@@ -77,14 +77,22 @@ def node(
     gateway: str = typer.Option(..., help="Gateway gRPC address HOST:PORT"),
     token: str = typer.Option(..., help="The holder's bearer token", envvar="XDP_TOKEN"),
     manifest: Path = typer.Option(..., help="The node's manifest (TOML)"),
+    threads: int = typer.Option(0, min=0, envvar="XDP_NODE_THREADS",
+                                help="Compute threads for torch/numpy in the task worker (0: all cores)"),
+    preload: bool = typer.Option(True, envvar="XDP_NODE_PRELOAD",
+                                 help="Load the training libraries when the node starts, not at the first round"),
 ) -> None:
     """Run a holder's node: dials out to the gateway; opens no port."""
+    import os
+
     from xdp_compute.domain.manifest import load_manifest
     from xdp_compute.node.agent import NodeAgent
+    from xdp_compute.node.worker import WorkerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     m = load_manifest(manifest)
-    agent = NodeAgent(gateway, token, m)
+    options = WorkerOptions(threads=threads or os.cpu_count() or 1, preload=preload)
+    agent = NodeAgent(gateway, token, m, options=options)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=agent.stop, daemon=True).start())
     try:
         agent.run()

@@ -49,7 +49,11 @@ class NodeService(pb_grpc.NodeServiceServicer):
 
     async def _node(self, principal: PrincipalView, node_id: str, session_id: str) -> bool:
         await asyncio.to_thread(self.store.node_for, principal, node_id)
-        return self.hub.session_ok(node_id, session_id)
+        if not self.hub.session_ok(node_id, session_id):
+            return False
+        if self.hub.heard_from(node_id):
+            await asyncio.to_thread(self.store.touch_node, node_id)
+        return True
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         async def run(p: PrincipalView) -> pb.RegisterResponse:
@@ -58,6 +62,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
             node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
                                               [d.to_dict() for d in decls])
             sid = self.hub.new_session(node_id)
+            self.hub.registered(node_id)
             log.info("node %s registered (%d datasets)", request.node_name, len(decls))
             return pb.RegisterResponse(node_id=node_id, session_id=sid, heartbeat_seconds=self.heartbeat_seconds)
 
@@ -65,10 +70,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         async def run(p: PrincipalView) -> pb.HeartbeatResponse:
-            if not await self._node(p, request.node_id, request.session_id):
-                return pb.HeartbeatResponse(known=False)
-            await asyncio.to_thread(self.store.touch_node, request.node_id)
-            return pb.HeartbeatResponse(known=True)
+            return pb.HeartbeatResponse(known=await self._node(p, request.node_id, request.session_id))
 
         return await self._guard(context, "Heartbeat", request, run)
 
@@ -86,8 +88,9 @@ class NodeService(pb_grpc.NodeServiceServicer):
 
     async def SubmitResult(self, request: pb.TaskResult, context: grpc.aio.ServicerContext) -> pb.SubmitResultResponse:
         async def run(p: PrincipalView) -> pb.SubmitResultResponse:
-            if not await self._node(p, request.node_id, request.session_id):
-                return pb.SubmitResultResponse(accepted=False)
+            # A result computed under an earlier session of the same node (it re-registered while
+            # the task ran) still counts: the token owns the node and the task was sent to it.
+            await asyncio.to_thread(self.store.node_for, p, request.node_id)
             ok = self.hub.submit(request.node_id, request.task_id, reply_from_proto(request))
             return pb.SubmitResultResponse(accepted=ok)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +36,20 @@ class NodeDropped(Exception):
     """The node did not answer the task in time (or disconnected)."""
 
 
+# How often a node that keeps heartbeating has its last_seen written to the store: liveness is
+# decided in memory, so the database sees a write per node per transition and per this interval,
+# not one per heartbeat (a busy database must not make nodes look dead).
+PERSIST_LAST_SEEN_SECONDS = 15.0
+
+
 class TaskHub:
     def __init__(self) -> None:
         self._queues: dict[str, asyncio.Queue[Task]] = {}
         self._waiting: dict[str, tuple[str, asyncio.Future[Reply]]] = {}
         self.sessions: dict[str, str] = {}  # node_id -> current session id
+        self._heard: dict[str, float] = {}  # node_id -> monotonic time of its last RPC
+        self._persisted: dict[str, float] = {}  # node_id -> monotonic time last_seen was stored
+        self._offline: set[str] = set()
 
     def _queue(self, node_id: str) -> asyncio.Queue[Task]:
         q = self._queues.get(node_id)
@@ -55,8 +65,37 @@ class TaskHub:
     def session_ok(self, node_id: str, session_id: str) -> bool:
         return bool(session_id) and self.sessions.get(node_id) == session_id
 
+    # ------------------------------------------------------------------ liveness
+    def registered(self, node_id: str) -> None:
+        """A node (re-)registered: the store already marked it online."""
+        now = time.monotonic()
+        self._heard[node_id] = self._persisted[node_id] = now
+        self._offline.discard(node_id)
+
+    def heard_from(self, node_id: str) -> bool:
+        """Any RPC of a node's current session is a sign of life; True if the store should be told
+        (the node was offline, or its stored last_seen is older than PERSIST_LAST_SEEN_SECONDS)."""
+        now = time.monotonic()
+        self._heard[node_id] = now
+        if node_id in self._offline or now - self._persisted.get(node_id, -1e18) > PERSIST_LAST_SEEN_SECONDS:
+            self._offline.discard(node_id)
+            self._persisted[node_id] = now
+            return True
+        return False
+
+    def silent_for(self, seconds: float) -> list[str]:
+        """Online nodes not heard from for ``seconds``."""
+        cutoff = time.monotonic() - seconds
+        return [n for n, t in self._heard.items() if t < cutoff and n not in self._offline]
+
+    def went_offline(self, node_id: str) -> None:
+        self._offline.add(node_id)
+        self.fail_node(node_id, "went offline")
+
     async def call(self, node_id: str, task: Task, timeout: float) -> Reply:
         """Queue ``task`` for ``node_id`` and wait for its reply; NodeDropped on timeout."""
+        if node_id in self._offline:
+            raise NodeDropped(f"node {node_id} is offline")
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task.task_id] = (node_id, fut)
         await self._queue(node_id).put(task)
@@ -83,7 +122,8 @@ class TaskHub:
         for n, fut in list(self._waiting.values()):
             if n == node_id and not fut.done():
                 fut.set_exception(NodeDropped(f"node {node_id} {reason}"))
-        self._queues.pop(node_id, None)
+        # The queue stays: a node's pending long poll waits on it, and stale tasks in it are
+        # skipped by ``pull`` (their callers are no longer waiting).
 
     def submit(self, node_id: str, task_id: str, reply: Reply) -> bool:
         entry = self._waiting.get(task_id)

@@ -7,16 +7,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from xdp_compute.gateway.app import Services
 from xdp_compute.gateway.grpc_service import NodeService, build_server, file_capture
 
 log = logging.getLogger("xdp.gateway")
+# A monitor tick later than this means the event loop was blocked, not that nodes were silent.
+LOOP_LAG_GRACE_SECONDS = 1.0
+# Worker threads for blocking work (database, planning, crypto) called with asyncio.to_thread;
+# the default (cores + 4) let a few slow calls queue every node's heartbeat behind them.
+BLOCKING_THREADS = 64
+
+
+def offline_window(heartbeat_seconds: float, missed: int) -> float:
+    """Seconds of silence after which a node is offline: ``missed`` heartbeats, at least 6 s."""
+    return max(heartbeat_seconds * missed, 6.0)
 
 
 async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     """Start gRPC and monitors; return a coroutine function that stops them."""
     s = svc.settings
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
     capture = file_capture(s.grpc_capture_path) if s.grpc_capture_path else None
     if capture is not None:
         log.warning("XDP_GRPC_CAPTURE is set: every gRPC request is recorded to a file (tests only)")
@@ -33,18 +46,31 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
 
     await asyncio.to_thread(recover_interrupted_jobs, svc)
 
+    window = offline_window(s.heartbeat_seconds, s.offline_after_missed)
+
     async def monitor() -> None:
-        # A node is offline after `offline_after_missed` heartbeats that did not arrive.
+        # A node is offline once it has been silent for `window` seconds of gateway time during
+        # which the gateway itself was listening. If this loop was blocked (its tick came late),
+        # the nodes' heartbeats could not be heard: they get a full window again.
+        tick = max(s.heartbeat_seconds / 2, 0.2)
+        last, grace_until = time.monotonic(), 0.0
         while True:
-            await asyncio.sleep(max(s.heartbeat_seconds / 2, 0.2))
-            # At least 6 s: a node busy importing torch or planning DP-SGD can hold the GIL for a
-            # couple of seconds, starving its heartbeat thread; that is not a drop-out.
-            cutoff = time.time() - max(s.heartbeat_seconds * s.offline_after_missed, 6.0)
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            lag, last = now - last - tick, now
+            if lag > LOOP_LAG_GRACE_SECONDS:
+                log.warning("gateway event loop was blocked for %.1fs; not judging node liveness for %.0fs",
+                            lag, window)
+                grace_until = now + window
+            if now < grace_until:
+                continue
             try:
-                gone = await asyncio.to_thread(svc.store.mark_offline_stale, cutoff)
+                gone = svc.hub.silent_for(window)
+                if gone:
+                    await asyncio.to_thread(svc.store.mark_offline, gone)
                 for node_id in gone:
-                    log.info("node %s marked offline", node_id)
-                    svc.hub.fail_node(node_id, "went offline")
+                    log.info("node %s marked offline (silent for %.0fs)", node_id, window)
+                    svc.hub.went_offline(node_id)
             except Exception:
                 log.exception("liveness monitor")
 

@@ -29,9 +29,13 @@ class SecureSumResult:
     survivors: list[str]                   # node ids whose input is in the total (U3)
     first_replies: dict[str, dict[str, Any]] = field(default_factory=dict)  # round-0 headers
     dropped: dict[str, str] = field(default_factory=dict)   # node id -> phase where it dropped
+    refused: dict[str, str] = field(default_factory=dict)   # node id -> its error, if it answered round 0 with one
 
 
-async def _gather(hub: TaskHub, tasks: dict[str, Task], timeout: float) -> dict[str, Reply]:
+async def _gather(hub: TaskHub, tasks: dict[str, Task], timeout: float,
+                  errors: dict[str, str] | None = None) -> dict[str, Reply]:
+    """Each node's answer to its task; silent nodes are absent, failed ones land in ``errors``."""
+
     async def one(node: str, task: Task) -> tuple[str, Reply | None]:
         try:
             r = await hub.call(node, task, timeout)
@@ -39,6 +43,8 @@ async def _gather(hub: TaskHub, tasks: dict[str, Task], timeout: float) -> dict[
             return node, None
         if not r.ok:
             log.warning("node %s failed %s: %s", node, task.kind, r.error)
+            if errors is not None:
+                errors[node] = r.error
             return node, None
         return node, r
 
@@ -83,7 +89,8 @@ async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: l
         t = begin(node)
         t.header["secagg"] = sconf
         tasks[node] = t
-    replies = await _gather(hub, tasks, begin_timeout)
+    refused: dict[str, str] = {}
+    replies = await _gather(hub, tasks, begin_timeout, refused)
     first = {node: r.header for node, r in replies.items()}
     feed(replies, participants, "advertise_keys")
     server.close_advertise_keys()
@@ -104,6 +111,7 @@ async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: l
     replies = await _gather(hub, {u: Task("secagg_unmask", job_id, {"session_id": session_id},
                                           {"secagg": request.encode()}) for u in u3}, round_timeout)
     feed(replies, u3, "unmask")
-    total = server.close_unmask()
+    # Shamir reconstruction and mask expansion are CPU work: off the event loop.
+    total = await asyncio.to_thread(server.close_unmask)
     return SecureSumResult(total=total, survivors=u3, first_replies={k: v for k, v in first.items() if k in u3},
-                           dropped=dropped)
+                           dropped=dropped, refused=refused)

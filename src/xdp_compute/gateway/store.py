@@ -227,6 +227,12 @@ class Store:
             n.online, n.last_seen = True, time.time()
             return True
 
+    def mark_offline(self, node_ids: list[str]) -> None:
+        """Mark these nodes offline (the gateway's liveness monitor decided they are gone)."""
+        with self.write() as s:
+            for n in s.scalars(select(m.Node).where(m.Node.id.in_(node_ids))).all():
+                n.online = False
+
     def mark_offline_stale(self, older_than: float) -> list[str]:
         with self.write() as s:
             stale = s.scalars(select(m.Node).where(m.Node.online.is_(True), m.Node.last_seen < older_than)).all()

@@ -175,7 +175,7 @@ def _load_job(svc: Services, job_id: str) -> m.Job:
 
 async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalView, spec_dict: dict[str, Any],
                  delta: float, parts: list[dict[str, Any]], plan: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
-    from xdp_compute.training.zoo import describe_model, init_params
+    from xdp_compute.training.architecture import describe_model, init_params
 
     started = time.time()
     hub, settings = svc.hub, svc.settings
@@ -195,12 +195,21 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
         except NodeDropped:
             return None
 
-    prepared = await asyncio.gather(*(call(n, Task("train_prepare", job_id, dict(header)), settings.round_timeout_seconds * 6)
-                                      for n in names))
-    next_cost = {n: r.header["next_cost"] for n, r in zip(names, prepared, strict=True) if r is not None}
-    active = list(next_cost)
+    prepare_header = dict(header)
+    next_cost: dict[str, float | None] = {}  # node -> what its next round adds to its accountant
+
+    async def prepare(nodes: list[str], timeout: float) -> None:
+        replies = await asyncio.gather(*(call(n, Task("train_prepare", job_id, dict(prepare_header)), timeout)
+                                         for n in nodes))
+        for n, r in zip(nodes, replies, strict=True):
+            if r is not None:
+                next_cost[n] = r.header["next_cost"]
+
+    await prepare(list(names), settings.round_timeout_seconds * 6)
     global_flat = init_params(spec_dict, n_features, n_classes)
     eps_node = {n: 0.0 for n in names}
+    delta_paid: set[str] = set()   # nodes whose ledger already holds the job's delta
+    refused: set[str] = set()      # nodes that answered a round with an error: out of this job
     rounds_log: list[dict[str, Any]] = []
     # Tail averaging (post-processing, free of privacy cost): the released model is the mean of the
     # global models of the second half of the rounds, which damps the DP noise of single rounds.
@@ -208,14 +217,20 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
     tail_sum, tail_n = np.zeros_like(global_flat), 0
     stop_reason = None
     for rnd in range(1, int(spec_dict["rounds"]) + 1):
-        online = {p["node_id"] for p in qs.lookup(spec_dict["dataset"]) if p["online"]}
-        active = [n for n in active if n in online and next_cost.get(n) is not None]
+        online = {p["node_id"] for p in await asyncio.to_thread(qs.lookup, spec_dict["dataset"]) if p["online"]}
+        # A node that missed earlier rounds (slow, or briefly away) rejoins as soon as it is back
+        # online; one that was never prepared gets another chance to prepare first.
+        late = [n for n in names if n in online and n not in next_cost and n not in refused]
+        if late:
+            await prepare(late, settings.round_timeout_seconds * 3)
+        active = [n for n in names if n in online and n not in refused and next_cost.get(n) is not None]
         if len(active) < 2 and len(names) >= 2:
             stop_reason = f"round {rnd}: fewer than 2 nodes available"
             break
+        round_delta = {n: (0.0 if n in delta_paid else delta) for n in active}
         try:
-            await asyncio.to_thread(_reserve_round, svc, job_id, who, [(ledger[n], next_cost[n]) for n in active],
-                                    delta if rnd == 1 else 0.0)
+            await asyncio.to_thread(_reserve_round, svc, job_id, who,
+                                    [(ledger[n], float(next_cost[n] or 0.0), round_delta[n]) for n in active])
         except BudgetExhausted as e:
             stop_reason = f"round {rnd}: {e.detail}"
             break
@@ -233,10 +248,17 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
             await asyncio.to_thread(_settle, svc, job_id, {})
             stop_reason = f"round {rnd}: {e.detail}"
             break
-        charges = {ledger[n]: (float(res.first_replies[n]["epsilon_round"]), delta if rnd == 1 else 0.0)
+        charges = {ledger[n]: (float(res.first_replies[n]["epsilon_round"]), round_delta[n])
                    for n in res.survivors}
         for n in active:
-            charges.setdefault(ledger[n], (0.0, 0.0))  # dropped this round: nothing of it was released
+            # A node that dropped out may still have run the round (its accountant moved on while
+            # its answer was lost): charge what was reserved for it — exactly that round's cost if
+            # it ran, an over-charge if it did not — so a ledger never holds less than its
+            # node's accountant. Later rounds cost no more than earlier ones (RDP epsilon is
+            # concave in the number of steps), so its old next_cost still covers its next round.
+            charges.setdefault(ledger[n], (float(next_cost[n] or 0.0), round_delta[n]))
+        delta_paid.update(active)
+        refused.update(res.refused)
         await asyncio.to_thread(_settle, svc, job_id, charges)
         totals = fp_decode(res.total, UPDATE_FRAC_BITS)
         from xdp_compute.training.federated import fedavg_from_sums
@@ -244,8 +266,9 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
         global_flat = fedavg_from_sums(global_flat, totals[:-1], float(totals[-1]))
         if rnd >= tail_from:
             tail_sum, tail_n = tail_sum + global_flat, tail_n + 1
+        for n in active:
+            eps_node[n] += charges[ledger[n]][0]  # what its ledger was charged, summed over rounds
         for n in res.survivors:
-            eps_node[n] = float(res.first_replies[n]["epsilon"])
             next_cost[n] = res.first_replies[n].get("next_cost")
         ms = [res.first_replies[n].get("metrics") or {} for n in res.survivors]
         count = sum(x.get("count", 0) for x in ms)
@@ -253,15 +276,16 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
                          "loss": (sum(x.get("loss_sum", 0) for x in ms) / count) if count > 0 else None})
         rounds_log.append({"round": rnd, "nodes": sorted(names[n] for n in res.survivors),
                            "missing": sorted(names[n] for n in names if n not in res.survivors)})
-        active = [n for n in active if n in res.survivors]
     if tail_n:
         global_flat = tail_sum / tail_n
     if not rounds_log:
         await asyncio.to_thread(svc.gate.refuse, job_id, who.name, outcome, FAILED,
                                 f"no training round completed ({stop_reason})", refund=True)
         raise ProtocolAborted(f"no training round completed: {stop_reason}")
+    in_job = [n for n in names if n in next_cost and n not in refused]
     evals = await asyncio.gather(*(call(n, Task("train_eval", job_id, {}, {"global": global_flat.astype("<f8").tobytes()}),
-                                        settings.round_timeout_seconds * 3) for n in names))
+                                        settings.round_timeout_seconds * 3) if n in in_job else _absent()
+                                   for n in names))
     per_node = {}
     for n, r in zip(names, evals, strict=True):
         mt = (r.header.get("metrics") if r is not None else None) or {}
@@ -298,6 +322,10 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
     return await qs.release(job_id, who.name, outcome, started)
 
 
+async def _absent() -> None:
+    return None
+
+
 def _warn(node: str, kind: str, error: str) -> None:
     log.warning("node %s failed %s: %s", node, kind, error)
 
@@ -310,11 +338,12 @@ def _recheck(qs: QueryService, who: PrincipalView, spec: dict[str, Any], parts: 
     return [d.to_dict() for d in ds if d.rule not in ("budget", "epsilon_cap")]
 
 
-def _reserve_round(svc: Services, job_id: str, who: PrincipalView, costs: list[tuple[int, float]],
-                   delta: float) -> None:
+def _reserve_round(svc: Services, job_id: str, who: PrincipalView, costs: list[tuple[int, float, float]]) -> None:
+    """Hold each node's (epsilon, delta) for the round on its ledger; the analyst's row holds the largest."""
     with svc.store.write() as s:
-        holds = [ReservationRequest(lid, max(c, 0.0), delta) for lid, c in costs]
-        svc.store.reserve(s, job_id, who.id, holds, max((c for _, c in costs), default=0.0), delta)
+        holds = [ReservationRequest(lid, max(c, 0.0), d) for lid, c, d in costs]
+        svc.store.reserve(s, job_id, who.id, holds, max((c for _, c, _ in costs), default=0.0),
+                          max((d for _, _, d in costs), default=0.0))
 
 
 def _settle(svc: Services, job_id: str, charges: dict[int, tuple[float, float]]) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,8 @@ import grpc
 
 from xdp_compute.domain.manifest import Manifest
 from xdp_compute.errors import XdpError
-from xdp_compute.node.executors import TaskExecutor, TaskOutcome
+from xdp_compute.node.executors import TaskOutcome
+from xdp_compute.node.worker import TaskWorker, WorkerOptions
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
 
@@ -47,18 +49,36 @@ class Session:
 
 
 class NodeAgent:
+    """The node's I/O: session, heartbeat, long poll and results; task work runs in a TaskWorker.
+
+    Liveness tells busy from dead: the heartbeat has its own thread in a process that does no
+    task work, so no task can starve it; a heartbeat that fails (the gateway was briefly slow) is
+    retried until the gateway's offline window has passed, not taken as a lost session; and a
+    result finished while the node re-registered is still delivered, under the new session.
+    """
+
     def __init__(self, gateway: str, token: str, manifest: Manifest, *, workers: int = 4,
-                 pull_wait: float = 10.0) -> None:
+                 pull_wait: float = 10.0, options: WorkerOptions | None = None) -> None:
         self.gateway, self.manifest, self.pull_wait = gateway, manifest, pull_wait
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self.executor = TaskExecutor(manifest)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self.options = options or WorkerOptions(concurrency=workers)
+        self._worker: TaskWorker | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(self.options.concurrency, 1) * 2,
+                                        thread_name_prefix="task")
         self.stop_event = threading.Event()
         self._session: Session | None = None
+        self._stub: pb_grpc.NodeServiceStub | None = None
+        self._connected = threading.Condition()
         self._channel: grpc.Channel | None = None
         self._fault = os.environ.get("XDP_NODE_FAULT")  # test-only fault injection: exit on this task kind
         if self._fault:
             log.warning("XDP_NODE_FAULT=%s is set: this node exits on that task (tests only)", self._fault)
+
+    @property
+    def worker(self) -> TaskWorker:
+        if self._worker is None:
+            self._worker = TaskWorker(self.manifest, self.options)
+        return self._worker
 
     # ------------------------------------------------------------------ plumbing
     def _declarations(self) -> str:
@@ -72,6 +92,10 @@ class NodeAgent:
         return Session(resp.node_id, resp.session_id, resp.heartbeat_seconds or 2.0)
 
     def _heartbeat_loop(self, stub: pb_grpc.NodeServiceStub, session: Session, lost: threading.Event) -> None:
+        # The gateway marks a node offline after max(3 heartbeats, 6 s) of silence; until that much
+        # time has passed without one answered heartbeat, a failure is a slow gateway, not a loss.
+        window = max(3 * session.heartbeat_seconds, 6.0)
+        last_ok = time.monotonic()
         while not self.stop_event.is_set() and not lost.is_set():
             try:
                 r = stub.Heartbeat(pb.HeartbeatRequest(node_id=session.node_id, session_id=session.session_id),
@@ -79,37 +103,76 @@ class NodeAgent:
                 if not r.known:
                     lost.set()
                     return
-            except grpc.RpcError:
-                lost.set()
-                return
+                last_ok = time.monotonic()
+            except grpc.RpcError as e:
+                if self.stop_event.is_set():
+                    return
+                if time.monotonic() - last_ok > window:
+                    log.warning("no heartbeat answered for %.0fs (%s)", time.monotonic() - last_ok,
+                                e.code() if hasattr(e, "code") else e)
+                    lost.set()
+                    return
+            except ValueError:
+                return  # the channel was closed under us (reconnect or stop)
             self.stop_event.wait(session.heartbeat_seconds)
 
-    def _submit(self, stub: pb_grpc.NodeServiceStub, session: Session, task: pb.Task) -> None:
+    def _current(self, timeout: float) -> tuple[pb_grpc.NodeServiceStub, Session] | None:
+        """The stub and session in use now, waiting up to ``timeout`` while the node reconnects."""
+        deadline = time.monotonic() + timeout
+        with self._connected:
+            while (self._stub is None or self._session is None) and not self.stop_event.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._connected.wait(min(left, 0.5))
+            if self._stub is None or self._session is None:
+                return None
+            return self._stub, self._session
+
+    def _submit(self, task: pb.Task, node_id: str) -> None:
+        if self._fault and task.kind == self._fault:
+            log.error("fault injection: exiting on %s", task.kind)
+            os._exit(17)
         try:
-            if self._fault and task.kind == self._fault:
-                log.error("fault injection: exiting on %s", task.kind)
-                os._exit(17)
             header = json.loads(task.header_json or "{}")
-            out: TaskOutcome = self.executor.handle(task.kind, task.job_id, header, dict(task.blobs))
-        except XdpError as e:
-            out = TaskOutcome(ok=False, error=e.detail)
-        except Exception as e:
-            log.exception("task %s failed", task.kind)
-            out = TaskOutcome(ok=False, error=f"{type(e).__name__} while running {task.kind}")
-        try:
-            stub.SubmitResult(pb.TaskResult(node_id=session.node_id, session_id=session.session_id,
-                                            task_id=task.task_id, ok=out.ok, error=out.error,
-                                            header_json=json.dumps(out.header), blobs=out.blobs),
-                              metadata=self._metadata, timeout=60)
-        except grpc.RpcError as e:
-            log.warning("could not submit result of %s: %s", task.kind, e.code())
+        except ValueError:
+            header = None
+        if isinstance(header, dict):
+            out = self.worker.run(node_id, task.kind, task.job_id, header, dict(task.blobs))
+        else:
+            out = TaskOutcome(ok=False, error=f"malformed header in {task.kind} task")
+        self._deliver(task, out)
+
+    def _deliver(self, task: pb.Task, out: TaskOutcome, patience: float = 60.0) -> None:
+        """Send a result, retrying through reconnects: the work is done, do not lose it."""
+        deadline = time.monotonic() + patience
+        while not self.stop_event.is_set():
+            cur = self._current(max(deadline - time.monotonic(), 0.0))
+            if cur is None:
+                break
+            stub, session = cur
+            try:
+                stub.SubmitResult(pb.TaskResult(node_id=session.node_id, session_id=session.session_id,
+                                                task_id=task.task_id, ok=out.ok, error=out.error,
+                                                header_json=json.dumps(out.header), blobs=out.blobs),
+                                  metadata=self._metadata, timeout=60)
+                return
+            except (grpc.RpcError, ValueError) as e:
+                code = e.code() if isinstance(e, grpc.RpcError) and hasattr(e, "code") else type(e).__name__
+                if time.monotonic() >= deadline:
+                    log.warning("could not submit result of %s: %s", task.kind, code)
+                    return
+                self.stop_event.wait(0.5)
+        log.warning("gave up submitting the result of %s", task.kind)
 
     def _serve(self, stub: pb_grpc.NodeServiceStub) -> None:
         session = self._register(stub)
-        self._session = session
-        self.executor.node_id = session.node_id
+        with self._connected:
+            self._session, self._stub = session, stub
+            self._connected.notify_all()
         lost = threading.Event()
-        hb = threading.Thread(target=self._heartbeat_loop, args=(stub, session, lost), daemon=True)
+        hb = threading.Thread(target=self._heartbeat_loop, args=(stub, session, lost), daemon=True,
+                              name="heartbeat")
         hb.start()
         while not self.stop_event.is_set():
             if lost.is_set():
@@ -120,7 +183,7 @@ class NodeAgent:
             if not resp.known:
                 raise _Reconnect("gateway no longer knows this session")
             if resp.has_task:
-                self._pool.submit(self._submit, stub, session, resp.task)
+                self._pool.submit(self._submit, resp.task, session.node_id)
 
     def stop(self) -> None:
         """Stop serving now: cancels the pending long poll by closing the channel."""
@@ -131,38 +194,52 @@ class NodeAgent:
 
     def run(self) -> None:
         """Serve until ``stop_event`` is set; raise NodeFatal if the gateway refuses this node."""
+        _ = self.worker  # start the task worker (and its preloading) before the first task arrives
         backoff = 0.5
-        while not self.stop_event.is_set():
-            channel = grpc.insecure_channel(self.gateway, options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.keepalive_time_ms", 20000)])
-            stub = pb_grpc.NodeServiceStub(channel)
-            self._channel = channel
-            self._session = None
-            try:
-                self._serve(stub)
-            except grpc.RpcError as e:
-                if self.stop_event.is_set():
-                    break
-                code = e.code() if hasattr(e, "code") else None
-                if code in _FATAL:
-                    detail = e.details() if hasattr(e, "details") else str(e)
-                    raise NodeFatal(f"gateway refused node {self.manifest.node_name!r}: {detail}") from None
-                log.warning("gateway unreachable (%s); retrying in %.1fs", code, backoff)
-            except _Reconnect as e:
-                log.warning("%s; registering again", e)
-                backoff = 0.5
-            except (ValueError, RuntimeError):
-                if self.stop_event.is_set():
-                    break  # the channel was closed under us by stop()
-                raise
-            finally:
-                channel.close()
-            if self._session is not None:
-                backoff = 0.5  # we were connected: start the back-off afresh
-            self.stop_event.wait(backoff)
-            backoff = min(backoff * 2, 10.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            while not self.stop_event.is_set():
+                connected = self._connect_once()
+                if connected:
+                    backoff = 0.5  # we were connected: start the back-off afresh
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._worker is not None:
+                self._worker.close()
+
+    def _connect_once(self) -> bool:
+        """One session: register, serve until it ends; True if the gateway accepted us."""
+        channel = grpc.insecure_channel(self.gateway, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", 20000)])
+        stub = pb_grpc.NodeServiceStub(channel)
+        self._channel = channel
+        with self._connected:
+            self._session, self._stub = None, None
+        registered = False
+        try:
+            self._serve(stub)
+        except grpc.RpcError as e:
+            if self.stop_event.is_set():
+                return True
+            registered = self._session is not None
+            code = e.code() if hasattr(e, "code") else None
+            if code in _FATAL:
+                detail = e.details() if hasattr(e, "details") else str(e)
+                raise NodeFatal(f"gateway refused node {self.manifest.node_name!r}: {detail}") from None
+            log.warning("gateway unreachable (%s); retrying", code)
+        except _Reconnect as e:
+            registered = True
+            log.warning("%s; registering again", e)
+        except (ValueError, RuntimeError):
+            if not self.stop_event.is_set():
+                raise  # otherwise the channel was closed under us by stop()
+        finally:
+            with self._connected:
+                self._session, self._stub = None, None
+            channel.close()
+        return registered
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:

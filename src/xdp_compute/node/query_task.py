@@ -83,6 +83,9 @@ def local_noisy_vector(executor: Any, job_id: str, header: dict[str, Any]) -> tu
     delay = float(os.environ.get("XDP_TEST_NODE_DELAY", "0"))  # test-only: a slow node
     if delay:
         time.sleep(delay)
+    busy = int(os.environ.get("XDP_TEST_NODE_BUSY", "0"))  # test-only: a node whose task holds the GIL
+    if busy:
+        sum(range(busy))  # one C call: no other thread of this process runs until it returns
     return plan, add_noise(vec, plan, parse_sigmas(header.get("sigma_node2")),
                            noise_source(executor.manifest.node_name))
 

@@ -46,6 +46,7 @@ class TrainState:
     target: float
     last_used: float
     eval_used: float = 0.0
+    next_cost: float | None = None  # what the next round adds to this node's epsilon (None: plan done)
 
 
 def holdout_seed(dataset: str, node_name: str) -> int:
@@ -141,6 +142,13 @@ def prepare(executor: Any, job_id: str, header: dict[str, Any]) -> dict[str, Any
     from xdp_compute.training.local import epsilon_for_history
 
     spec = TrainingSpec.from_dict(header.get("spec") or {})
+    with _jobs_lock:
+        known = executor.state.get("train", {}).get(job_id)
+    if known is not None:
+        # Asked again (our first answer was lost, or we were away): keep the state we have, so
+        # the count noise is drawn once and the accountant keeps its history.
+        known.last_used = time.time()
+        return {"next_cost": known.next_cost, "delta": known.delta, "rounds_planned": known.spec.rounds}
     ds = executor.manifest.dataset(spec.dataset)
     if ds is None:
         raise BadRequest(f"this node does not hold dataset {spec.dataset!r}")
@@ -163,14 +171,15 @@ def prepare(executor: Any, job_id: str, header: dict[str, Any]) -> dict[str, Any
     noisy = float(len(tr) + sigma_c * float(torch.randn((), generator=gen)))
     ts = TrainState(spec, trainer, enc.X[tr], enc.y[tr], enc.X[ho], enc.y[ho], None, sigma_c, noisy, delta,
                     target, time.time())
+    # The first round also releases the noisy count: its cost is in the first charge.
+    first = float(epsilon_for_history([(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round),
+                                       (sigma_c, 1.0, 1)], delta))
+    ts.next_cost = first
     with _jobs_lock:
         jobs = executor.state.setdefault("train", {})
         for old in [k for k, v in jobs.items() if time.time() - v.last_used > 3600]:
             del jobs[old]
         jobs[job_id] = ts
-    # The first round also releases the noisy count: its cost is in the first charge.
-    first = float(epsilon_for_history([(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round),
-                                       (sigma_c, 1.0, 1)], delta))
     return {"next_cost": first, "delta": delta, "rounds_planned": spec.rounds}
 
 
@@ -239,6 +248,7 @@ def train_begin(executor: Any, job_id: str, header: dict[str, Any], blobs: dict[
                                                           plan.steps_per_round)], ts.delta)) - after
     except BudgetExhausted:
         nxt = None  # the planned rounds are done
+    ts.next_cost = nxt
     return vec, {"epsilon": after, "epsilon_round": after - before, "steps": res.steps, "next_cost": nxt,
                  "metrics": metrics}
 

@@ -1,6 +1,6 @@
 """Differentially private federated training: spec, features, zoo, local DP-SGD round, FedAvg.
 
-``spec``, ``features`` and ``federated`` need only numpy, so the gateway can validate specs and
+``spec``, ``features``, ``architecture`` and ``federated`` need only numpy, so the gateway can validate specs and
 average updates without torch. ``zoo`` and ``local`` need torch and opacus (the ``train`` extra);
 their names are imported lazily on first use.
 """
@@ -22,11 +22,11 @@ from xdp_compute.training.spec import MODELS, LabelInfo, TrainingSpec, count_par
 
 _LAZY = {
     "build_model": "zoo",
-    "describe_model": "zoo",
+    "describe_model": "architecture",
     "flatten_params": "zoo",
-    "init_params": "zoo",
+    "init_params": "architecture",
     "load_flat_params": "zoo",
-    "loss_kind": "zoo",
+    "loss_kind": "architecture",
     "model_from_state": "zoo",
     "predict": "zoo",
     "EvalSums": "local",

@@ -18,8 +18,6 @@ Flat parameter vectors (what nodes send and the gateway averages) are ``float64`
 from __future__ import annotations
 
 import itertools
-import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,30 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from xdp_compute.errors import InvalidSpec
+from xdp_compute.training.architecture import (
+    LOSS_BCE,
+    LOSS_CE,
+    LOSS_MSE,
+    check_dims,
+    describe_model,
+    init_params,
+    loss_kind,
+)
 from xdp_compute.training.spec import TrainingSpec, layer_sizes, spec_from_any
-
-LOSS_BCE, LOSS_CE, LOSS_MSE = "bce", "ce", "mse"
-
-
-def loss_kind(spec: TrainingSpec | Mapping[str, Any], n_classes: int) -> str:
-    """The training loss of a zoo model: "bce" (logreg), "ce" (softmax / mlp classes), "mse"."""
-    s = spec_from_any(spec)
-    if s.model == "logreg":
-        return LOSS_BCE
-    if s.model == "softmax":
-        return LOSS_CE
-    if s.model == "linreg":
-        return LOSS_MSE
-    return LOSS_CE if n_classes >= 2 else LOSS_MSE
-
-
-def _check_dims(s: TrainingSpec, n_features: int, n_classes: int) -> None:
-    if not isinstance(n_features, int) or n_features < 1:
-        raise InvalidSpec(f"n_features must be a positive integer, got {n_features!r}", field="features")
-    if s.model == "softmax" and n_classes < 2:
-        raise InvalidSpec("softmax needs at least 2 classes", field="label")
-    if s.model == "logreg" and n_classes not in (0, 2):
-        raise InvalidSpec("logreg is binary: n_classes must be 2", field="label")
 
 
 def build_model(spec: TrainingSpec | Mapping[str, Any], n_features: int, n_classes: int) -> nn.Sequential:
@@ -61,7 +45,7 @@ def build_model(spec: TrainingSpec | Mapping[str, Any], n_features: int, n_class
     ``n_classes`` is the number of label classes (2 for a binary label), 0 for regression.
     """
     s = spec_from_any(spec)
-    _check_dims(s, n_features, n_classes)
+    check_dims(s, n_features, n_classes)
     sizes = layer_sizes(s, n_features, n_classes)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -100,32 +84,6 @@ def load_flat_params(model: nn.Module, vec: np.ndarray | Sequence[float]) -> Non
             k = p.numel()
             p.copy_(torch.from_numpy(flat[offset : offset + k]).reshape(p.shape).to(p.dtype))
             offset += k
-
-
-def init_params(
-    spec: TrainingSpec | Mapping[str, Any], n_features: int, n_classes: int, *, seed: int | None = None
-) -> np.ndarray:
-    """Initial global parameters, made once by the gateway and sent to every node.
-
-    Linear models (logreg, softmax, linreg) start at zero (their loss is convex, and zero is a
-    deterministic, data-free start). An mlp needs symmetry breaking: each layer is drawn
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) like torch's default ``nn.Linear`` init, from a generator
-    seeded from ``os.urandom`` unless ``seed`` is given (tests). No data is involved.
-    """
-    s = spec_from_any(spec)
-    model = build_model(s, n_features, n_classes)
-    if s.model != "mlp":
-        return np.zeros(n_params(model), dtype=np.float64)
-    gen = torch.Generator().manual_seed(
-        seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    )
-    with torch.no_grad():
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                bound = 1.0 / math.sqrt(layer.in_features)
-                layer.weight.uniform_(-bound, bound, generator=gen)
-                layer.bias.uniform_(-bound, bound, generator=gen)
-    return flatten_params(model)
 
 
 def per_sample_loss(output: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -177,51 +135,6 @@ def predict(
         if label_lo is not None and label_hi is not None:
             pred = label_lo + pred * (label_hi - label_lo)
         return pred
-
-
-def describe_model(
-    spec: TrainingSpec | Mapping[str, Any],
-    n_features: int,
-    n_classes: int,
-    *,
-    feature_names: Sequence[str] | None = None,
-    label: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Architecture description for the model card (JSON-friendly).
-
-    Holds everything ``model_from_state`` and a reader need: model name, layer list, output
-    link, loss, parameter count and order, input encoding, and the label's classes/bounds
-    (pass ``LabelInfo.to_dict()`` as ``label``).
-    """
-    s = spec_from_any(spec)
-    sizes = layer_sizes(s, n_features, n_classes)
-    layers: list[dict[str, Any]] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append({"type": "linear", "in": a, "out": b})
-        if i < len(sizes) - 2:
-            layers.append({"type": "relu"})
-    kind = loss_kind(s, n_classes)
-    link = {
-        LOSS_BCE: "sigmoid",
-        LOSS_CE: "softmax",
-        LOSS_MSE: "identity (label scaled to [0,1] by declared bounds)",
-    }
-    return {
-        "model": s.model,
-        "n_features": n_features,
-        "n_classes": n_classes,
-        "layers": layers,
-        "output": link[kind],
-        "loss": {LOSS_BCE: "binary cross-entropy", LOSS_CE: "cross-entropy", LOSS_MSE: "half squared error"}[
-            kind
-        ],
-        "n_params": sum((a + 1) * b for a, b in itertools.pairwise(sizes)),
-        "param_order": "per linear layer: weight (out x in, row-major) then bias",
-        "input_encoding": "numeric scaled to [0,1] by declared min/max and clipped; bool 0/1; "
-        "category one-hot over declared values (unknown -> zeros); missing numeric/bool -> 0.5",
-        "feature_names": list(feature_names) if feature_names is not None else None,
-        "label": dict(label) if label is not None else None,
-    }
 
 
 __all__ = [

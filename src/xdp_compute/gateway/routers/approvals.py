@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from xdp_compute.gateway import approvals
-from xdp_compute.gateway.deps import Holder, Svc
+from xdp_compute.gateway.deps import Holder, Svc, body_openapi, json_body
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 
@@ -29,6 +29,7 @@ async def approve(job_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
     return await approvals.approve(svc, who, job_id)
 
 
-@router.post("/{job_id}/deny")
-async def deny(job_id: str, body: DenyBody, svc: Svc, who: Holder) -> dict[str, Any]:
+@router.post("/{job_id}/deny", openapi_extra=body_openapi(DenyBody))
+async def deny(job_id: str, who: Holder, svc: Svc, body: Annotated[DenyBody, Depends(json_body(DenyBody))]
+               ) -> dict[str, Any]:
     return await approvals.deny(svc, who, job_id, body.reason)

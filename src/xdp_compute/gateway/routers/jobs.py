@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from xdp_compute.errors import NotFound
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway import training_service  # noqa: F401 - registers the approved-job runner
-from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc
+from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc, body_openapi, json_body
 from xdp_compute.gateway.query_service import QueryService
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -37,8 +37,9 @@ def service(svc: Svc) -> QueryService:
     return qs  # type: ignore[no-any-return]
 
 
-@router.post("/queries")
-async def submit_query(body: QueryBody, svc: Svc, who: Analyst) -> JSONResponse:
+@router.post("/queries", openapi_extra=body_openapi(QueryBody))
+async def submit_query(who: Analyst, svc: Svc, body: Annotated[QueryBody, Depends(json_body(QueryBody))]
+                       ) -> JSONResponse:
     """Run a federated DP SQL query; waits for the answer (or 202 when approval is required)."""
     status, out = await service(svc).submit(who, body.model_dump())
     return JSONResponse(out, status_code=status)
@@ -60,8 +61,9 @@ class ScoreBody(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
-@router.post("/scores")
-async def submit_score(body: ScoreBody, svc: Svc, who: Analyst) -> JSONResponse:
+@router.post("/scores", openapi_extra=body_openapi(ScoreBody))
+async def submit_score(who: Analyst, svc: Svc, body: Annotated[ScoreBody, Depends(json_body(ScoreBody))]
+                       ) -> JSONResponse:
     """CKKS encrypted scoring of a secret linear model; the answer is released as a ciphertext."""
     from xdp_compute.gateway.score_service import submit_score as run
 
@@ -87,8 +89,9 @@ class TrainBody(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
-@router.post("/trainings")
-async def submit_training(body: TrainBody, svc: Svc, who: Analyst) -> JSONResponse:
+@router.post("/trainings", openapi_extra=body_openapi(TrainBody))
+async def submit_training(who: Analyst, svc: Svc, body: Annotated[TrainBody, Depends(json_body(TrainBody))]
+                          ) -> JSONResponse:
     """Start DP federated training; poll GET /v1/jobs/{id} for progress and, once released, the model."""
     from xdp_compute.gateway.training_service import submit_training as run
 

@@ -1,0 +1,227 @@
+"""Task work in its own process, apart from the node's gRPC session and heartbeat.
+
+A node's tasks are CPU- and GIL-heavy (importing torch, DP-SGD, Paillier, CKKS). Run in the
+agent's process they starved its heartbeat thread, so a busy node looked dead to the gateway
+and lost its session (issue #9). The agent therefore keeps only I/O — register, heartbeat, long
+poll, submit — and hands every task to one worker process that owns the ``TaskExecutor`` and its
+job state (secure-aggregation sessions, training state between rounds). One process, not a pool:
+a job's rounds must find the state its earlier rounds left.
+
+If the worker dies (a crash in a native library, an out-of-memory kill), its pending tasks fail
+with a clear error, the agent starts a fresh worker, and the node's session is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from xdp_compute.domain.manifest import Manifest
+from xdp_compute.node.executors import TaskOutcome
+
+log = logging.getLogger("xdp.node.worker")
+
+# Modules a node needs for training; imported by the worker at start (when preloading) so the
+# first round does not pay for torch and Opacus.
+PRELOAD_MODULES = ("xdp_compute.training.local", "xdp_compute.node.train_task")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the task worker runs: compute threads per task library, concurrent tasks, preloading."""
+
+    threads: int = 1
+    concurrency: int = 4
+    preload: bool = True
+
+
+class WorkerLost(Exception):
+    """The task worker process ended while a task was pending."""
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that caps the native thread pools of numpy/torch at ``threads``."""
+    return {k: str(threads) for k in _THREAD_VARS}
+
+
+class TaskWorker:
+    """Runs tasks in a child process (spawned, never forked: the agent holds gRPC threads)."""
+
+    def __init__(self, manifest: Manifest, options: WorkerOptions | None = None) -> None:
+        self.manifest, self.options = manifest, options or WorkerOptions()
+        self._ctx = mp.get_context("spawn")
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, Future[TaskOutcome]] = {}
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self.restarts = 0
+        self._start()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update(thread_env(self.options.threads))  # inherited by the spawned child only
+        try:
+            proc = self._ctx.Process(target=_worker_main, args=(child, self.manifest, self.options),
+                                     name="xdp-task-worker", daemon=False)  # it may start helpers of its own
+            proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self._conn, self._proc = parent, proc
+        threading.Thread(target=self._read_loop, args=(parent, proc), name="task-worker-reader",
+                         daemon=True).start()
+
+    def _read_loop(self, conn: Connection, proc: Any) -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            ident, ok, header, blobs, error = msg
+            with self._lock:
+                fut = self._pending.pop(ident, None)
+            if fut is not None and not fut.done():
+                fut.set_result(TaskOutcome(ok=ok, header=header, blobs=blobs, error=error))
+        proc.join(timeout=5)
+        code = proc.exitcode
+        with self._lock:
+            lost, self._pending = self._pending, {}
+            closing = self._closing
+        for fut in lost.values():
+            if not fut.done():
+                fut.set_exception(WorkerLost(f"the node's task worker stopped (exit code {code})"))
+        if closing:
+            return
+        log.error("task worker exited with code %s; starting a new one (job state held by it is lost)", code)
+        self.restarts += 1
+        time.sleep(min(0.5 * self.restarts, 5.0))  # do not spin if it keeps dying
+        with self._lock:
+            if self._closing:
+                return
+        self._start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+        conn, proc = self._conn, self._proc
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError), self._send_lock:
+                conn.send(None)
+        if proc is not None:
+            proc.join(timeout=3)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=3)
+        if conn is not None:
+            conn.close()
+
+    # ------------------------------------------------------------------ calls
+    def submit(self, node_id: str, kind: str, job_id: str, header: dict[str, Any],
+               blobs: dict[str, bytes]) -> Future[TaskOutcome]:
+        """Hand a task to the worker; the future resolves with its outcome (or WorkerLost)."""
+        fut: Future[TaskOutcome] = Future()
+        ident = next(self._ids)
+        with self._lock:
+            conn = self._conn
+            self._pending[ident] = fut
+        try:
+            if conn is None:
+                raise OSError("no task worker")
+            with self._send_lock:
+                conn.send((ident, node_id, kind, job_id, header, blobs))
+        except (OSError, ValueError) as e:
+            with self._lock:
+                self._pending.pop(ident, None)
+            fut.set_exception(WorkerLost(f"could not hand the task to the worker: {type(e).__name__}"))
+        return fut
+
+    def run(self, node_id: str, kind: str, job_id: str, header: dict[str, Any],
+            blobs: dict[str, bytes]) -> TaskOutcome:
+        """Run one task and wait for its outcome; a lost worker becomes a failed outcome."""
+        try:
+            return self.submit(node_id, kind, job_id, header, blobs).result()
+        except WorkerLost as e:
+            return TaskOutcome(ok=False, error=str(e))
+
+
+# ---------------------------------------------------------------------- the child process
+def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from xdp_compute.errors import XdpError
+    from xdp_compute.node.executors import TaskExecutor
+
+    executor = TaskExecutor(manifest)
+    if options.preload:
+        threading.Thread(target=_preload, args=(options.threads,), name="preload", daemon=True).start()
+    else:
+        _limit_torch_threads_when_loaded(options.threads)
+    send_lock = threading.Lock()
+    pool = ThreadPoolExecutor(max_workers=max(options.concurrency, 1), thread_name_prefix="task")
+
+    def run(ident: int, node_id: str, kind: str, job_id: str, header: dict[str, Any],
+            blobs: dict[str, bytes]) -> None:
+        try:
+            executor.node_id = node_id
+            out = executor.handle(kind, job_id, header, blobs)
+        except XdpError as e:
+            out = TaskOutcome(ok=False, error=e.detail)
+        except Exception as e:
+            log.exception("task %s failed", kind)
+            out = TaskOutcome(ok=False, error=f"{type(e).__name__} while running {kind}")
+        try:
+            with send_lock:
+                conn.send((ident, out.ok, out.header, out.blobs, out.error))
+        except (OSError, ValueError):
+            pass  # the agent is gone; nobody to tell
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            break
+        if msg is None:
+            break
+        pool.submit(run, *msg)
+    pool.shutdown(wait=False, cancel_futures=True)
+    os._exit(0)  # do not wait for daemon helpers (obfuscator pools, preloading)
+
+
+def _preload(threads: int) -> None:
+    import importlib
+
+    started = time.time()
+    for name in PRELOAD_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # the 'train' extra is optional on a node
+            log.info("not preloading %s: %s", name, e)
+            return
+    _limit_torch_threads_when_loaded(threads)
+    log.info("training libraries loaded in %.1fs", time.time() - started)
+
+
+def _limit_torch_threads_when_loaded(threads: int) -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
