@@ -4,14 +4,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench protos lint smoke clean
+.PHONY: install demo test test-fast notebook bench protos lint smoke clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
 # torch first, exactly 2.13.0 (the CPU build on this machine's disk), then the package with extras.
 $(STAMP): pyproject.toml | $(PY)
+	@echo "==> installing torch 2.13.0 (CPU) into $(VENV) ..."
 	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
+	@echo "==> installing xdp-compute and its extras (he, train, postgres, dev) into $(VENV) ..."
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[he,train,postgres,dev]'
 	touch $(STAMP)
 
@@ -25,6 +27,11 @@ test: install
 
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# notebooks/walkthrough.ipynb top to bottom in a fresh venv kernel (its own local cluster unless
+# XDP_URL and XDP_TOKEN are set); fails with the failing cell's error.
+notebook: install
+	$(PY) scripts/run_notebook.py notebooks/walkthrough.ipynb
 
 bench: install
 	$(PY) benchmarks/bench_secagg.py
