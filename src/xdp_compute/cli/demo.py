@@ -64,6 +64,14 @@ def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | 
     """A gateway and the three hospitals' nodes; ``preload`` loads torch on each node at start."""
     cluster = LocalCluster(env=env or {}, preload=preload)
     console.print(f"  starting the gateway (REST {cluster.url}, gRPC {cluster.grpc_addr}) ...")
+    try:
+        return cluster, _populate(console, cluster, rows, approval_node)
+    except BaseException:
+        cluster.close()  # no orphaned gateway or node processes when start-up fails half-way
+        raise
+
+
+def _populate(console: Console, cluster: LocalCluster, rows: int, approval_node: str | None) -> dict[str, str]:
     cluster.start_gateway()
     tokens = {"admin": cluster.token("admin", "city-data-office"),
               "analyst": cluster.token("analyst", "health-bureau-analyst", region="CN-FJ"),
@@ -77,7 +85,7 @@ def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | 
         cluster.start_node(node, tokens[node], manifest)
     console.print(f"  started {len(HOSPITALS)} hospital nodes; waiting for them to dial in and register ...")
     cluster.wait_online(tokens["admin"], list(HOSPITALS.values()))
-    return cluster, tokens
+    return tokens
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:

@@ -85,6 +85,7 @@ def local_noisy_vector(executor: Any, job_id: str, header: dict[str, Any]) -> tu
         time.sleep(delay)
     busy = int(os.environ.get("XDP_TEST_NODE_BUSY", "0"))  # test-only: a node whose task holds the GIL
     if busy:
+        logging.getLogger("xdp.node").warning("XDP_TEST_NODE_BUSY is set: holding the GIL (tests only)")
         sum(range(busy))  # one C call: no other thread of this process runs until it returns
     return plan, add_noise(vec, plan, parse_sigmas(header.get("sigma_node2")),
                            noise_source(executor.manifest.node_name))

@@ -165,6 +165,12 @@ class TaskWorker:
 
 # ---------------------------------------------------------------------- the child process
 def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -> None:
+    import signal
+
+    # The agent owns shutdown: a signal to the node's process group stops the agent, which then
+    # closes this worker; if the agent dies outright, the pipe's EOF ends the worker.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xdp_compute.errors import XdpError
     from xdp_compute.node.executors import TaskExecutor
