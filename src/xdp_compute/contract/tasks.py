@@ -1,0 +1,322 @@
+"""Task records of the gateway–node contract, and their one wire encoding.
+
+Wire rules (both directions, both sides):
+- A task travels as ``(kind, header, blobs)``: ``kind`` names the request record; ``header`` is a
+  JSON object holding ``"v": CONTRACT_VERSION`` and exactly the record's non-binary fields;
+  ``blobs`` holds exactly its binary fields. A reply travels the same way, its record chosen by
+  the request's kind (``REPLY_OF``).
+- Decoding is strict: an unknown kind, an unknown or missing field, a wrong type (no ``true``
+  for a number, no ``"1"`` for an int), a non-finite float, another contract version — each is
+  refused with ``ContractError`` (a 400 that names the field), never guessed.
+- Noise variances travel as exact fractions in ``"p/q"`` text (``fraction_text``): the node adds
+  integer noise whose variance must be exactly what the plan says, with no float rounding.
+
+Records carry what a node must know to do its part and, later, to check it against its own
+policy (the privacy-hardening work builds on ``sigma_node2`` and ``epsilon_reserved`` here).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+
+from xdp_compute.errors import BadRequest
+
+CONTRACT_VERSION = 1
+_VERSION_KEY = "v"
+
+
+class ContractError(BadRequest):
+    """A task or reply that does not follow the contract (unknown kind, bad or missing field)."""
+
+    slug, title = "contract-violation", "Task contract violated"
+
+
+def parse_fraction(value: Any) -> Fraction:
+    """``"p/q"`` (or ``"p"``) -> Fraction; refuses floats, negative or zero denominators and junk."""
+    if isinstance(value, Fraction):
+        return value  # built in Python, not read from the wire
+    if not isinstance(value, str):
+        # pydantic turns only ValueError into a validation error
+        raise ValueError("a fraction travels as 'p/q' text")  # noqa: TRY004
+    num, sep, den = value.partition("/")
+    try:
+        p, q = int(num), int(den) if sep else 1
+    except ValueError:
+        raise ValueError(f"not a fraction: {value[:40]!r}") from None
+    if q <= 0:
+        raise ValueError("a fraction needs a positive denominator")
+    return Fraction(p, q)
+
+
+def fraction_text(f: Fraction) -> str:
+    """The one text form of an exact fraction on the wire."""
+    return f"{f.numerator}/{f.denominator}"
+
+
+ExactFraction = Annotated[Fraction, PlainValidator(parse_fraction), PlainSerializer(fraction_text)]
+
+
+class _Blob:
+    """Marks a bytes field that travels in ``blobs``, not in the JSON header."""
+
+
+Blob = Annotated[bytes, _Blob()]
+
+
+class Record(BaseModel):
+    """Base of every request and reply: frozen, strict, no extra fields, finite floats."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    KIND: ClassVar[str] = ""
+
+    @classmethod
+    def blob_fields(cls) -> tuple[str, ...]:
+        return tuple(n for n, f in cls.model_fields.items() if any(isinstance(m, _Blob) for m in f.metadata))
+
+
+# ---------------------------------------------------------------------- shared parts
+class SecAggSession(Record):
+    """A secure-aggregation session's configuration, sent with each job's round-0 task."""
+
+    session_id: str = Field(min_length=1, max_length=200)
+    participants: list[str] = Field(min_length=1)
+    vector_length: int = Field(ge=1)
+    threshold: int = Field(ge=1)
+    neighbours: int | None = None
+
+
+# ---------------------------------------------------------------------- requests
+class Validate(Record):
+    """Check the node's sources against its manifest (counts only)."""
+
+    KIND: ClassVar[str] = "validate"
+
+
+class QueryBegin(Record):
+    """Round 0 of a federated query: compute the plan's local vector, add the noise share, and
+    advertise secure-aggregation keys."""
+
+    KIND: ClassVar[str] = "query_begin"
+    plan: dict[str, Any]
+    sigma_node2: dict[str, ExactFraction]  # per measurement: this node's share of the noise variance
+    secagg: SecAggSession
+
+
+class TrainBegin(Record):
+    """Round 0 of one training round: DP-SGD from the global parameters; advertise keys."""
+
+    KIND: ClassVar[str] = "train_begin"
+    round: int = Field(ge=1)
+    epsilon_reserved: float = Field(ge=0)  # what the gateway reserved on this node's ledger for the round
+    params: Blob  # the global model, float64 little-endian
+    secagg: SecAggSession
+
+
+class SecAggStep(Record):
+    """Rounds 1, 2 and 4 of Bonawitz et al. 2017 (ShareKeys, MaskedInputCollection, Unmasking)."""
+
+    KIND: ClassVar[str] = "secagg_step"  # the concrete kinds are the three below
+    session_id: str = Field(min_length=1, max_length=200)
+    secagg: Blob
+
+
+class SecAggShareKeys(SecAggStep):
+    KIND: ClassVar[str] = "secagg_share_keys"
+
+
+class SecAggMaskedInput(SecAggStep):
+    KIND: ClassVar[str] = "secagg_masked_input"
+
+
+class SecAggUnmask(SecAggStep):
+    KIND: ClassVar[str] = "secagg_unmask"
+
+
+class HeQueryPartial(Record):
+    """Paillier encrypted delivery: the node's noisy partial vector, packed and encrypted."""
+
+    KIND: ClassVar[str] = "he_query_partial"
+    plan: dict[str, Any]
+    sigma_node2: dict[str, ExactFraction]
+    public_key: dict[str, Any]
+    scheme: dict[str, Any]
+
+
+class HeScorePartial(Record):
+    """CKKS scoring: the node's encrypted linear statistic over its filtered rows."""
+
+    KIND: ClassVar[str] = "he_score_partial"
+    plan: dict[str, Any]
+    sigma_node2: dict[str, ExactFraction]
+    score_frac_bits: int = Field(ge=0, le=40)
+    context: Blob
+    weights: Blob
+
+
+class TrainPrepare(Record):
+    """Load and encode the training rows, plan DP-SGD; answer with the first round's cost."""
+
+    KIND: ClassVar[str] = "train_prepare"
+    spec: dict[str, Any]
+    n_features: int = Field(ge=1)
+    n_classes: int = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
+    where_plan: dict[str, Any] | None = None
+
+
+class TrainEval(Record):
+    """Noisy held-out metrics of the final model; then the node forgets the job."""
+
+    KIND: ClassVar[str] = "train_eval"
+    params: Blob
+
+
+# ---------------------------------------------------------------------- replies
+class Validated(Record):
+    KIND: ClassVar[str] = "validate"
+    datasets: list[dict[str, Any]]
+    ok: bool
+
+
+class SecAggMessage(Record):
+    """A secure-aggregation message from the node (its reply to every SecAggStep)."""
+
+    KIND: ClassVar[str] = "secagg_step"
+    secagg: Blob
+
+
+class QueryBegun(SecAggMessage):
+    KIND: ClassVar[str] = "query_begin"
+
+
+class TrainRoundBegun(SecAggMessage):
+    KIND: ClassVar[str] = "train_begin"
+    epsilon: float = Field(ge=0)         # this node's accountant after the round
+    epsilon_round: float = Field(ge=0)   # what the round added
+    steps: int = Field(ge=0)
+    next_cost: float | None = None       # what the next round will add; None: the plan is done
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeQueryReply(Record):
+    KIND: ClassVar[str] = "he_query_partial"
+    ciphertext: Blob
+
+
+class HeScoreReply(Record):
+    KIND: ClassVar[str] = "he_score_partial"
+    scores: Blob
+
+
+class TrainPrepared(Record):
+    KIND: ClassVar[str] = "train_prepare"
+    next_cost: float | None
+    delta: float
+    rounds_planned: int
+
+
+class TrainEvaluated(Record):
+    KIND: ClassVar[str] = "train_eval"
+    metrics: dict[str, Any]
+    epsilon: float
+
+
+REQUESTS: dict[str, type[Record]] = {r.KIND: r for r in (
+    Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggUnmask, HeQueryPartial,
+    HeScorePartial, TrainPrepare, TrainEval)}
+REPLY_OF: dict[str, type[Record]] = {
+    "validate": Validated, "query_begin": QueryBegun, "train_begin": TrainRoundBegun,
+    "secagg_share_keys": SecAggMessage, "secagg_masked_input": SecAggMessage, "secagg_unmask": SecAggMessage,
+    "he_query_partial": HeQueryReply, "he_score_partial": HeScoreReply, "train_prepare": TrainPrepared,
+    "train_eval": TrainEvaluated}
+
+
+# ---------------------------------------------------------------------- wire encoding
+def encode(record: Record) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Record -> (JSON header with the contract version, blobs)."""
+    blobs_fields = record.blob_fields()
+    header = record.model_dump(mode="json", exclude=set(blobs_fields))
+    header[_VERSION_KEY] = CONTRACT_VERSION
+    return header, {name: bytes(getattr(record, name)) for name in blobs_fields}
+
+
+def _decode(cls: type[Record], kind: str, header: Any, blobs: Any) -> Record:
+    if not isinstance(header, dict):
+        raise ContractError(f"{kind}: the header must be a JSON object")
+    if header.get(_VERSION_KEY) != CONTRACT_VERSION:
+        raise ContractError(f"{kind}: contract version {header.get(_VERSION_KEY)!r}, this side speaks "
+                            f"{CONTRACT_VERSION}")
+    blob_names = set(cls.blob_fields())
+    blobs = dict(blobs or {})
+    unexpected = sorted(set(blobs) - blob_names)
+    if unexpected:
+        raise ContractError(f"{kind}: unexpected blob {unexpected[0]!r}")
+    fields = {k: v for k, v in header.items() if k != _VERSION_KEY}
+    clash = sorted(set(fields) & blob_names)
+    if clash:
+        raise ContractError(f"{kind}: {clash[0]!r} must travel as a blob")
+    for name in blob_names & set(blobs):
+        fields[name] = bytes(blobs[name])
+    try:
+        # Header values came out of JSON: validate them as JSON types, strictly.
+        return cls.model_validate(fields)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "header"
+        raise ContractError(f"{kind}: {where}: {err.get('msg', 'invalid')}") from None
+
+
+def decode_request(kind: str, header: Any, blobs: Any = None) -> Record:
+    """A task from the gateway -> its typed request (the node side)."""
+    cls = REQUESTS.get(kind)
+    if cls is None:
+        raise ContractError(f"unknown task kind {kind!r} (this node speaks contract v{CONTRACT_VERSION}: "
+                            f"{', '.join(sorted(REQUESTS))})")
+    return _decode(cls, kind, header, blobs)
+
+
+def decode_reply(kind: str, header: Any, blobs: Any = None) -> Record:
+    """A node's answer to a ``kind`` task -> its typed reply (the gateway side)."""
+    cls = REPLY_OF.get(kind)
+    if cls is None:
+        raise ContractError(f"no reply is defined for task kind {kind!r}")
+    return _decode(cls, kind, header, blobs)
+
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "REPLY_OF",
+    "REQUESTS",
+    "Blob",
+    "ContractError",
+    "ExactFraction",
+    "HeQueryPartial",
+    "HeQueryReply",
+    "HeScorePartial",
+    "HeScoreReply",
+    "QueryBegin",
+    "QueryBegun",
+    "Record",
+    "SecAggMaskedInput",
+    "SecAggMessage",
+    "SecAggSession",
+    "SecAggShareKeys",
+    "SecAggStep",
+    "SecAggUnmask",
+    "TrainBegin",
+    "TrainEval",
+    "TrainEvaluated",
+    "TrainPrepare",
+    "TrainPrepared",
+    "TrainRoundBegun",
+    "Validate",
+    "Validated",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "fraction_text",
+    "parse_fraction",
+]
