@@ -180,11 +180,91 @@ class _Findings:
             self.bad.append(bad_index)
 
 
-# -- the checks -----------------------------------------------------------------------------
+# -- the verifier ---------------------------------------------------------------------------
+
+
+def verify_log(
+    entries: Sequence[Mapping[str, Any]],
+    heads: Sequence[SignedTreeHead | Mapping[str, Any]],
+    public_key: bytes | str,
+    checkpoint: Mapping[str, Any] | None = None,
+    *,
+    require_every_size: bool = True,
+) -> VerifyReport:
+    """Verify a whole downloaded release log offline; never raises for a bad log.
+
+    ``entries`` are the log's entries in log order (leaf i = ``canonical_json(entries[i])``),
+    ``heads`` the published signed tree heads (objects or their JSON dicts; duplicates are
+    fine), ``public_key`` the log's published raw Ed25519 key (bytes or hex) and
+    ``checkpoint`` a dict from :func:`make_checkpoint` of an earlier run. With
+    ``require_every_size`` (the gateway's contract) a size 1..n without any head is a problem.
+    Cost: O(n log n) hashes and one signature check per distinct head.
+    """
+    # Every step records what it finds and goes on: the auditor gets every problem, in this order.
+    found = _Findings()
+    n = len(entries)
+    # 1. Keys: what do we trust? The checkpoint's pinned key, else the published one.
+    trusted, pinned = _check_signing_key(public_key, checkpoint, found)
+    # 2. Entries: the index sequence, then the RFC 9162 §2.1.1 tree recomputed from them.
+    sequence_intact = _check_index_sequence(entries, found)
+    tree = _recompute_tree(entries, found)
+    # 3. Heads: parse and deduplicate, check signatures against the trusted key (RFC 9162 §4.10).
+    unique = _parse_heads(heads, found)
+    verified = _check_head_signatures(unique, trusted, "pinned" if pinned is not None else "published", found)
+    _check_split_view(verified, found)
+    # 4. Every signed root must equal the recomputed root at its size (RFC 9162 §2.1.1).
+    _check_signed_roots(tree, n, verified, sequence_intact, found)
+    # 5. Coverage: the download must match what was signed.
+    _check_coverage(n, unique, verified, sequence_intact, require_every_size, found)
+    # 6. Checkpoint: the log must extend what we saw last time (RFC 9162 §2.1.4).
+    if pinned is not None:
+        _check_extends_checkpoint(tree, n, pinned, verified, found)
+
+    return VerifyReport(
+        ok=not found.problems,
+        tree_size=n,
+        root_hash=tree.root(),
+        problems=found.problems,
+        first_bad_index=min(found.bad) if found.bad else None,
+    )
+
+
+# -- its steps, in order --------------------------------------------------------------------
+
+
+def _check_signing_key(
+    public_key: bytes | str, checkpoint: Mapping[str, Any] | None, found: _Findings
+) -> tuple[bytes | None, _Checkpoint | None]:
+    """Step 1: decode the published key and the checkpoint; name a replaced signing key.
+
+    Returns ``(trusted, pinned)``: with a checkpoint its pinned key is the auditor's trust
+    anchor, whatever the log now publishes; without one the published key is trusted on first
+    use. ``trusted`` is None when no usable key is left (then no head can be verified).
+    """
+    published: bytes | None
+    try:
+        published = _decode_key(public_key, "the log's published public key")
+    except ProofError as exc:
+        found.add(exc.detail)
+        published = None
+    pinned: _Checkpoint | None = None
+    if checkpoint is not None:
+        try:
+            pinned = _parse_checkpoint(checkpoint)
+        except ProofError as exc:
+            found.add(f"checkpoint is malformed: {exc.detail}")
+    trusted = pinned.public_key if pinned is not None else published
+    if pinned is not None and published is not None and published != pinned.public_key:
+        found.add(
+            f"signing key replaced: the log now publishes key {key_id_for(published)[:16]}... "
+            f"but the checkpoint pinned key {pinned.key_id[:16]}...; "
+            "tree heads are checked against the pinned key"
+        )
+    return trusted, pinned
 
 
 def _check_index_sequence(entries: Sequence[Any], found: _Findings) -> bool:
-    """Entry at position p must carry ``index == p``; name deletions, duplicates, reorders.
+    """Step 2a: entry at position p must carry ``index == p``; name deletions, duplicates, reorders.
 
     Returns True when the sequence is intact (so a later root mismatch means an *edit*).
     """
@@ -251,49 +331,11 @@ def _check_index_sequence(entries: Sequence[Any], found: _Findings) -> bool:
     return False
 
 
-def verify_log(
-    entries: Sequence[Mapping[str, Any]],
-    heads: Sequence[SignedTreeHead | Mapping[str, Any]],
-    public_key: bytes | str,
-    checkpoint: Mapping[str, Any] | None = None,
-    *,
-    require_every_size: bool = True,
-) -> VerifyReport:
-    """Verify a whole downloaded release log offline; never raises for a bad log.
+def _recompute_tree(entries: Sequence[Any], found: _Findings) -> MerkleTree:
+    """Step 2b: the RFC 9162 §2.1.1 tree over ``canonical_json`` of each entry, in download order.
 
-    ``entries`` are the log's entries in log order (leaf i = ``canonical_json(entries[i])``),
-    ``heads`` the published signed tree heads (objects or their JSON dicts; duplicates are
-    fine), ``public_key`` the log's published raw Ed25519 key (bytes or hex) and
-    ``checkpoint`` a dict from :func:`make_checkpoint` of an earlier run. With
-    ``require_every_size`` (the gateway's contract) a size 1..n without any head is a problem.
-    Cost: O(n log n) hashes and one signature check per distinct head.
+    An entry that cannot be encoded is named and stands in as a leaf no real entry can have.
     """
-    found = _Findings()
-    n = len(entries)
-
-    # -- keys: what do we trust? -------------------------------------------------------------
-    published: bytes | None
-    try:
-        published = _decode_key(public_key, "the log's published public key")
-    except ProofError as exc:
-        found.add(exc.detail)
-        published = None
-    pinned: _Checkpoint | None = None
-    if checkpoint is not None:
-        try:
-            pinned = _parse_checkpoint(checkpoint)
-        except ProofError as exc:
-            found.add(f"checkpoint is malformed: {exc.detail}")
-    trusted = pinned.public_key if pinned is not None else published
-    if pinned is not None and published is not None and published != pinned.public_key:
-        found.add(
-            f"signing key replaced: the log now publishes key {key_id_for(published)[:16]}... "
-            f"but the checkpoint pinned key {pinned.key_id[:16]}...; "
-            "tree heads are checked against the pinned key"
-        )
-
-    # -- entries: index sequence, then the recomputed tree ---------------------------------
-    sequence_intact = _check_index_sequence(entries, found)
     tree = MerkleTree()
     for pos, entry in enumerate(entries):
         try:
@@ -301,8 +343,13 @@ def verify_log(
         except CanonicalJsonError as exc:
             found.add(f"entry at position {pos} cannot be canonically encoded: {exc.detail}", pos)
             tree.append_hash(_UNENCODABLE_LEAF)
+    return tree
 
-    # -- heads: parse, deduplicate, check signatures against the trusted key ----------------
+
+def _parse_heads(
+    heads: Sequence[SignedTreeHead | Mapping[str, Any]], found: _Findings
+) -> list[SignedTreeHead]:
+    """Step 3a: the published heads as objects, each once, in first-seen order; name malformed ones."""
     parsed: list[SignedTreeHead] = []
     for j, head in enumerate(heads):
         if isinstance(head, SignedTreeHead):
@@ -312,36 +359,50 @@ def verify_log(
             parsed.append(SignedTreeHead.from_dict(head))
         except ProofError as exc:
             found.add(f"published tree head #{j} is malformed: {exc.detail}")
-    unique = list(dict.fromkeys(parsed))
-    claimed_sizes = {h.tree_size for h in unique}
+    return list(dict.fromkeys(parsed))
+
+
+def _check_head_signatures(
+    unique: Sequence[SignedTreeHead], trusted: bytes | None, anchor: str, found: _Findings
+) -> dict[int, list[SignedTreeHead]]:
+    """Step 3b: keep the heads signed by the trusted key (RFC 9162 §4.10; RFC 8032 §5.1.7).
+
+    Returns the validly signed heads by tree size; heads naming another key and heads whose
+    signature fails are each named, with the ``anchor`` ("pinned" or "published") they failed.
+    """
     verified: dict[int, list[SignedTreeHead]] = {}
-    if trusted is not None:
-        trusted_id = key_id_for(trusted)
-        foreign: list[int] = []
-        foreign_ids: set[str] = set()
-        forged: list[int] = []
-        for head in unique:
-            if head.key_id != trusted_id:
-                foreign.append(head.tree_size)
-                foreign_ids.add(head.key_id[:16] + "...")
-                continue
-            try:
-                verify_tree_head(head, trusted)
-            except ProofError:
-                forged.append(head.tree_size)
-                continue
-            verified.setdefault(head.tree_size, []).append(head)
-        anchor = "pinned" if pinned is not None else "published"
-        if foreign:
-            found.add(
-                f"signing key replaced: tree heads for sizes {_ranges(foreign)} are signed by "
-                f"key {', '.join(sorted(foreign_ids))} instead of the {anchor} key {trusted_id[:16]}..."
-            )
-        if forged:
-            found.add(
-                f"bad signatures: the tree heads for sizes {_ranges(forged)} do not verify under "
-                f"the {anchor} key (forged or altered heads, or the key was replaced)"
-            )
+    if trusted is None:
+        return verified
+    trusted_id = key_id_for(trusted)
+    foreign: list[int] = []
+    foreign_ids: set[str] = set()
+    forged: list[int] = []
+    for head in unique:
+        if head.key_id != trusted_id:
+            foreign.append(head.tree_size)
+            foreign_ids.add(head.key_id[:16] + "...")
+            continue
+        try:
+            verify_tree_head(head, trusted)
+        except ProofError:
+            forged.append(head.tree_size)
+            continue
+        verified.setdefault(head.tree_size, []).append(head)
+    if foreign:
+        found.add(
+            f"signing key replaced: tree heads for sizes {_ranges(foreign)} are signed by "
+            f"key {', '.join(sorted(foreign_ids))} instead of the {anchor} key {trusted_id[:16]}..."
+        )
+    if forged:
+        found.add(
+            f"bad signatures: the tree heads for sizes {_ranges(forged)} do not verify under "
+            f"the {anchor} key (forged or altered heads, or the key was replaced)"
+        )
+    return verified
+
+
+def _check_split_view(verified: Mapping[int, Sequence[SignedTreeHead]], found: _Findings) -> None:
+    """Step 3c: two validly signed heads of one size must not disagree on the root."""
     for size in sorted(verified):
         roots = {h.root_hash for h in verified[size]}
         if len(roots) > 1:
@@ -349,7 +410,19 @@ def verify_log(
                 f"split view: {len(roots)} validly signed tree heads for size {size} disagree on the root"
             )
 
-    # -- every signed root must equal the recomputed root at its size (RFC 9162 §2.1.1) -----
+
+def _check_signed_roots(
+    tree: MerkleTree,
+    n: int,
+    verified: Mapping[int, Sequence[SignedTreeHead]],
+    sequence_intact: bool,
+    found: _Findings,
+) -> None:
+    """Step 4: every signed root must equal the root recomputed at its size (RFC 9162 §2.1.1).
+
+    Heads exist for every size, so the first disagreeing size pins an edit to one entry (or
+    to the range since the last agreeing head). Sizes beyond the download are step 5's.
+    """
     first_mismatch: int | None = None
     last_match = 0
     mismatches = 0
@@ -357,37 +430,48 @@ def verify_log(
         if size > n:
             continue
         root = tree.root(size)
-        # With a split view one head may match the download; that is reported above, and the
-        # entries are only blamed when no signed head of this size agrees with them.
+        # With a split view one head may match the download; that is reported in step 3c, and
+        # the entries are only blamed when no signed head of this size agrees with them.
         if all(h.root_hash != root for h in verified[size]):
             mismatches += 1
             if first_mismatch is None:
                 first_mismatch = size
         elif first_mismatch is None:
             last_match = size
-    if first_mismatch is not None:
-        size = first_mismatch
-        if size == 0:
-            where, bad = "the empty log", None
-        elif last_match == size - 1:
-            where, bad = f"entry {size - 1}", size - 1
-        else:
-            # No validly signed head in between: the edit is somewhere in this range.
-            where, bad = f"an entry in {last_match}..{size - 1}", last_match
-        also = f"; {mismatches} signed sizes disagree in all" if mismatches > 1 else ""
-        if sequence_intact:
-            found.add(
-                f"edited entry: {where} was changed: the root recomputed at size {size} differs "
-                f"from the signed tree head for size {size}{also}",
-                bad,
-            )
-        else:
-            found.add(
-                f"{where} does not match the signed tree head for size {size} (see the index problems){also}",
-                bad,
-            )
+    if first_mismatch is None:
+        return
+    size = first_mismatch
+    if size == 0:
+        where, bad = "the empty log", None
+    elif last_match == size - 1:
+        where, bad = f"entry {size - 1}", size - 1
+    else:
+        # No validly signed head in between: the edit is somewhere in this range.
+        where, bad = f"an entry in {last_match}..{size - 1}", last_match
+    also = f"; {mismatches} signed sizes disagree in all" if mismatches > 1 else ""
+    if sequence_intact:
+        found.add(
+            f"edited entry: {where} was changed: the root recomputed at size {size} differs "
+            f"from the signed tree head for size {size}{also}",
+            bad,
+        )
+    else:
+        found.add(
+            f"{where} does not match the signed tree head for size {size} (see the index problems){also}",
+            bad,
+        )
 
-    # -- coverage: the download must match what was signed ----------------------------------
+
+def _check_coverage(
+    n: int,
+    unique: Sequence[SignedTreeHead],
+    verified: Mapping[int, Sequence[SignedTreeHead]],
+    sequence_intact: bool,
+    require_every_size: bool,
+    found: _Findings,
+) -> None:
+    """Step 5: the download must match what was signed — no truncated tail, no unsigned entries,
+    and (with ``require_every_size``) a published head for every size 1..n."""
     max_verified = max(verified, default=0)
     if max_verified > n:
         if sequence_intact:
@@ -402,6 +486,7 @@ def verify_log(
                 "entries were downloaded",
                 n,
             )
+    claimed_sizes = {h.tree_size for h in unique}
     max_claimed = max(claimed_sizes, default=0)
     if n > max_claimed:
         found.add(
@@ -416,47 +501,51 @@ def verify_log(
                 f"{_ranges(unheaded)} (the gateway signs one after every append)"
             )
 
-    # -- checkpoint: the log must extend what we saw last time (RFC 9162 §2.1.4) ------------
-    if pinned is not None:
-        size1 = pinned.tree_size
-        if size1 > n:
-            found.add(
-                f"truncated tail: the checkpoint pinned {size1} entries but the log now has only "
-                f"{n} ({_entries(range(n, size1))} missing)",
-                n,
-            )
-        else:
-            if tree.root(size1) != pinned.root_hash:
-                found.add(
-                    f"history rewritten: the root recomputed at the checkpoint's size {size1} "
-                    "differs from the checkpoint's root"
-                )
-            later = [s for s in verified if size1 <= s <= n]
-            if size1 == 0:
-                # Every log extends the empty tree (its root was compared just above); RFC 9162
-                # defines no consistency proof from it.
-                pass
-            elif not later:
-                found.add(f"no validly signed tree head at or beyond the checkpoint's size {size1}")
-            else:
-                size2 = max(later)
-                proof = tree.consistency_proof(size1, size2)
-                for root2 in sorted({h.root_hash for h in verified[size2]}):
-                    try:
-                        verify_consistency(size1, size2, pinned.root_hash, root2, proof)
-                    except ProofError as exc:
-                        found.add(
-                            f"not an extension: the signed tree head for size {size2} is not "
-                            f"consistent with the checkpoint at size {size1}: {exc.detail}"
-                        )
 
-    return VerifyReport(
-        ok=not found.problems,
-        tree_size=n,
-        root_hash=tree.root(),
-        problems=found.problems,
-        first_bad_index=min(found.bad) if found.bad else None,
-    )
+def _check_extends_checkpoint(
+    tree: MerkleTree,
+    n: int,
+    pinned: _Checkpoint,
+    verified: Mapping[int, Sequence[SignedTreeHead]],
+    found: _Findings,
+) -> None:
+    """Step 6: the log must extend the checkpoint (RFC 9162 §2.1.4).
+
+    The root at the checkpoint's size must be the pinned root, and the latest validly signed
+    head must be consistent with it: the proof is computed from the recomputed tree (§2.1.4.1)
+    and checked as a client would (§2.1.4.2).
+    """
+    size1 = pinned.tree_size
+    if size1 > n:
+        found.add(
+            f"truncated tail: the checkpoint pinned {size1} entries but the log now has only "
+            f"{n} ({_entries(range(n, size1))} missing)",
+            n,
+        )
+        return
+    if tree.root(size1) != pinned.root_hash:
+        found.add(
+            f"history rewritten: the root recomputed at the checkpoint's size {size1} "
+            "differs from the checkpoint's root"
+        )
+    if size1 == 0:
+        # Every log extends the empty tree (its root was compared just above); RFC 9162
+        # defines no consistency proof from it.
+        return
+    later = [s for s in verified if size1 <= s <= n]
+    if not later:
+        found.add(f"no validly signed tree head at or beyond the checkpoint's size {size1}")
+        return
+    size2 = max(later)
+    proof = tree.consistency_proof(size1, size2)
+    for root2 in sorted({h.root_hash for h in verified[size2]}):
+        try:
+            verify_consistency(size1, size2, pinned.root_hash, root2, proof)
+        except ProofError as exc:
+            found.add(
+                f"not an extension: the signed tree head for size {size2} is not "
+                f"consistent with the checkpoint at size {size1}: {exc.detail}"
+            )
 
 
 def make_checkpoint(report: VerifyReport, public_key: bytes | str) -> dict[str, Any]:
