@@ -35,7 +35,7 @@ class ContractError(BadRequest):
 
 
 def parse_fraction(value: Any) -> Fraction:
-    """``"p/q"`` (or ``"p"``) -> Fraction; refuses floats, negative or zero denominators and junk."""
+    """``"p/q"`` (or ``"p"``) -> a non-negative Fraction; refuses floats, bad denominators and junk."""
     if isinstance(value, Fraction):
         return value  # built in Python, not read from the wire
     if not isinstance(value, str):
@@ -48,6 +48,8 @@ def parse_fraction(value: Any) -> Fraction:
         raise ValueError(f"not a fraction: {value[:40]!r}") from None
     if q <= 0:
         raise ValueError("a fraction needs a positive denominator")
+    if p < 0:
+        raise ValueError("a noise variance cannot be negative")
     return Fraction(p, q)
 
 
