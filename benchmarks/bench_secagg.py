@@ -1,4 +1,4 @@
-"""Benchmark secure aggregation (crypto/secagg.py).
+"""Benchmark secure aggregation (crypto/secagg/).
 
 (a) One node's masking of 1M uint64 words in a 3-node job (self mask + 2 pairwise masks:
     AES-256-CTR expansion and additions) versus DuckDB's SUM over the same 1M rows, same run.

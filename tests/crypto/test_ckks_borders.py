@@ -9,6 +9,7 @@ import pytest
 import tenseal as ts
 
 from xdp_compute.crypto import ckks as C
+from xdp_compute.crypto.ckks import sandbox
 from xdp_compute.errors import BadRequest, InvalidCiphertext, PayloadTooLarge
 
 
@@ -85,7 +86,7 @@ def test_truncated_ciphertexts_are_400_and_the_caller_survives(
 
 
 def _fake_worker(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
-    monkeypatch.setattr(C, "_worker_command", lambda: [sys.executable, "-c", code])
+    monkeypatch.setattr(sandbox, "_worker_command", lambda: [sys.executable, "-c", code])
 
 
 @pytest.mark.parametrize(

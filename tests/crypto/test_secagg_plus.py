@@ -1,4 +1,4 @@
-"""SecAgg+ (Bell et al. 2020) neighbour-graph mode of crypto/secagg.py."""
+"""SecAgg+ (Bell et al. 2020) neighbour-graph mode of crypto/secagg/."""
 
 from __future__ import annotations
 

@@ -1,0 +1,303 @@
+"""One node's side of secure aggregation (Bonawitz et al. 2017, Fig. 4, honest-but-curious).
+
+:class:`SecAggClient` runs Rounds 0, 1, 2 and 4 in order, once each. Its secrets come from the
+OS CSPRNG and are erased as soon as the masked vector is out (Round 2); what it keeps for
+Round 4 are the peers' shares, and it reveals at most one kind of share per peer.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from xdp_compute.crypto import prg, shamir
+from xdp_compute.crypto.fixedpoint import U64Vector
+from xdp_compute.crypto.secagg.codec import check_key
+from xdp_compute.crypto.secagg.config import (
+    MalformedMessage,
+    Phase,
+    RoundConflict,
+    SecAggConfig,
+    abort,
+)
+from xdp_compute.crypto.secagg.keys import NONCE_BYTES, pairwise_seed, self_mask_seed, share_aad, share_key
+from xdp_compute.crypto.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyRoster,
+    MaskedInput,
+    NodeKeys,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    coerce,
+)
+from xdp_compute.crypto.shamir import Share
+from xdp_compute.errors import InvalidCiphertext, InvalidSpec, ProtocolAborted
+
+
+class SecAggClient:
+    """One node's side of the protocol; call the four round methods in order, once each.
+
+    Secrets (X25519 keys, b_u, shares) come from the OS CSPRNG and never leave the object
+    except as encrypted shares or as the unmasking shares the rules allow. ``unmask`` never
+    reveals both the b-share and the s_sk-share of the same peer, and answers at most one
+    survivor set.
+    """
+
+    def __init__(self, node_id: str, config: SecAggConfig) -> None:
+        config.index(node_id)
+        self.node_id = node_id
+        self.config = config
+        self._phase = Phase.ADVERTISE_KEYS
+        self._c_sk: X25519PrivateKey | None = None
+        self._s_sk: X25519PrivateKey | None = None
+        self._keys: NodeKeys | None = None
+        self._roster: dict[str, NodeKeys] = {}
+        self._share_keys: dict[str, bytes] = {}  # c_{u,v} is symmetric: reused to decrypt in Round 2
+        self._b: bytes = b""
+        self._own_shares: tuple[Share, Share] | None = None  # (s_sk share, b share) held by self
+        self._peer_shares: dict[str, tuple[Share, Share]] = {}
+        self._mask: U64Vector | None = None
+        self._mask_peers: frozenset[str] = frozenset()
+        self._u2_peers: frozenset[str] = frozenset()
+        self._answered: tuple[frozenset[str], UnmaskResponse] | None = None
+
+    @property
+    def phase(self) -> Phase:
+        """The next round this client expects to run."""
+        return self._phase
+
+    def _expect(self, phase: Phase) -> None:
+        if self._phase is Phase.ABORTED:
+            raise RoundConflict(f"client {self.node_id} has aborted this session")
+        if self._phase is not phase:
+            raise RoundConflict(f"client {self.node_id} is in phase {self._phase.label}, not {phase.label}")
+
+    def _fail(self, phase: Phase, detail: str, **extra: object) -> ProtocolAborted:
+        self._phase = Phase.ABORTED
+        return abort(phase, detail, node=self.node_id, **extra)
+
+    def _check_session(self, session_id: bytes) -> None:
+        if session_id != self.config.session_id:
+            raise MalformedMessage("message belongs to another secure-aggregation session")
+
+    # Round 0 ------------------------------------------------------------------------------
+
+    def advertise_keys(self) -> AdvertiseKeys:
+        """Round 0 (AdvertiseKeys): generate (c_pk, c_sk) and (s_pk, s_sk); send both public keys."""
+        self._expect(Phase.ADVERTISE_KEYS)
+        self._c_sk, self._s_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+        self._keys = NodeKeys(
+            self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
+        )
+        self._phase = Phase.SHARE_KEYS
+        return AdvertiseKeys(self.config.session_id, self.node_id, self._keys.c_pk, self._keys.s_pk)
+
+    # Round 1 ------------------------------------------------------------------------------
+
+    def share_keys(self, roster: KeyRoster | bytes) -> ShareKeys:
+        """Round 1 (ShareKeys): draw b_u, Shamir-share s_sk and b_u among H(u) in U1, encrypt each share.
+
+        Aborts when fewer than t holders advertised keys (paper: "assert |U1| >= t") or when
+        the roster's public keys are not pairwise distinct.
+        """
+        self._expect(Phase.SHARE_KEYS)
+        r = coerce(roster, KeyRoster, "KeyRoster")
+        self._check_session(r.session_id)
+        cfg, me = self.config, self.node_id
+        assert self._keys is not None and self._c_sk is not None and self._s_sk is not None
+        holders = cfg.holders_of(me)
+        for node, keys in r.keys.items():
+            cfg.index(node)
+            check_key("KeyRoster", keys.c_pk, "c_pk")
+            check_key("KeyRoster", keys.s_pk, "s_pk")
+        if r.keys.get(me) != self._keys:
+            raise MalformedMessage(f"KeyRoster does not list {me} with the keys it advertised")
+        roster_here = {v: r.keys[v] for v in holders if v in r.keys}
+        all_pks = [pk for keys in roster_here.values() for pk in keys]
+        if len(set(all_pks)) != len(all_pks):
+            raise self._fail(Phase.SHARE_KEYS, "public keys in the roster are not all distinct")
+        if len(roster_here) < cfg.t:
+            raise self._fail(
+                Phase.SHARE_KEYS,
+                f"{len(roster_here)} of {len(holders)} share holders advertised keys, threshold is {cfg.t}",
+                survivors=len(roster_here),
+                threshold=cfg.t,
+            )
+        self._roster = roster_here
+        self._b = secrets.token_bytes(prg.SEED_BYTES)
+        order = sorted(roster_here, key=cfg.index)
+        xs = [cfg.x_of(v) for v in order]
+        sk_shares = shamir.split_secret(self._s_sk.private_bytes_raw(), cfg.t, len(xs), xs=xs)
+        b_shares = shamir.split_secret(self._b, cfg.t, len(xs), xs=xs)
+        cts: dict[str, bytes] = {}
+        for v, sk_sh, b_sh in zip(order, sk_shares, b_shares, strict=True):
+            if v == me:
+                self._own_shares = (sk_sh, b_sh)
+                continue
+            key = self._share_keys[v] = share_key(cfg, self._c_sk, me, v, roster_here[v].c_pk)
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            ct = AESGCM(key).encrypt(nonce, sk_sh.encode() + b_sh.encode(), share_aad(cfg, me, v))
+            cts[v] = nonce + ct
+        self._phase = Phase.MASKED_INPUT
+        return ShareKeys(cfg.session_id, me, cts)
+
+    # Round 2 ------------------------------------------------------------------------------
+
+    def _mask_terms(self, peers: Iterable[str], *, negate: bool = False) -> list[prg.MaskTerm]:
+        assert self._s_sk is not None
+        cfg, me = self.config, self.node_id
+        flip = -1 if negate else 1
+        return [
+            (pairwise_seed(cfg, self._s_sk, me, v, self._roster[v].s_pk), flip * cfg.mask_sign(me, v))
+            for v in sorted(peers, key=cfg.index)
+        ]
+
+    def precompute_mask(self) -> None:
+        """Optional, after ``share_keys``: compute PRG(b_u) + sum Delta PRG(s_uv) over U1 peers now.
+
+        The mask does not depend on the input, so a node can build it while its data are still
+        being computed; ``masked_input`` then only adds (and corrects for peers that left
+        between Round 1 and Round 2).
+        """
+        self._expect(Phase.MASKED_INPUT)
+        if self._mask is not None:
+            return
+        cfg, me = self.config, self.node_id
+        peers = frozenset(self._roster) - {me}
+        terms = [(self_mask_seed(cfg, me, self._b), 1), *self._mask_terms(peers)]
+        self._mask = prg.combined_mask(terms, cfg.vector_length)
+        self._mask_peers = peers
+
+    def masked_input(self, x: npt.ArrayLike, shares: EncryptedShares | bytes) -> MaskedInput:
+        """Round 2 (MaskedInputCollection): store peers' shares, send y = x + PRG(b_u) + sum_v Delta PRG(s_uv).
+
+        ``x`` is a length-m uint64 vector (see :mod:`xdp_compute.crypto.fixedpoint`). The pairwise
+        masks are taken with exactly the senders of ``shares`` (U2 peers). Aborts when fewer
+        than t holders (self included) are left.
+        """
+        self._expect(Phase.MASKED_INPUT)
+        cfg, me = self.config, self.node_id
+        vec = np.asarray(x)
+        if vec.dtype != np.uint64 or vec.shape != (cfg.vector_length,):
+            raise InvalidSpec(
+                f"input must be a uint64 vector of length {cfg.vector_length}, got {vec.dtype} {vec.shape}"
+            )
+        es = coerce(shares, EncryptedShares, "EncryptedShares")
+        self._check_session(es.session_id)
+        if es.recipient != me:
+            raise MalformedMessage(f"EncryptedShares are addressed to {es.recipient!r}, not {me!r}")
+        assert self._c_sk is not None
+        received: dict[str, tuple[Share, Share]] = {}
+        for v, blob in es.ciphertexts.items():
+            if v == me or v not in self._roster:
+                raise MalformedMessage(f"EncryptedShares: {v!r} is not a share-exchanging peer of {me}")
+            key = self._share_keys[v]
+            try:
+                pt = AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], share_aad(cfg, v, me))
+            except InvalidTag:
+                raise InvalidCiphertext(f"share ciphertext from {v!r} does not authenticate") from None
+            try:
+                sk_sh = Share.decode(pt[: shamir.SHARE_BYTES])
+                b_sh = Share.decode(pt[shamir.SHARE_BYTES :])
+            except shamir.InvalidShare as exc:
+                raise MalformedMessage(f"share from {v!r}: {exc.detail}") from None
+            if sk_sh.x != cfg.x_of(me) or b_sh.x != cfg.x_of(me):
+                raise MalformedMessage(f"share from {v!r} is not for {me}'s x-coordinate")
+            received[v] = (sk_sh, b_sh)
+        alive = len(received) + 1
+        if alive < cfg.t:
+            # Paper, Round 2: "if the list of ciphertexts contains < t-1 elements, abort".
+            raise self._fail(
+                Phase.MASKED_INPUT,
+                f"{alive} share holders left, threshold is {cfg.t}",
+                survivors=alive,
+                threshold=cfg.t,
+            )
+        peers = frozenset(received)
+        if self._mask is not None:
+            gone = self._mask_peers - peers
+            mask = self._mask
+            if gone:
+                mask = mask + prg.combined_mask(self._mask_terms(gone, negate=True), cfg.vector_length)
+        else:
+            terms = [(self_mask_seed(cfg, me, self._b), 1), *self._mask_terms(peers)]
+            mask = prg.combined_mask(terms, cfg.vector_length)
+        y = np.add(vec, mask, out=mask)
+        self._peer_shares = received
+        self._u2_peers = peers
+        # y is out: keep no copy of the mask nor the secrets behind it, only the shares Round 4 needs.
+        self._share_keys = {}
+        self._mask = None
+        self._b = b""
+        self._c_sk = self._s_sk = None
+        self._phase = Phase.UNMASK
+        return MaskedInput(cfg.session_id, me, y)
+
+    # Round 4 ------------------------------------------------------------------------------
+
+    def unmask(self, request: UnmaskRequest | bytes | Sequence[str]) -> UnmaskResponse:
+        """Round 4 (Unmasking): reveal b-shares of survivors (U3) and s_sk-shares of U2 \\ U3 peers.
+
+        Refuses (ProtocolAborted) when |U3| < t, when fewer than t of this node's holders
+        survived, when U3 is disconnected in the neighbour graph, or when this node is not in
+        U3. A repeated call with the same U3 returns the same answer; a different U3 is refused,
+        so the server can never obtain both kinds of share for one peer.
+        """
+        if self._answered is None:
+            self._expect(Phase.UNMASK)
+        cfg, me = self.config, self.node_id
+        if isinstance(request, (UnmaskRequest, bytes, bytearray, memoryview)):
+            req = coerce(request, UnmaskRequest, "UnmaskRequest")
+            self._check_session(req.session_id)
+            survivors = list(req.survivors)
+        else:
+            survivors = list(request)
+        for v in survivors:
+            cfg.index(v)
+        u3 = frozenset(survivors)
+        if len(u3) != len(survivors):
+            raise MalformedMessage("UnmaskRequest: duplicate survivor")
+        if self._answered is not None:
+            if self._answered[0] == u3:
+                return self._answered[1]
+            raise RoundConflict(f"client {me} already answered a different survivor set")
+        if me not in u3:
+            raise self._fail(Phase.UNMASK, f"{me} is not among the survivors; it reveals nothing")
+        if len(u3) < cfg.t:
+            raise self._fail(
+                Phase.UNMASK, f"{len(u3)} survivors, threshold is {cfg.t}", survivors=len(u3), threshold=cfg.t
+            )
+        held = self._u2_peers | {me}
+        for v in cfg.neighbours_of(me) & u3:
+            if v not in self._u2_peers:
+                raise MalformedMessage(f"survivor {v!r} never sent {me} its shares, so it cannot be in U3")
+        local = len(cfg.holders_of(me) & u3)
+        if local < cfg.t:
+            raise self._fail(
+                Phase.UNMASK,
+                f"{local} of {me}'s share holders survived, threshold is {cfg.t}",
+                survivors=local,
+                threshold=cfg.t,
+            )
+        if cfg.sparse and not cfg.is_connected(u3):
+            raise self._fail(
+                Phase.UNMASK,
+                "survivors are disconnected in the neighbour graph; the server would learn partial sums",
+            )
+        assert self._own_shares is not None
+        all_shares = {**self._peer_shares, me: self._own_shares}
+        b_out = {v: all_shares[v][1] for v in held if v in u3}
+        sk_out = {v: all_shares[v][0] for v in held if v not in u3}
+        resp = UnmaskResponse(cfg.session_id, me, b_out, sk_out)
+        self._answered = (u3, resp)
+        self._peer_shares = {}
+        self._phase = Phase.DONE
+        return resp

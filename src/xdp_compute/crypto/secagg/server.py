@@ -1,0 +1,391 @@
+"""The aggregator's side of secure aggregation: collect each round, route shares, unmask the sum.
+
+:class:`SecAggServer` is a pure state machine: the caller moves the bytes, names the
+authenticated sender of each message and closes a round when its deadline passes. It keeps only
+what later rounds need (a running sum, never an individual masked input) and drops every share
+once the session ends or aborts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from xdp_compute.crypto import prg, shamir
+from xdp_compute.crypto.fixedpoint import U64Vector
+from xdp_compute.crypto.secagg.codec import check_key
+from xdp_compute.crypto.secagg.config import (
+    MalformedMessage,
+    Phase,
+    RoundConflict,
+    SecAggConfig,
+    abort,
+)
+from xdp_compute.crypto.secagg.keys import KEY_BYTES, pairwise_seed, self_mask_seed
+from xdp_compute.crypto.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyRoster,
+    MaskedInput,
+    NodeKeys,
+    SecAggMessage,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    decode_message,
+)
+from xdp_compute.errors import InvalidKey, ProtocolAborted
+
+
+class SecAggServer:
+    """The aggregator's side: collect each round, route shares, unmask the sum of U3's inputs.
+
+    Use ``receive(node_id, message)`` for every incoming message (``node_id`` is the identity
+    the transport authenticated), and ``close_*`` when a round's deadline passes: whoever
+    sent a valid message by then survived the round. Identical resends are ignored; a
+    different second message from a node, a message for another phase, or one from a node
+    that did not survive the previous round raises :class:`RoundConflict`. Once aborted,
+    every call raises the same :class:`ProtocolAborted`.
+    """
+
+    def __init__(self, config: SecAggConfig) -> None:
+        self.config = config
+        self._phase = Phase.ADVERTISE_KEYS
+        # Per round: who sent what (only what later rounds need), and a digest per sender to
+        # recognise identical resends.
+        self._advertised: dict[str, NodeKeys] = {}
+        self._shared: dict[str, Mapping[str, bytes]] = {}
+        self._responses: dict[str, UnmaskResponse] = {}
+        self._digests: dict[Phase, dict[str, bytes]] = {
+            p: {} for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+        }
+        self._survivors: dict[Phase, tuple[str, ...]] = {}
+        self._keys: dict[str, NodeKeys] = {}
+        self._inbox: dict[str, dict[str, bytes]] = {}
+        self._acc: U64Vector | None = None
+        self._result: U64Vector | None = None
+        self._error: ProtocolAborted | None = None
+
+    @property
+    def phase(self) -> Phase:
+        """The round currently collecting messages (or DONE / ABORTED)."""
+        return self._phase
+
+    def survivors(self, phase: Phase) -> tuple[str, ...]:
+        """Nodes that completed ``phase`` (U1 for ADVERTISE_KEYS ... U4 for UNMASK), roster order."""
+        if phase not in self._survivors:
+            raise RoundConflict(f"phase {phase.label} is not closed")
+        return self._survivors[phase]
+
+    def expected_senders(self) -> tuple[str, ...]:
+        """Nodes still allowed to send a message in the current phase."""
+        self._check_alive()
+        prev = {
+            Phase.ADVERTISE_KEYS: None,
+            Phase.SHARE_KEYS: Phase.ADVERTISE_KEYS,
+            Phase.MASKED_INPUT: Phase.SHARE_KEYS,
+            Phase.UNMASK: Phase.MASKED_INPUT,
+        }.get(self._phase)
+        if self._phase is Phase.DONE:
+            return ()
+        pool = self.config.participants if prev is None else self._survivors[prev]
+        got = self._digests[self._phase]
+        return tuple(p for p in pool if p not in got)
+
+    @property
+    def result(self) -> U64Vector:
+        """The unmasked sum (after ``close_unmask``)."""
+        self._check_alive()
+        if self._result is None:
+            raise RoundConflict("the sum is not available before the unmasking round closes")
+        return self._result
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, phase: Phase, detail: str, **extra: object) -> ProtocolAborted:
+        self._phase = Phase.ABORTED
+        self._acc = None
+        self._inbox = {}
+        self._responses = {}  # shares are secrets' fragments: keep none after the session
+        self._error = abort(phase, detail, **extra)
+        return self._error
+
+    def _require_threshold(self, phase: Phase, survivors: Sequence[str], pool: int) -> None:
+        t = self.config.t
+        if len(survivors) < t:
+            raise self._fail(
+                phase,
+                f"{len(survivors)} of {pool} nodes remain, threshold is {t}",
+                survivors=len(survivors),
+                eligible=pool,
+                threshold=t,
+            )
+
+    def _close(self, phase: Phase) -> tuple[str, ...]:
+        self._check_alive()
+        if self._phase is not phase:
+            raise RoundConflict(f"cannot close {phase.label}: server is in phase {self._phase.label}")
+        got = self._digests[phase]
+        survivors = tuple(p for p in self.config.participants if p in got)
+        self._survivors[phase] = survivors
+        return survivors
+
+    _EXPECTED: ClassVar[dict[Phase, type]] = {
+        Phase.ADVERTISE_KEYS: AdvertiseKeys,
+        Phase.SHARE_KEYS: ShareKeys,
+        Phase.MASKED_INPUT: MaskedInput,
+        Phase.UNMASK: UnmaskResponse,
+    }
+    _PREVIOUS: ClassVar[dict[Phase, Phase]] = {
+        Phase.SHARE_KEYS: Phase.ADVERTISE_KEYS,
+        Phase.MASKED_INPUT: Phase.SHARE_KEYS,
+        Phase.UNMASK: Phase.MASKED_INPUT,
+    }
+
+    def receive(self, node_id: str, message: SecAggMessage | bytes) -> None:
+        """Accept one client message for the current phase from authenticated ``node_id``.
+
+        Raises MalformedMessage (bad bytes, wrong session/sender, content inconsistent with
+        the session) or RoundConflict (wrong phase, not a survivor, conflicting resend).
+        Invalid messages change no state.
+        """
+        self._check_alive()
+        cfg = self.config
+        cfg.index(node_id)
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            raw = bytes(message)
+            msg = decode_message(raw)
+        else:
+            msg = message
+            raw = msg.encode()
+        phase = self._phase
+        expected = self._EXPECTED.get(phase)
+        if (
+            expected is None
+            or not isinstance(msg, expected)
+            or not isinstance(msg, (AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse))
+        ):
+            raise RoundConflict(f"{type(msg).__name__} is not expected in phase {phase.label}")
+        if msg.session_id != cfg.session_id:
+            raise MalformedMessage("message belongs to another secure-aggregation session")
+        if msg.sender != node_id:
+            raise MalformedMessage(f"message claims sender {msg.sender!r} but came from {node_id!r}")
+        prev = self._PREVIOUS.get(phase)
+        if prev is not None and node_id not in self._survivors[prev]:
+            raise RoundConflict(f"{node_id} did not complete phase {prev.label}")
+        digests = self._digests[phase]
+        digest = hashlib.sha256(raw).digest()
+        if node_id in digests:
+            if hmac.compare_digest(digests[node_id], digest):
+                return  # identical resend (e.g. a transport retry)
+            raise RoundConflict(f"{node_id} already sent a different {type(msg).__name__}")
+        if isinstance(msg, AdvertiseKeys):
+            self._accept_keys(msg)
+        elif isinstance(msg, ShareKeys):
+            self._accept_shares(msg)
+        elif isinstance(msg, MaskedInput):
+            self._accept_masked(msg)
+        else:
+            assert isinstance(msg, UnmaskResponse)
+            self._accept_unmask(msg)
+        digests[node_id] = digest
+
+    # Round 0 ------------------------------------------------------------------------------
+
+    def _accept_keys(self, msg: AdvertiseKeys) -> None:
+        check_key("AdvertiseKeys", msg.c_pk, "c_pk")
+        check_key("AdvertiseKeys", msg.s_pk, "s_pk")
+        self._advertised[msg.sender] = NodeKeys(msg.c_pk, msg.s_pk)
+
+    def close_advertise_keys(self) -> None:
+        """End Round 0: U1 = nodes whose keys arrived; abort if |U1| < t."""
+        u1 = self._close(Phase.ADVERTISE_KEYS)
+        self._require_threshold(Phase.ADVERTISE_KEYS, u1, self.config.n)
+        self._keys = {u: self._advertised[u] for u in u1}
+        self._phase = Phase.SHARE_KEYS
+
+    def roster_for(self, node_id: str) -> KeyRoster:
+        """Round 1 input for ``node_id``: public keys of U1 within its neighbourhood (all of U1 if not sparse)."""
+        self._check_alive()
+        if Phase.ADVERTISE_KEYS not in self._survivors:
+            raise RoundConflict("the key roster exists once advertise_keys is closed")
+        if node_id not in self._keys:
+            raise RoundConflict(f"{node_id} did not complete phase advertise_keys")
+        holders = self.config.holders_of(node_id)
+        return KeyRoster(self.config.session_id, {v: k for v, k in self._keys.items() if v in holders})
+
+    # Round 1 ------------------------------------------------------------------------------
+
+    def _accept_shares(self, msg: ShareKeys) -> None:
+        u = msg.sender
+        wanted = {v for v in self.config.holders_of(u) if v in self._keys} - {u}
+        if set(msg.ciphertexts) != wanted:
+            raise MalformedMessage(
+                f"ShareKeys from {u} must carry one ciphertext for each of its {len(wanted)} U1 peers"
+            )
+        self._shared[u] = msg.ciphertexts
+
+    def close_share_keys(self) -> None:
+        """End Round 1: U2 = nodes whose shares arrived; abort if |U2| < t; route ciphertexts."""
+        u2 = self._close(Phase.SHARE_KEYS)
+        self._require_threshold(Phase.SHARE_KEYS, u2, len(self._survivors[Phase.ADVERTISE_KEYS]))
+        inbox: dict[str, dict[str, bytes]] = {v: {} for v in u2}
+        for u in u2:
+            for v, ct in self._shared[u].items():
+                if v in inbox:
+                    inbox[v][u] = ct
+        self._inbox = inbox
+        self._shared = {}  # the ciphertexts now live only in the inboxes
+        self._phase = Phase.MASKED_INPUT
+
+    def shares_for(self, node_id: str) -> EncryptedShares:
+        """Round 2 input for ``node_id`` (a U2 member): ciphertexts addressed to it by U2 senders."""
+        self._check_alive()
+        if Phase.SHARE_KEYS not in self._survivors:
+            raise RoundConflict("shares are routed once share_keys is closed")
+        if node_id not in self._inbox:
+            raise RoundConflict(f"{node_id} did not complete phase share_keys")
+        return EncryptedShares(self.config.session_id, node_id, dict(self._inbox[node_id]))
+
+    # Round 2 ------------------------------------------------------------------------------
+
+    def _accept_masked(self, msg: MaskedInput) -> None:
+        m = self.config.vector_length
+        vec = np.asarray(msg.vector)
+        if vec.dtype != np.uint64 or vec.shape != (m,):
+            raise MalformedMessage(
+                f"MaskedInput must hold {m} uint64 words, got {vec.shape[0] if vec.ndim == 1 else vec.shape}"
+            )
+        # Sum as they arrive: only the running total is kept, never an individual y_u.
+        if self._acc is None:
+            self._acc = vec.copy()
+        else:
+            np.add(self._acc, vec, out=self._acc)
+
+    def close_masked_input(self) -> UnmaskRequest:
+        """End Round 2: U3 = nodes whose masked input arrived; check recoverability; return the request for Round 4.
+
+        Aborts if |U3| < t, or (SecAgg+) if some needed secret has fewer than t holders in U3
+        or U3 is disconnected in the neighbour graph.
+        """
+        cfg = self.config
+        u3 = self._close(Phase.MASKED_INPUT)
+        u2 = self._survivors[Phase.SHARE_KEYS]
+        self._require_threshold(Phase.MASKED_INPUT, u3, len(u2))
+        self._check_recoverable(Phase.MASKED_INPUT, set(u3))
+        if cfg.sparse and not cfg.is_connected(u3):
+            raise self._fail(
+                Phase.MASKED_INPUT,
+                "survivors are disconnected in the neighbour graph; unmasking would reveal partial sums",
+                survivors=len(u3),
+            )
+        self._phase = Phase.UNMASK
+        return UnmaskRequest(cfg.session_id, u3)
+
+    def unmask_request(self) -> UnmaskRequest:
+        """The Round 4 request (same for every node) once masked_input is closed."""
+        self._check_alive()
+        if Phase.MASKED_INPUT not in self._survivors:
+            raise RoundConflict("the unmask request exists once masked_input is closed")
+        return UnmaskRequest(self.config.session_id, self._survivors[Phase.MASKED_INPUT])
+
+    def _needs(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Whose b_u (U3) and whose s_sk (U2\\U3 with U3 neighbours, and those neighbours) are needed."""
+        cfg = self.config
+        u3 = set(self._survivors[Phase.MASKED_INPUT])
+        dropped = [u for u in self._survivors[Phase.SHARE_KEYS] if u not in u3]
+        need_sk = {u: [v for v in cfg.participants if v in cfg.neighbours_of(u) and v in u3] for u in dropped}
+        return [u for u in cfg.participants if u in u3], {u: vs for u, vs in need_sk.items() if vs}
+
+    def _check_recoverable(self, phase: Phase, responders: set[str]) -> None:
+        cfg, t = self.config, self.config.t
+        need_b, need_sk = self._needs()
+        for u in need_b:
+            have = len(cfg.holders_of(u) & responders)
+            if have < t:
+                raise self._fail(
+                    phase,
+                    f"self mask of {u} has {have} share holders left, threshold is {t}",
+                    node=u,
+                    survivors=have,
+                    threshold=t,
+                )
+        for u in need_sk:
+            have = len(cfg.neighbours_of(u) & responders)
+            if have < t:
+                raise self._fail(
+                    phase,
+                    f"key of dropped node {u} has {have} share holders left, threshold is {t}",
+                    node=u,
+                    survivors=have,
+                    threshold=t,
+                )
+
+    # Round 4 ------------------------------------------------------------------------------
+
+    def _accept_unmask(self, msg: UnmaskResponse) -> None:
+        cfg, u = self.config, msg.sender
+        u3 = set(self._survivors[Phase.MASKED_INPUT])
+        u2 = set(self._survivors[Phase.SHARE_KEYS])
+        held = cfg.holders_of(u) & u2
+        want_b = held & u3
+        want_sk = held - u3
+        if set(msg.self_mask_shares) != want_b or set(msg.secret_key_shares) != want_sk:
+            raise MalformedMessage(
+                f"UnmaskResponse from {u} must hold b-shares for {len(want_b)} survivors "
+                f"and key shares for {len(want_sk)} dropped peers, exactly"
+            )
+        x = cfg.x_of(u)
+        for sh in (*msg.self_mask_shares.values(), *msg.secret_key_shares.values()):
+            if sh.x != x:
+                raise MalformedMessage(f"UnmaskResponse from {u} holds a share with x={sh.x}, expected {x}")
+        self._responses[u] = msg
+
+    def close_unmask(self) -> U64Vector:
+        """End Round 4: U4 = responders; rebuild b_u (u in U3) and s_u^SK (u in U2\\U3); return sum x_u mod 2^64.
+
+        Aborts if |U4| < t or some needed secret has fewer than t shares, or if shares are
+        inconsistent (a rebuilt key that does not match its advertised public key).
+        """
+        cfg = self.config
+        u4 = self._close(Phase.UNMASK)
+        self._require_threshold(Phase.UNMASK, u4, len(self._survivors[Phase.MASKED_INPUT]))
+        self._check_recoverable(Phase.UNMASK, set(u4))
+        responses = self._responses
+        need_b, need_sk = self._needs()
+        terms: list[prg.MaskTerm] = []
+        try:
+            for u in need_b:
+                # Paper, Round 4: reconstruct b_u from t shares and remove PRG(b_u).
+                shares = [responses[v].self_mask_shares[u] for v in u4 if v in cfg.holders_of(u)]
+                b_u = shamir.reconstruct_secret(shares, cfg.t, secret_len=prg.SEED_BYTES)
+                terms.append((self_mask_seed(cfg, u, b_u), 1))
+            for u, partners in need_sk.items():
+                # Paper, Round 4: reconstruct s_u^SK of a dropped user, recompute its pairwise masks.
+                shares = [responses[v].secret_key_shares[u] for v in u4 if v in cfg.neighbours_of(u)]
+                sk = X25519PrivateKey.from_private_bytes(
+                    shamir.reconstruct_secret(shares, cfg.t, secret_len=KEY_BYTES)
+                )
+                if sk.public_key().public_bytes_raw() != self._keys[u].s_pk:
+                    raise shamir.InvalidShare(f"rebuilt key of {u} does not match its advertised key")
+                for v in partners:
+                    # y_v carries Delta_{v,u} PRG(s_{v,u}); remove exactly that.
+                    terms.append((pairwise_seed(cfg, sk, u, v, self._keys[v].s_pk), cfg.mask_sign(v, u)))
+        except (shamir.InvalidShare, InvalidKey) as exc:
+            raise self._fail(Phase.UNMASK, f"inconsistent shares: {exc.detail}") from None
+        assert self._acc is not None
+        total = np.subtract(self._acc, prg.combined_mask(terms, cfg.vector_length))
+        self._result = total
+        self._acc = None
+        self._responses = {}
+        self._phase = Phase.DONE
+        return total
