@@ -112,3 +112,16 @@ def test_decode_accepts_int64_and_rejects_floats() -> None:
     assert fp.decode(np.array([-256], dtype=np.int64), 8)[0] == -1.0
     with pytest.raises(InvalidSpec):
         fp.decode(np.array([1.0]), 8)
+
+
+def test_scalar_and_vector_forms_are_one_encoding() -> None:
+    # The query plan's exact scalar path (encode_fixed + to_ring) and the vector path must give
+    # the same ring element, ties (half to even) and negatives included; from_ring inverts both.
+    rng = np.random.default_rng(11)
+    values = [0.5, 1.5, 2.5, -0.5, -2.5, -1.5, 0.03125, -1000.125, *rng.uniform(-1e6, 1e6, 50).tolist()]
+    for frac_bits in (0, 4, 16, 24):
+        vec = fp.encode(values, frac_bits)
+        assert [fp.to_ring(fp.encode_fixed(v, frac_bits)) for v in values] == [int(x) for x in vec]
+        assert [fp.from_ring(int(x)) for x in vec] == vec.view(np.int64).tolist()
+    with pytest.raises(ValueError):
+        fp.encode_fixed(float("nan"), 4)

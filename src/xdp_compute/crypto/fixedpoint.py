@@ -1,4 +1,4 @@
-"""Fixed-point encoding of real vectors into the ring Z_2^64 used by secure aggregation.
+"""Fixed-point encoding of reals into the ring Z_2^64 used by secure aggregation: the one codec.
 
 Secure aggregation (Bonawitz et al. 2017, §3 "inputs are vectors in Z_R^m") sums vectors modulo
 R = 2^64. Reals are scaled by ``2**frac_bits``, rounded to the nearest integer and stored as
@@ -6,12 +6,19 @@ two's-complement ``uint64``; numpy's uint64 arithmetic wraps modulo 2^64, so add
 vectors adds the reals. A sum decodes correctly as long as the true (signed) total stays inside
 ``[-2^63, 2^63)``: check that up front with :func:`headroom_check`, because after masking an
 overflow is silent and wraps to garbage.
+
+Two forms of the same encoding: :func:`encode` / :func:`decode` for numpy vectors (training
+updates), and the exact scalar :func:`encode_fixed` with :func:`to_ring` / :func:`from_ring`
+for the query plan's per-cell totals, where the caller bounds the integer itself (the plan's
+headroom rule). Both round half to even on the exact product v * 2^frac_bits, so they agree
+wherever both are defined.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -25,11 +32,14 @@ __all__ = [
     "add_mod",
     "decode",
     "encode",
+    "encode_fixed",
+    "from_ring",
     "headroom_check",
     "max_frac_bits",
     "neg_mod",
     "sub_mod",
     "sum_mod",
+    "to_ring",
 ]
 
 U64Vector = npt.NDArray[np.uint64]
@@ -38,6 +48,7 @@ U64Vector = npt.NDArray[np.uint64]
 DEFAULT_FRAC_BITS = 24
 _MAX_FRAC_BITS = 62
 _TWO63 = 2**63
+_TWO64 = 2**64
 
 
 class FixedPointOverflow(InvalidSpec):
@@ -83,6 +94,28 @@ def decode(encoded: npt.ArrayLike, frac_bits: int = DEFAULT_FRAC_BITS) -> npt.ND
         raise InvalidSpec(f"decode expects a uint64 or int64 array, got {arr.dtype}")
     signed = arr.view(np.int64)
     return np.ldexp(signed.astype(np.float64), -frac_bits)
+
+
+def encode_fixed(value: float, frac_bits: int) -> int:
+    """round(value * 2^frac_bits) as a Python int (round half to even; exact for |value| < 2^53).
+
+    Unbounded: the caller checks the integer against its headroom before it enters the ring.
+    Raises ``ValueError`` for NaN or infinity.
+    """
+    if not math.isfinite(value):
+        raise ValueError("cannot encode a non-finite value")
+    return round(Fraction(value) * (1 << frac_bits))
+
+
+def to_ring(value: int) -> int:
+    """Two's complement representative modulo 2^64 (what goes into a uint64 vector)."""
+    return value % _TWO64
+
+
+def from_ring(value: int) -> int:
+    """Inverse of ``to_ring`` for |value| < 2^63."""
+    v = int(value) % _TWO64
+    return v - _TWO64 if v >= _TWO63 else v
 
 
 def headroom_check(max_abs: float, n_terms: int, frac_bits: int = DEFAULT_FRAC_BITS) -> None:

@@ -1,17 +1,19 @@
-"""Federated DP SQL: parse and plan the analyst's query, node-local pushdown SQL, decode totals.
+"""Federated DP SQL: parse and plan the analyst's query, node-local pushdown SQL, release rows.
 
 Flow: ``referenced_dataset(sql)`` -> look the dataset up -> ``plan_query(sql, dataset)`` ->
 ``plan.to_dict()`` to the nodes -> each node ``validate_plan_for`` + ``local_sql`` (see
 ``xdp_compute.node.sources.run_local_query``) -> secure aggregation + noise of the uint64
-vectors -> ``decode_totals`` -> ``derive_rows``.
+vectors -> ``from_ring`` of the noisy total -> ``finalize.finalize_rows`` (estimates and
+intervals) -> ``finalize.suppress_small_groups``. ``decode_totals`` reads a vector's real totals
+(for checks and tests; the release path stays in integers until ``finalize_rows``).
 """
 
-from xdp_compute.query.combine import decode_totals, derive_rows
 from xdp_compute.query.parse import referenced_dataset
 from xdp_compute.query.plan import (
-    Measurement,
+    CellTotal,
     OutputColumn,
     QueryPlan,
+    decode_totals,
     encode_fixed,
     frac_bits_for,
     from_ring,
@@ -26,17 +28,16 @@ from xdp_compute.query.where import And, Between, Compare, InList, IsNull, Not, 
 __all__ = [
     "And",
     "Between",
+    "CellTotal",
     "Compare",
     "InList",
     "IsNull",
-    "Measurement",
     "Not",
     "Or",
     "OutputColumn",
     "Predicate",
     "QueryPlan",
     "decode_totals",
-    "derive_rows",
     "encode_fixed",
     "frac_bits_for",
     "from_ring",

@@ -4,16 +4,18 @@
 
 * ``cells`` — every combination of the group columns' declared values (cross product, in GROUP
   BY order), so the set of released cells never depends on the data;
-* ``measurements`` — the de-duplicated per-cell sums each node contributes: ``count`` (of rows,
-  or of non-NULL values of a column), ``sum`` and ``sumsq`` of values clipped to the declared
-  bounds, each with its per-row contribution bound ``bound`` (1 for counts, B = max(|min|, |max|)
-  for sums, B^2 for sums of squares) and its fixed-point scale ``frac_bits``;
+* ``measurements`` — the de-duplicated per-cell sums each node contributes (:class:`CellTotal`):
+  ``count`` (of rows, or of non-NULL values of a column), ``sum`` and ``sumsq`` of values clipped
+  to the declared bounds, each with its per-row contribution bound ``bound`` (1 for counts,
+  B = max(|min|, |max|) for sums, B^2 for sums of squares) and its fixed-point scale ``frac_bits``;
 * ``outputs`` — the SELECT list in order, each aggregate pointing at the measurements it is
   derived from.
 
 A node's vector is cell-major: entry ``cell * len(measurements) + m``. Values are fixed point,
 ``round(total * 2**frac_bits)`` as a two's-complement integer modulo 2^64 (the ring of the
-secure-aggregation masks, Bonawitz et al. 2017 §3 "inputs in Z_R").
+secure-aggregation masks, Bonawitz et al. 2017 §3 "inputs in Z_R"), encoded by the one codec in
+:mod:`xdp_compute.crypto.fixedpoint` (``encode_fixed``, ``to_ring``, ``from_ring`` are
+re-exported here for the plan's users).
 
 The plan travels to nodes as JSON (``to_dict``/``from_dict``); a node re-derives it from the SQL
 against its *own* manifest with ``validate_plan_for`` and refuses any difference.
@@ -29,6 +31,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
+from xdp_compute.crypto.fixedpoint import decode, encode_fixed, from_ring, to_ring
 from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec
 from xdp_compute.errors import InvalidQuery
 from xdp_compute.query.parse import ParsedAggregate, ParsedGroupRef, parse_query
@@ -55,9 +60,32 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "stddev": ("count", "sum", "sumsq"),
 }
 
+__all__ = [
+    "DEFAULT_MAX_CELLS",
+    "DEFAULT_MAX_PARTIES",
+    "DEFAULT_MAX_ROWS_PER_NODE",
+    "HEADROOM_BITS",
+    "MAX_FRAC_BITS",
+    "MAX_VECTOR_LENGTH",
+    "MEASUREMENT_KINDS",
+    "OUTPUT_KINDS",
+    "PLAN_VERSION",
+    "CellTotal",
+    "OutputColumn",
+    "QueryPlan",
+    "decode_totals",
+    "encode_fixed",
+    "frac_bits_for",
+    "from_ring",
+    "headroom_guaranteed",
+    "plan_query",
+    "to_ring",
+    "validate_plan_for",
+]
+
 
 # ---------------------------------------------------------------------------------------------
-# fixed point
+# fixed-point scale (the encoding itself: xdp_compute.crypto.fixedpoint)
 
 
 def frac_bits_for(bound: float, *, max_rows_per_node: int = DEFAULT_MAX_ROWS_PER_NODE,
@@ -81,31 +109,16 @@ def headroom_guaranteed(bound: float, frac_bits: int, *, max_rows_per_node: int,
         < (1 << HEADROOM_BITS)
 
 
-def encode_fixed(value: float, frac_bits: int) -> int:
-    """round(value * 2^frac_bits) as a Python int (round half to even; exact for |value| < 2^53)."""
-    if not math.isfinite(value):
-        raise ValueError("cannot encode a non-finite value")
-    return round(Fraction(value) * (1 << frac_bits))
-
-
-def to_ring(value: int) -> int:
-    """Two's complement representative modulo 2^64 (what goes into a uint64 vector)."""
-    return value % (1 << 64)
-
-
-def from_ring(value: int) -> int:
-    """Inverse of ``to_ring`` for |value| < 2^63."""
-    v = int(value) % (1 << 64)
-    return v - (1 << 64) if v >= (1 << 63) else v
-
-
 # ---------------------------------------------------------------------------------------------
 # plan types
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """One per-cell total every node contributes.
+class CellTotal:
+    """One per-cell total every node contributes (an entry of ``QueryPlan.measurements``).
+
+    Not to be confused with :class:`xdp_compute.privacy.Measurement`, what the accountant
+    calibrates noise for: the vector of one ``CellTotal`` over all cells, with its sensitivity.
 
     ``bound`` is the most one row can change this total (L1 = L2 per row and per measurement):
     1 for counts, B = max(|min|, |max|) for sums of clipped values, B^2 for sums of squares.
@@ -170,7 +183,7 @@ class QueryPlan:
     group_columns: tuple[str, ...]
     cells: tuple[tuple[str, ...], ...]
     outputs: tuple[OutputColumn, ...]
-    measurements: tuple[Measurement, ...]
+    measurements: tuple[CellTotal, ...]
     where: Predicate | None
     columns: tuple[ColumnSpec, ...]
     max_rows_per_node: int = DEFAULT_MAX_ROWS_PER_NODE
@@ -247,6 +260,19 @@ class QueryPlan:
             raise InvalidQuery(f"malformed plan: {type(e).__name__}: {e}") from None
 
 
+def decode_totals(plan: QueryPlan, vector: np.ndarray | list[int]) -> np.ndarray:
+    """float64 array (cells x measurements) of the real totals in a node's or an aggregated vector.
+
+    Reads each measurement's entries with its own ``frac_bits`` through the fixed-point codec
+    (two's complement, times 2^-frac_bits: exact in binary floating point).
+    """
+    vals = np.asarray(vector, dtype=np.uint64)
+    if vals.shape != (plan.vector_length,):
+        raise ValueError(f"vector has {vals.size} entries; the plan needs {plan.vector_length}")
+    by_cell = vals.reshape(len(plan.cells), len(plan.measurements))
+    return np.column_stack([decode(by_cell[:, j], m.frac_bits) for j, m in enumerate(plan.measurements)])
+
+
 def _req(d: dict[str, Any], key: str, typ: type) -> Any:
     v = d.get(key)
     if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
@@ -284,7 +310,7 @@ def _plan_from_dict(d: Any) -> QueryPlan:
         col = m.get("column")
         if col is not None and not isinstance(col, str):
             raise InvalidQuery("malformed plan: measurement column must be a name or null")
-        measurements.append(Measurement(m["kind"], col, float(bound), fb))
+        measurements.append(CellTotal(m["kind"], col, float(bound), fb))
     outputs = []
     for o in _req(d, "outputs", list):
         if not isinstance(o, dict) or o.get("kind") not in OUTPUT_KINDS or not isinstance(o.get("alias"), str):
@@ -382,7 +408,7 @@ def plan_query(sql: str, dataset: DatasetSpec, *, max_rows_per_node: int = DEFAU
     cells = tuple(tuple(c) for c in itertools.product(*value_lists))
 
     # measurements, de-duplicated in first-use order
-    measurements: list[Measurement] = []
+    measurements: list[CellTotal] = []
     index: dict[tuple[str, str | None], int] = {}
 
     def need(kind: str, column: str | None) -> int:
@@ -398,7 +424,7 @@ def plan_query(sql: str, dataset: DatasetSpec, *, max_rows_per_node: int = DEFAU
             fb = 0 if kind == "count" else frac_bits_for(bound, max_rows_per_node=max_rows_per_node,
                                                          max_parties=max_parties)
             index[key] = len(measurements)
-            measurements.append(Measurement(kind, column, bound, fb))
+            measurements.append(CellTotal(kind, column, bound, fb))
         return index[key]
 
     aliases = _aliases(parsed.select)
