@@ -51,7 +51,7 @@ def store(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def services(store: object) -> object:
     from xdp_compute.config import Settings
-    from xdp_compute.gateway.app import Services
+    from xdp_compute.gateway.services import Services
 
     return Services(settings=Settings(db_url="sqlite://", max_body_bytes=1 << 20), store=store)  # type: ignore[arg-type]
 

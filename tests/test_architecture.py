@@ -330,7 +330,6 @@ def test_import_graph_sees_function_level_and_relative_imports() -> None:
     assert not any(m.startswith("xdp_compute.v1") for m in graph)
 
 
-@pytest.mark.xfail(reason="issue #10 restructure in progress", strict=False)
 def test_no_import_cycles() -> None:
     cycles = import_cycles()
     assert not cycles, "import circles in src/xdp_compute:\n  " + "\n  ".join(cycles)
@@ -348,7 +347,6 @@ def oversize_files() -> list[str]:
     return [f"{p.relative_to(PACKAGE_DIR.parent)}: {n} lines" for p, n in sizes.items() if n > MAX_LINES]
 
 
-@pytest.mark.xfail(reason="issue #10 restructure in progress", strict=False)
 def test_no_module_over_700_lines() -> None:
     oversize = oversize_files()
     assert not oversize, f"files over {MAX_LINES} lines:\n  " + "\n  ".join(oversize)

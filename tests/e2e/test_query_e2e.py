@@ -93,8 +93,8 @@ def test_gateway_transcript_holds_no_single_partial(tmp_path: Path) -> None:
     from xdp_compute.crypto.secagg import MaskedInput, decode_message
     from xdp_compute.domain.manifest import load_manifest
     from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION, with_group_size
-    from xdp_compute.node.query_task import add_noise, seeded_noise_key
     from xdp_compute.node.sources import run_local_query
+    from xdp_compute.node.tasks.query import add_noise, seeded_noise_key
     from xdp_compute.privacy import Measurement, plan_noise
     from xdp_compute.privacy.randomness import SeededRandomness
     from xdp_compute.query import plan_query

@@ -23,8 +23,8 @@ FAST = {"XDP_TEST_NOISE_SEED": "dropout", "XDP_ROUND_TIMEOUT": "8"}
 def noisy_partials(root: Path, nodes: list[str]) -> dict[str, tuple[object, np.ndarray]]:
     from xdp_compute.domain.manifest import load_manifest
     from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION, with_group_size
-    from xdp_compute.node.query_task import add_noise, seeded_noise_key
     from xdp_compute.node.sources import run_local_query
+    from xdp_compute.node.tasks.query import add_noise, seeded_noise_key
     from xdp_compute.privacy import Measurement, plan_noise
     from xdp_compute.privacy.randomness import SeededRandomness
     from xdp_compute.query import plan_query

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import signal
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -76,7 +74,7 @@ def start(root: Path, budget: float = 50.0, seed: str | None = None
 
 def node_split(node: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The node's own (public, deterministic) train/held-out split of the dataset."""
-    from xdp_compute.node.train_task import HOLDOUT_FRACTION, holdout_seed
+    from xdp_compute.node.tasks.train import HOLDOUT_FRACTION, holdout_seed
     from xdp_compute.training import split_holdout
 
     return split_holdout(n, HOLDOUT_FRACTION, holdout_seed("tumours", node))
@@ -86,9 +84,9 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
     import torch
     from opacus.accountants import RDPAccountant
 
-    from xdp_compute.node.train_task import SGD_SHARE, _count_sigma
+    from xdp_compute.node.tasks.train import SGD_SHARE
     from xdp_compute.training import TrainingSpec
-    from xdp_compute.training.local import plan_privacy
+    from xdp_compute.training.local import count_noise_multiplier, plan_privacy
 
     cluster, tokens, parts = start(tmp_path, seed="breast-cancer")
     try:
@@ -131,7 +129,7 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
             plan = plan_privacy(spec, len(tr), 1e-5)
             acc_ = RDPAccountant()
             acc_.history = [(plan.noise_multiplier, plan.sample_rate, 40 * plan.steps_per_round),
-                            (_count_sigma(plan, 3.0, 1e-5), 1.0, 1)]
+                            (count_noise_multiplier(plan, 3.0, 1e-5), 1.0, 1)]
             assert abs(spent[node] - acc_.get_epsilon(delta=1e-5)) < 1e-6, node
             assert card["epsilon_per_node"][node] == pytest.approx(spent[node], abs=1e-9)
         assert ml.verify_receipt(job.delivery)

@@ -153,7 +153,7 @@ class HeScorePartial(Record):
     KIND: ClassVar[str] = "he_score_partial"
     plan: dict[str, Any]
     sigma_node2: dict[str, ExactFraction]
-    score_frac_bits: int = Field(ge=0, le=40)
+    score_frac_bits: int = Field(ge=0, le=30)
     context: Blob
     weights: Blob
 

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,28 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xdp_compute.config import Settings
 from xdp_compute.errors import PROBLEM_BASE, XdpError
-from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import Store
 
 log = logging.getLogger("xdp.gateway")
 PROBLEM = "application/problem+json"
-
-
-@dataclass
-class Services:
-    """What routers and the gRPC servicer share; built by the lifespan (or a test)."""
-
-    settings: Settings
-    store: Store
-    hub: TaskHub = field(default_factory=TaskHub)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
-
-        self.release_log = ReleaseLog(self.store)
-        self.gate = ReleaseGate(self.store, self.release_log)
-        self.extra["release_log"] = self.release_log
 
 
 def problem_response(status: int, slug: str, title: str, detail: str, instance: str | None = None,

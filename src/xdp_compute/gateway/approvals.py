@@ -7,21 +7,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
 
 from xdp_compute.errors import Conflict, Forbidden, NotFound, XdpError
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway.app import Services
 from xdp_compute.gateway.release import APPROVAL_GIVEN, APPROVAL_REFUSED
+from xdp_compute.gateway.runners import runner_for
+from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView
 
 log = logging.getLogger("xdp.gateway.approvals")
-# job kind -> coroutine that runs an approved job to its release
-Runner = Callable[[Services, str], Awaitable[Any]]
-RUNNERS: dict[str, Runner] = {}
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -114,7 +111,7 @@ async def approve(svc: Services, holder: PrincipalView, job_id: str) -> dict[str
                                               "operation": job.kind, "spec_digest": json.loads(job.spec_json)["digest"],
                                               "approvers": [holder.name], "payload_digest": None})
     if ready:
-        runner = RUNNERS[job.kind]
+        runner = runner_for(job.kind)
 
         async def run() -> None:
             try:

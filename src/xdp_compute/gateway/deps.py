@@ -9,9 +9,10 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
-from xdp_compute.errors import Forbidden
-from xdp_compute.gateway.app import Services
+from xdp_compute.errors import BadRequest, Forbidden
+from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView
 
 
@@ -60,7 +61,10 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     """
 
     async def parse(request: Request) -> M:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            raise BadRequest("the client went away before the request body arrived") from None
         try:
             return await asyncio.to_thread(model.model_validate_json, raw)
         except ValidationError as e:

@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from xdp_compute.contract import Record, decode_reply, encode
+
 
 @dataclass
 class Task:
@@ -34,6 +36,14 @@ class Reply:
 
 class NodeDropped(Exception):
     """The node did not answer the task in time (or disconnected)."""
+
+
+class NodeFailed(Exception):
+    """The node answered the task with an error (its message is for people; never data)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 # How often a node that keeps heartbeating has its last_seen written to the store: liveness is
@@ -88,6 +98,9 @@ class TaskHub:
         cutoff = time.monotonic() - seconds
         return [n for n, t in self._heard.items() if t < cutoff and n not in self._offline]
 
+    def is_online(self, node_id: str) -> bool:
+        return node_id in self._heard and node_id not in self._offline
+
     def went_offline(self, node_id: str) -> None:
         self._offline.add(node_id)
         self.fail_node(node_id, "went offline")
@@ -105,6 +118,18 @@ class TaskHub:
             raise NodeDropped(f"node {node_id} did not answer {task.kind} within {timeout:g}s") from None
         finally:
             self._waiting.pop(task.task_id, None)
+
+    async def ask(self, node_id: str, job_id: str, request: Record, timeout: float) -> Record:
+        """Send a contract request and return the node's typed reply.
+
+        NodeDropped if it does not answer in time, NodeFailed if it answers with an error,
+        ContractError if its answer does not follow the contract.
+        """
+        header, blobs = encode(request)
+        r = await self.call(node_id, Task(request.KIND, job_id, header, blobs), timeout)
+        if not r.ok:
+            raise NodeFailed(r.error)
+        return decode_reply(request.KIND, r.header, r.blobs)
 
     async def pull(self, node_id: str, wait: float) -> Task | None:
         q = self._queue(node_id)

@@ -1,10 +1,14 @@
 """The one ReleaseGate every output passes, and the verifiable release log behind it.
 
-Gate steps, in one database transaction (DESIGN "Flow of one job", step 5): policy re-check,
-small-cell suppression, budget commit (or refund), append to the release log (RFC 9162 leaf +
-Ed25519 signed tree head), store the delivery; then the caller delivers the result with its
+Gate steps (DESIGN "Flow of one job", step 5): policy re-check, small-cell suppression, then in
+one database transaction budget commit (or refund), append to the release log (RFC 9162 leaf +
+Ed25519 signed tree head) and store the delivery; then the caller delivers the result with its
 receipt (log index, inclusion proof, signed tree head). Refusals (policy denied, budget
 exhausted, approval refused, protocol failure) are log entries too.
+
+The gate owns its steps: which re-check, which suppression and what the gateway may keep are
+cases here, chosen by the output kind (``Outcome.operation``); producers hand over data, never
+code.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +27,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from xdp_compute.audit import MerkleTree, SignedTreeHead, TreeHeadSigner, canonical_json
-from xdp_compute.errors import Conflict, XdpError
+from xdp_compute.config import Settings
+from xdp_compute.domain.policy import Requester, evaluate
+from xdp_compute.errors import Conflict, PolicyDenied, XdpError
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway.store import Store
+from xdp_compute.gateway.store import Store, node_parts
+from xdp_compute.query import QueryPlan
+from xdp_compute.query.finalize import suppress_small_groups
 
 log = logging.getLogger("xdp.gateway.release")
 SIGNING_KEY = "release-log-ed25519"
@@ -164,6 +172,24 @@ def head_dict(h: m.TreeHead) -> dict[str, Any]:
                           signature=bytes.fromhex(h.signature), key_id=h.key_id).to_dict()
 
 
+@dataclass(frozen=True)
+class PolicyContext:
+    """Who asked for what, from which nodes: what the gate re-checks policy against at release."""
+
+    requester: Requester
+    dataset: str
+    node_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GroupCells:
+    """What small-cell suppression needs of a plain SQL answer."""
+
+    plan: QueryPlan
+    min_group_size: int
+    hidden_count: bool
+
+
 @dataclass
 class Outcome:
     """What a job produced and wants released."""
@@ -173,24 +199,61 @@ class Outcome:
     datasets: list[str]
     nodes: list[str]
     spec_digest: str
-    cost: dict[str, float]
+    cost: dict[str, Any]
     decisions: list[dict[str, Any]] = field(default_factory=list)
-    # Small-cell suppression over the payload; returns how many cells it suppressed.
-    suppress: Callable[[dict[str, Any]], int] | None = None
-    # Policy re-check at release time; returns decisions (any not allowed -> denial).
-    recheck: Callable[[], list[dict[str, Any]]] | None = None
+    policy: PolicyContext | None = None  # None: nothing to re-check (refusals of unplanned jobs)
+    cells: GroupCells | None = None      # plain SQL answers: the groups to suppress
     # Per ledger-row actual charge, when lower than reserved (e.g. training stopped early).
     actual_charges: dict[int, tuple[float, float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Payload members the gateway must not keep (e.g. ciphertexts): stored as their digest only.
-    keep_out: tuple[str, ...] = ()
+
+
+# Policy output label the re-check evaluates, per output kind.
+_POLICY_OUTPUT = {"query": "query", "he_query": "he_query", "he_score": "he_score", "training": "trained model"}
+# Payload members the gateway must not keep, per output kind: stored as their digest only.
+_KEPT_OUT = {"he_query": ("ciphertext",), "he_score": ("ciphertext",)}
+# Rules that are settled before release and not re-checked (the budget is already reserved).
+_NOT_RECHECKED = ("budget", "epsilon_cap")
 
 
 class ReleaseGate:
     """The only path by which any result leaves the gateway."""
 
-    def __init__(self, store: Store, release_log: ReleaseLog) -> None:
+    def __init__(self, store: Store, release_log: ReleaseLog, settings: Settings | None = None) -> None:
         self.store, self.log = store, release_log
+        self.settings = settings or Settings()
+
+    # ------------------------------------------------------------------ the gate's own cases
+    def recheck(self, outcome: Outcome) -> list[dict[str, Any]]:
+        """Policy re-check at release against the holders' current policy (budget excluded)."""
+        ctx = outcome.policy
+        if ctx is None:
+            return []
+        fresh = [x for x in self.store.lookup_parts(ctx.dataset) if x["node_id"] in set(ctx.node_ids)]
+        decisions = evaluate(node_parts(fresh), ctx.requester, 0.0, 0.0,
+                             restricted_categories=self.settings.restricted_categories,
+                             output=_POLICY_OUTPUT[outcome.operation])
+        return [d.to_dict() for d in decisions if d.rule not in _NOT_RECHECKED]
+
+    def suppress(self, outcome: Outcome) -> int:
+        """Small-cell suppression by output kind; returns how many cells it suppressed."""
+        match outcome.operation:
+            case "query":
+                c = outcome.cells
+                if c is None:
+                    return 0
+                # A group whose noisy count is below min_group_size shows no numbers.
+                return suppress_small_groups(c.plan, outcome.payload, c.min_group_size, c.hidden_count)
+            case "he_query" | "he_score":
+                return 0  # counts are encrypted to the analyst; the SDK suppresses after decryption
+            case _:
+                return 0  # a trained model has no groups
+
+    @staticmethod
+    def kept(outcome: Outcome) -> dict[str, Any]:
+        """What the gateway keeps of a payload: members it must not hold become their digest."""
+        out = _KEPT_OUT.get(outcome.operation, ())
+        return {k: ({"sha256": digest(v if isinstance(v, bytes) else str(v).encode())} if k in out else v)
+                for k, v in outcome.payload.items()}
 
     def _budget_left(self, s: Session, job_id: str) -> dict[str, float]:
         rows = s.execute(select(m.NodeDataset, m.Node.name).join(m.Reservation,
@@ -202,18 +265,15 @@ class ReleaseGate:
 
     def release(self, job_id: str, principal: str, outcome: Outcome, approvers: list[str] | None = None) -> dict[str, Any]:
         """Pass ``outcome`` through the gate; return the delivery (result + receipt) or raise."""
-        if outcome.recheck is not None:
-            decisions = outcome.recheck()
-            denied = [d for d in decisions if not d["allowed"]]
-            if denied:
-                # A noisy value exists already: the reservation is charged, nothing is released.
-                self.refuse(job_id, principal, outcome, DENIED, f"policy re-check at release: {denied[0]['reason']}",
-                            refund=False, charge=True, decisions=decisions)
-                from xdp_compute.errors import PolicyDenied
-
-                raise PolicyDenied(f"denied at release by rule {denied[0]['rule']!r}: {denied[0]['reason']}")
+        decisions = self.recheck(outcome)
+        denied = [d for d in decisions if not d["allowed"]]
+        if denied:
+            # A noisy value exists already: the reservation is charged, nothing is released.
+            self.refuse(job_id, principal, outcome, DENIED, f"policy re-check at release: {denied[0]['reason']}",
+                        refund=False, charge=True, decisions=decisions)
+            raise PolicyDenied(f"denied at release by rule {denied[0]['rule']!r}: {denied[0]['reason']}")
         payload = outcome.payload
-        suppressed = outcome.suppress(payload) if outcome.suppress is not None else 0
+        suppressed = self.suppress(outcome)
         with self.log.transaction() as s:
                 job = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
                 if job is None or job.status != "running":
@@ -234,9 +294,7 @@ class ReleaseGate:
                             "result": payload, "log_index": stored["index"], "budget_left": left,
                             "cost": outcome.cost}
                 job.status = "released"
-                kept = {k: ({"sha256": digest(v if isinstance(v, bytes) else str(v).encode())}
-                            if k in outcome.keep_out else v) for k, v in payload.items()}
-                job.result_json = json.dumps({**delivery, "result": kept})
+                job.result_json = json.dumps({**delivery, "result": self.kept(outcome)})
                 job.updated_at = time.time()
         delivery["receipt"] = self.log.receipt(stored["index"])
         return delivery

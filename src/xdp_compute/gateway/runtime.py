@@ -9,8 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from xdp_compute.gateway.app import Services
 from xdp_compute.gateway.grpc_service import NodeService, build_server, file_capture
+from xdp_compute.gateway.services import Services
 
 log = logging.getLogger("xdp.gateway")
 # A monitor tick later than this means the event loop was blocked, not that nodes were silent.
@@ -37,12 +37,13 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     bound = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC to {s.grpc_host}:{s.grpc_port}")
+    from xdp_compute.gateway.recovery import recover_interrupted_jobs
+
+    # No node has a session with this fresh process: all are offline until they register again
+    # (before serving, so a node that registers at once is not marked offline after it).
+    await asyncio.to_thread(svc.store.mark_offline_stale, float("inf"))
     await server.start()
     log.info("gRPC for nodes on %s:%d", s.grpc_host, bound)
-    from xdp_compute.gateway.jobs import recover_interrupted_jobs
-
-    # No node has a session with this fresh process: all are offline until they register again.
-    await asyncio.to_thread(svc.store.mark_offline_stale, float("inf"))
 
     await asyncio.to_thread(recover_interrupted_jobs, svc)
 
@@ -66,13 +67,18 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
                 continue
             try:
                 gone = svc.hub.silent_for(window)
-                if gone:
-                    await asyncio.to_thread(svc.store.mark_offline, gone)
                 for node_id in gone:
                     log.info("node %s marked offline (silent for %.0fs)", node_id, window)
                     svc.hub.went_offline(node_id)
+                if gone:
+                    await asyncio.to_thread(svc.store.mark_offline, gone)
+                    # Heard from again while the store was written: the store must say online.
+                    back = [n for n in gone if svc.hub.is_online(n)]
+                    for node_id in back:
+                        await asyncio.to_thread(svc.store.touch_node, node_id)
             except Exception:
                 log.exception("liveness monitor")
+            last = time.monotonic()  # the monitor's own database wait is not loop lag
 
     task = asyncio.create_task(monitor())
 

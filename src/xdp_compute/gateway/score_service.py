@@ -22,19 +22,15 @@ import re
 import time
 from typing import Any
 
+from xdp_compute.contract import HeScorePartial, HeScoreReply
 from xdp_compute.crypto import ckks
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import Decision, Requester, check_privacy_params, evaluate
 from xdp_compute.errors import BadRequest, Conflict, InvalidSpec, ProtocolAborted, XdpError
-from xdp_compute.gateway.hub import NodeDropped, Task
-from xdp_compute.gateway.query_service import (
-    DEFAULT_DELTA_FRACTION,
-    Prepared,
-    QueryService,
-    node_parts,
-)
+from xdp_compute.gateway.hub import NodeDropped, NodeFailed
+from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION, Prepared, QueryService, ScoreInputs
 from xdp_compute.gateway.release import FAILED, digest
-from xdp_compute.gateway.store import PrincipalView
+from xdp_compute.gateway.store import PrincipalView, node_parts
 from xdp_compute.privacy import Measurement, plan_noise
 from xdp_compute.query import plan_query
 
@@ -119,8 +115,7 @@ def prepare_score(qs: QueryService, who: PrincipalView, body: dict[str, Any]) ->
                           "where": body.get("where"), "group_by": group_by, "epsilon": eps, "delta": dlt,
                           "score_bound": bound, "context": digest(context), "weights": digest(weights)})
     return Prepared(who, spec.name, parts, plan, True, noise, t, decisions, eps, dlt, level, spec_digest,
-                    "he_score", None, {"context": context, "weights": weights, "features": features,
-                                       "score_bound": bound})
+                    "he_score", None, ScoreInputs(context, weights, features, bound))
 
 
 async def submit_score(qs: QueryService, who: PrincipalView, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -129,30 +124,45 @@ async def submit_score(qs: QueryService, who: PrincipalView, body: dict[str, Any
         return 200, {"dry_run": True, "operation": "he_score", "cost": p.cost(),
                      "decisions": [d.to_dict() for d in p.decisions],
                      "allowed": all(d.allowed for d in p.decisions), "cells": len(p.plan.cells)}
+    assert p.score is not None
     return await qs.submit_prepared(who, p, body.get("idempotency_key"),
                                     {"dataset": p.dataset, "epsilon": p.epsilon, "delta": p.delta,
-                                     "features": p.extra["features"], "score_bound": p.extra["score_bound"]})
+                                     "features": p.score.features, "score_bound": p.score.score_bound},
+                                    run=lambda job_id, prepared: run_score_job(qs, job_id, prepared))
+
+
+async def run_score_job(qs: QueryService, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
+    """Start a scoring job and run it to its release; failures are charged or refunded as for queries."""
+    await asyncio.to_thread(qs.jobs.start, job_id)
+    return await qs.jobs.guarded(job_id, p.principal.name, qs.outcome_for(p), run_score(qs, job_id, p, background))
 
 
 async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool) -> dict[str, Any]:
     started = time.time()
-    sig = {mm.name: f"{mm.sigma_node2.numerator}/{mm.sigma_node2.denominator}" for mm in p.noise.measurements}
-    header = {"plan": p.plan.to_dict(), "sigma_node2": sig, "score_frac_bits": SCORE_FRAC_BITS}
-    blobs = {"context": p.extra["context"], "weights": p.extra["weights"]}
+    score = p.score
+    assert score is not None, "a scoring job carries its inputs"
+    request = HeScorePartial(plan=p.plan.to_dict(), sigma_node2={mm.name: mm.sigma_node2 for mm in p.noise.measurements},
+                             score_frac_bits=SCORE_FRAC_BITS, context=score.context,
+                             weights=score.weights)
     names = {x["node_id"]: x["node"] for x in p.parts}
     timeout = qs.svc.settings.round_timeout_seconds * 6
 
     async def one(node: str) -> tuple[str, bytes | None]:
         try:
-            r = await qs.svc.hub.call(node, Task("he_score_partial", job_id, dict(header), dict(blobs)), timeout)
+            r = await qs.svc.hub.ask(node, job_id, request, timeout)
         except NodeDropped:
             return node, None
-        blob = r.blobs.get("scores") if r.ok else None
-        if blob is None:
+        except NodeFailed as e:
+            log.warning("node %s failed its encrypted scores: %s", names[node], e.error)
             return node, None
+        except XdpError as e:
+            log.warning("node %s answered outside the contract: %s", names[node], e.detail)
+            return node, None
+        assert isinstance(r, HeScoreReply)
+        blob = r.scores
         try:  # each node's envelope on its own: one bad node is one drop-out, not a failed job
             h = ckks.scores_header(blob)
-            if h.get("context") != ckks.context_fingerprint(p.extra["context"]) or \
+            if h.get("context") != ckks.context_fingerprint(score.context) or \
                     h.get("n_groups") != 2 * len(p.plan.cells) or h.get("n_contributions") != 1:
                 raise BadRequest("score envelope does not match this job")
         except XdpError as e:
@@ -166,7 +176,7 @@ async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool
         await asyncio.to_thread(qs.gate.refuse, job_id, p.principal.name, qs.outcome_for(p), FAILED, reason,
                                 refund=True)
         raise ProtocolAborted(reason)
-    total = await asyncio.to_thread(ckks.add_ciphertexts, p.extra["context"], [b for _, b in got])
+    total = await asyncio.to_thread(ckks.add_ciphertexts, score.context, [b for _, b in got])
     survivors = sorted(names[n] for n, _ in got)
     payload = {"encrypted": True, "ciphertext": base64.b64encode(total).decode(), "dataset": p.dataset,
                "cells": [list(c) for c in p.plan.cells], "group_columns": list(p.plan.group_columns),
@@ -175,6 +185,4 @@ async def run_score(qs: QueryService, job_id: str, p: Prepared, background: bool
                "score_frac_bits": SCORE_FRAC_BITS, "epsilon": p.noise.epsilon, "delta": p.noise.delta,
                "n_outputs": 2 * len(p.plan.cells)}
     outcome = qs.outcome_for(p, payload, survivors)
-    outcome.recheck = lambda: qs.recheck(p)
-    outcome.keep_out = ("ciphertext",)
-    return qs.hand_over(job_id, await qs.release(job_id, p.principal.name, outcome, started), background)
+    return qs.jobs.hand_over(job_id, await qs.jobs.release(job_id, p.principal.name, outcome, started), background)

@@ -16,9 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from xdp_compute.contract import (
+    Record,
+    SecAggMaskedInput,
+    SecAggMessage,
+    SecAggSession,
+    SecAggShareKeys,
+    SecAggUnmask,
+)
 from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer, default_neighbours
 from xdp_compute.errors import BadRequest, XdpError
-from xdp_compute.gateway.hub import NodeDropped, Reply, Task, TaskHub
+from xdp_compute.gateway.hub import NodeDropped, NodeFailed, TaskHub
 
 log = logging.getLogger("xdp.gateway.secagg")
 
@@ -27,55 +35,54 @@ log = logging.getLogger("xdp.gateway.secagg")
 class SecureSumResult:
     total: np.ndarray                      # uint64 sum over the U3 survivors, mod 2^64
     survivors: list[str]                   # node ids whose input is in the total (U3)
-    first_replies: dict[str, dict[str, Any]] = field(default_factory=dict)  # round-0 headers
+    first_replies: dict[str, Any] = field(default_factory=dict)  # round-0 replies (QueryBegun, TrainRoundBegun)
     dropped: dict[str, str] = field(default_factory=dict)   # node id -> phase where it dropped
     refused: dict[str, str] = field(default_factory=dict)   # node id -> its error, if it answered round 0 with one
 
 
-async def _gather(hub: TaskHub, tasks: dict[str, Task], timeout: float,
-                  errors: dict[str, str] | None = None) -> dict[str, Reply]:
-    """Each node's answer to its task; silent nodes are absent, failed ones land in ``errors``."""
+async def _gather(hub: TaskHub, job_id: str, requests: dict[str, Record], timeout: float,
+                  errors: dict[str, str] | None = None) -> dict[str, SecAggMessage]:
+    """Each node's typed answer; silent nodes are absent, failed ones land in ``errors``."""
 
-    async def one(node: str, task: Task) -> tuple[str, Reply | None]:
+    async def one(node: str, request: Record) -> tuple[str, SecAggMessage | None]:
         try:
-            r = await hub.call(node, task, timeout)
+            r = await hub.ask(node, job_id, request, timeout)
         except NodeDropped:
             return node, None
-        if not r.ok:
-            log.warning("node %s failed %s: %s", node, task.kind, r.error)
+        except (NodeFailed, XdpError) as e:
+            error = e.error if isinstance(e, NodeFailed) else e.detail
+            log.warning("node %s failed %s: %s", node, request.KIND, error)
             if errors is not None:
-                errors[node] = r.error
+                errors[node] = error
             return node, None
-        return node, r
+        return node, r if isinstance(r, SecAggMessage) else None
 
-    results = await asyncio.gather(*(one(n, t) for n, t in tasks.items()))
+    results = await asyncio.gather(*(one(n, t) for n, t in requests.items()))
     return {n: r for n, r in results if r is not None}
 
 
 async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: list[str], vector_length: int,
-                     begin: Callable[[str], Task], *, threshold: int | None, round_timeout: float,
-                     begin_timeout: float) -> SecureSumResult:
-    """Run rounds 0-4; ``begin(node)`` builds each node's round-0 task (it computes its input then).
-
-    The round-0 task header gets a ``secagg`` member with the session configuration.
-    """
+                     begin: Callable[[str, SecAggSession], Record], *, threshold: int | None,
+                     round_timeout: float, begin_timeout: float) -> SecureSumResult:
+    """Run rounds 0-4; ``begin(node, session)`` builds each node's round-0 request (the node
+    computes its input then), which carries the session configuration."""
     n = len(participants)
     neighbours = default_neighbours(n) if n > 40 else None
     config = SecAggConfig(session_id=session_id, participants=participants, vector_length=vector_length,
                           threshold=threshold, neighbours=neighbours)
-    sconf = {"session_id": session_id, "participants": participants, "vector_length": vector_length,
-             "threshold": config.t, "neighbours": neighbours}
+    session = SecAggSession(session_id=session_id, participants=participants, vector_length=vector_length,
+                            threshold=config.t, neighbours=neighbours)
     server = SecAggServer(config)
     dropped: dict[str, str] = {}
 
-    def feed(replies: dict[str, Reply], expected: list[str], phase: str) -> None:
+    def feed(replies: dict[str, SecAggMessage], expected: list[str], phase: str) -> None:
         for node in expected:
             r = replies.get(node)
-            if r is None or "secagg" not in r.blobs:
+            if r is None:
                 dropped.setdefault(node, phase)
                 continue
             try:
-                server.receive(node, r.blobs["secagg"])
+                server.receive(node, r.secagg)
             except XdpError as e:
                 if isinstance(e, BadRequest) or e.status in (400, 409):
                     log.warning("node %s sent a bad %s message: %s", node, phase, e.detail)
@@ -84,32 +91,30 @@ async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: l
                     raise
 
     # Round 0 (AdvertiseKeys): each node computes its input and advertises two public keys.
-    tasks = {}
-    for node in participants:
-        t = begin(node)
-        t.header["secagg"] = sconf
-        tasks[node] = t
     refused: dict[str, str] = {}
-    replies = await _gather(hub, tasks, begin_timeout, refused)
-    first = {node: r.header for node, r in replies.items()}
+    replies = await _gather(hub, job_id, {node: begin(node, session) for node in participants}, begin_timeout,
+                            refused)
+    first = dict(replies)
     feed(replies, participants, "advertise_keys")
     server.close_advertise_keys()
     # Round 1 (ShareKeys): route the roster; collect encrypted Shamir shares.
     u1 = list(server.survivors(Phase.ADVERTISE_KEYS))
-    replies = await _gather(hub, {u: Task("secagg_share_keys", job_id, {"session_id": session_id},
-                                          {"secagg": server.roster_for(u).encode()}) for u in u1}, round_timeout)
+    replies = await _gather(hub, job_id, {u: SecAggShareKeys(session_id=session_id,
+                                                             secagg=server.roster_for(u).encode()) for u in u1},
+                            round_timeout)
     feed(replies, u1, "share_keys")
     server.close_share_keys()
     # Round 2 (MaskedInputCollection): deliver each node its shares; collect masked vectors.
     u2 = list(server.survivors(Phase.SHARE_KEYS))
-    replies = await _gather(hub, {u: Task("secagg_masked_input", job_id, {"session_id": session_id},
-                                          {"secagg": server.shares_for(u).encode()}) for u in u2}, round_timeout)
+    replies = await _gather(hub, job_id, {u: SecAggMaskedInput(session_id=session_id,
+                                                               secagg=server.shares_for(u).encode()) for u in u2},
+                            round_timeout)
     feed(replies, u2, "masked_input")
     request = server.close_masked_input()
     # Round 4 (Unmasking): survivors reveal self-mask shares of U3 and key shares of the dropped.
     u3 = list(server.survivors(Phase.MASKED_INPUT))
-    replies = await _gather(hub, {u: Task("secagg_unmask", job_id, {"session_id": session_id},
-                                          {"secagg": request.encode()}) for u in u3}, round_timeout)
+    unmask = SecAggUnmask(session_id=session_id, secagg=request.encode())
+    replies = await _gather(hub, job_id, dict.fromkeys(u3, unmask), round_timeout)
     feed(replies, u3, "unmask")
     # Shamir reconstruction and mask expansion are CPU work: off the event loop.
     total = await asyncio.to_thread(server.close_unmask)

@@ -24,6 +24,8 @@ from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from xdp_compute.domain.manifest import DatasetSpec
+from xdp_compute.domain.policy import NodePart
 from xdp_compute.errors import BadRequest, BudgetExhausted, NotFound, SchemaConflict, Unauthorized
 from xdp_compute.gateway import models as m
 
@@ -260,6 +262,13 @@ class Store:
         raise NotFound(f"no node {node_id!r}")
 
     # ----------------------------------------------------------------- catalog
+    def lookup_parts(self, name: str) -> list[dict[str, Any]]:
+        """``dataset_parts`` of the dataset named ``name`` in any letter case; NotFound if none."""
+        for n in self.dataset_names():
+            if n.lower() == name.lower():
+                return self.dataset_parts(n)
+        raise NotFound(f"no dataset named {name!r}")
+
     def dataset_parts(self, name: str) -> list[dict[str, Any]]:
         """Every node's part of a dataset: node id/name/region/online/holder + spec + ledger row id."""
         with self.read() as s:
@@ -380,3 +389,10 @@ class Store:
                 row = m.Secret(name=name, value=factory())
                 s.add(row)
             return bytes(row.value)
+
+
+def node_parts(parts: list[dict[str, Any]]) -> list[NodePart]:
+    """Store rows of a dataset's parts -> the policy's view of each node (spec and budget left)."""
+    return [NodePart(node=p["node"], region=p["region"], spec=DatasetSpec.from_dict(p["spec"]),
+                     epsilon_left=p["eps_budget"] - p["eps_spent"] - p["eps_reserved"],
+                     delta_left=p["delta_budget"] - p["delta_spent"]) for p in parts]

@@ -19,7 +19,7 @@ import grpc
 
 from xdp_compute.domain.manifest import Manifest
 from xdp_compute.errors import XdpError
-from xdp_compute.node.executors import TaskOutcome
+from xdp_compute.node.outcome import TaskOutcome
 from xdp_compute.node.worker import TaskWorker, WorkerOptions
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc

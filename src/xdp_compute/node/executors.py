@@ -1,51 +1,114 @@
-"""What a node does with each task kind. Everything returned is counts, masked or encrypted."""
+"""What a node does with each task kind. Everything returned is counts, masked or encrypted.
+
+``TaskExecutor.handle`` is the node's end of the contract (``xdp_compute.contract``): it decodes
+the task into its typed request, runs the kind's handler and encodes the typed reply. The
+handlers are listed once, in ``TaskExecutor.handler_table``; nothing registers itself by being
+imported.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from xdp_compute.contract import (
+    REPLY_OF,
+    HeQueryPartial,
+    HeScorePartial,
+    QueryBegin,
+    Record,
+    SecAggMaskedInput,
+    SecAggShareKeys,
+    SecAggUnmask,
+    TrainBegin,
+    TrainEval,
+    TrainPrepare,
+    Validate,
+    decode_request,
+    encode,
+)
 from xdp_compute.domain.manifest import Manifest
-from xdp_compute.errors import BadRequest
+from xdp_compute.errors import BadRequest, XdpError
+from xdp_compute.node.outcome import TaskOutcome
+from xdp_compute.node.tasks.context import NodeContext
+from xdp_compute.node.tasks.he import HeTasks
+from xdp_compute.node.tasks.query import QueryTasks
+from xdp_compute.node.tasks.secagg import SecAggSessions
+from xdp_compute.node.tasks.train import TrainTasks
+from xdp_compute.node.tasks.validate import validate
 
-
-@dataclass
-class TaskOutcome:
-    ok: bool
-    header: dict[str, Any] = field(default_factory=dict)
-    blobs: dict[str, bytes] = field(default_factory=dict)
-    error: str = ""
-
-
-Handler = Callable[[str, dict[str, Any], dict[str, bytes]], TaskOutcome]
+# (job id, typed request) -> typed reply; each handler takes the request record of its own kind.
+Handler = Callable[[str, Any], Record]
 
 
 class TaskExecutor:
-    """Dispatches tasks by kind; job-scoped state (e.g. secure aggregation) lives in ``self.state``."""
+    """Runs tasks by kind for one node; lives in the node's task worker process.
+
+    Job-scoped state lives in the task objects: secure-aggregation sessions (shared by the
+    round-0 handlers that open them and the step handlers that run them), training state
+    between rounds, Paillier obfuscator pools.
+    """
 
     def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.node_id = ""  # set by the agent once the gateway has registered this node
-        self.state: dict[str, Any] = {}
-        self.handlers: dict[str, Handler] = {"validate": self._validate}
-        from xdp_compute.node import jobs as node_jobs
-        from xdp_compute.node import query_task, train_task  # noqa: F401 - register round-0 providers
+        self.node = NodeContext(manifest)
+        self.secagg = SecAggSessions()
+        self.query = QueryTasks(self.node, self.secagg)
+        self.he = HeTasks(self.node)
+        self.train = TrainTasks(self.node, self.secagg)
+        self.handlers = self.handler_table()
 
-        node_jobs.install(self)
-        from xdp_compute.node import he_task
+    def handler_table(self) -> dict[str, Handler]:
+        """Every task kind of the contract and the handler that answers it."""
+        return {
+            Validate.KIND: partial(validate, self.node),
+            QueryBegin.KIND: self.query.begin,
+            SecAggShareKeys.KIND: self.secagg.share_keys,
+            SecAggMaskedInput.KIND: self.secagg.masked_input,
+            SecAggUnmask.KIND: self.secagg.unmask,
+            HeQueryPartial.KIND: self.he.query_partial,
+            HeScorePartial.KIND: self.he.score_partial,
+            TrainPrepare.KIND: self.train.prepare,
+            TrainBegin.KIND: self.train.begin_round,
+            TrainEval.KIND: self.train.evaluate,
+        }
 
-        he_task.install(self)
-        train_task.install(self)
+    @property
+    def manifest(self) -> Manifest:
+        return self.node.manifest
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    @node_id.setter
+    def node_id(self, value: str) -> None:
+        # set by the worker before each task, once the gateway has registered this node
+        self.node.node_id = value
+
+    def close(self) -> None:
+        """Stop the helper processes the tasks started (Paillier obfuscator pools)."""
+        self.he.close()
 
     def handle(self, kind: str, job_id: str, header: dict[str, Any], blobs: dict[str, bytes]) -> TaskOutcome:
-        handler = self.handlers.get(kind)
-        if handler is None:
-            raise BadRequest(f"this node does not know task kind {kind!r}")
-        return handler(job_id, header, blobs)
+        """Decode the task, run its handler, encode the reply; a refusal is a failed outcome.
 
-    def _validate(self, job_id: str, header: dict[str, Any], blobs: dict[str, bytes]) -> TaskOutcome:
-        from xdp_compute.node.validate import validate_source
+        Anything an ``XdpError`` reports (a task that breaks the contract, a plan this node's
+        manifest does not allow, a protocol abort...) becomes ``TaskOutcome(ok=False)`` with its
+        message. Other exceptions are bugs and propagate (the worker reports their class only).
+        """
+        try:
+            request = decode_request(kind, header, blobs)
+            handler = self.handlers.get(kind)
+            if handler is None:
+                raise BadRequest(f"this node has no handler for task kind {kind!r}")
+            reply = handler(job_id, request)
+        except XdpError as e:
+            return TaskOutcome(ok=False, error=e.detail)
+        if type(reply) is not REPLY_OF[kind]:
+            raise TypeError(f"{kind} handler answered {type(reply).__name__}, not {REPLY_OF[kind].__name__}")
+        out_header, out_blobs = encode(reply)
+        return TaskOutcome(ok=True, header=out_header, blobs=out_blobs)
 
-        reports = [validate_source(self.manifest, ds) for ds in self.manifest.datasets]
-        return TaskOutcome(ok=True, header={"datasets": reports, "ok": all(r.get("ok") for r in reports)})
+
+__all__ = ["Handler", "TaskExecutor", "TaskOutcome"]

@@ -27,8 +27,9 @@ from typing import Any, Self
 import numpy as np
 from sqlglot import exp
 
+from xdp_compute.crypto.fixedpoint import FixedPointOverflow
 from xdp_compute.domain.manifest import DatasetSpec, Manifest
-from xdp_compute.errors import BadRequest, XdpError
+from xdp_compute.errors import XdpError
 from xdp_compute.query.plan import (
     HEADROOM_BITS,
     QueryPlan,
@@ -43,12 +44,6 @@ class SourceError(XdpError):
     """The node's data source cannot be opened or read (the holder must fix it; see ``xdp node validate``)."""
 
     status, slug, title = 503, "source-unavailable", "Data source unavailable"
-
-
-class FixedPointOverflow(BadRequest):
-    """A node's total would not fit the fixed-point headroom (|v| * max_parties must stay < 2^62)."""
-
-    slug, title = "fixed-point-overflow", "Value too large to aggregate"
 
 
 def _sql_url(source: str) -> bool:

@@ -18,6 +18,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,13 +27,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from xdp_compute.domain.manifest import Manifest
-from xdp_compute.node.executors import TaskOutcome
+from xdp_compute.node.outcome import TaskOutcome
 
 log = logging.getLogger("xdp.node.worker")
 
 # Modules a node needs for training; imported by the worker at start (when preloading) so the
 # first round does not pay for torch and Opacus.
-PRELOAD_MODULES = ("xdp_compute.training.local", "xdp_compute.node.train_task")
+PRELOAD_MODULES = ("xdp_compute.training.local", "xdp_compute.node.tasks.train")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -114,15 +115,14 @@ class TaskWorker:
         log.error("task worker exited with code %s; starting a new one (job state held by it is lost)", code)
         self.restarts += 1
         time.sleep(min(0.5 * self.restarts, 5.0))  # do not spin if it keeps dying
-        with self._lock:
-            if self._closing:
-                return
-        self._start()
+        with self._lock:  # close() takes this lock too: it either sees the new worker or none starts
+            if not self._closing:
+                self._start()
 
     def close(self) -> None:
         with self._lock:
             self._closing = True
-        conn, proc = self._conn, self._proc
+            conn, proc = self._conn, self._proc
         if conn is not None:
             with contextlib.suppress(OSError, ValueError), self._send_lock:
                 conn.send(None)
@@ -190,12 +190,15 @@ def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -
             out = executor.handle(kind, job_id, header, blobs)
         except XdpError as e:
             out = TaskOutcome(ok=False, error=e.detail)
-        except Exception as e:
+        except BaseException as e:
             log.exception("task %s failed", kind)
             out = TaskOutcome(ok=False, error=f"{type(e).__name__} while running {kind}")
         try:
             with send_lock:
-                conn.send((ident, out.ok, out.header, out.blobs, out.error))
+                try:
+                    conn.send((ident, out.ok, out.header, out.blobs, out.error))
+                except (TypeError, AttributeError, pickle.PicklingError):
+                    conn.send((ident, False, {}, {}, f"the result of {kind} could not be sent"))
         except (OSError, ValueError):
             pass  # the agent is gone; nobody to tell
 
@@ -208,7 +211,16 @@ def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -
             break
         pool.submit(run, *msg)
     pool.shutdown(wait=False, cancel_futures=True)
-    os._exit(0)  # do not wait for daemon helpers (obfuscator pools, preloading)
+    _stop_helpers(executor)
+    os._exit(0)  # do not wait for daemon threads (preloading, stuck tasks)
+
+
+def _stop_helpers(executor: Any) -> None:
+    """End the worker's own helper processes (Paillier obfuscator pools) before it exits."""
+    for child in mp.active_children():
+        child.kill()  # first: a pool's shutdown would otherwise wait for work in progress
+    with contextlib.suppress(Exception):
+        executor.close()
 
 
 def _preload(threads: int) -> None:

@@ -254,13 +254,18 @@ def _from_table(stmt: exp.Select) -> tuple[str, str | None]:
     return src.this.name, alias_name
 
 
-def referenced_dataset(sql: str) -> str:
+def parse_statement(sql: str) -> exp.Select:
+    """Parse ``sql`` once into its shape-checked SELECT; every later step takes this tree."""
+    return _statement(sql)
+
+
+def referenced_dataset(sql: str | exp.Select) -> str:
     """The dataset name the query reads (as written), after checking the statement shape.
 
     The gateway calls this first to look the dataset up (unknown dataset is the caller's 404);
     dataset names are identifiers, compare them case-insensitively.
     """
-    stmt = _statement(sql)
+    stmt = sql if isinstance(sql, exp.Select) else _statement(sql)
     name, _ = _from_table(stmt)
     return name
 
@@ -647,9 +652,10 @@ def _number(node: exp.Literal, negative: bool, whole: exp.Expression) -> int | f
 # entry point
 
 
-def parse_query(sql: str, dataset: DatasetSpec) -> ParsedQuery:
-    """Parse ``sql`` and check it against ``dataset``'s manifest; raise ``InvalidQuery`` otherwise."""
-    stmt = _statement(sql)
+def parse_query(sql: str | exp.Select, dataset: DatasetSpec) -> ParsedQuery:
+    """Check ``sql`` (text, or the tree ``parse_statement`` made of it) against ``dataset``'s
+    manifest; raise ``InvalidQuery`` otherwise."""
+    stmt = sql if isinstance(sql, exp.Select) else _statement(sql)
     name, alias = _from_table(stmt)
     if name.lower() != dataset.name.lower():
         raise InvalidQuery(f"query reads dataset '{name}' but was planned against '{dataset.name}'",

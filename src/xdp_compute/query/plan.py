@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+from sqlglot import exp
 
 from xdp_compute.crypto.fixedpoint import decode, encode_fixed, from_ring, to_ring
 from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec
@@ -383,15 +384,17 @@ def _aliases(select: tuple[ParsedAggregate | ParsedGroupRef, ...]) -> list[str]:
 
 
 def plan_query(sql: str, dataset: DatasetSpec, *, max_rows_per_node: int = DEFAULT_MAX_ROWS_PER_NODE,
-               max_parties: int = DEFAULT_MAX_PARTIES, max_cells: int = DEFAULT_MAX_CELLS) -> QueryPlan:
+               max_parties: int = DEFAULT_MAX_PARTIES, max_cells: int = DEFAULT_MAX_CELLS,
+               statement: exp.Select | None = None) -> QueryPlan:
     """Parse, check against ``dataset``'s manifest and plan ``sql``; raise ``InvalidQuery`` (400) otherwise.
 
     ``max_rows_per_node`` and ``max_parties`` size the fixed-point scale (see ``frac_bits_for``);
-    ``max_cells`` caps the cross product of the group columns' declared values.
+    ``max_cells`` caps the cross product of the group columns' declared values. ``statement``:
+    the tree ``parse_statement`` already made of ``sql`` (the gateway parses a query once).
     """
     if not 1 <= max_rows_per_node <= 2**48 or not 1 <= max_parties <= 2**16:
         raise ValueError("max_rows_per_node must be in [1, 2^48] and max_parties in [1, 2^16]")
-    parsed = parse_query(sql, dataset)
+    parsed = parse_query(statement if statement is not None else sql, dataset)
 
     # cells: the cross product of declared values, never the values present in the data
     value_lists = []

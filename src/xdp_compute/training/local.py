@@ -153,6 +153,23 @@ def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     return arr
 
 
+def count_noise_multiplier(plan: Any, target: float, delta: float) -> float:
+    """Smallest Gaussian noise multiplier for the one release of a node's row count (its FedAvg
+    weight, sample rate 1) so that the planned DP-SGD steps plus that release stay <= ``target``
+    in the same RDP history. InvalidSpec if even a huge multiplier does not fit."""
+    sgd = [(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)]
+    lo, hi = 0.5, 1e5
+    if epsilon_for_history([*sgd, (hi, 1.0, 1)], delta) > target:
+        raise InvalidSpec("target_epsilon is too small for this node's data", field="target_epsilon")
+    for _ in range(60):  # bisection on a log scale; epsilon falls as the multiplier grows
+        mid = math.sqrt(lo * hi)
+        if epsilon_for_history([*sgd, (mid, 1.0, 1)], delta) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def epsilon_for_history(history: tuple[tuple[float, float, int], ...] | list[Any], delta: float) -> float:
     """``opacus.accountants.RDPAccountant().get_epsilon(delta)`` with the given history.
 
@@ -619,6 +636,7 @@ __all__ = [
     "RoundResult",
     "clipped_grad_sum_linear",
     "clipped_grad_sum_vmap",
+    "count_noise_multiplier",
     "epsilon_for_history",
     "evaluate_sums",
     "plan_privacy",

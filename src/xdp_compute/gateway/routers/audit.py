@@ -19,7 +19,7 @@ MAX_PAGE = 100_000
 
 
 def _log(svc: Svc) -> ReleaseLog:
-    return svc.extra["release_log"]  # type: ignore[no-any-return]
+    return svc.release_log
 
 
 def _entries(svc: Svc, start: int = 0, limit: int = MAX_PAGE) -> list[dict[str, Any]]:

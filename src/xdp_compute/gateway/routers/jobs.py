@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xdp_compute.errors import NotFound
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway import training_service  # noqa: F401 - registers the approved-job runner
 from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc, body_openapi, json_body
 from xdp_compute.gateway.query_service import QueryService
 
@@ -31,10 +30,7 @@ class QueryBody(BaseModel):
 
 
 def service(svc: Svc) -> QueryService:
-    qs = svc.extra.get("query_service")
-    if qs is None:
-        qs = svc.extra["query_service"] = QueryService(svc)
-    return qs  # type: ignore[no-any-return]
+    return QueryService(svc)
 
 
 @router.post("/queries", openapi_extra=body_openapi(QueryBody))
@@ -111,12 +107,12 @@ def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     if job.status == "released" and job.result_json:
         # An encrypted answer not yet fetched (e.g. after approval) is handed over once, then only
         # its digest remains at the gateway.
-        full = svc.extra.get("undelivered", {}).pop(job.id, None)
+        full = svc.undelivered.pop(job.id, None)
         out.update(full or json.loads(job.result_json))
         out["receipt"] = svc.release_log.receipt(out["log_index"])
     if job.error_json:
         out["error"] = json.loads(job.error_json)
-    progress = svc.extra.get("progress", {}).get(job.id)
+    progress = svc.progress.get(job.id)
     if progress is not None:
         out["progress"] = dict(progress)
     return out

@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from xdp_compute.errors import Conflict
+from xdp_compute.contract import Validate, Validated
+from xdp_compute.errors import Conflict, XdpError
 from xdp_compute.gateway.deps import CurrentPrincipal, Holder, Svc
-from xdp_compute.gateway.hub import NodeDropped, Task
+from xdp_compute.gateway.hub import NodeDropped, NodeFailed
 
 router = APIRouter(prefix="/v1", tags=["nodes"])
 
@@ -26,9 +27,12 @@ async def validate_node(node_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
     if not node["online"]:
         raise Conflict(f"node {node['name']!r} is offline")
     try:
-        reply = await svc.hub.call(node["id"], Task(kind="validate", job_id=""), svc.settings.round_timeout_seconds)
+        reply = await svc.hub.ask(node["id"], "", Validate(), svc.settings.round_timeout_seconds)
     except NodeDropped as e:
         raise Conflict(str(e)) from None
-    if not reply.ok:
-        raise Conflict(f"node {node['name']!r} could not validate: {reply.error}")
-    return {"node": node["name"], **reply.header}
+    except NodeFailed as e:
+        raise Conflict(f"node {node['name']!r} could not validate: {e.error}") from None
+    except XdpError as e:
+        raise Conflict(f"node {node['name']!r} answered outside the task contract: {e.detail}") from None
+    assert isinstance(reply, Validated)
+    return {"node": node["name"], "datasets": reply.datasets, "ok": reply.ok}

@@ -1,4 +1,4 @@
-"""Jobs: planning, reservation, execution over the task channel, and release through the gate."""
+"""Recovery after a restart: jobs a crash interrupted are charged and failed, never released."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 from sqlalchemy import select
 
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway.app import Services
+from xdp_compute.gateway.services import Services
 
-log = logging.getLogger("xdp.gateway.jobs")
+log = logging.getLogger("xdp.gateway.recovery")
 
 ACTIVE = ("reserved", "running", "awaiting_approval")
 

@@ -1,0 +1,34 @@
+"""What routers, the gRPC servicer and job runners share: one typed object, built by the lifespan.
+
+It holds no job logic; it is how the shells reach the store, the task hub and the release gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from xdp_compute.config import Settings
+from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
+from xdp_compute.gateway.store import Store
+
+
+@dataclass
+class Services:
+    """Built once per gateway process (or per test); never a module global."""
+
+    settings: Settings
+    store: Store
+    hub: TaskHub = field(default_factory=TaskHub)
+    # Live progress of running training jobs (round, epsilon, loss), shown by GET /v1/jobs/{id}.
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Encrypted answers of approved jobs that nobody waited for: handed over once, then dropped
+    # (the gateway keeps only their digest).
+    undelivered: dict[str, dict[str, Any]] = field(default_factory=dict)
+    release_log: ReleaseLog = field(init=False)
+    gate: ReleaseGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.release_log = ReleaseLog(self.store)
+        self.gate = ReleaseGate(self.store, self.release_log, self.settings)

@@ -1,0 +1,107 @@
+"""Secure aggregation on the node: the client side of Bonawitz et al. 2017, one session per job round.
+
+A job's round-0 handler (``query_begin``, ``train_begin``) checks the session it was sent
+(``SecAggSessions.config_for``), computes this node's input vector — already carrying its DP
+noise share — and calls ``start``, which runs Round 0 (AdvertiseKeys). The three step handlers
+then run Round 1 (ShareKeys), Round 2 (MaskedInputCollection) and Round 4 (Unmasking). Only
+public keys, encrypted shares, the masked vector and unmasking shares leave the node.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from xdp_compute.contract import (
+    SecAggMaskedInput,
+    SecAggMessage,
+    SecAggSession,
+    SecAggShareKeys,
+    SecAggUnmask,
+)
+from xdp_compute.crypto.secagg import SecAggClient, SecAggConfig
+from xdp_compute.errors import BadRequest
+
+# Sessions the gateway abandoned (aborts, drop-outs) do not keep inputs or keys around longer.
+SESSION_TTL_SECONDS = 900.0
+
+
+@dataclass
+class _Session:
+    job_id: str
+    client: SecAggClient
+    vector: np.ndarray | None  # the unmasked input, until Round 2 has masked it
+    started: float
+
+
+class SecAggSessions:
+    """This node's open secure-aggregation sessions, by session id; safe to use from task threads."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ round 0
+    @staticmethod
+    def config_for(node_id: str, session: SecAggSession) -> SecAggConfig:
+        """The session's public parameters, checked before any input is computed."""
+        config = SecAggConfig(session_id=session.session_id, participants=tuple(session.participants),
+                              vector_length=session.vector_length, threshold=session.threshold,
+                              neighbours=session.neighbours)
+        if node_id not in config.participants:
+            raise BadRequest(f"this node is not a participant of secure-aggregation session {session.session_id!r}")
+        return config
+
+    def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray) -> bytes:
+        """Round 0 (AdvertiseKeys): keep ``vector`` for Round 2; return the node's public keys."""
+        if vector.dtype != np.uint64 or vector.shape != (config.vector_length,):
+            raise BadRequest("input vector does not match the session's vector length")
+        client = SecAggClient(node_id, config)
+        msg = client.advertise_keys().encode()
+        now = time.time()
+        with self._lock:
+            for sid in [k for k, v in self._by_id.items() if now - v.started > SESSION_TTL_SECONDS]:
+                del self._by_id[sid]
+            self._by_id[config.session_id.decode()] = _Session(job_id, client, vector, now)
+        return msg
+
+    # ------------------------------------------------------------------ rounds 1, 2, 4
+    def share_keys(self, job_id: str, request: SecAggShareKeys) -> SecAggMessage:
+        """Round 1 (ShareKeys): Shamir-share this node's secrets among the roster, encrypted per peer."""
+        s = self._get(job_id, request.session_id)
+        return SecAggMessage(secagg=s.client.share_keys(request.secagg).encode())
+
+    def masked_input(self, job_id: str, request: SecAggMaskedInput) -> SecAggMessage:
+        """Round 2 (MaskedInputCollection): the input plus its masks; the input is then forgotten."""
+        s = self._get(job_id, request.session_id)
+        if s.vector is None:
+            raise BadRequest("masked input already sent for this session")
+        msg = s.client.masked_input(s.vector, request.secagg).encode()
+        s.vector = None  # the unmasked input is no longer needed; do not keep it around
+        return SecAggMessage(secagg=msg)
+
+    def unmask(self, job_id: str, request: SecAggUnmask) -> SecAggMessage:
+        """Round 4 (Unmasking): the shares the survivor set allows; the session then ends."""
+        s = self._get(job_id, request.session_id)
+        msg = s.client.unmask(request.secagg).encode()
+        self.end(request.session_id)
+        return SecAggMessage(secagg=msg)
+
+    # ------------------------------------------------------------------ store
+    def _get(self, job_id: str, session_id: str) -> _Session:
+        with self._lock:
+            s = self._by_id.get(session_id)
+        if s is None or s.job_id != job_id:
+            raise BadRequest(f"no secure-aggregation session {session_id!r} for job {job_id} on this node")
+        return s
+
+    def end(self, session_id: str) -> None:
+        with self._lock:
+            self._by_id.pop(session_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_id)
