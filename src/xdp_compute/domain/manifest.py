@@ -59,6 +59,12 @@ class ColumnSpec:
         )
 
 
+# Largest epsilon one query may spend on a dataset unless its manifest says otherwise. Without a
+# per-query cap, two queries at a large epsilon that differ in one row's membership (WHERE ... vs
+# WHERE ... AND id <> 5) reveal that row almost exactly (issue #11).
+DEFAULT_MAX_EPSILON_PER_QUERY = 2.0
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset a node offers, with its policy. ``source`` is resolved against the manifest."""
@@ -75,6 +81,7 @@ class DatasetSpec:
     columns: tuple[ColumnSpec, ...]
     allowed_analysts: tuple[str, ...] | None = None
     allowed_regions: tuple[str, ...] | None = None
+    max_epsilon_per_query: float = DEFAULT_MAX_EPSILON_PER_QUERY
 
     def column(self, name: str) -> ColumnSpec | None:
         for c in self.columns:
@@ -105,6 +112,7 @@ class DatasetSpec:
             "require_approval": self.require_approval,
             "allowed_analysts": list(self.allowed_analysts) if self.allowed_analysts is not None else None,
             "allowed_regions": list(self.allowed_regions) if self.allowed_regions is not None else None,
+            "max_epsilon_per_query": self.max_epsilon_per_query,
             "columns": [c.to_dict() for c in self.columns],
         }
         if with_source:
@@ -127,6 +135,7 @@ class DatasetSpec:
             columns=tuple(ColumnSpec.from_dict(c) for c in d["columns"]),
             allowed_analysts=tuple(d["allowed_analysts"]) if d.get("allowed_analysts") is not None else None,
             allowed_regions=tuple(d["allowed_regions"]) if d.get("allowed_regions") is not None else None,
+            max_epsilon_per_query=float(d.get("max_epsilon_per_query", DEFAULT_MAX_EPSILON_PER_QUERY)),
         )
 
 
@@ -229,6 +238,7 @@ def _column(ctx: _Ctx, ds: str, name: str, spec: Any) -> ColumnSpec:
 _DS_KEYS = {
     "name", "source", "table", "classification", "categories", "epsilon_budget", "delta",
     "min_group_size", "require_approval", "columns", "allowed_analysts", "allowed_regions",
+    "max_epsilon_per_query",
 }
 
 
@@ -264,6 +274,10 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
     eps = _number(ctx, raw.get("epsilon_budget"), f"{where}.epsilon_budget") if "epsilon_budget" in raw else None
     if eps is None or eps <= 0:
         raise ctx.fail(f"{where}.epsilon_budget", "required; a positive number")
+    cap = _number(ctx, raw.get("max_epsilon_per_query", DEFAULT_MAX_EPSILON_PER_QUERY),
+                  f"{where}.max_epsilon_per_query")
+    if cap <= 0:
+        raise ctx.fail(f"{where}.max_epsilon_per_query", "must be a positive number")
     delta = _number(ctx, raw.get("delta", 1e-6), f"{where}.delta")
     if not 0 < delta < 1:
         raise ctx.fail(f"{where}.delta", "must be in (0, 1)")
@@ -285,7 +299,7 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
     return DatasetSpec(
         name=name, source=source, table=table, classification=classification, categories=categories,
         epsilon_budget=eps, delta=delta, min_group_size=mgs, require_approval=approval, columns=cols,
-        allowed_analysts=analysts, allowed_regions=regions,
+        allowed_analysts=analysts, allowed_regions=regions, max_epsilon_per_query=cap,
     )
 
 

@@ -76,6 +76,11 @@ def evaluate(parts: list[NodePart], who: Requester, epsilon: float, delta: float
         if epsilon > s.epsilon_budget + 1e-12:
             out.append(Decision("epsilon_cap", False, f"epsilon {epsilon:g} exceeds the dataset's whole budget "
                                                       f"{s.epsilon_budget:g} on this node", node=p.node))
+        elif epsilon > s.max_epsilon_per_query + 1e-12:
+            # The cap is the holder's declared policy, so this refusal depends on public inputs only.
+            out.append(Decision("epsilon_cap", False, f"epsilon {epsilon:g} exceeds the per-query cap "
+                                                      f"{s.max_epsilon_per_query:g} of this dataset "
+                                                      "(manifest max_epsilon_per_query)", node=p.node))
         elif epsilon > p.epsilon_left + 1e-9 or delta > p.delta_left + 1e-15:
             out.append(Decision("budget", False, f"budget left epsilon={max(p.epsilon_left, 0):g}, "
                                                  f"delta={max(p.delta_left, 0):g} cannot afford epsilon={epsilon:g}, "
