@@ -74,18 +74,9 @@ class TaskWorker:
     # ------------------------------------------------------------------ lifecycle
     def _start(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
-        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-        os.environ.update(thread_env(self.options.threads))  # inherited by the spawned child only
-        try:
-            proc = self._ctx.Process(target=_worker_main, args=(child, self.manifest, self.options),
-                                     name="xdp-task-worker", daemon=False)  # it may start helpers of its own
-            proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.manifest, self.options),
+                                 name="xdp-task-worker", daemon=False)  # it may start helpers of its own
+        proc.start()
         child.close()
         self._conn, self._proc = parent, proc
         threading.Thread(target=self._read_loop, args=(parent, proc), name="task-worker-reader",
@@ -167,6 +158,9 @@ class TaskWorker:
 def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -> None:
     import signal
 
+    # Before numpy or torch is imported here (nothing before this line imports them): their
+    # native thread pools read these once, at load.
+    os.environ.update(thread_env(options.threads))
     # The agent owns shutdown: a signal to the node's process group stops the agent, which then
     # closes this worker; if the agent dies outright, the pipe's EOF ends the worker.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -39,7 +39,7 @@ def _limit_resources(memory_bytes: int, cpu_seconds: int) -> None:
             cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
             resource.setrlimit(which, (cap, hard if hard != resource.RLIM_INFINITY else cap))
         except (ValueError, OSError):
-            pass
+            pass  # a limit this platform or container does not let us set: the others still hold
 
 
 def dispatch(header: dict[str, Any], blobs: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
