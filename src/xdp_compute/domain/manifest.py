@@ -63,6 +63,12 @@ class ColumnSpec:
 # per-query cap, two queries at a large epsilon that differ in one row's membership (WHERE ... vs
 # WHERE ... AND id <> 5) reveal that row almost exactly (issue #11).
 DEFAULT_MAX_EPSILON_PER_QUERY = 2.0
+# Most rows one node may hold for a dataset unless its manifest says otherwise. It is public: the
+# query planner refuses any plan whose worst case (declared bounds x max_rows x parties) could
+# overflow the fixed-point ring, so a node's true totals never can (issue #11), and training plans
+# its sampling rate from it instead of from the node's real row count.
+DEFAULT_MAX_ROWS = 1_000_000
+MAX_MAX_ROWS = 2**32
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class DatasetSpec:
     allowed_analysts: tuple[str, ...] | None = None
     allowed_regions: tuple[str, ...] | None = None
     max_epsilon_per_query: float = DEFAULT_MAX_EPSILON_PER_QUERY
+    max_rows: int = DEFAULT_MAX_ROWS
 
     def column(self, name: str) -> ColumnSpec | None:
         for c in self.columns:
@@ -113,6 +120,7 @@ class DatasetSpec:
             "allowed_analysts": list(self.allowed_analysts) if self.allowed_analysts is not None else None,
             "allowed_regions": list(self.allowed_regions) if self.allowed_regions is not None else None,
             "max_epsilon_per_query": self.max_epsilon_per_query,
+            "max_rows": self.max_rows,
             "columns": [c.to_dict() for c in self.columns],
         }
         if with_source:
@@ -136,6 +144,7 @@ class DatasetSpec:
             allowed_analysts=tuple(d["allowed_analysts"]) if d.get("allowed_analysts") is not None else None,
             allowed_regions=tuple(d["allowed_regions"]) if d.get("allowed_regions") is not None else None,
             max_epsilon_per_query=float(d.get("max_epsilon_per_query", DEFAULT_MAX_EPSILON_PER_QUERY)),
+            max_rows=int(d.get("max_rows", DEFAULT_MAX_ROWS)),
         )
 
 
@@ -238,7 +247,7 @@ def _column(ctx: _Ctx, ds: str, name: str, spec: Any) -> ColumnSpec:
 _DS_KEYS = {
     "name", "source", "table", "classification", "categories", "epsilon_budget", "delta",
     "min_group_size", "require_approval", "columns", "allowed_analysts", "allowed_regions",
-    "max_epsilon_per_query",
+    "max_epsilon_per_query", "max_rows",
 }
 
 
@@ -278,6 +287,10 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
                   f"{where}.max_epsilon_per_query")
     if cap <= 0:
         raise ctx.fail(f"{where}.max_epsilon_per_query", "must be a positive number")
+    max_rows = raw.get("max_rows", DEFAULT_MAX_ROWS)
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 1 <= max_rows <= MAX_MAX_ROWS:
+        raise ctx.fail(f"{where}.max_rows", f"must be an integer in [1, {MAX_MAX_ROWS}] (the most rows this "
+                                            "node will ever hold for the dataset; public)")
     delta = _number(ctx, raw.get("delta", 1e-6), f"{where}.delta")
     if not 0 < delta < 1:
         raise ctx.fail(f"{where}.delta", "must be in (0, 1)")
@@ -299,7 +312,7 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
     return DatasetSpec(
         name=name, source=source, table=table, classification=classification, categories=categories,
         epsilon_budget=eps, delta=delta, min_group_size=mgs, require_approval=approval, columns=cols,
-        allowed_analysts=analysts, allowed_regions=regions, max_epsilon_per_query=cap,
+        allowed_analysts=analysts, allowed_regions=regions, max_epsilon_per_query=cap, max_rows=max_rows,
     )
 
 
