@@ -15,8 +15,6 @@ from xdp_compute.contract import (
     ContractError,
     HeQueryPartial,
     HeQueryReply,
-    HeScorePartial,
-    HeScoreReply,
     QueryBegin,
     QueryBegun,
     Record,
@@ -49,7 +47,6 @@ REQUEST_EXAMPLES: list[Record] = [
     SecAggMaskedInput(session_id="job:sum", secagg=b"shares"),
     SecAggUnmask(session_id="job:sum", secagg=b"request"),
     HeQueryPartial(plan={"dataset": "p"}, sigma_node2=SIGMAS, public_key={"n": "35"}, scheme={"slots": 2}),
-    HeScorePartial(plan={"dataset": "p"}, sigma_node2=SIGMAS, score_frac_bits=16, context=b"ctx", weights=b"w"),
     TrainPrepare(spec={"dataset": "p"}, n_features=3, n_classes=2, delta=1e-8, where_plan=None),
     TrainEval(params=b"\x01" * 8),
 ]
@@ -62,7 +59,6 @@ REPLY_EXAMPLES: dict[str, Record] = {
     "secagg_masked_input": SecAggMessage(secagg=b"y"),
     "secagg_unmask": SecAggMessage(secagg=b"z"),
     "he_query_partial": HeQueryReply(ciphertext=b"c"),
-    "he_score_partial": HeScoreReply(scores=b"s"),
     "train_prepare": TrainPrepared(next_cost=None, delta=1e-8, rounds_planned=10),
     "train_eval": TrainEvaluated(metrics={}, epsilon=2.0),
 }

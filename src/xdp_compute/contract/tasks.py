@@ -147,17 +147,6 @@ class HeQueryPartial(Record):
     scheme: dict[str, Any]
 
 
-class HeScorePartial(Record):
-    """CKKS scoring: the node's encrypted linear statistic over its filtered rows."""
-
-    KIND: ClassVar[str] = "he_score_partial"
-    plan: dict[str, Any]
-    sigma_node2: dict[str, ExactFraction]
-    score_frac_bits: int = Field(ge=0, le=30)
-    context: Blob
-    weights: Blob
-
-
 class TrainPrepare(Record):
     """Load and encode the training rows, plan DP-SGD; answer with the first round's cost."""
 
@@ -208,11 +197,6 @@ class HeQueryReply(Record):
     ciphertext: Blob
 
 
-class HeScoreReply(Record):
-    KIND: ClassVar[str] = "he_score_partial"
-    scores: Blob
-
-
 class TrainPrepared(Record):
     KIND: ClassVar[str] = "train_prepare"
     next_cost: float | None
@@ -228,11 +212,11 @@ class TrainEvaluated(Record):
 
 REQUESTS: dict[str, type[Record]] = {r.KIND: r for r in (
     Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggUnmask, HeQueryPartial,
-    HeScorePartial, TrainPrepare, TrainEval)}
+    TrainPrepare, TrainEval)}
 REPLY_OF: dict[str, type[Record]] = {
     "validate": Validated, "query_begin": QueryBegun, "train_begin": TrainRoundBegun,
     "secagg_share_keys": SecAggMessage, "secagg_masked_input": SecAggMessage, "secagg_unmask": SecAggMessage,
-    "he_query_partial": HeQueryReply, "he_score_partial": HeScoreReply, "train_prepare": TrainPrepared,
+    "he_query_partial": HeQueryReply, "train_prepare": TrainPrepared,
     "train_eval": TrainEvaluated}
 
 
@@ -297,8 +281,6 @@ __all__ = [
     "ExactFraction",
     "HeQueryPartial",
     "HeQueryReply",
-    "HeScorePartial",
-    "HeScoreReply",
     "QueryBegin",
     "QueryBegun",
     "Record",

@@ -15,7 +15,6 @@ from typing import Any
 from xdp_compute.contract import (
     REPLY_OF,
     HeQueryPartial,
-    HeScorePartial,
     QueryBegin,
     Record,
     SecAggMaskedInput,
@@ -67,7 +66,6 @@ class TaskExecutor:
             SecAggMaskedInput.KIND: self.secagg.masked_input,
             SecAggUnmask.KIND: self.secagg.unmask,
             HeQueryPartial.KIND: self.he.query_partial,
-            HeScorePartial.KIND: self.he.score_partial,
             TrainPrepare.KIND: self.train.prepare,
             TrainBegin.KIND: self.train.begin_round,
             TrainEval.KIND: self.train.evaluate,
