@@ -14,6 +14,19 @@ def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(x.strip() for x in raw.split(",") if x.strip())
 
 
+def _env_optional_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {raw!r}")
+    return value
+
+
 def default_db_url() -> str:
     return f"sqlite:///{Path('.xdp') / 'gateway.db'}"
 
@@ -42,6 +55,9 @@ class Settings:
         default_factory=lambda: float(os.environ.get("XDP_ANALYST_EPSILON_BUDGET", "1000")))
     analyst_delta_budget: float = field(
         default_factory=lambda: float(os.environ.get("XDP_ANALYST_DELTA_BUDGET", "0.001")))
+    # Gateway policy: how many participating nodes may collude with an analyst (give it their own
+    # noise share); noise is calibrated for t - c honest shares. Empty: 1 once a job has >= 3 nodes.
+    max_colluding_nodes: int | None = field(default_factory=lambda: _env_optional_int("XDP_MAX_COLLUDING_NODES"))
     # Test-only capture of every gRPC request the gateway receives (for privacy tests).
     grpc_capture_path: str | None = field(default_factory=lambda: os.environ.get("XDP_GRPC_CAPTURE"))
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDP_DATA_DIR", ".xdp")))

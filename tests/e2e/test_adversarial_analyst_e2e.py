@@ -90,3 +90,134 @@ def test_a_holder_may_raise_its_cap(tmp_path: Path) -> None:
 
     with pytest.raises(ManifestError, match="max_epsilon_per_query"):
         parse_manifest_text(bad, check_files=False)
+
+
+def _isolating_where(h: Hospitals) -> tuple[str, float]:
+    """A WHERE that selects exactly one patient of all the nodes (its cost is unique), and the cost."""
+    import csv
+    import io
+
+    costs = [float(r["cost"]) for text in h.files.values() for r in csv.DictReader(io.StringIO(text))]
+    target = next(c for c in costs if sum(abs(x - c) < 0.0006 for x in costs) == 1)
+    return f"cost BETWEEN {target - 0.0005:.4f} AND {target + 0.0005:.4f}", target
+
+
+def test_secret_weights_scoring_cannot_buy_noise_free_answers(hospitals: Hospitals) -> None:
+    # Issue #11 item 1, as the attacker sent it over raw REST: an encrypted weight vector with
+    # a count weight of 1e4, score_bound = 1e-9 (so the noise was calibrated to ~nothing) and a
+    # WHERE isolating one patient. The first version answered with that patient's cost to four
+    # decimals, "charged" epsilon = 1. Secret-weights scoring is now refused with the reason.
+    import base64
+
+    from xdp_compute.crypto import ckks
+
+    where, true_cost = _isolating_where(hospitals)
+    sctx = ckks.make_scoring_context(3, 2)
+    enc = ckks.encrypt_weights(sctx, [1.0, 0.0, 1e4], score_bound=2.0**30)
+    body = {"dataset": "visits", "features": ["cost"], "where": where, "epsilon": 1.0, "score_bound": 1e-9,
+            "context": base64.b64encode(sctx.public_bytes).decode(), "weights": base64.b64encode(enc).decode()}
+    before = _budget_spent(hospitals)
+    r = httpx.post(hospitals.cluster.url + "/v1/scores", json=body, timeout=120,
+                   headers={"authorization": f"Bearer {hospitals.tokens['analyst']}"})
+    if r.status_code == 200:  # the first version: decrypt what was released, as the attacker did
+        res = r.json()["result"]
+        dec = ckks.decrypt_scores(sctx, base64.b64decode(res["ciphertext"]), int(res["n_outputs"]))
+        if abs(float(dec[0]) - true_cost) < 1.0:
+            pytest.fail(f"the attack read one patient's cost: {float(dec[0]):.4f} (true {true_cost:.4f})")
+    assert r.status_code == 400, r.text
+    assert "secret-weights" in r.json()["detail"]
+    assert _budget_spent(hospitals) == pytest.approx(before, abs=1e-12)
+    # The same question through the sound path: the answer carries the plan's noise, whatever
+    # the weights; with weight 1e4 the error is 1e4 times the noise of the released sum.
+    with hospitals.analyst() as a:
+        s = a.score("visits", features=["cost"], weights=[1.0], where=where, epsilon=1.0)
+    sd = s.delivery["result"]["noise_sd"]
+    assert sd["sum_cost"] > 100.0  # a cost is at most 1000: one patient is inside the noise
+
+
+def test_the_collusion_margin_is_in_the_dry_run(hospitals: Hospitals) -> None:
+    # Issue #11 item 8: with 3 nodes the secagg threshold is 2; one colluding survivor that hands
+    # the analyst its own noise share must still leave the target noise: calibrate for t - 1.
+    with hospitals.analyst() as a:
+        plan = a.query("SELECT COUNT(*) AS n FROM visits", epsilon=1.0, dry_run=True)
+    assert plan["plan"]["threshold"] == 2
+    assert plan["plan"]["noise_shares"] == 1 and plan["plan"]["colluding_tolerated"] == 1
+    rule = [d for d in plan["decisions"] if d["rule"] == "collusion"]
+    assert rule and rule[0]["allowed"] and "1 honest share" in rule[0]["reason"]
+
+
+def test_a_collusion_margin_that_leaves_no_honest_share_is_refused(tmp_path: Path) -> None:
+    h = start_hospitals(tmp_path, n=3, rows=30, gateway_env={"XDP_MAX_COLLUDING_NODES": "2"})
+    try:
+        r = httpx.post(h.cluster.url + "/v1/queries", json={"sql": "SELECT COUNT(*) AS n FROM visits",
+                                                            "epsilon": 1.0}, timeout=60,
+                       headers={"authorization": f"Bearer {h.tokens['analyst']}"})
+        assert r.status_code == 403, r.text
+        assert r.json()["rule"] == "collusion"
+    finally:
+        h.cluster.close()
+
+
+BANK = """
+[node]
+name = "{node}"
+region = "CN-FJ"
+
+[[datasets]]
+name = "accounts"
+source = "accounts.csv"
+classification = "internal"
+categories = ["finance"]
+epsilon_budget = 100
+delta = 1e-5
+min_group_size = 0
+
+[datasets.columns]
+branch  = {{ type = "category", values = ["a", "b"], uses = ["group", "filter"] }}
+balance = {{ type = "float", min = 0, max = 1e9, uses = ["aggregate", "filter"] }}
+"""
+
+
+def test_overflow_is_refused_from_public_inputs_and_names_no_node(tmp_path: Path) -> None:
+    # Issue #11 item 4: VARIANCE of a column with a large declared bound. In the first version
+    # the node whose *true* sum of squares overflowed failed on its data, was named under
+    # "dropped" in the released payload, and the two WHERE clauses below gave different
+    # participation: a noise-free bit about one account. Now both are refused at plan time,
+    # identically, before anything is reserved.
+    from xdp_compute.cli.cluster import LocalCluster
+
+    cluster = LocalCluster(root=tmp_path, env={"XDP_HEARTBEAT_SECONDS": "0.5"})
+    try:
+        cluster.start_gateway()
+        admin, analyst = cluster.token("admin", "admin"), cluster.token("analyst", "analyst")
+        names = [f"bank-{i}" for i in range(3)]
+        for i, node in enumerate(names):
+            balances = [900_000_000.0] if i == 0 else []
+            balances += [1000.0 + 17 * k for k in range(20)]
+            csv_text = "branch,balance\n" + "".join(f"{'ab'[k % 2]},{b}\n" for k, b in enumerate(balances))
+            m = cluster.write_node_files(node, BANK.format(node=node), {"accounts.csv": csv_text})
+            cluster.start_node(node, cluster.token("holder", f"{node}-holder"), m)
+        cluster.wait_online(admin, names)
+        headers = {"authorization": f"Bearer {analyst}"}
+        answers = []
+        for where in ("balance > 100000000", "balance < 100000000"):
+            sql = f"SELECT COUNT(*) AS n, VARIANCE(balance) AS v FROM accounts WHERE {where}"
+            r = httpx.post(cluster.url + "/v1/queries", json={"sql": sql, "epsilon": 1.0}, headers=headers,
+                           timeout=120)
+            body = r.json()
+            result = body.get("result") or {}
+            answers.append((r.status_code, body.get("detail"), sorted(result.get("nodes", [])),
+                            result.get("dropped")))
+        assert answers[0] == answers[1], answers
+        status, detail, _, _ = answers[0]
+        assert status == 400 and "could overflow" in detail and "max_rows" in detail
+        # SUM of the same column fits the declared worst case and runs on every node.
+        r = httpx.post(cluster.url + "/v1/queries", headers=headers, timeout=120,
+                       json={"sql": "SELECT SUM(balance) AS s FROM accounts", "epsilon": 1.0})
+        assert r.status_code == 200, r.text
+        assert sorted(r.json()["result"]["nodes"]) == names and "dropped" not in r.json()["result"]
+        with httpx.Client(base_url=cluster.url, headers=headers) as http:
+            spent = [n["epsilon_spent"] for n in http.get("/v1/budget/accounts").json()["nodes"]]
+        assert all(0 < e <= 1.0 for e in spent)  # only the SUM was charged
+    finally:
+        cluster.close()

@@ -50,19 +50,20 @@ def test_every_job_kind_runner_ends_in_the_gate() -> None:
     # JobLifecycle.release is the one helper every producer calls; it hands over to gate.release.
     assert "self.gate.release" in body("lifecycle.py", "release")
     producers = [("query_service.py", "run_plain"), ("query_service.py", "run_encrypted"),
-                 ("score_service.py", "run_score"), ("training_service.py", "_train")]
+                 ("training_service.py", "_train")]
     for name, fn in producers:
         assert ".release(job_id" in body(name, fn), f"{name}:{fn} does not release through the gate"
     # And the dispatchers only reach those producers: the SQL job's run picks plain or encrypted
-    # delivery, a scoring job's runner runs the score, and the runner table covers every kind.
+    # delivery (a score is a SQL job: score_service only builds its query), and the runner table
+    # covers every kind.
     def fn_text(name: str, fn: str) -> str:
         return ast.unparse(next(n for n in ast.walk(srcs[name]) if isinstance(n, ast.AsyncFunctionDef)
                                 and n.name == fn))
 
     assert all(w in fn_text("query_service.py", "run") for w in ("run_plain", "run_encrypted"))
-    assert "run_score(" in fn_text("score_service.py", "run_score_job")
+    assert "qs.submit(" in fn_text("score_service.py", "submit_score")
     approved = fn_text("runners.py", "run_approved_query")
-    assert "run_score_job" in approved and "qs.run(" in approved
+    assert "qs.run(" in approved
     from xdp_compute.gateway.runners import RUNNERS
 
-    assert set(RUNNERS) == {"query", "he_query", "he_score", "training"}
+    assert set(RUNNERS) == {"query", "he_query", "training"}

@@ -86,12 +86,28 @@ def test_plan_measurements_carry_frac_bits_and_sensitivity(plan: QueryPlan) -> N
     m = {x.key: x for x in plan.measurements}
     assert m["count"].frac_bits == 0 and m["count"].sensitivity == 1
     assert m["count(age)"].sensitivity == 1
-    assert m["sum(age)"].frac_bits == 16
-    assert m["sum(age)"].sensitivity == 120 * 2**16 + 1
-    assert m["sum(income)"].sensitivity == 100000 * 2**6 + 1
-    assert m["sumsq(income)"].bound == 1e10 and m["sumsq(income)"].frac_bits == 0
+    # Sized by the dataset's declared max_rows (default 10^6) x 128 parties below 2^62.
+    assert plan.max_rows_per_node == 1_000_000
+    assert m["sum(age)"].frac_bits == 24
+    assert m["sum(age)"].sensitivity == 120 * 2**24 + 1
+    assert m["sum(income)"].sensitivity == 100000 * 2**18 + 1
+    assert m["sumsq(income)"].bound == 1e10 and m["sumsq(income)"].frac_bits == 1
     assert plan.sensitivities() == tuple(x.sensitivity for x in plan.measurements)
     assert plan.frac_bits_vector()[: len(plan.measurements)] == tuple(x.frac_bits for x in plan.measurements)
+
+
+def test_a_worst_case_that_could_overflow_is_refused_at_plan_time(ds: DatasetSpec) -> None:
+    # STDDEV(income): 2^32 rows x 128 parties x 1e10 per row > 2^62. Refused from public inputs,
+    # so no node can fail on (and reveal) its true totals (issue #11).
+    with pytest.raises(InvalidQuery, match=r"SUMSQ\(income\) could overflow.*max_rows"):
+        plan_query(SQL, ds, max_rows_per_node=2**32)
+    with pytest.raises(InvalidQuery, match="could overflow"):
+        plan_query(SQL, dataclasses.replace(ds, max_rows=2**32))
+    # The dataset's declared max_rows is the default, and a smaller one buys precision.
+    assert plan_query(SQL, dataclasses.replace(ds, max_rows=1000)).max_rows_per_node == 1000
+    for rows in (1, 1000, 10**6):
+        for m in plan_query(SQL, ds, max_rows_per_node=rows).measurements:
+            assert headroom_guaranteed(m.bound, m.frac_bits, max_rows_per_node=rows, max_parties=128)
 
 
 def test_smaller_row_cap_buys_precision(ds: DatasetSpec) -> None:

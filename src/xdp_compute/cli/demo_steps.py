@@ -34,8 +34,8 @@ def he_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], an
     console.print(f"  encrypted delivery (Paillier, {r.delivery['result']['key_fingerprint'][:12]}..., packed): "
                   "nodes encrypted their noisy partials, the gateway only added ciphertexts")
     console.print(r.table())
-    console.print("  encrypted scoring (CKKS): a secret risk model w scored on the hospitals' rows; nodes and "
-                  "gateway never see w or the answer")
+    console.print("  scoring a private risk model w: the gateway releases DP per-group feature sums and the SDK "
+                  "applies w locally, so w never leaves the analyst")
     s = analyst.score("patients", features=["age", "stay_days"], weights=[0.03, 0.12], bias=-2.0,
                       group_by=["chronic"], epsilon=0.5)
     console.print(s.table(3))

@@ -118,3 +118,43 @@ def check_privacy_params(epsilon: Any, delta: Any, default_delta: float) -> tupl
             or not 0 < delta < 1:
         raise BadRequest(f"delta must be in (0, 1), got {delta!r}")
     return float(epsilon), float(delta)
+
+
+@dataclass(frozen=True)
+class NoiseShares:
+    """How many nodes' noise shares the calibration counts on, and why.
+
+    ``threshold`` t survivors are needed to unmask; up to ``colluding`` c of them may hand their
+    own noise share to the analyst (a holder that is also a customer, a node run by the
+    analyst). Their shares are then known and subtract out, so the noise is calibrated for the
+    ``honest = t - c`` shares that remain (Kairouz, Liu, Steinke 2021 §5: distributed DGauss
+    with a dropout/collusion margin). Public inputs only: n, the secagg threshold, the policy.
+    """
+
+    nodes: int
+    threshold: int
+    colluding: int
+
+    @property
+    def honest(self) -> int:
+        return self.threshold - self.colluding
+
+    def decision(self) -> Decision:
+        if self.honest < 1:
+            return Decision("collusion", False, f"{self.colluding} colluding node(s) cannot be tolerated with "
+                                                f"{self.nodes} node(s) and a threshold of {self.threshold}")
+        return Decision("collusion", True, f"noise calibrated so that {self.honest} honest share(s) of the "
+                                           f"{self.threshold} needed carry the target (tolerates "
+                                           f"{self.colluding} colluding node(s); gateway policy "
+                                           "max_colluding_nodes)")
+
+
+def noise_shares(nodes: int, threshold: int, max_colluding_nodes: int | None) -> NoiseShares:
+    """The collusion margin for ``nodes`` participants: the policy's ``max_colluding_nodes``, or by
+    default 1 once there are 3 or more nodes (0 for 1-2 nodes, where any colluder is the only
+    other holder and no margin leaves any noise)."""
+    if max_colluding_nodes is None:
+        c = 1 if nodes >= 3 else 0
+    else:
+        c = int(max_colluding_nodes)
+    return NoiseShares(nodes, threshold, c)

@@ -37,7 +37,7 @@ ACTIVE_STATUSES = ("reserved", "running", "awaiting_approval")
 class JobDraft:
     """A planned job before anything is held: what the lifecycle needs of every kind."""
 
-    kind: str                                   # query | he_query | he_score | training
+    kind: str                                   # query | he_query | training
     principal: PrincipalView
     parts: list[dict[str, Any]]                 # the participating nodes' parts of the dataset
     decisions: list[Decision]

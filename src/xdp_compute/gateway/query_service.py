@@ -17,7 +17,15 @@ from xdp_compute.contract import HeQueryPartial, HeQueryReply, QueryBegin
 from xdp_compute.crypto.paillier import EncryptedVector, PackingScheme, PaillierPublic, aggregate_encrypted
 from xdp_compute.crypto.secagg import default_threshold
 from xdp_compute.domain.manifest import DatasetSpec
-from xdp_compute.domain.policy import Decision, Requester, check_privacy_params, evaluate
+from xdp_compute.domain.policy import (
+    Decision,
+    NoiseShares,
+    Requester,
+    check_privacy_params,
+    enforce,
+    evaluate,
+    noise_shares,
+)
 from xdp_compute.errors import (
     BadRequest,
     Conflict,
@@ -51,25 +59,6 @@ HE_VALUE_BITS = 62  # per-node noisy partials fit in 62 bits (plan headroom); sl
 MAX_CIPHERTEXT_BYTES = 32 << 20  # a query's default delta: 1% of the smallest declared delta budget
 
 
-@dataclass(frozen=True)
-class ScoreInputs:
-    """A CKKS scoring job's inputs from outside: the public context and the encrypted weights."""
-
-    context: bytes
-    weights: bytes
-    features: list[str]
-    score_bound: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"context": base64.b64encode(self.context).decode(), "weights": base64.b64encode(self.weights).decode(),
-                "features": self.features, "score_bound": self.score_bound}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ScoreInputs:
-        return cls(base64.b64decode(d["context"]), base64.b64decode(d["weights"]), list(d["features"]),
-                   float(d["score_bound"]))
-
-
 @dataclass
 class Prepared:
     """Everything decided before anything is computed."""
@@ -88,7 +77,6 @@ class Prepared:
     spec_digest: str
     operation: str = "query"
     public_key: dict[str, Any] | None = None  # the analyst's Paillier key (encrypted delivery)
-    score: ScoreInputs | None = None  # he_score jobs only
 
     @property
     def node_names(self) -> list[str]:
@@ -96,6 +84,11 @@ class Prepared:
 
     def cost(self) -> dict[str, float]:
         return {"epsilon": self.noise.epsilon, "delta": self.noise.delta, "rho": self.noise.rho}
+
+
+def declared_max_rows(parts: list[dict[str, Any]]) -> int:
+    """The largest ``max_rows`` the participating holders declared (public, from their manifests)."""
+    return max(DatasetSpec.from_dict(p["spec"]).max_rows for p in parts)
 
 
 def with_group_size(sql: str) -> tuple[str, bool]:
@@ -137,15 +130,19 @@ class QueryService:
             PaillierPublic.from_dict(public_key)
             operation = "he_query"
         stmt, hidden = add_group_size(stmt)
-        plan = plan_query(sql_text(stmt) if hidden else sql, spec, statement=stmt)
-        n = len(parts)
-        t = default_threshold(n)  # a majority; at least 2 when n >= 2
+        # The worst case is sized by the largest max_rows any participating holder declared.
+        plan = plan_query(sql_text(stmt) if hidden else sql, spec, statement=stmt,
+                          max_rows_per_node=declared_max_rows(parts))
+        shares = self.noise_shares(len(parts))
         measurements = [Measurement(name=mm.key, l2_sensitivity=mm.sensitivity, dim=len(plan.cells),
                                     l1_sensitivity=mm.sensitivity) for mm in plan.measurements]
-        noise = plan_noise(eps, dlt, measurements, t)
+        enforce([shares.decision()])
+        noise = plan_noise(eps, dlt, measurements, shares.honest)
+        t = shares.threshold
         decisions = evaluate(node_parts(parts), Requester(who.name, who.role, who.region), noise.epsilon,
                              noise.delta, restricted_categories=self.svc.settings.restricted_categories,
                              output=operation)
+        decisions.append(shares.decision())
         offline = [p["node"] for p in all_parts if not p["online"]]
         if offline:
             decisions.append(Decision("participation", True, f"offline node(s) {offline} do not take part; "
@@ -158,6 +155,11 @@ class QueryService:
                                                            "decryption (the DP noise protects either way)"))
         return Prepared(who, plan.dataset, parts, plan, hidden, noise, t, decisions, eps, dlt, level, spec_digest,
                         operation, public_key)
+
+    def noise_shares(self, n: int) -> NoiseShares:
+        """Secure-aggregation threshold (a majority; at least 2 once n >= 2) and the collusion
+        margin of gateway policy: the noise is calibrated for ``honest`` shares."""
+        return noise_shares(n, default_threshold(n), self.svc.settings.max_colluding_nodes)
 
     def dry_run(self, p: Prepared) -> dict[str, Any]:
         scales = {mm.key: 1.0 / mm.scale for mm in p.plan.measurements}
@@ -175,7 +177,9 @@ class QueryService:
             "dry_run": True, "dataset": p.dataset, "operation": p.operation,
             "plan": {"sql": p.plan.sql, "cells": len(p.plan.cells), "group_columns": list(p.plan.group_columns),
                      "measurements": [mm.key for mm in p.plan.measurements],
-                     "nodes": p.node_names, "threshold": p.threshold, "digest": p.plan.digest()},
+                     "nodes": p.node_names, "threshold": p.threshold, "digest": p.plan.digest(),
+                     "noise_shares": p.noise.parties_threshold,
+                     "colluding_tolerated": p.threshold - p.noise.parties_threshold},
             "cost": p.cost(), "level": p.level, "expected_error": per_output,
             "decisions": [d.to_dict() for d in p.decisions],
             "allowed": all(d.allowed for d in p.decisions),
@@ -201,8 +205,7 @@ class QueryService:
             kind=p.operation, principal=p.principal, parts=p.parts, decisions=p.decisions,
             spec_digest=p.spec_digest, spec=spec, cost=p.cost(), refusal=self.outcome_for(p),
             plan={"plan": p.plan.to_dict(), "noise": p.noise.to_dict(), "threshold": p.threshold,
-                  "hidden_count": p.hidden_count, "nodes": [x["node_id"] for x in p.parts], "level": p.level,
-                  "score": p.score.to_json() if p.score else None},
+                  "hidden_count": p.hidden_count, "nodes": [x["node_id"] for x in p.parts], "level": p.level},
             holds=[ReservationRequest(x["ledger_id"], p.noise.epsilon, p.noise.delta) for x in p.parts],
             analyst_hold=(p.noise.epsilon, p.noise.delta))
 
@@ -253,14 +256,23 @@ class QueryService:
                                    round_timeout=self.svc.settings.round_timeout_seconds,
                                    begin_timeout=self.svc.settings.round_timeout_seconds * 6)
         except ProtocolAborted as e:
-            # Nothing was unmasked, so nothing was computed that could leak: refund.
+            # Nothing was unmasked. The abort is refunded only when its cause cannot depend on the
+            # data: nodes that went silent. A node that answered its data step with an error may
+            # have failed on its rows, so that abort is charged (issue #11: a refund would be a
+            # free, noise-free bit about the data).
+            data_errors = bool(getattr(e, "node_errors", None))
+            reason = "secure aggregation aborted" if data_errors else f"secure aggregation aborted: {e.detail}"
             await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
-                                    f"secure aggregation aborted: {e.detail}", refund=True)
-            raise
+                                    reason, refund=not data_errors)
+            raise ProtocolAborted(reason) from None
         survivors = [names[u] for u in res.survivors]
         payload = self.finalize(p, res.total, len(res.survivors))
+        # Which node dropped out, and in which phase, is logged for the operator only: a phase
+        # or an error could depend on a node's data, and the analyst sees only who contributed.
         payload["nodes"] = survivors
-        payload["dropped"] = {names[u]: ph for u, ph in res.dropped.items()}
+        if res.dropped:
+            log.info("job %s: %d node(s) dropped out: %s", job_id, len(res.dropped),
+                     {names[u]: ph for u, ph in res.dropped.items()})
         return await self.jobs.release(job_id, p.principal.name, self.outcome_for(p, payload, survivors), started)
 
     async def run_encrypted(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
@@ -336,5 +348,4 @@ def prepared_from_job(qs: QueryService, job: m.Job) -> Prepared:
     decisions = [Decision(**d) for d in stored["decisions"]]
     return Prepared(who, plan.dataset, parts, plan, stored["hidden_count"], NoisePlan.from_dict(stored["noise"]),
                     stored["threshold"], decisions, spec["epsilon"], spec["delta"], stored["level"],
-                    spec["digest"], job.kind, spec.get("public_key"),
-                    ScoreInputs.from_json(stored["score"]) if stored.get("score") else None)
+                    spec["digest"], job.kind, spec.get("public_key"))

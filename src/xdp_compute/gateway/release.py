@@ -194,7 +194,7 @@ class GroupCells:
 class Outcome:
     """What a job produced and wants released."""
 
-    operation: str                      # query | he_query | he_score | training
+    operation: str                      # query | he_query | training
     payload: dict[str, Any]             # delivered to the requester
     datasets: list[str]
     nodes: list[str]
@@ -208,9 +208,9 @@ class Outcome:
 
 
 # Policy output label the re-check evaluates, per output kind.
-_POLICY_OUTPUT = {"query": "query", "he_query": "he_query", "he_score": "he_score", "training": "trained model"}
+_POLICY_OUTPUT = {"query": "query", "he_query": "he_query", "training": "trained model"}
 # Payload members the gateway must not keep, per output kind: stored as their digest only.
-_KEPT_OUT = {"he_query": ("ciphertext",), "he_score": ("ciphertext",)}
+_KEPT_OUT = {"he_query": ("ciphertext",)}
 # Rules that are settled before release and not re-checked (the budget is already reserved).
 _NOT_RECHECKED = ("budget", "epsilon_cap")
 
@@ -243,7 +243,7 @@ class ReleaseGate:
                     return 0
                 # A group whose noisy count is below min_group_size shows no numbers.
                 return suppress_small_groups(c.plan, outcome.payload, c.min_group_size, c.hidden_count)
-            case "he_query" | "he_score":
+            case "he_query":
                 return 0  # counts are encrypted to the analyst; the SDK suppresses after decryption
             case _:
                 return 0  # a trained model has no groups

@@ -11,7 +11,6 @@ from typing import Any
 
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.query_service import QueryService, prepared_from_job
-from xdp_compute.gateway.score_service import run_score_job
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.training_service import run_training
 
@@ -19,21 +18,19 @@ Runner = Callable[[Services, str], Awaitable[Any]]
 
 
 async def run_approved_query(svc: Services, job_id: str) -> dict[str, Any]:
-    """An approved SQL or scoring job: rebuild what was planned at submission, then run it."""
+    """An approved SQL job (plain or encrypted delivery; scores are SQL jobs too): rebuild what was
+    planned at submission, then run it."""
     qs = QueryService(svc)
     with svc.store.read() as s:
         job = s.get(m.Job, job_id)
     assert job is not None
     p = await asyncio.to_thread(prepared_from_job, qs, job)
-    if job.kind == "he_score":
-        return await run_score_job(qs, job_id, p, background=True)
     return await qs.run(job_id, p, background=True)
 
 
 RUNNERS: dict[str, Runner] = {
     "query": run_approved_query,
     "he_query": run_approved_query,
-    "he_score": run_approved_query,
     "training": run_training,
 }
 

@@ -25,7 +25,7 @@ from xdp_compute.contract import (
     SecAggUnmask,
 )
 from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer, default_neighbours
-from xdp_compute.errors import BadRequest, XdpError
+from xdp_compute.errors import BadRequest, ProtocolAborted, XdpError
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed, TaskHub
 
 log = logging.getLogger("xdp.gateway.secagg")
@@ -74,7 +74,18 @@ async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: l
                             threshold=config.t, neighbours=neighbours)
     server = SecAggServer(config)
     dropped: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    try:
+        return await _rounds(hub, job_id, session_id, participants, session, server, begin, refused, dropped,
+                             round_timeout, begin_timeout)
+    except ProtocolAborted as e:
+        e.node_errors = dict(refused)  # type: ignore[attr-defined]  # errors in the data step (round 0)
+        raise
 
+
+async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list[str], session: SecAggSession,
+                  server: SecAggServer, begin: Callable[[str, SecAggSession], Record], refused: dict[str, str],
+                  dropped: dict[str, str], round_timeout: float, begin_timeout: float) -> SecureSumResult:
     def feed(replies: dict[str, SecAggMessage], expected: list[str], phase: str) -> None:
         for node in expected:
             r = replies.get(node)
@@ -91,7 +102,6 @@ async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: l
                     raise
 
     # Round 0 (AdvertiseKeys): each node computes its input and advertises two public keys.
-    refused: dict[str, str] = {}
     replies = await _gather(hub, job_id, {node: begin(node, session) for node in participants}, begin_timeout,
                             refused)
     first = dict(replies)

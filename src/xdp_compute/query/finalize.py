@@ -6,6 +6,7 @@ decrypting (Paillier encrypted delivery), so both paths give the same QueryResul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,12 @@ def finalize_rows(plan: QueryPlan, noise: NoisePlan, totals: Sequence[int], n_sh
     cells = [[NoisyCell(raw=int(totals[plan.index(c, j)]), sigma_node2=sig[mm.key], n_shares=n_shares,
                         scale=1.0 / mm.scale) for j, mm in enumerate(plan.measurements)]
              for c in range(len(plan.cells))]
+    # Standard deviation of the noise on each COUNT/SUM output, in its real units: what a client
+    # needs to propagate the noise through its own post-processing (e.g. a linear score).
+    noise_sd = {o.alias: math.sqrt(float(sig[plan.measurements[o.inputs[0]].key]) * n_shares)
+                / plan.measurements[o.inputs[0]].scale
+                for o in plan.outputs if o.kind in ("count", "sum")
+                and not (hidden_count and o.alias == GROUP_SIZE_ALIAS)}
     rows, intervals = [], []
     for c, cell in enumerate(plan.cells):
         row: dict[str, Any] = {}
@@ -66,7 +73,8 @@ def finalize_rows(plan: QueryPlan, noise: NoisePlan, totals: Sequence[int], n_sh
     return {"columns": [o.alias for o in plan.outputs if not (hidden_count and o.alias == GROUP_SIZE_ALIAS)],
             "rows": rows, "intervals": intervals, "level": level, "epsilon": noise.epsilon, "delta": noise.delta,
             "dataset": dataset,
-            "noise_variance": {mm.name: float(mm.sigma_node2 * n_shares) for mm in noise.measurements}}
+            "noise_variance": {mm.name: float(mm.sigma_node2 * n_shares) for mm in noise.measurements},
+            "noise_sd": noise_sd}
 
 
 def suppress_small_groups(plan: QueryPlan, payload: dict[str, Any], min_group_size: int, hidden_count: bool) -> int:

@@ -383,15 +383,20 @@ def _aliases(select: tuple[ParsedAggregate | ParsedGroupRef, ...]) -> list[str]:
     return out
 
 
-def plan_query(sql: str, dataset: DatasetSpec, *, max_rows_per_node: int = DEFAULT_MAX_ROWS_PER_NODE,
+def plan_query(sql: str, dataset: DatasetSpec, *, max_rows_per_node: int | None = None,
                max_parties: int = DEFAULT_MAX_PARTIES, max_cells: int = DEFAULT_MAX_CELLS,
                statement: exp.Select | None = None) -> QueryPlan:
     """Parse, check against ``dataset``'s manifest and plan ``sql``; raise ``InvalidQuery`` (400) otherwise.
 
-    ``max_rows_per_node`` and ``max_parties`` size the fixed-point scale (see ``frac_bits_for``);
+    ``max_rows_per_node`` (default: the dataset's declared ``max_rows``) and ``max_parties`` size
+    the fixed-point scale (see ``frac_bits_for``); a plan whose worst case (every row at its
+    declared bound on every party) could overflow the ring is refused here, from public inputs
+    only, so a node's true totals never overflow and no node can fail on its data (issue #11);
     ``max_cells`` caps the cross product of the group columns' declared values. ``statement``:
     the tree ``parse_statement`` already made of ``sql`` (the gateway parses a query once).
     """
+    if max_rows_per_node is None:
+        max_rows_per_node = dataset.max_rows
     if not 1 <= max_rows_per_node <= 2**48 or not 1 <= max_parties <= 2**16:
         raise ValueError("max_rows_per_node must be in [1, 2^48] and max_parties in [1, 2^16]")
     parsed = parse_query(statement if statement is not None else sql, dataset)
@@ -426,6 +431,15 @@ def plan_query(sql: str, dataset: DatasetSpec, *, max_rows_per_node: int = DEFAU
                 bound = 1.0 if kind == "count" else (b if kind == "sum" else b * b)
             fb = 0 if kind == "count" else frac_bits_for(bound, max_rows_per_node=max_rows_per_node,
                                                          max_parties=max_parties)
+            if not headroom_guaranteed(bound, fb, max_rows_per_node=max_rows_per_node, max_parties=max_parties):
+                # Refused from public inputs: otherwise a node whose *true* total overflows
+                # would fail on its data, and its failure would be a noise-free bit.
+                what = f"{kind.upper()}({column})" if column else kind.upper()
+                raise InvalidQuery(
+                    f"{what} could overflow: declared bound {bound:g} per row x max_rows "
+                    f"{max_rows_per_node} per node x {max_parties} parties exceeds 2^{HEADROOM_BITS}; "
+                    "a holder can declare a smaller max_rows or tighter column bounds",
+                    construct="overflow", column=column)
             index[key] = len(measurements)
             measurements.append(CellTotal(kind, column, bound, fb))
         return index[key]

@@ -139,15 +139,16 @@ class Client:
               where: str | None = None, group_by: list[str] | None = None, *, epsilon: float,
               delta: float | None = None, level: float = 0.95, idempotency_key: str | None = None,
               wait: float = 600.0) -> QueryResult:
-        """CKKS encrypted scoring: the mean of w.x + bias per group over the holders' rows.
+        """The mean of w.x + bias per group over the holders' rows; the weights never leave here.
 
-        The weights are encrypted here and never leave in plaintext; nodes and gateway see only
-        ciphertexts. ``rows`` hold ``score`` (mean) and ``n`` (noisy group size) per group.
+        The gateway releases DP per-group counts and feature sums (``POST /v1/scores``, charged
+        like any query); the score and its interval are computed locally from them.
+        ``rows`` hold ``score`` (mean) and ``n`` (noisy group size) per group.
         """
-        from xdp_compute.sdk.he import encrypted_score
+        from xdp_compute.sdk.scoring import linear_score
 
-        return encrypted_score(self, dataset, features, weights, bias, where, group_by, epsilon, delta, level,
-                               idempotency_key, wait)
+        return linear_score(self, dataset, features, weights, bias, where, group_by, epsilon, delta, level,
+                            idempotency_key, wait)
 
     def train(self, dataset: str, model: str = "logreg", features: list[str] | None = None, label: str = "",
               rounds: int = 10, local_epochs: int = 1, batch_size: int = 64, lr: float | None = None,

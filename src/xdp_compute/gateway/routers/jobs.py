@@ -50,17 +50,19 @@ class ScoreBody(BaseModel):
     epsilon: float
     delta: float | None = None
     level: float = 0.95
-    score_bound: float
-    context: str = Field(..., description="base64 public CKKS context (no secret key)")
-    weights: str = Field(..., description="base64 encrypted weights envelope")
     dry_run: bool = False
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    # The first version's secret-weights fields: accepted only to be refused with the reason.
+    score_bound: float | None = Field(None, description="not offered: refused (see POST /v1/scores)")
+    context: str | None = Field(None, description="not offered: refused")
+    weights: str | None = Field(None, description="not offered: refused")
 
 
 @router.post("/scores", openapi_extra=body_openapi(ScoreBody))
 async def submit_score(who: Analyst, svc: Svc, body: Annotated[ScoreBody, Depends(json_body(ScoreBody))]
                        ) -> JSONResponse:
-    """CKKS encrypted scoring of a secret linear model; the answer is released as a ciphertext."""
+    """DP per-group feature sums for a linear score the analyst applies itself (the weights never
+    leave the analyst); one federated query through the same release gate as POST /v1/queries."""
     from xdp_compute.gateway.score_service import submit_score as run
 
     status, out = await run(service(svc), who, body.model_dump())
