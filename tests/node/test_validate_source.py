@@ -157,3 +157,14 @@ def test_header_case_does_not_matter(tmp_path: Path, header: list[str]) -> None:
     _write(tmp_path / "p.csv", [CLEAN] * 2, header=header)
     m = _manifest(tmp_path, "p.csv")
     assert validate_source(m, m.datasets[0])["ok"] is True
+
+
+def test_more_rows_than_the_declared_max_rows_is_a_problem(tmp_path: Path) -> None:
+    import dataclasses
+
+    _write(tmp_path / "p.csv", [CLEAN] * 6)
+    m = _manifest(tmp_path, "p.csv")
+    ok = validate_source(m, dataclasses.replace(m.datasets[0], max_rows=6))
+    assert ok["ok"] is True
+    over = validate_source(m, dataclasses.replace(m.datasets[0], max_rows=5))
+    assert over["ok"] is False and over["problems"] == ["6 rows exceed the declared max_rows 5"]

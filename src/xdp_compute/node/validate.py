@@ -266,4 +266,9 @@ def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
         report["problems"].append("source could not be validated (unexpected engine error)")
     finally:
         src.close()
+    rows = report.get("rows")
+    if isinstance(rows, int) and rows > dataset.max_rows:
+        # max_rows is public and sizes every plan's worst case: more rows than declared could
+        # overflow a total the planner promised could not.
+        report["problems"].append(f"{rows} rows exceed the declared max_rows {dataset.max_rows}")
     return _finish(report)

@@ -81,6 +81,10 @@ def local_noisy_vector(node: NodeContext, plan_wire: dict[str, Any], sigma_node2
     ds = node.manifest.dataset(plan.dataset)
     if ds is None:
         raise BadRequest(f"this node does not hold dataset {plan.dataset!r}")
+    if ds.max_rows > plan.max_rows_per_node:
+        # The plan's fixed-point headroom assumes at most plan.max_rows_per_node rows here.
+        raise BadRequest(f"this node declares max_rows {ds.max_rows} for {plan.dataset!r}, more than the plan's "
+                         f"{plan.max_rows_per_node}")
     vec = run_local_query(plan, node.manifest, ds)
     _test_only_slowdown()
     return plan, add_noise(vec, plan, sigma_node2, noise_source(node))
