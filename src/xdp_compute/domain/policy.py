@@ -2,6 +2,13 @@
 
 Every check yields a ``Decision`` with the rule's name and its reason, allowed or not, so a dry
 run, a holder's approval screen and the release log all show the same reasoning.
+
+The observable rule (DESIGN.md; issue #11): everything a principal other than the holder can
+observe -- result, charge, remaining budget, progress, participation, model card, error,
+refusal, refund -- is a function of public inputs (the plan, the manifests, declared metadata,
+this policy) or is itself released through a charged DP mechanism. Every decision here takes
+public inputs only (never a row, a count or a node's answer), and noise scales come from the
+holders' declared bounds and this policy, never from a number the analyst chose.
 """
 
 from __future__ import annotations
