@@ -18,6 +18,7 @@ from xdp_compute import Client
 from xdp_compute.cli.cluster import LocalCluster
 
 FEATURES = [f"f{i:02d}" for i in range(30)]
+MAX_ROWS = 200  # each hospital's declared (public) max_rows: ~190 rows each
 
 
 def bc_manifest(node: str, budget: float, bounds: list[tuple[float, float]]) -> str:
@@ -38,6 +39,7 @@ categories = ["oncology"]
 epsilon_budget = {budget}
 delta = 1e-5
 min_group_size = 5
+max_rows = {MAX_ROWS}
 
 [datasets.columns]
 {cols}
@@ -72,12 +74,20 @@ def start(root: Path, budget: float = 50.0, seed: str | None = None
     return cluster, tokens, parts
 
 
-def node_split(node: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The node's own (public, deterministic) train/held-out split of the dataset."""
-    from xdp_compute.node.tasks.train import HOLDOUT_FRACTION, holdout_seed
-    from xdp_compute.training import split_holdout
+def node_split(node: str, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The node's own (public, per-row) train/held-out split of its rows ``idx``."""
+    from xdp_compute.domain.manifest import parse_manifest_text
+    from xdp_compute.node.tasks.train import HOLDOUT_FRACTION, holdout_key
+    from xdp_compute.training import encode, holdout_split
 
-    return split_holdout(n, HOLDOUT_FRACTION, holdout_seed("tumours", node))
+    b = load_breast_cancer()
+    bounds = [(float(b.data[:, i].min()), float(b.data[:, i].max())) for i in range(30)]
+    ds = parse_manifest_text(bc_manifest(node, 1.0, bounds), check_files=False).datasets[0]
+    spec = {"dataset": "tumours", "model": "logreg", "features": FEATURES, "label": "malignant"}
+    data = {n: b.data[idx, i] for i, n in enumerate(FEATURES)}
+    data["malignant"] = np.array(["true" if t == 0 else "false" for t in b.target[idx]], dtype=object)
+    enc = encode(spec, [c.to_dict() for c in ds.columns], data)
+    return holdout_split(enc.X, enc.y, HOLDOUT_FRACTION, holdout_key("tumours", node))
 
 
 def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> None:
@@ -101,7 +111,7 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
         lo = b.data.min(axis=0)
         hi = b.data.max(axis=0)
         for node, idx in parts.items():
-            tr, ho = node_split(node, len(idx))
+            tr, ho = node_split(node, idx)
             scaled = (b.data[idx] - lo) / (hi - lo)
             X_parts.append(scaled[ho])
             y_parts.append((b.target[idx] == 0)[ho])
@@ -117,21 +127,22 @@ def test_dp_logreg_on_breast_cancer_and_ledger_equals_opacus(tmp_path: Path) -> 
         assert acc >= 0.90
         assert card["rounds_done"] == 40 and not card["rounds_missing_nodes"]
 
-        # The ledger's epsilon for each node equals Opacus's accountant for what was actually done.
+        # Each ledger is charged the planned total, target_epsilon, reserved at submission; the
+        # nodes' Opacus accountant for the public plan (from max_rows, not from the rows) fits in it.
         spec = TrainingSpec.from_dict({"dataset": "tumours", "model": "logreg", "features": FEATURES,
                                        "label": "malignant", "rounds": 40, "lr": 32.0,
                                        "target_epsilon": 3.0 * SGD_SHARE, "delta": 1e-5})
         with sqlite3.connect(cluster.root / "gateway.db") as c:
             spent = dict(c.execute("SELECT n.name, d.eps_spent FROM node_datasets d JOIN nodes n "
                                    "ON n.id = d.node_id").fetchall())
-        for node, idx in parts.items():
-            tr, _ = node_split(node, len(idx))
-            plan = plan_privacy(spec, len(tr), 1e-5)
-            acc_ = RDPAccountant()
-            acc_.history = [(plan.noise_multiplier, plan.sample_rate, 40 * plan.steps_per_round),
-                            (count_noise_multiplier(plan, 3.0, 1e-5), 1.0, 1)]
-            assert abs(spent[node] - acc_.get_epsilon(delta=1e-5)) < 1e-6, node
-            assert card["epsilon_per_node"][node] == pytest.approx(spent[node], abs=1e-9)
+        plan = plan_privacy(spec, MAX_ROWS, 1e-5)
+        acc_ = RDPAccountant()
+        acc_.history = [(plan.noise_multiplier, plan.sample_rate, 40 * plan.steps_per_round),
+                        (count_noise_multiplier(plan, 3.0, 1e-5), 1.0, 1)]
+        assert 3.0 - 0.05 < acc_.get_epsilon(delta=1e-5) <= 3.0 + 1e-9
+        for node in parts:
+            assert spent[node] == pytest.approx(3.0, abs=1e-12), node
+            assert card["epsilon_per_node"][node] == pytest.approx(spent[node], abs=1e-12)
         assert ml.verify_receipt(job.delivery)
     finally:
         cluster.close()
@@ -158,19 +169,29 @@ def test_node_killed_mid_training_and_card_names_rounds(tmp_path: Path) -> None:
         cluster.close()
 
 
-def test_budget_exhaustion_mid_training_stops_cleanly(tmp_path: Path) -> None:
+def test_a_job_the_budget_cannot_afford_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from xdp_compute.errors import BudgetExhausted
+
     cluster, tokens, parts = start(tmp_path, budget=3.5)
     try:
         ml = Client(cluster.url, tokens["ml"])
         ml.query("SELECT COUNT(*) AS n FROM tumours", epsilon=0.9)  # another job used part of the budget
-        job = ml.train("tumours", model="logreg", features=FEATURES, label="malignant", rounds=10,
-                       target_epsilon=3.0)
+        with sqlite3.connect(cluster.root / "gateway.db") as c:
+            before = c.execute("SELECT eps_spent, eps_reserved FROM node_datasets ORDER BY id").fetchall()
+        # The whole planned cost (3.0) is reserved at submission, so a job that 2.6 left cannot pay
+        # is refused then — never stopped mid-way by a charge that depends on the rows.
+        with pytest.raises(BudgetExhausted):
+            ml.train("tumours", model="logreg", features=FEATURES, label="malignant", rounds=10,
+                     target_epsilon=3.0)
+        job = ml.train("tumours", model="logreg", features=FEATURES, label="malignant", rounds=4,
+                       target_epsilon=2.5)
         job.wait(progress=False, timeout=600)
         card = job.model_card()
-        assert 1 <= card["rounds_done"] < 10 and "budget" in card["stopped_early"].lower()
+        assert card["rounds_done"] == 4 and card["stopped_early"] is None
         with sqlite3.connect(cluster.root / "gateway.db") as c:
-            rows = c.execute("SELECT eps_spent, eps_reserved, eps_budget FROM node_datasets").fetchall()
-        assert all(s <= b + 1e-9 and r == pytest.approx(0.0, abs=1e-12) for s, r, b in rows)
+            rows = c.execute("SELECT eps_spent, eps_reserved, eps_budget FROM node_datasets ORDER BY id").fetchall()
+        assert all(s == pytest.approx(b[0] + 2.5, abs=1e-9) and r == pytest.approx(0.0, abs=1e-12)
+                   for (s, r, _), b in zip(rows, before, strict=True))
         assert hasattr(job.model(), "forward")
     finally:
         cluster.close()

@@ -394,7 +394,7 @@ def _train_prepare(node: Node, where: str | None = None) -> TrainPrepare:
     if where is not None:
         where_plan = plan_query(f"SELECT COUNT(*) FROM patients WHERE {where}", node.manifest.datasets[0]).to_dict()
     return TrainPrepare(spec=raw, n_features=encoded_width(spec, columns), n_classes=label_of(spec, columns).n_classes,
-                        delta=1e-6, where_plan=where_plan)
+                        delta=1e-7, where_plan=where_plan)  # below 1/max_rows (default 10^6)
 
 
 def test_train_round_refuses_a_smaller_reservation_then_runs_with_the_right_one(

@@ -24,8 +24,8 @@ from xdp_compute.training.federated import (
     clamp_weight,
     fedavg,
     fedavg_from_sums,
+    holdout_split,
     node_contribution,
-    split_holdout,
 )
 from xdp_compute.training.local import (
     LocalTrainer,
@@ -42,6 +42,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the")
 
 N_NODES = 3
 HOLDOUT = 0.2
+# Each simulated node's declared (public) max_rows: breast cancer over 3 nodes is ~190 rows each.
+BC_MAX_ROWS = 200
+SYNTH_MAX_ROWS = 1000
 
 
 # ---- FedAvg and the split -------------------------------------------------------------------------
@@ -73,19 +76,53 @@ def test_noisy_counts_are_floored_and_bad_sums_abort() -> None:
         node_contribution(np.array([np.inf]), 3.0)
 
 
-def test_split_holdout_is_deterministic_disjoint_and_sized() -> None:
-    tr, te = split_holdout(101, 0.2, seed=7)
-    tr2, te2 = split_holdout(101, 0.2, seed=7)
+def _rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, size=(n, 4)).astype(np.float32), (rng.uniform(size=n) < 0.5).astype(np.float32)
+
+
+def _assignment(X: np.ndarray, y: np.ndarray, key: bytes) -> dict[bytes, bool]:
+    """Row content -> held out?"""
+    _tr, ho = holdout_split(X, y, HOLDOUT, key)
+    held = set(ho.tolist())
+    return {X[i].tobytes() + y[i].tobytes(): i in held for i in range(len(y))}
+
+
+@pytest.mark.parametrize("n", [100, 1000, 10_000])
+def test_removing_one_row_changes_no_other_rows_holdout_assignment(n: int) -> None:
+    # Issue #11 item 5: a permutation of range(n) moved 17, 99 and 1,895 other rows between train
+    # and held-out when one row was removed at n = 100, 1,000, 10,000. Each row's side is now a
+    # keyed hash of its own content: removing any one row moves none of the others.
+    X, y = _rows(n)
+    key = b"k" * 32
+    full = _assignment(X, y, key)
+    for drop in (0, n // 2, n - 1):
+        keep = np.arange(n) != drop
+        without = _assignment(X[keep], y[keep], key)
+        moved = sum(1 for row, held in without.items() if full[row] != held)
+        assert moved == 0, (n, drop, moved)
+    # Shuffling the rows changes nobody's side either (the position plays no part).
+    perm = np.random.default_rng(1).permutation(n)
+    assert _assignment(X[perm], y[perm], key) == full
+
+
+def test_holdout_split_is_deterministic_disjoint_and_about_the_fraction() -> None:
+    X, y = _rows(5000)
+    tr, te = holdout_split(X, y, 0.2, b"a" * 32)
+    tr2, te2 = holdout_split(X, y, 0.2, b"a" * 32)
     assert np.array_equal(tr, tr2) and np.array_equal(te, te2)
-    assert len(te) == 20 and len(tr) == 81
-    assert set(tr) | set(te) == set(range(101)) and not set(tr) & set(te)
+    assert set(tr.tolist()) | set(te.tolist()) == set(range(5000)) and not set(tr.tolist()) & set(te.tolist())
     assert np.all(np.diff(tr) > 0)
-    assert not np.array_equal(split_holdout(101, 0.2, seed=8)[1], te)
-    assert len(split_holdout(10, 0.0, 1)[1]) == 0
+    # Bernoulli(0.2) per row: 1000 +- 28 (std); 6 std either side.
+    assert 830 <= len(te) <= 1170
+    assert not np.array_equal(holdout_split(X, y, 0.2, b"b" * 32)[1], te)  # another key, another split
+    assert len(holdout_split(X, y, 0.0, b"a" * 32)[1]) == 0
+    empty_tr, empty_te = holdout_split(X[:0], y[:0], 0.2, b"a" * 32)
+    assert len(empty_tr) == len(empty_te) == 0
     with pytest.raises(ValueError):
-        split_holdout(10, 1.0, 1)
+        holdout_split(X, y, 1.0, b"a" * 32)
     with pytest.raises(ValueError):
-        split_holdout(-1, 0.2, 1)
+        holdout_split(X, y[:3], 0.2, b"a" * 32)
 
 
 # ---- breast cancer over 3 nodes -------------------------------------------------------------------
@@ -122,7 +159,7 @@ def bc_nodes(
         data: dict[str, np.ndarray] = {n: b.data[idx, i] for i, n in enumerate(names)}
         data["malignant"] = b.target[idx] == 0
         enc = encode(spec, cols, data)
-        tr, te = split_holdout(len(enc), HOLDOUT, seed=100 + j)
+        tr, te = holdout_split(enc.X, enc.y, HOLDOUT, key=bytes([100 + j]) * 32)
         out.append((enc, tr, te))
     return out
 
@@ -133,10 +170,11 @@ def federated_dp(
     n_classes: int,
     seed: int,
     budget_left: list[float] | None = None,
+    max_rows: int = BC_MAX_ROWS,
 ) -> tuple[np.ndarray, list[NodePrivacyState | None], list[LocalTrainer], int]:
     d = nodes[0][0].X.shape[1]
     g = init_params(spec, d, n_classes, seed=seed)
-    trainers = [LocalTrainer(spec, d, n_classes, seed=seed * 100 + j) for j in range(len(nodes))]
+    trainers = [LocalTrainer(spec, d, n_classes, max_rows=max_rows, seed=seed * 100 + j) for j in range(len(nodes))]
     states: list[NodePrivacyState | None] = [None] * len(nodes)
     left = list(budget_left) if budget_left is not None else [math.inf] * len(nodes)
     rounds = 0
@@ -242,10 +280,9 @@ def test_dp_logreg_on_breast_cancer_over_three_nodes() -> None:
                 acc.step(noise_multiplier=st.plan.noise_multiplier, sample_rate=st.plan.sample_rate)
             assert abs(st.epsilon() - acc.get_epsilon(delta=1e-5)) < 1e-6
             assert st.epsilon() <= 3.0
-            assert (
-                st.steps_taken == spec.rounds * math.ceil(len(nodes[0][1]) / spec.batch_size)
-                or st.steps_taken == st.plan.planned_steps
-            )
+            # The plan is the public one: q = batch / max_rows, ceil(1/q) steps per round.
+            assert st.plan.sample_rate == spec.batch_size / BC_MAX_ROWS
+            assert st.steps_taken == st.plan.planned_steps == spec.rounds * math.ceil(BC_MAX_ROWS / spec.batch_size)
     nonpriv = federated_nonprivate(spec, nodes, lr=4.0)
     Xtr = np.concatenate([e.X[tr] for e, tr, _ in nodes])
     ytr = np.concatenate([e.y[tr] for e, tr, _ in nodes])
@@ -259,6 +296,8 @@ def test_dp_logreg_on_breast_cancer_over_three_nodes() -> None:
     )
     assert min(accs) >= 0.90
     assert nonpriv >= 0.90
+    # Utility kept with the public plan: within 5 points of the non-private model on the same split.
+    assert min(accs) >= pooled - 0.05
 
 
 def test_training_stops_before_a_node_budget_is_exceeded() -> None:
@@ -283,8 +322,8 @@ def test_training_stops_before_a_node_budget_is_exceeded() -> None:
     # The refused round would have cost more than what was left; nothing of it was recorded.
     st1 = states[1]
     assert st1 is not None and st1.rounds_done == rounds
-    t = LocalTrainer(spec, nodes[1][0].X.shape[1], 2)
-    _, after, _ = t.next_round(st1, len(nodes[1][1]))
+    t = LocalTrainer(spec, nodes[1][0].X.shape[1], 2, max_rows=BC_MAX_ROWS)
+    _, after, _ = t.next_round(st1)
     assert after > 1.5
 
 
@@ -332,10 +371,10 @@ def test_other_zoo_models_learn_under_dp(model: str) -> None:
     nodes = []
     for j, idx in enumerate(np.array_split(np.arange(n), N_NODES)):
         enc = encode(spec, cols, {**{f"x{i}": X[idx, i] for i in range(d)}, "y": yv[idx]})
-        tr, te = split_holdout(len(enc), HOLDOUT, seed=j)
+        tr, te = holdout_split(enc.X, enc.y, HOLDOUT, key=bytes([j]) * 32)
         nodes.append((enc, tr, te))
     n_classes = 0 if model == "linreg" else 3
-    flat, _states, trainers, _ = federated_dp(spec, nodes, n_classes, seed=1)
+    flat, _states, trainers, _ = federated_dp(spec, nodes, n_classes, seed=1, max_rows=SYNTH_MAX_ROWS)
     if model == "linreg":
         sq = cnt = 0.0
         for t, (enc, _tr, te) in zip(trainers, nodes, strict=True):

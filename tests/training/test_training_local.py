@@ -25,6 +25,7 @@ from xdp_compute.training.local import (
     epsilon_for_history,
     plan_privacy,
     poisson_sample,
+    poisson_schedule,
     run_dp_sgd,
     torch_generator,
 )
@@ -173,6 +174,9 @@ def test_one_noiseless_step_equals_opacus_dp_optimizer() -> None:
     assert not np.allclose(flatten_params(ours), flat)
 
 
+MR = 120  # the declared max_rows of the simulated node
+
+
 # ---- Poisson sampling and noise -------------------------------------------------------------------
 @pytest.mark.parametrize(("n", "q"), [(2000, 0.01), (400, 0.3)])  # geometric-gap path, mask path
 def test_poisson_sample_includes_each_row_independently_with_probability_q(n: int, q: float) -> None:
@@ -181,7 +185,7 @@ def test_poisson_sample_includes_each_row_independently_with_probability_q(n: in
     counts = np.zeros(n)
     sizes = []
     for _ in range(draws):
-        idx = poisson_sample(n, q, gen).numpy()
+        idx = poisson_sample(n, q, gen)
         assert np.all(np.diff(idx) > 0) and (idx.size == 0 or (idx[0] >= 0 and idx[-1] < n))
         counts[idx] += 1
         sizes.append(idx.size)
@@ -201,9 +205,10 @@ def test_poisson_sample_includes_each_row_independently_with_probability_q(n: in
 
 def test_poisson_sample_edges() -> None:
     gen = torch_generator(1)
-    assert poisson_sample(0, 0.5, gen).numel() == 0
+    assert poisson_sample(0, 0.5, gen).size == 0
     assert poisson_sample(7, 1.0, gen).tolist() == list(range(7))
-    assert poisson_sample(10, 1e-12, gen).numel() == 0
+    assert poisson_sample(10, 1e-12, gen).size == 0
+    assert poisson_schedule(0, 0.5, 10, gen) == [] and poisson_schedule(5, 0.5, 0, gen) == []
 
 
 def test_noise_has_std_sigma_times_c_over_expected_batch() -> None:
@@ -271,7 +276,7 @@ def test_epsilon_for_history_equals_opacus_accountant() -> None:
 def test_rounds_record_opacus_rdp_epsilon_for_the_steps_taken() -> None:
     s = spec(rounds=3, batch_size=16)
     X, y = toy(120, 4, "bce")
-    t = LocalTrainer(s, 4, 2, seed=1)
+    t = LocalTrainer(s, 4, 2, seed=1, max_rows=MR)
     g = init_params(s, 4, 2)
     state: NodePrivacyState | None = None
     acc = RDPAccountant()
@@ -300,9 +305,9 @@ def test_rounds_record_opacus_rdp_epsilon_for_the_steps_taken() -> None:
 def test_round_refused_when_budget_left_is_short_and_nothing_happens() -> None:
     s = spec(rounds=2)
     X, y = toy(120, 4, "bce")
-    t = LocalTrainer(s, 4, 2, seed=1)
+    t = LocalTrainer(s, 4, 2, seed=1, max_rows=MR)
     g = init_params(s, 4, 2)
-    _plan, after, cost = t.next_round(None, 120)
+    _plan, after, cost = t.next_round(None)
     before_params = flatten_params(t.model)
     with pytest.raises(BudgetExhausted) as e:
         t.run_round(g + 1.0, X, y, None, epsilon_budget_left=cost * 0.999)
@@ -312,7 +317,7 @@ def test_round_refused_when_budget_left_is_short_and_nothing_happens() -> None:
     res = t.run_round(g, X, y, None, epsilon_budget_left=cost)  # exactly enough is enough
     assert res.epsilon == pytest.approx(after) and res.epsilon_round == pytest.approx(cost)
     st = res.state
-    _, _, cost2 = t.next_round(st, 120)
+    _, _, cost2 = t.next_round(st)
     with pytest.raises(BudgetExhausted):
         t.run_round(g, X, y, st, epsilon_budget_left=cost2 / 2)
     with pytest.raises(BudgetExhausted):
@@ -323,16 +328,20 @@ def test_round_refused_when_budget_left_is_short_and_nothing_happens() -> None:
 def test_delta_rules() -> None:
     X, y = toy(50, 4, "bce")
     with pytest.raises(InvalidSpec, match="delta is required"):
-        LocalTrainer(spec(delta=None), 4, 2)
-    t = LocalTrainer(spec(delta=None), 4, 2, default_delta=1e-6)
+        LocalTrainer(spec(delta=None), 4, 2, max_rows=MR)
+    t = LocalTrainer(spec(delta=None), 4, 2, default_delta=1e-6, max_rows=MR)
     assert t.delta == 1e-6
-    t = LocalTrainer(spec(delta=0.05), 4, 2)  # 0.05 >= 1/50
-    with pytest.raises(InvalidSpec, match="below 1/n"):
-        t.run_round(np.zeros(5), X, y, None, 10.0)
+    # The rule is on the declared max_rows, not on the rows given: 0.05 >= 1/50 is refused even
+    # with 3 rows, and 0.01 < 1/50 is fine with 0 rows.
+    t = LocalTrainer(spec(delta=0.05), 4, 2, max_rows=50)
+    with pytest.raises(InvalidSpec, match="below 1/max_rows"):
+        t.run_round(np.zeros(5), X[:3], y[:3], None, 10.0)
+    t = LocalTrainer(spec(delta=0.01), 4, 2, max_rows=50)
+    assert t.run_round(np.zeros(5), X[:0], y[:0], None, 10.0).steps > 0
 
 
-def test_unreachable_epsilon_and_empty_node_are_invalid() -> None:
-    with pytest.raises(InvalidSpec, match="no training rows"):
+def test_unreachable_epsilon_and_bad_max_rows_are_invalid() -> None:
+    with pytest.raises(InvalidSpec, match="max_rows"):
         plan_privacy(spec(), 0, 1e-5)
     with pytest.raises(InvalidSpec, match="cannot be reached"):
         plan_privacy(spec(target_epsilon=1e-4, rounds=1000, batch_size=1000), 1000, 1e-9)
@@ -340,7 +349,7 @@ def test_unreachable_epsilon_and_empty_node_are_invalid() -> None:
 
 def test_bad_inputs_to_a_round() -> None:
     X, y = toy(50, 4, "bce")
-    t = LocalTrainer(spec(), 4, 2, seed=0)
+    t = LocalTrainer(spec(), 4, 2, seed=0, max_rows=MR)
     with pytest.raises(InvalidSpec, match="shape"):
         t.run_round(np.zeros(5), X[:, :3], y, None, 10.0)
     with pytest.raises(InvalidSpec, match="same number"):
@@ -357,10 +366,10 @@ def test_seeded_rounds_reproduce_and_os_seeded_rounds_differ() -> None:
     s = spec()
     X, y = toy(120, 4, "bce")
     g = init_params(s, 4, 2)
-    a = LocalTrainer(s, 4, 2, seed=9).run_round(g, X, y, None, 10.0).update
-    b = LocalTrainer(s, 4, 2, seed=9).run_round(g, X, y, None, 10.0).update
-    c = LocalTrainer(s, 4, 2).run_round(g, X, y, None, 10.0).update
-    d = LocalTrainer(s, 4, 2).run_round(g, X, y, None, 10.0).update
+    a = LocalTrainer(s, 4, 2, seed=9, max_rows=MR).run_round(g, X, y, None, 10.0).update
+    b = LocalTrainer(s, 4, 2, seed=9, max_rows=MR).run_round(g, X, y, None, 10.0).update
+    c = LocalTrainer(s, 4, 2, max_rows=MR).run_round(g, X, y, None, 10.0).update
+    d = LocalTrainer(s, 4, 2, max_rows=MR).run_round(g, X, y, None, 10.0).update
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(c, d)
 
@@ -369,8 +378,8 @@ def test_vmap_path_trains_identically_to_closed_form() -> None:
     s = spec("softmax")
     X, y = toy(120, 4, "ce")
     g = init_params(s, 4, 3)
-    a = LocalTrainer(s, 4, 3, seed=2, per_sample="linear").run_round(g, X, y, None, 10.0).update
-    b = LocalTrainer(s, 4, 3, seed=2, per_sample="vmap").run_round(g, X, y, None, 10.0).update
+    a = LocalTrainer(s, 4, 3, seed=2, per_sample="linear", max_rows=MR).run_round(g, X, y, None, 10.0).update
+    b = LocalTrainer(s, 4, 3, seed=2, per_sample="vmap", max_rows=MR).run_round(g, X, y, None, 10.0).update
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
@@ -378,7 +387,7 @@ def test_vmap_path_trains_identically_to_closed_form() -> None:
 def test_evaluate_returns_raw_sums_with_bounded_per_row_loss() -> None:
     s = spec()
     X, y = toy(60, 4, "bce")
-    t = LocalTrainer(s, 4, 2)
+    t = LocalTrainer(s, 4, 2, max_rows=MR)
     flat = np.array([40.0, -40.0, 0.0, 0.0, 0.0])
     ev = t.evaluate(flat, X, y)
     m = build_model(s, 4, 2)
@@ -390,7 +399,77 @@ def test_evaluate_returns_raw_sums_with_bounded_per_row_loss() -> None:
     assert ev.correct == int(((out > 0).float() == torch.from_numpy(y)).sum())
     assert ev.loss_sum == pytest.approx(float(loss.sum()), rel=1e-5)
     assert ev.loss_sum <= 60 * EVAL_LOSS_BOUND
-    reg = LocalTrainer(spec("linreg"), 4, 0)
+    reg = LocalTrainer(spec("linreg"), 4, 0, max_rows=MR)
     Xr, yr = toy(30, 4, "mse")
     er = reg.evaluate(np.array([0.0, 0.0, 0.0, 0.0, 5.0]), Xr, yr)  # predicts 5 -> clipped to 1
     assert er.correct is None and er.sq_err_sum == pytest.approx(float(((1 - yr) ** 2).sum()), rel=1e-5)
+
+
+# ---- a plan from public inputs only (issue #11) --------------------------------------------------
+@pytest.mark.parametrize("rows", [0, 1, 7, 120, 500])
+def test_what_a_round_reports_is_the_same_for_any_number_of_rows(rows: int) -> None:
+    """Steps, cost, epsilon and the state's history depend on the spec, delta and max_rows only:
+    a node with no rows (or more than it declared) runs the same plan and reports the same."""
+    s = spec(rounds=2, batch_size=16)
+    X, y = toy(max(rows, 1), 4, "bce")
+    X, y = X[:rows], y[:rows]
+    ref = LocalTrainer(s, 4, 2, max_rows=MR, seed=3).run_round(init_params(s, 4, 2), *toy(120, 4, "bce"), None, 10.0)
+    res = LocalTrainer(s, 4, 2, max_rows=MR, seed=3).run_round(init_params(s, 4, 2), X, y, None, 10.0)
+    assert (res.steps, res.epsilon, res.epsilon_round, res.delta) == (
+        ref.steps, ref.epsilon, ref.epsilon_round, ref.delta)
+    assert res.state.history == ref.state.history and res.state.plan == ref.state.plan
+    assert res.update.shape == ref.update.shape and np.all(np.isfinite(res.update))
+    if rows == 0:
+        assert np.any(res.update != 0)  # a dummy contribution still carries its noise
+
+
+def test_runs_of_empty_steps_carry_the_summed_noise() -> None:
+    """With q tiny (a loose max_rows), almost every step is empty; merging a run of k empty steps
+    into one draw must give the same total noise: sd sqrt(steps) * lr * sigma * C / B."""
+    s = spec("linreg")
+    d = 3999
+    m = build_model(s, d, 0)
+    load_flat_params(m, np.zeros(d + 1))
+    X, y = torch.zeros(5, d), torch.zeros(5)  # every per-sample gradient is zero
+    steps, sigma, C, lr, B = 400, 0.9, 0.3, 2.0, 16.0
+    run_dp_sgd(m, X, y, "mse", steps=steps, sample_rate=1e-3, expected_batch_size=B, lr=lr, max_grad_norm=C,
+               noise_multiplier=sigma, sample_gen=torch_generator(5), noise_gen=torch_generator(6))
+    total = flatten_params(m)
+    want = math.sqrt(steps) * lr * sigma * C / B
+    assert abs(total.std() / want - 1) < 0.06  # 4000 draws: 6% is over 5 standard errors
+    assert abs(total.mean()) < 5 * want / math.sqrt(total.size)
+
+
+def test_poisson_schedule_includes_each_step_and_row_with_probability_q() -> None:
+    gen = torch_generator(7)
+    n, steps, q = 50, 400, 0.01
+    counts = np.zeros((steps, n))
+    for _ in range(40):
+        sched = poisson_schedule(n, q, steps, gen)
+        assert [t for t, _ in sched] == sorted({t for t, _ in sched})  # in order, each step once
+        for t, idx in sched:
+            assert idx.size > 0 and np.all(np.diff(idx) > 0) and 0 <= t < steps
+            counts[t, idx] += 1
+    draws = 40 * steps * n
+    assert abs(counts.sum() - draws * q) < 6 * math.sqrt(draws * q)
+    per_row = counts.sum(0)
+    exp = 40 * steps * q
+    chi2 = float((((per_row - exp) ** 2) / (exp * (1 - q))).sum())
+    assert abs(chi2 - n) < 6 * math.sqrt(2 * n)
+
+
+def test_training_randomness_is_a_keystream_seeded_from_the_os() -> None:
+    from xdp_compute.training.randomness import TrainingRandomness
+
+    a, b = TrainingRandomness.from_os(), TrainingRandomness.from_os()
+    assert not np.array_equal(a.normal(8), b.normal(8))  # a fresh OS key each time
+    s1, s2 = TrainingRandomness.seeded(1), TrainingRandomness.seeded(1)
+    np.testing.assert_array_equal(s1.normal(1001), s2.normal(1001))  # tests only: reproducible
+    u = TrainingRandomness.seeded(2).uniform(200_000)
+    assert u.min() > 0.0 and u.max() <= 1.0 and abs(u.mean() - 0.5) < 6 * math.sqrt(1 / 12 / u.size)
+    z = TrainingRandomness.seeded(3).normal(200_000)
+    assert abs(z.mean()) < 6 / math.sqrt(z.size) and abs(z.std() - 1) < 0.01
+    # 4th moment 3 (a Gaussian, not just any unit-variance law)
+    assert abs(float((z**4).mean()) - 3.0) < 0.1
+    with pytest.raises(ValueError):
+        TrainingRandomness(b"short")

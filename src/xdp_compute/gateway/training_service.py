@@ -1,10 +1,21 @@
-"""DP federated training jobs: validated spec -> per-round reservation -> local DP-SGD on the nodes ->
-secure-aggregated FedAvg -> the final model through the ReleaseGate (intermediate models never leave).
+"""DP federated training jobs: validated spec -> the whole planned cost reserved -> local DP-SGD on
+the nodes -> secure-aggregated FedAvg -> the final model through the ReleaseGate (intermediate
+models never leave).
 
-Each node's ledger row is charged, round by round, exactly what its Opacus RDP accountant adds
-(DP-SGD steps plus the one Gaussian release of its FedAvg weight). Before each round every node's
-cost is reserved; if a ledger cannot pay, training stops there with the reason, and the last
-model is released if at least one round completed and policy still allows it.
+The observable rule (DESIGN.md, issue #11): what the analyst can see of a training job — the
+charge, the budget left, progress, participation, the model card, an error, a refusal, a refund —
+is a function of public inputs (spec, manifests with their declared ``max_rows``, policy) or a
+DP release. So:
+
+- the plan (sample rate, noise, steps, count release) comes from each dataset's declared
+  ``max_rows``, never from a node's rows; delta >= 1/max_rows is refused at submission;
+- the job's whole cost, ``target_epsilon`` and delta on every participating ledger, is reserved
+  at submission and committed in full once anything ran — no per-round charge derived from data;
+- a node never drops out because of its data: with few or no matching rows it takes part with
+  the same noise; ``missing`` in the card lists only nodes that were offline or silent (liveness,
+  which the data does not decide); a node *error* — whose cause could depend on data — aborts
+  the job, charged, without naming the node; a refund happens only when no round could start
+  because too few nodes were online.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from xdp_compute.contract import Record, TrainBegin, TrainEval, TrainEvaluated, 
 from xdp_compute.crypto.fixedpoint import decode as fp_decode
 from xdp_compute.crypto.secagg import default_threshold
 from xdp_compute.domain.policy import Decision, Requester, evaluate
-from xdp_compute.errors import BudgetExhausted, Conflict, ProtocolAborted, XdpError
+from xdp_compute.errors import Conflict, ProtocolAborted, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed
 from xdp_compute.gateway.lifecycle import JobDraft, JobLifecycle
@@ -62,22 +73,52 @@ def _spec_and_shape(qs: QueryService, body: dict[str, Any]
     return spec, parts, n_features, n_classes, where_plan
 
 
+def max_rows_of(part: dict[str, Any]) -> int:
+    """A node's declared (public) maximum row count for the dataset: its registered manifest entry."""
+    from xdp_compute.domain.manifest import DEFAULT_MAX_ROWS
+
+    return int(part["spec"].get("max_rows", DEFAULT_MAX_ROWS))
+
+
+def training_decisions(parts: list[dict[str, Any]], target: float, delta: float) -> list[Decision]:
+    """The budget decisions of a training job: the whole target on every ledger, or a refusal.
+
+    Only public inputs: the ledgers' remainders are sums of earlier (public) charges.
+    """
+    out = []
+    for p in parts:
+        left = p["eps_budget"] - p["eps_spent"] - p["eps_reserved"]
+        if target > p["eps_budget"] + 1e-12:
+            out.append(Decision("epsilon_cap", False, f"target_epsilon {target:g} exceeds the dataset's whole "
+                                                      f"budget {p['eps_budget']:g}", node=p["node"]))
+        elif target > left + 1e-9 or delta > p["delta_budget"] - p["delta_spent"] + 1e-15:
+            out.append(Decision("budget", False, f"budget left epsilon={max(left, 0):g} cannot afford the job's "
+                                                 f"planned epsilon={target:g}, delta={delta:g}", node=p["node"]))
+        else:
+            out.append(Decision("budget", True, f"the planned epsilon={target:g}, delta={delta:g} is reserved now "
+                                                f"and charged in full ({left:g} left before)", node=p["node"]))
+    return out
+
+
 async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, body: dict[str, Any]
                           ) -> tuple[int, dict[str, Any]]:
+    from xdp_compute.errors import InvalidSpec
+
     spec, parts, n_features, n_classes, where_plan = await asyncio.to_thread(_spec_and_shape, qs, body)
     delta = float(spec.delta) if spec.delta is not None else \
         min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
-    # Budget is reserved round by round (each round's exact cost), so the up-front check is only
-    # the cap: the target may not exceed any node's whole budget.
+    target = float(spec.target_epsilon)
+    # delta < 1/max_rows on every node, from the declared maxima: refused here, before anything is
+    # held, and the same for every WHERE (the rows that match it play no part in the decision).
+    for p in parts:
+        if not delta < 1.0 / max_rows_of(p):
+            raise InvalidSpec(f"delta {delta:g} must be below 1/max_rows = {1.0 / max_rows_of(p):.3g} (node "
+                              f"{p['node']!r} declares max_rows = {max_rows_of(p)} for {spec.dataset!r})",
+                              field="delta")
     decisions = [d for d in evaluate(node_parts(parts), Requester(who.name, who.role, who.region), 0.0, 0.0,
                                      restricted_categories=svc.settings.restricted_categories,
-                                     output="trained model") if d.rule != "budget"]
-    for p in parts:
-        if float(spec.target_epsilon) > p["eps_budget"] + 1e-12:
-            decisions.append(Decision("epsilon_cap", False, f"target_epsilon {spec.target_epsilon:g} exceeds the "
-                                                            f"dataset's whole budget {p['eps_budget']:g}", node=p["node"]))
-    decisions.append(Decision("budget", True, "reserved round by round; training stops before any node's "
-                                              "budget would be exceeded"))
+                                     output="trained model") if d.rule not in ("budget", "epsilon_cap")]
+    decisions += training_decisions(parts, target, delta)
     spec_digest = digest({"operation": "training", "spec": spec.to_dict(), "delta": delta})
     refusal = Outcome(operation="training", payload={}, datasets=[spec.dataset], nodes=[p["node"] for p in parts],
                       spec_digest=spec_digest, cost={"epsilon": float(spec.target_epsilon), "delta": delta},
@@ -86,7 +127,10 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
         kind="training", principal=who, parts=parts, decisions=decisions, spec_digest=spec_digest,
         spec={"spec": spec.to_dict(), "delta": delta}, cost=refusal.cost, refusal=refusal,
         plan={"nodes": [p["node_id"] for p in parts], "n_features": n_features, "n_classes": n_classes,
-              "where_plan": where_plan, "plan": {"dataset": spec.dataset, "where": spec.where}})
+              "where_plan": where_plan, "plan": {"dataset": spec.dataset, "where": spec.where},
+              "max_rows": {p["node"]: max_rows_of(p) for p in parts}},
+        # The whole planned cost, held now on every ledger: nothing about it depends on the rows.
+        holds=[ReservationRequest(p["ledger_id"], target, delta) for p in parts], analyst_hold=(target, delta))
     jobs = JobLifecycle(svc)
 
     async def start(job_id: str) -> tuple[int, dict[str, Any]]:
@@ -137,6 +181,11 @@ def _load_job(svc: Services, job_id: str) -> m.Job:
     return job
 
 
+class NodeAbort(XdpError):
+    """A node answered with an error: the job stops, charged, and no node is named (its cause may
+    depend on the node's data)."""
+
+
 async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalView, spec_dict: dict[str, Any],
                  delta: float, parts: list[dict[str, Any]], plan: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
     """Prepare the nodes, run the rounds, evaluate the released model, and hand it to the gate."""
@@ -148,12 +197,16 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
         if run.stop_reason is not None:
             break
     if not run.rounds_log:
-        await asyncio.to_thread(svc.gate.refuse, job_id, who.name, outcome, FAILED,
-                                f"no training round completed ({run.stop_reason})", refund=True)
-        raise ProtocolAborted(f"no training round completed: {run.stop_reason}")
+        if not run.began:
+            # No round started because too few nodes were online (liveness, not data), and no
+            # node answered with an error: nothing was computed from the rows, so it is refunded.
+            await asyncio.to_thread(svc.gate.refuse, job_id, who.name, outcome, FAILED,
+                                    f"no training round could start ({run.stop_reason})", refund=True)
+            raise ProtocolAborted(f"no training round could start: {run.stop_reason}")
+        raise NodeAbort(f"no training round completed ({run.stop_reason}); the job is charged")
     per_node, overall = await run.evaluate()
     outcome.payload, outcome.nodes = run.payload(per_node, overall), sorted(run.names.values())
-    outcome.cost = {"epsilon": max(run.eps_node.values()), "delta": delta,
+    outcome.cost = {"epsilon": float(spec_dict["target_epsilon"]), "delta": delta,
                     "per_node": {run.names[n]: e for n, e in run.eps_node.items()}}
     outcome.policy = PolicyContext(Requester(who.name, who.role, who.region), spec_dict["dataset"],
                                    tuple(p["node_id"] for p in parts))
@@ -162,7 +215,7 @@ async def _train(svc: Services, qs: QueryService, job_id: str, who: PrincipalVie
 
 
 class TrainingRun:
-    """One training job's rounds: who takes part, what each ledger was charged, the global model."""
+    """One training job's rounds: who takes part, what each node's accountant spent, the global model."""
 
     def __init__(self, svc: Services, qs: QueryService, job_id: str, who: PrincipalView, spec: dict[str, Any],
                  delta: float, parts: list[dict[str, Any]], plan: dict[str, Any]) -> None:
@@ -170,18 +223,20 @@ class TrainingRun:
 
         self.svc, self.qs, self.job_id, self.who, self.spec, self.delta = svc, qs, job_id, who, spec, delta
         self.names = {p["node_id"]: p["node"] for p in parts}
-        self.ledger = {p["node_id"]: p["ledger_id"] for p in parts}
         self.n_features, self.n_classes = int(plan["n_features"]), int(plan["n_classes"])
         self.rounds_planned = int(spec["rounds"])
+        self.target = float(spec["target_epsilon"])
+        self.max_rows = dict(plan.get("max_rows") or {})
         self.prepare_request = TrainPrepare(spec=spec, n_features=self.n_features, n_classes=self.n_classes,
                                             delta=delta, where_plan=plan.get("where_plan"))
-        self.progress: dict[str, Any] = {"round": 0, "rounds": self.rounds_planned, "epsilon": 0.0, "loss": None,
-                                         "accuracy": None}
+        self.progress: dict[str, Any] = {"round": 0, "rounds": self.rounds_planned, "epsilon": 0.0,
+                                         "epsilon_reserved": self.target, "loss": None, "accuracy": None}
         svc.progress[job_id] = self.progress
         self.next_cost: dict[str, float | None] = {}  # node -> what its next round adds to its accountant
-        self.refused: set[str] = set()                # nodes that answered with an error: out of this job
-        self.delta_paid: set[str] = set()             # nodes whose ledger already holds the job's delta
-        self.eps_node = {n: 0.0 for n in self.names}  # what each ledger was charged, summed over rounds
+        self.spent = {n: 0.0 for n in self.names}     # each node's accountant (public plan) so far
+        # What each ledger is charged: the whole reservation, the same for every node, whatever happens.
+        self.eps_node = {n: self.target for n in self.names}
+        self.began = False                            # a round was sent to the nodes
         self.rounds_log: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
         self.global_flat = init_params(spec, self.n_features, self.n_classes)
@@ -191,7 +246,11 @@ class TrainingRun:
         self.tail_sum, self.tail_n = np.zeros_like(self.global_flat), 0
 
     async def call(self, node: str, request: Record, timeout: float) -> Any:
-        """A node's typed answer; None if it was silent (it may come back) or failed (it leaves)."""
+        """A node's typed answer; None if it was silent (offline or slow: it may come back).
+
+        An error answer raises ``NodeAbort``: whatever its cause, it might depend on the node's
+        rows, so the job is not continued without the node (that would show in the card).
+        """
         try:
             return await self.svc.hub.ask(node, self.job_id, request, timeout)
         except NodeDropped:
@@ -200,8 +259,7 @@ class TrainingRun:
             _warn(self.names[node], request.KIND, e.error)
         except XdpError as e:
             _warn(self.names[node], request.KIND, e.detail)
-        self.refused.add(node)
-        return None
+        raise NodeAbort(_ABORTED)
 
     async def prepare(self, nodes: list[str], timeout: float) -> None:
         replies = await asyncio.gather(*(self.call(n, self.prepare_request, timeout) for n in nodes))
@@ -216,67 +274,46 @@ class TrainingRun:
         online = {p["node_id"] for p in parts if p["online"]}
         # A node that missed earlier rounds (slow, or briefly away) rejoins as soon as it is back
         # online; one that was never prepared gets another chance to prepare first.
-        late = [n for n in self.names if n in online and n not in self.next_cost and n not in self.refused]
+        late = [n for n in self.names if n in online and n not in self.next_cost]
         if late:
             await self.prepare(late, settings.round_timeout_seconds * 3)
-        active = [n for n in self.names if n in online and n not in self.refused
-                  and self.next_cost.get(n) is not None]
+        active = [n for n in self.names if n in online and self.next_cost.get(n) is not None]
         if len(active) < 2 and len(self.names) >= 2:
-            return f"round {rnd}: fewer than 2 nodes available"
-        reserved = {n: float(self.next_cost[n] or 0.0) for n in active}
-        round_delta = {n: (0.0 if n in self.delta_paid else self.delta) for n in active}
-        try:
-            await asyncio.to_thread(_reserve_round, self.svc, self.job_id, self.who,
-                                    [(self.ledger[n], reserved[n], round_delta[n]) for n in active])
-        except BudgetExhausted as e:
-            return f"round {rnd}: {e.detail}"
+            return f"round {rnd}: fewer than 2 nodes online"
+        # What is left of the job's hold on each node's ledger: the node refuses a round that
+        # would cost more (its accountant follows the same public plan, so it never does).
+        left = {n: max(self.target - self.spent[n], 0.0) for n in active}
         g_bytes = self.global_flat.astype("<f8").tobytes()
+        self.began = True
         try:
             res = await secure_sum(self.svc.hub, self.job_id, f"{self.job_id}:round{rnd}", active,
                                    self.global_flat.size + 1,
-                                   lambda node, session: TrainBegin(round=rnd, epsilon_reserved=reserved[node],
+                                   lambda node, session: TrainBegin(round=rnd, epsilon_reserved=left[node],
                                                                     params=g_bytes, secagg=session),
                                    threshold=default_threshold(len(active)),
                                    round_timeout=settings.round_timeout_seconds,
                                    begin_timeout=settings.round_timeout_seconds * 10)
         except ProtocolAborted as e:
-            # Nothing of this round was unmasked: its reservation is refunded.
-            await asyncio.to_thread(_settle, self.svc, self.job_id, {})
-            return f"round {rnd}: {e.detail}"
-        charges = self.charges(rnd, res, active, reserved, round_delta)
-        self.delta_paid.update(active)
-        self.refused.update(res.refused)
-        await asyncio.to_thread(_settle, self.svc, self.job_id, charges)
-        self.average(rnd, res.total)
-        for n in active:
-            self.eps_node[n] += charges[self.ledger[n]][0]
+            if getattr(e, "node_errors", None):
+                raise NodeAbort(_ABORTED) from None
+            # Too few nodes answered in time: liveness, not data. The hold stays charged.
+            return f"round {rnd}: secure aggregation aborted (too few nodes answered in time)"
+        if res.refused:
+            for n, err in res.refused.items():
+                _warn(self.names.get(n, n), "train_begin", err)
+            raise NodeAbort(_ABORTED)
         for n in res.survivors:
-            self.next_cost[n] = res.first_replies[n].next_cost
+            reply = res.first_replies[n]
+            if float(reply.epsilon_round) > left[n] + 1e-9:
+                # A node that deviates from the public plan: stop (its ledger is charged the hold).
+                log.error("node %s reports epsilon %.6g for round %d, above the %.6g left of its hold",
+                          self.names[n], reply.epsilon_round, rnd, left[n])
+                raise NodeAbort(_ABORTED)
+            self.spent[n] += float(reply.epsilon_round)
+            self.next_cost[n] = reply.next_cost
+        self.average(rnd, res.total)
         self.log_round(rnd, res.survivors, [res.first_replies[n].metrics or {} for n in res.survivors])
         return None
-
-    def charges(self, rnd: int, res: Any, active: list[str], reserved: dict[str, float],
-                round_delta: dict[str, float]) -> dict[int, tuple[float, float]]:
-        """Each ledger's charge for the round: what its node's accountant added, never less."""
-        charges = {}
-        for n in res.survivors:
-            spent = float(res.first_replies[n].epsilon_round)
-            if spent > reserved[n] + 1e-9:
-                # More than was reserved: a node that deviates from its own plan. Its ledger is
-                # charged the reservation (all the ledger may take) and the node leaves the job.
-                log.error("node %s reports epsilon %.6g for round %d, above the %.6g reserved; it leaves the job",
-                          self.names[n], spent, rnd, reserved[n])
-                self.refused.add(n)
-                spent = reserved[n]
-            charges[self.ledger[n]] = (spent, round_delta[n])
-        for n in active:
-            # A node that dropped out may still have run the round (its accountant moved on while
-            # its answer was lost): charge what was reserved for it — exactly that round's cost if
-            # it ran, an over-charge if it did not — so a ledger never holds less than its
-            # node's accountant. Later rounds cost no more than earlier ones (RDP epsilon is
-            # concave in the number of steps), so its old next_cost still covers its next round.
-            charges.setdefault(self.ledger[n], (reserved[n], round_delta[n]))
-        return charges
 
     def average(self, rnd: int, total: np.ndarray) -> None:
         """FedAvg from the unmasked sums [sum of update x weight, sum of weights]."""
@@ -289,7 +326,7 @@ class TrainingRun:
 
     def log_round(self, rnd: int, survivors: list[str], metrics: list[dict[str, Any]]) -> None:
         count = sum(x.get("count", 0) for x in metrics)
-        self.progress.update({"round": rnd, "epsilon": max(self.eps_node.values()),
+        self.progress.update({"round": rnd, "epsilon": max(self.spent.values()),
                               "loss": (sum(x.get("loss_sum", 0) for x in metrics) / count) if count > 0 else None})
         self.rounds_log.append({"round": rnd, "nodes": sorted(self.names[n] for n in survivors),
                                 "missing": sorted(self.names[n] for n in self.names if n not in survivors)})
@@ -300,7 +337,7 @@ class TrainingRun:
 
     async def evaluate(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Noisy held-out metrics of the released model, per node and pooled."""
-        in_job = [n for n in self.names if n in self.next_cost and n not in self.refused]
+        in_job = [n for n in self.names if n in self.next_cost]
         final = TrainEval(params=self.released_params.astype("<f8").tobytes())
         timeout = self.svc.settings.round_timeout_seconds * 3
         evals = await asyncio.gather(*(self.call(n, final, timeout) if n in in_job else _absent()
@@ -335,9 +372,12 @@ class TrainingRun:
                 "metrics_per_node": per_node, "metrics": overall,
                 "released_params": f"mean of the global models of rounds {self.tail_from}..{len(self.rounds_log)}"
                                    if self.tail_n else "the last global model",
-                "privacy": "DP-SGD per node (Opacus RDP accounting, Poisson sampling), FedAvg weighted by "
-                           "Gaussian-noised row counts, secure aggregation of updates; metrics on held-out rows "
-                           "with discrete Gaussian noise"}
+                "max_rows": self.max_rows,
+                "privacy": "DP-SGD per node (Opacus RDP accounting, Poisson sampling at batch_size/max_rows, "
+                           "noise and steps planned from the declared max_rows, ChaCha20 noise), FedAvg weighted "
+                           "by Gaussian-noised row counts, secure aggregation of updates; metrics on held-out rows "
+                           "(chosen per row by a keyed hash) with discrete Gaussian noise; the whole target "
+                           "epsilon reserved at submission and charged"}
         params = self.released_params
         return {"model": {"spec": spec, "n_features": self.n_features, "n_classes": self.n_classes,
                           "params": [float(x) for x in params]},
@@ -348,26 +388,9 @@ async def _absent() -> None:
     return None
 
 
+_ABORTED = ("a node could not complete its part of the training; the job is aborted and charged (the cause "
+            "may depend on a node's data, so no node is named)")
+
+
 def _warn(node: str, kind: str, error: str) -> None:
     log.warning("node %s failed %s: %s", node, kind, error)
-
-
-def _reserve_round(svc: Services, job_id: str, who: PrincipalView, costs: list[tuple[int, float, float]]) -> None:
-    """Hold each node's (epsilon, delta) for the round on its ledger; the analyst's row holds the largest."""
-    with svc.store.write() as s:
-        holds = [ReservationRequest(lid, max(c, 0.0), d) for lid, c, d in costs]
-        svc.store.reserve(s, job_id, who.id, holds, max((c for _, c, _ in costs), default=0.0),
-                          max((d for _, _, d in costs), default=0.0))
-
-
-def _settle(svc: Services, job_id: str, charges: dict[int, tuple[float, float]]) -> None:
-    """Charge each node's ledger what its accountant added this round (0 for drop-outs); the
-    analyst's row is charged the largest node charge (refund of the rest)."""
-    with svc.store.write() as s:
-        if not charges:
-            svc.store.settle(s, job_id, commit=False)
-            return
-        top = max((c[0] for c in charges.values()), default=0.0)
-        svc.store.settle(s, job_id, commit=True, actual=charges, analyst_actual=(top, max(
-            (c[1] for c in charges.values()), default=0.0)))
-

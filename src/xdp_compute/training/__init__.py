@@ -15,8 +15,8 @@ from xdp_compute.training.federated import (
     clamp_weight,
     fedavg,
     fedavg_from_sums,
+    holdout_split,
     node_contribution,
-    split_holdout,
 )
 from xdp_compute.training.spec import MODELS, LabelInfo, TrainingSpec, count_params, label_info
 
@@ -36,6 +36,7 @@ _LAZY = {
     "RoundResult": "local",
     "epsilon_for_history": "local",
     "plan_privacy": "local",
+    "TrainingRandomness": "randomness",
 }
 
 
@@ -55,6 +56,7 @@ __all__ = [
     "NodePrivacyState",
     "PrivacyPlan",
     "RoundResult",
+    "TrainingRandomness",
     "TrainingSpec",
     "build_model",
     "clamp_weight",
@@ -66,6 +68,7 @@ __all__ = [
     "fedavg",
     "fedavg_from_sums",
     "flatten_params",
+    "holdout_split",
     "init_params",
     "label_info",
     "label_of",
@@ -75,5 +78,4 @@ __all__ = [
     "node_contribution",
     "plan_privacy",
     "predict",
-    "split_holdout",
 ]

@@ -14,6 +14,7 @@ update is ever applied with a negative or zero weight and the total is never zer
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -81,20 +82,31 @@ def fedavg(global_flat: np.ndarray, updates: Sequence[np.ndarray], weights: Sequ
     return fedavg_from_sums(global_flat, total, wsum)
 
 
-def split_holdout(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train_idx, holdout_idx) split of ``range(n_rows)``, each sorted.
+def holdout_split(X: np.ndarray, y: np.ndarray, fraction: float, key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, holdout_idx), each sorted: row i is held out iff PRF_key(row i's content) < fraction.
 
-    ``round(n_rows * fraction)`` rows are held out, chosen by a PCG64 permutation of ``seed`` —
-    a data-independent, public choice (use e.g. a per-job seed so every round sees the same
-    split; the split is not a privacy mechanism). Same inputs, same split, on any machine.
+    Each row's side is a function of that row alone — keyed BLAKE2b (RFC 7693 keyed mode, a PRF)
+    of its encoded features and label, read as a uniform number in [0, 1) — never of its
+    position or of how many rows there are, so adding or removing one row moves no other row.
+    That is what makes the accounting sound: for a row added to or removed from the data, either
+    it is a training row (only DP-SGD and the count release see it) or a held-out row (only the
+    noisy evaluations see it), so the job's privacy loss for that row is at most the larger of
+    the two sides' losses (parallel composition, McSherry 2009, per row and adaptively: the
+    evaluations of a model are post-processing of the training side for a training row).
+    ``key`` may be public (the split is not secret; it only has to be row-local).
     """
-    if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 0:
-        raise ValueError(f"n_rows must be a non-negative integer, got {n_rows!r}")
     if not (isinstance(fraction, int | float) and 0.0 <= float(fraction) < 1.0):
         raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
-    perm = np.random.Generator(np.random.PCG64(seed)).permutation(int(n_rows))
-    n_hold = math.floor(n_rows * float(fraction) + 0.5)
-    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+    Xa = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+    ya = np.ascontiguousarray(np.asarray(y, dtype=np.float64))
+    if Xa.ndim != 2 or ya.shape != (Xa.shape[0],):
+        raise ValueError("X must be (n, d) and y (n,)")
+    bound = int(float(fraction) * 2**64)
+    held = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(Xa[i].tobytes() + ya[i].tobytes(), key=key, digest_size=8).digest(),
+                        "little") < bound for i in range(Xa.shape[0])),
+        dtype=bool, count=Xa.shape[0])
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-__all__ = ["MIN_WEIGHT", "clamp_weight", "fedavg", "fedavg_from_sums", "node_contribution", "split_holdout"]
+__all__ = ["MIN_WEIGHT", "clamp_weight", "fedavg", "fedavg_from_sums", "holdout_split", "node_contribution"]

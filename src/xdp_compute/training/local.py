@@ -4,25 +4,32 @@ The node never sees other nodes' rows or updates; it receives the global flat pa
 locally with DP-SGD (Abadi et al., CCS 2016, Algorithm 1) and returns ``new - global`` as a flat
 float64 vector, which the lead fixed-point encodes and secure-aggregates.
 
-Privacy (per node, for the whole job):
+Privacy (per node, for the whole job) — every parameter from PUBLIC inputs, never from the data
+(issue #11: a plan from the node's real row count n made each charge an injective function of n):
 
-1. **Plan once, at round 1** (``plan_privacy``): sample rate ``q = batch_size / n_local``
-   (capped at 1), ``steps_per_round = local_epochs * ceil(1/q)``, planned steps
-   ``rounds * steps_per_round``, and the noise multiplier from Opacus
-   ``get_noise_multiplier(target_epsilon, delta, q, steps=planned, accountant="rdp")``. The plan
-   is kept in ``NodePrivacyState`` so later rounds use exactly the same sigma and q.
-2. **Each step**: Poisson sampling (each row independently with probability q, by tensor ops —
-   a Bernoulli mask, or geometric gaps when q is small; see ``poisson_sample`` — the sampling
-   Opacus's RDP analysis assumes, Mironov, Talwar, Zhang 2019 "Rényi DP of the sampled
-   Gaussian mechanism"), per-sample gradients, per-sample clipping to ``max_grad_norm`` C, sum,
-   Gaussian noise N(0, (sigma*C)^2 I) added to the sum, division by the *expected* batch size
-   ``q * n_local`` (fixed at planning, as Opacus does with ``loss_reduction="mean"``).
+1. **Plan once** (``plan_privacy``) from the spec, delta and the dataset's declared ``max_rows``
+   N (manifest, public): sample rate ``q = batch_size / N`` (capped at 1), ``steps_per_round =
+   local_epochs * ceil(1/q)``, planned steps ``rounds * steps_per_round``, and the noise
+   multiplier from Opacus ``get_noise_multiplier(target_epsilon, delta, q, steps=planned,
+   accountant="rdp")``. Poisson sampling at rate q gives the sampled-Gaussian RDP bound for *any*
+   number of rows (Mironov, Talwar, Zhang 2019 bound the loss for one added or removed row
+   whatever the others are), so the plan and its epsilon hold for n <= N and n > N alike; N
+   only sets utility (each step samples about q*n rows) and the delta < 1/N sanity rule.
+2. **Each step**: Poisson sampling (each row independently with probability q; see
+   ``poisson_schedule``), per-sample gradients, per-sample clipping to ``max_grad_norm`` C,
+   sum, Gaussian noise N(0, (sigma*C)^2 I) added to the sum, division by the *planned* expected
+   batch size ``q * N`` (public, as Opacus's ``loss_reduction="mean"`` divides by the expected
+   batch size). A step whose sample is empty still adds its noise. A run of k empty steps moves
+   the model by the sum of k independent noise vectors whatever the model is, so it is applied
+   as one draw of N(0, k (sigma*C)^2 I): the same distribution, at O(rows sampled) cost.
 3. **Accounting**: the state's history is the Opacus ``RDPAccountant.history`` for the steps
-   actually taken, i.e. ``[(sigma, q, total_steps)]`` exactly as ``RDPAccountant.step`` would
-   merge them; epsilon is ``RDPAccountant().get_epsilon(delta)`` over that history.
+   taken, ``[(sigma, q, total_steps)]`` as ``RDPAccountant.step`` would merge them; epsilon is
+   ``RDPAccountant().get_epsilon(delta)`` over that history — a function of public inputs only.
 4. **Budget check before any work**: a round's cost is ``eps(history + round) - eps(history)``;
-   if it exceeds the node's ``epsilon_budget_left`` (its ledger's remainder), or the job would
-   pass its ``target_epsilon`` / planned rounds, ``BudgetExhausted`` is raised and nothing runs.
+   if it exceeds the node's ``epsilon_budget_left``, or the job would pass its
+   ``target_epsilon`` / planned rounds, ``BudgetExhausted`` is raised and nothing runs.
+5. **Randomness**: sampling and noise come from ``TrainingRandomness`` (ChaCha20 keystream keyed
+   from ``os.urandom`` per round); see ``training/randomness.py`` for the float-Gaussian caveat.
 
 Per-sample gradients: every zoo model is a stack of ``nn.Linear`` (+ ReLU), so the default
 "linear" path gets them in closed form from one forward and one backward pass to the layer
@@ -38,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -51,6 +57,8 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
 from xdp_compute.errors import BudgetExhausted, InvalidSpec
+from xdp_compute.training.randomness import TrainingRandomness
+from xdp_compute.training.sampling import poisson_sample, poisson_schedule
 from xdp_compute.training.spec import TrainingSpec, spec_from_any
 from xdp_compute.training.zoo import (
     LOSS_BCE,
@@ -160,7 +168,7 @@ def count_noise_multiplier(plan: Any, target: float, delta: float) -> float:
     sgd = [(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)]
     lo, hi = 0.5, 1e5
     if epsilon_for_history([*sgd, (hi, 1.0, 1)], delta) > target:
-        raise InvalidSpec("target_epsilon is too small for this node's data", field="target_epsilon")
+        raise InvalidSpec("target_epsilon is too small for the planned steps", field="target_epsilon")
     for _ in range(60):  # bisection on a log scale; epsilon falls as the multiplier grows
         mid = math.sqrt(lo * hi)
         if epsilon_for_history([*sgd, (mid, 1.0, 1)], delta) <= target:
@@ -212,21 +220,19 @@ def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, s
     )
 
 
-def plan_privacy(spec: TrainingSpec | Mapping[str, Any], n_local: int, delta: float) -> PrivacyPlan:
-    """Fix sample rate, steps and noise multiplier for a node with ``n_local`` training rows.
+def plan_privacy(spec: TrainingSpec | Mapping[str, Any], max_rows: int, delta: float) -> PrivacyPlan:
+    """Fix sample rate, steps and noise multiplier from public inputs only.
 
-    Raises ``InvalidSpec`` if the node has no rows, delta is not below 1/n_local (a delta that
-    large allows releasing a row outright), or the target epsilon is unreachable.
+    ``max_rows`` is the dataset's declared (public) maximum row count on the node, never its real
+    row count. Raises ``InvalidSpec`` if delta is not below 1/max_rows (a delta that large allows
+    releasing a row outright) or the target epsilon is unreachable — both functions of the spec
+    and the manifest, so the gateway refuses them at submission, before anything is reserved.
     """
     s = spec_from_any(spec)
-    if n_local < 1:
-        raise InvalidSpec("this node has no training rows for the spec", field="dataset")
-    if not 0 < delta < 1 / n_local:
-        raise InvalidSpec(
-            f"delta {delta:g} must be below 1/n = {1 / n_local:.3g} for this node's {n_local} rows",
-            field="delta",
-        )
-    q = min(1.0, s.batch_size / n_local)
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise InvalidSpec(f"max_rows must be a positive integer, got {max_rows!r}", field="max_rows")
+    check_delta(delta, max_rows)
+    q = min(1.0, s.batch_size / max_rows)
     steps_per_round = s.local_epochs * math.ceil(1.0 / q)
     planned = s.rounds * steps_per_round
     try:
@@ -241,10 +247,20 @@ def plan_privacy(spec: TrainingSpec | Mapping[str, Any], n_local: int, delta: fl
         sample_rate=q,
         steps_per_round=steps_per_round,
         planned_steps=planned,
-        expected_batch_size=q * n_local,
+        expected_batch_size=q * max_rows,
         delta=delta,
         planned_epsilon=planned_eps,
     )
+
+
+def check_delta(delta: float, max_rows: int) -> None:
+    """``InvalidSpec`` unless 0 < delta < 1/max_rows (the dataset's declared maximum, public)."""
+    if not 0 < delta < 1 / max_rows:
+        raise InvalidSpec(
+            f"delta {delta:g} must be below 1/max_rows = {1 / max_rows:.3g} (the dataset declares "
+            f"max_rows = {max_rows})",
+            field="delta",
+        )
 
 
 # ---- per-sample gradients and one DP-SGD pass ---------------------------------------------------
@@ -315,54 +331,14 @@ def clipped_grad_sum_vmap(
         return [torch.einsum("b,b...->...", factor, per[k]) for k in params]
 
 
-#: Below this sample rate Poisson sampling draws geometric gaps (O(batch) per step) instead of a
-#: full Bernoulli mask (O(n) per step, i.e. O(n^2 / batch) per epoch).
-_GAP_SAMPLING_BELOW = 1.0 / 16
+def training_randomness(seed: int | None = None) -> TrainingRandomness:
+    """The randomness for DP-SGD sampling and noise: a ChaCha20 stream keyed from ``os.urandom``,
+    or — when a ``seed`` is given, for TESTS AND BENCHMARKS ONLY — a reproducible stream."""
+    return TrainingRandomness.from_os() if seed is None else TrainingRandomness.seeded(seed)
 
 
-def poisson_sample(n: int, sample_rate: float, gen: torch.Generator) -> torch.Tensor:
-    """Indices of a Poisson sample of ``range(n)``: each row independently with probability q.
-
-    The sampling the RDP analysis of the sampled Gaussian mechanism assumes (Mironov, Talwar,
-    Zhang 2019) and Opacus's ``UniformWithReplacementSampler`` draws. For q >= 1/16 a Bernoulli
-    mask over all rows; below, the equivalent gap form — the distances between successive
-    included rows of a Bernoulli(q) sequence are i.i.d. Geometric(q), drawn by inverse CDF
-    ``floor(log U / log(1 - q)) + 1`` — so a step costs O(q n) instead of O(n). Sorted, int64.
-    """
-    if n <= 0:
-        return torch.zeros(0, dtype=torch.int64)
-    if sample_rate >= 1.0:
-        return torch.arange(n)
-    if sample_rate >= _GAP_SAMPLING_BELOW:
-        return (torch.rand(n, generator=gen) < sample_rate).nonzero().squeeze(1)
-    log1mq = math.log1p(-sample_rate)
-    expected = n * sample_rate
-    chunk = int(expected + 6.0 * math.sqrt(expected) + 16)
-    picked: list[torch.Tensor] = []
-    pos = 0  # 1-based position of the last included row so far
-    while True:
-        u = 1.0 - torch.rand(chunk, generator=gen, dtype=torch.float64)  # in (0, 1]
-        gaps = torch.floor(torch.log(u) / log1mq).to(torch.int64) + 1
-        cum = pos + torch.cumsum(gaps, 0)
-        inside = cum[cum <= n]
-        picked.append(inside - 1)
-        if inside.numel() < chunk:  # a gap crossed n: the sample is complete
-            break
-        pos = int(cum[-1])
-    return torch.cat(picked) if len(picked) > 1 else picked[0]
-
-
-def torch_generator(seed: int | None = None) -> torch.Generator:
-    """A torch generator for DP-SGD sampling and noise: seeded from ``os.urandom`` unless a
-    ``seed`` is given (tests and benchmarks only)."""
-    # 64 bits from the OS CSPRNG seed it, so the sampling and noise are unpredictable to anyone
-    # without the node's memory. Training noise from torch's Mersenne-Twister-based normal sampler, seeded from the OS
-    # CSPRNG. Mironov (CCS 2012) showed floating-point noise can leak through its low bits; for
-    # DP-SGD training noise that caveat is accepted practice (Opacus does the same unless its
-    # slow ``secure_mode``), because only the model after many noisy steps is released and it
-    # passes through the secure-aggregation fixed-point encoding.
-    s = seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    return torch.Generator().manual_seed(s)
+#: Former name, kept for the benchmarks; it no longer returns a torch (Mersenne Twister) generator.
+torch_generator = training_randomness
 
 
 def run_dp_sgd(
@@ -377,16 +353,17 @@ def run_dp_sgd(
     lr: float,
     max_grad_norm: float,
     noise_multiplier: float,
-    sample_gen: torch.Generator,
-    noise_gen: torch.Generator,
+    sample_gen: TrainingRandomness,
+    noise_gen: TrainingRandomness,
     method: str = "auto",
 ) -> None:
     """Run ``steps`` DP-SGD steps on ``model`` in place (Abadi et al. 2016, Algorithm 1).
 
-    Each step: Poisson-sample rows with probability ``sample_rate`` (``poisson_sample``, tensor
-    ops, no DataLoader), clip per-sample gradients to ``max_grad_norm``, add N(0, (sigma*C)^2) to the
-    sum, divide by ``expected_batch_size``, take an SGD step of size ``lr``. An empty sample
-    still gets its noise (the mechanism must not reveal that the batch was empty).
+    Each step: Poisson-sample rows with probability ``sample_rate`` (``poisson_schedule``),
+    clip per-sample gradients to ``max_grad_norm``, add N(0, (sigma*C)^2) to the sum, divide by
+    ``expected_batch_size``, take an SGD step of size ``lr``. An empty sample still gets its
+    noise (the mechanism must not reveal that the batch was empty); a run of k empty steps is
+    one draw of k steps' summed noise (exactly that distribution; see the module docstring).
     """
     if method not in PER_SAMPLE_METHODS:
         raise ValueError(f"method must be one of {PER_SAMPLE_METHODS}")
@@ -395,29 +372,43 @@ def run_dp_sgd(
         raise ValueError("the 'linear' per-sample path needs a Sequential of Linear/ReLU layers")
     use_linear = layers is not None and method != "vmap"
     params = list(model.parameters())
-    shapes = [p.shape for p in params]
     total = sum(p.numel() for p in params)
-    n = X.shape[0]
     std = noise_multiplier * max_grad_norm
-    for _ in range(steps):
-        idx = poisson_sample(n, sample_rate, sample_gen)
-        if idx.numel() > 0:
-            xb, yb = X[idx], y[idx]
-            if use_linear:
-                assert layers is not None
-                gsum = clipped_grad_sum_linear(layers, xb, yb, kind, max_grad_norm)
-            else:
-                gsum = clipped_grad_sum_vmap(model, xb, yb, kind, max_grad_norm)
-        else:
-            gsum = [torch.zeros(s, dtype=X.dtype) for s in shapes]
-        noise = torch.normal(0.0, std, size=(total,), generator=noise_gen, dtype=X.dtype) if std > 0 else None
+    scale = lr / expected_batch_size
+
+    def noisy_step(gsum: list[torch.Tensor] | None, noise_steps: int) -> None:
+        # Noise of ``noise_steps`` steps summed: N(0, noise_steps * std^2) per coordinate.
+        noise = None
+        if std > 0 and noise_steps > 0:
+            z = noise_gen.normal(total) * (std * math.sqrt(noise_steps))
+            noise = torch.from_numpy(z).to(X.dtype)
         with torch.no_grad():
             off = 0
-            for p, g in zip(params, gsum, strict=True):
+            for i, p in enumerate(params):
                 k = p.numel()
-                step = g if noise is None else g + noise[off : off + k].view(p.shape)
-                p.sub_(step, alpha=lr / expected_batch_size)
+                step = None if gsum is None else gsum[i]
+                if noise is not None:
+                    part = noise[off:off + k].view(p.shape)
+                    step = part if step is None else step + part
+                if step is not None:
+                    p.sub_(step, alpha=scale)
                 off += k
+
+    done = 0
+    for t, idx in poisson_schedule(X.shape[0], sample_rate, steps, sample_gen):
+        if t > done:
+            noisy_step(None, t - done)  # the empty steps before this one
+        rows = torch.from_numpy(idx)
+        xb, yb = X[rows], y[rows]
+        if use_linear:
+            assert layers is not None
+            gsum = clipped_grad_sum_linear(layers, xb, yb, kind, max_grad_norm)
+        else:
+            gsum = clipped_grad_sum_vmap(model, xb, yb, kind, max_grad_norm)
+        noisy_step(gsum, 1)
+        done = t + 1
+    if steps > done:
+        noisy_step(None, steps - done)
 
 
 # ---- the node's round --------------------------------------------------------------------------
@@ -459,10 +450,13 @@ class EvalSums:
 class LocalTrainer:
     """Runs one node's DP-SGD rounds for one training job.
 
-    ``default_delta`` is the dataset's declared delta, used when the spec has none. ``seed``
-    makes sampling and noise reproducible — **tests only**; leave it None in production so both
-    generators are seeded from ``os.urandom`` each round. ``per_sample`` picks the
-    per-sample-gradient path ("auto" = closed form for the zoo, "vmap" = torch.func).
+    ``max_rows`` is the dataset's declared (public) maximum row count on this node: the plan
+    comes from it, never from the rows actually given to ``run_round`` (which may be any number,
+    none included). ``default_delta`` is the dataset's declared delta, used when the spec has
+    none. ``seed`` makes sampling and noise reproducible — **tests only**; leave it None in
+    production so each round draws from a ChaCha20 stream keyed from ``os.urandom``.
+    ``per_sample`` picks the per-sample-gradient path ("auto" = closed form for the zoo, "vmap" =
+    torch.func).
     """
 
     def __init__(
@@ -471,6 +465,7 @@ class LocalTrainer:
         n_features: int,
         n_classes: int,
         *,
+        max_rows: int,
         default_delta: float | None = None,
         seed: int | None = None,
         per_sample: str = "auto",
@@ -487,22 +482,26 @@ class LocalTrainer:
         if delta is None:
             raise InvalidSpec("delta is required (neither the spec nor the dataset gives one)", field="delta")
         self.delta = float(delta)
+        self.max_rows = max_rows
         self._seed = seed
         self.per_sample = per_sample
+        self._plan: PrivacyPlan | None = None
 
     # -- privacy -------------------------------------------------------------------------------
-    def plan(self, n_local: int) -> PrivacyPlan:
-        """The round-1 plan for ``n_local`` training rows (see ``plan_privacy``)."""
-        return plan_privacy(self.spec, n_local, self.delta)
+    def plan(self) -> PrivacyPlan:
+        """The job's plan from the spec, delta and declared ``max_rows`` (see ``plan_privacy``)."""
+        if self._plan is None:
+            self._plan = plan_privacy(self.spec, self.max_rows, self.delta)
+        return self._plan
 
-    def next_round(self, state: NodePrivacyState | None, n_local: int) -> tuple[PrivacyPlan, float, float]:
+    def next_round(self, state: NodePrivacyState | None) -> tuple[PrivacyPlan, float, float]:
         """(plan, epsilon after the next round, cost of the next round) — without running it.
 
-        Lets the gateway reserve exactly what a round will charge. Raises ``BudgetExhausted``
-        if all planned rounds are done or the round would pass ``target_epsilon``.
+        A function of public inputs only (spec, delta, max_rows, rounds done). Raises
+        ``BudgetExhausted`` if all planned rounds are done or the round would pass ``target_epsilon``.
         """
         st = state or NodePrivacyState()
-        plan = st.plan or self.plan(n_local)
+        plan = st.plan or self.plan()
         if st.rounds_done >= self.spec.rounds:
             raise BudgetExhausted(
                 f"all {self.spec.rounds} planned rounds are done; the privacy plan covers no more",
@@ -550,7 +549,7 @@ class LocalTrainer:
         if g.shape[0] != n_params(self.model) or not np.all(np.isfinite(g)):
             load_flat_params(self.model, g)  # raises InvalidSpec naming the problem; checked before any work
         st = state or NodePrivacyState()
-        plan, eps_after, cost = self.next_round(st, Xt.shape[0])
+        plan, eps_after, cost = self.next_round(st)
         if math.isnan(epsilon_budget_left) or cost > epsilon_budget_left:
             raise BudgetExhausted(
                 f"this round costs epsilon {cost:.6g} but the node has {epsilon_budget_left:.6g} left",
@@ -559,6 +558,7 @@ class LocalTrainer:
             )
         load_flat_params(self.model, g)
         start = flatten_params(self.model)  # the global vector as float32 actually trained from
+        # A fresh ChaCha20 key from the OS for each round's sampling and noise (seeded: tests only).
         seed = None if self._seed is None else self._seed * 1_000_003 + st.rounds_done
         run_dp_sgd(
             self.model,
@@ -571,8 +571,8 @@ class LocalTrainer:
             lr=self.spec.lr,
             max_grad_norm=self.spec.max_grad_norm,
             noise_multiplier=plan.noise_multiplier,
-            sample_gen=torch_generator(None if seed is None else 2 * seed),
-            noise_gen=torch_generator(None if seed is None else 2 * seed + 1),
+            sample_gen=training_randomness(None if seed is None else 2 * seed),
+            noise_gen=training_randomness(None if seed is None else 2 * seed + 1),
             method=self.per_sample,
         )
         new_state = replace(
@@ -634,6 +634,7 @@ __all__ = [
     "NodePrivacyState",
     "PrivacyPlan",
     "RoundResult",
+    "check_delta",
     "clipped_grad_sum_linear",
     "clipped_grad_sum_vmap",
     "count_noise_multiplier",
@@ -641,6 +642,8 @@ __all__ = [
     "evaluate_sums",
     "plan_privacy",
     "poisson_sample",
+    "poisson_schedule",
     "run_dp_sgd",
     "torch_generator",
+    "training_randomness",
 ]

@@ -2,8 +2,15 @@
 
 Only what secure aggregation masks (update x weight, weight) and locally noised evaluation sums
 leave the node. The node's privacy is tracked in Opacus RDP format: the DP-SGD steps plus one
-Gaussian release of its row count (the FedAvg weight, Gaussian mechanism with sample rate 1),
-so the epsilon the gateway's ledger is charged equals ``RDPAccountant`` over exactly that history.
+Gaussian release of its row count (the FedAvg weight, Gaussian mechanism with sample rate 1).
+
+The observable rule (DESIGN.md): everything this node tells the gateway — each round's cost, the
+next cost, the steps, whether it takes part — is a function of public inputs only: the spec, the
+delta and the dataset's declared ``max_rows``; the plan is made before a row is read. A node
+with few or no rows matching the WHERE takes part like any other: its DP-SGD steps are the same
+(empty samples, the same noise), its FedAvg weight is its noisy count (floored at 1), and its
+held-out metrics are noisy sums over its (perhaps empty) held-out rows. Row values never make a
+task fail: features are encoded per row (missing -> mid-range, out of range -> clipped).
 
 Tasks: ``train_prepare`` (load and encode the rows, plan DP-SGD, say what round 1 costs),
 ``train_begin`` (one round; round 0 of its secure aggregation) and ``train_eval`` (noisy held-out
@@ -41,14 +48,19 @@ from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.privacy import Measurement, plan_noise, sample_discrete_gaussian_vector
 from xdp_compute.query import QueryPlan, validate_plan_for
 from xdp_compute.query.rows import rows_sql
-from xdp_compute.training import TrainingSpec, split_holdout
+from xdp_compute.training import TrainingSpec, holdout_split
 from xdp_compute.training import encode as encode_features
 
 UPDATE_FRAC_BITS = 16
 UPDATE_CLIP = float(2**40)
 SGD_SHARE = 0.9          # DP-SGD is planned for 90% of the target; the count release takes the rest
 HOLDOUT_FRACTION = 0.2
-EVAL_SHARE = 0.5         # held-out rows are disjoint: evaluation epsilon <= training epsilon (parallel)
+# The held-out rows are chosen per row (``holdout_split``), so each row feeds either the training
+# side (DP-SGD + count, <= target_epsilon) or the evaluation side (every noisy metric of the job,
+# <= EVAL_SHARE * target_epsilon by basic composition, and delta split over the rounds + 1
+# evaluations): by parallel composition the job's loss for any one row is at most target_epsilon,
+# which is what the gateway reserves. All the evaluation budgets below are fixed by the public plan.
+EVAL_SHARE = 0.5
 RESERVATION_SLACK = 1e-9  # float rounding between the node's accountant and the gateway's ledger
 IDLE_JOB_SECONDS = 3600.0
 
@@ -74,10 +86,11 @@ class TrainState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one round at a time
 
 
-def holdout_seed(dataset: str, node_name: str) -> int:
-    """A public, data-independent seed: the same held-out rows for every job on this dataset, so
-    evaluations of different models are comparable (the split is not a privacy mechanism)."""
-    return int.from_bytes(hashlib.sha256(f"{dataset}:{node_name}".encode()).digest()[:8], "little")
+def holdout_key(dataset: str, node_name: str) -> bytes:
+    """The public key of this node's per-row hold-out PRF for a dataset: the same row is held
+    out in every job (evaluations of different models compare), and a row's side depends on
+    that row alone (``holdout_split``)."""
+    return hashlib.sha256(f"xdp-holdout-v2:{dataset}:{node_name}".encode()).digest()
 
 
 def seeded_training_noise(node_name: str) -> int | None:
@@ -177,10 +190,8 @@ class TrainTasks:
         return ts
 
     def prepare(self, job_id: str, request: TrainPrepare) -> TrainPrepared:
-        """Load and encode the rows, split off the held-out rows, plan DP-SGD and the count release."""
-        import torch
-
-        from xdp_compute.training import LocalTrainer
+        """Plan DP-SGD and the count release from public inputs, then load, encode and split the rows."""
+        from xdp_compute.training import LocalTrainer, TrainingRandomness
         from xdp_compute.training.local import count_noise_multiplier, epsilon_for_history
 
         spec = TrainingSpec.from_dict(request.spec)
@@ -196,26 +207,30 @@ class TrainTasks:
             raise BadRequest(f"this node does not hold dataset {spec.dataset!r}")
         columns = [c.to_dict() for c in ds.columns]
         spec.validate(columns)
-        enc = encode_features(spec, columns, load_rows(self.node, spec, ds, request.where_plan))
-        n = int(enc.X.shape[0])
-        node_name = self.node.manifest.node_name
-        tr, ho = split_holdout(n, HOLDOUT_FRACTION, holdout_seed(spec.dataset, node_name))
         delta = float(request.delta)
         target = float(spec.target_epsilon)
-        sgd_spec = replace(spec, target_epsilon=target * SGD_SHARE)
+        node_name = self.node.manifest.node_name
         test_seed = seeded_training_noise(node_name)
-        trainer = LocalTrainer(sgd_spec, request.n_features, request.n_classes, default_delta=delta, seed=test_seed)
-        plan = trainer.plan(len(tr))
+        # 1. The plan, before a row is read: q, sigma, steps and the count's noise from the spec,
+        #    delta and the declared max_rows (this node's own manifest) — so whatever this node
+        #    answers or refuses here cannot depend on its rows.
+        trainer = LocalTrainer(replace(spec, target_epsilon=target * SGD_SHARE), request.n_features,
+                               request.n_classes, max_rows=ds.max_rows, default_delta=delta, seed=test_seed)
+        plan = trainer.plan()
         sigma_c = count_noise_multiplier(plan, target, delta)
-        # The FedAvg weight: the row count through the Gaussian mechanism (released once, reused).
-        gen = torch.Generator().manual_seed(test_seed if test_seed is not None else
-                                            int.from_bytes(os.urandom(8), "little"))
-        noisy = float(len(tr) + sigma_c * float(torch.randn((), generator=gen)))
+        next_cost = float(epsilon_for_history([(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round),
+                                               (sigma_c, 1.0, 1)], delta))
+        # 2. The rows (any number, none included), each row's side by its own content.
+        enc = encode_features(spec, columns, load_rows(self.node, spec, ds, request.where_plan))
+        tr, ho = holdout_split(enc.X, enc.y, HOLDOUT_FRACTION, holdout_key(spec.dataset, node_name))
+        # 3. The FedAvg weight: the training-row count through the Gaussian mechanism (released once,
+        #    inside secure aggregation), noise from a fresh ChaCha20 stream keyed from the OS.
+        rng = TrainingRandomness.from_os() if test_seed is None else TrainingRandomness.seeded(f"count:{test_seed}")
+        noisy = float(len(tr) + sigma_c * float(rng.normal(1)[0]))
         ts = TrainState(spec, trainer, enc.X[tr], enc.y[tr], enc.X[ho], enc.y[ho], None, sigma_c, noisy, delta,
                         target, time.time())
-        # The first round also releases the noisy count: its cost is in the first charge.
-        ts.next_cost = float(epsilon_for_history([(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round),
-                                                  (sigma_c, 1.0, 1)], delta))
+        # The first round also releases the noisy count: its cost is in the first round's cost.
+        ts.next_cost = next_cost
         with self._lock:
             for old in [k for k, v in self._jobs.items() if time.time() - v.last_used > IDLE_JOB_SECONDS]:
                 del self._jobs[old]
@@ -231,8 +246,9 @@ class TrainTasks:
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         global_flat = _params(request.params)
         with ts.lock:
-            # The gateway reserved what this node said the round costs; a smaller reservation would
-            # let the round overspend this node's ledger, so it is refused before anything runs.
+            # The gateway holds the job's whole planned cost on this node's ledger and says what is
+            # left of that hold; less than this round's (public) cost would let the round overspend
+            # the ledger, so it is refused before anything runs.
             reserved = request.epsilon_reserved
             if ts.next_cost is not None and ts.next_cost > reserved + RESERVATION_SLACK:
                 raise BadRequest(f"round {request.round} costs epsilon {ts.next_cost:.9g} on this node, but the "
@@ -262,7 +278,7 @@ class TrainTasks:
         from xdp_compute.training.local import epsilon_for_history
 
         try:
-            plan, _, _ = ts.trainer.next_round(state, len(ts.X))
+            plan, _, _ = ts.trainer.next_round(state)
         except BudgetExhausted:
             return None  # the planned rounds are done
         step = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
