@@ -63,8 +63,18 @@ def test_gateway_keeps_and_logs_only_ciphertext_digests(hospitals: Hospitals, tm
     results = [pb.TaskResult.FromString(bytes.fromhex(x.split("\t")[2])) for x in capture.read_text().splitlines()
                if x.split("\t")[1] == "SubmitResult"]
     he = [x for x in results if "ciphertext" in x.blobs]
-    # The header holds nothing but the contract version: no plain value travels beside the ciphertext.
-    assert len(he) >= 3 and all(set(x.blobs) == {"ciphertext"} and json.loads(x.header_json) == {"v": 1} for x in he)
+    # The header holds nothing but the contract version. Beside the ciphertext of its masked
+    # input, a node sends only that input's COUNT(*) words (one per cell), masked: for this
+    # module's GROUP BY clinic query 3 of its 9 words, for COUNT(*) alone its 1 word.
+    from xdp_compute.crypto.secagg import MaskedInput
+
+    assert len(he) >= 3
+    for x in he:
+        assert set(x.blobs) == {"ciphertext", "secagg"} and json.loads(x.header_json) == {"v": 1}
+        ct = x.blobs["ciphertext"]
+        length = json.loads(ct[8:8 + int.from_bytes(ct[4:8], "big")])["length"]
+        shown = MaskedInput.decode(x.blobs["secagg"]).vector.shape[0]
+        assert (length, shown) in ((9, 3), (1, 1)), (length, shown)
     # A retry with the same key returns the same job but the gateway no longer holds the ciphertext.
     with pytest.raises(XdpError, match="digest"):
         a.query("SELECT COUNT(*) AS n FROM visits", epsilon=1.0, encrypt=True, idempotency_key="enc-1")

@@ -276,27 +276,6 @@ def test_query_begin_refuses_a_negative_noise_scale(nodes: list[Node]) -> None:
     assert not out.ok and "negative" in out.error and "count" in out.error
 
 
-def test_he_query_partial_encrypts_the_same_noisy_vector(nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("phe")
-    from xdp_compute.contract import HeQueryPartial, HeQueryReply
-    from xdp_compute.crypto import paillier as P
-    from xdp_compute.query.plan import from_ring
-
-    monkeypatch.setenv("XDP_TEST_NOISE_SEED", SEED)
-    public, private = P.generate_keypair(2048)
-    plan = _plan(nodes[0])
-    node = nodes[0]
-    try:
-        reply = node.ask(HeQueryPartial(plan=plan.to_dict(), sigma_node2=_sigmas(plan), public_key=public.to_dict(),
-                                        scheme=P.PackingScheme(public.bits, 62).to_dict()))
-    finally:
-        node.executor.close()  # the obfuscator pool's background process
-    assert isinstance(reply, HeQueryReply)
-    received = P.EncryptedVector.from_bytes(reply.ciphertext, public, max_bytes=1 << 20)
-    values = P.decrypt_aggregate(private, P.aggregate_encrypted(public, [received]))
-    assert values == [from_ring(int(x)) for x in _expected_noisy(node, plan, 0)]
-
-
 # ---------------------------------------------------------------------------------------------
 # malformed tasks: a failed outcome that names the problem, never an exception
 

@@ -137,14 +137,25 @@ class SecAggUnmask(SecAggStep):
     KIND: ClassVar[str] = "secagg_unmask"
 
 
-class HeQueryPartial(Record):
-    """Paillier encrypted delivery: the node's noisy partial vector, packed and encrypted."""
+class HeQueryBegin(Record):
+    """Round 0 of a Paillier encrypted-delivery query: as ``QueryBegin``, in a *sealed*
+    secure-aggregation session. Its masked input (Round 2) travels encrypted under the analyst's
+    key, and in the clear only at the plan's COUNT(*) slots (``query.sealed``), so no single
+    node's partial is ever decryptable, by the analyst or by anyone the gateway hands it to."""
 
-    KIND: ClassVar[str] = "he_query_partial"
+    KIND: ClassVar[str] = "he_query_begin"
     plan: dict[str, Any]
     sigma_node2: dict[str, ExactFraction]
     public_key: dict[str, Any]
     scheme: dict[str, Any]
+    secagg: SecAggSession
+
+
+class HeQueryMaskedInput(SecAggStep):
+    """Round 2 (MaskedInputCollection) of a sealed session: the node's shares, as for
+    ``SecAggMaskedInput``; the answer is ``HeQueryMaskedReply``."""
+
+    KIND: ClassVar[str] = "he_query_masked_input"
 
 
 class TrainPrepare(Record):
@@ -192,8 +203,16 @@ class TrainRoundBegun(SecAggMessage):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
-class HeQueryReply(Record):
-    KIND: ClassVar[str] = "he_query_partial"
+class HeQueryBegun(SecAggMessage):
+    KIND: ClassVar[str] = "he_query_begin"
+
+
+class HeQueryMaskedReply(Record):
+    """A sealed masked input: y_u at the revealed slots (a secure-aggregation ``MaskedInput``) and
+    all of y_u encrypted under the analyst's key (an ``EncryptedVector``)."""
+
+    KIND: ClassVar[str] = "he_query_masked_input"
+    secagg: Blob
     ciphertext: Blob
 
 
@@ -211,12 +230,12 @@ class TrainEvaluated(Record):
 
 
 REQUESTS: dict[str, type[Record]] = {r.KIND: r for r in (
-    Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggUnmask, HeQueryPartial,
-    TrainPrepare, TrainEval)}
+    Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggUnmask, HeQueryBegin,
+    HeQueryMaskedInput, TrainPrepare, TrainEval)}
 REPLY_OF: dict[str, type[Record]] = {
     "validate": Validated, "query_begin": QueryBegun, "train_begin": TrainRoundBegun,
     "secagg_share_keys": SecAggMessage, "secagg_masked_input": SecAggMessage, "secagg_unmask": SecAggMessage,
-    "he_query_partial": HeQueryReply, "train_prepare": TrainPrepared,
+    "he_query_begin": HeQueryBegun, "he_query_masked_input": HeQueryMaskedReply, "train_prepare": TrainPrepared,
     "train_eval": TrainEvaluated}
 
 
@@ -279,8 +298,10 @@ __all__ = [
     "Blob",
     "ContractError",
     "ExactFraction",
-    "HeQueryPartial",
-    "HeQueryReply",
+    "HeQueryBegin",
+    "HeQueryBegun",
+    "HeQueryMaskedInput",
+    "HeQueryMaskedReply",
     "QueryBegin",
     "QueryBegun",
     "Record",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -13,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from xdp_compute.contract import HeQueryPartial, HeQueryReply, QueryBegin
-from xdp_compute.crypto.paillier import EncryptedVector, PackingScheme, PaillierPublic, aggregate_encrypted
+from xdp_compute.contract import HeQueryBegin, QueryBegin
+from xdp_compute.crypto.paillier import PaillierPublic, ring_scheme
 from xdp_compute.crypto.secagg import default_threshold
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import (
@@ -31,16 +30,16 @@ from xdp_compute.errors import (
     Conflict,
     InvalidQuery,
     ProtocolAborted,
-    XdpError,
 )
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway.hub import NodeDropped, NodeFailed
+from xdp_compute.gateway.encrypted_sum import SealedSession, encrypted_secure_sum
 from xdp_compute.gateway.lifecycle import JobDraft, JobLifecycle
 from xdp_compute.gateway.release import (
     FAILED,
     GroupCells,
     Outcome,
     PolicyContext,
+    SealedCells,
     digest,
 )
 from xdp_compute.gateway.secure_sum import secure_sum
@@ -50,13 +49,13 @@ from xdp_compute.privacy import Measurement, NoisePlan, expected_error, plan_noi
 from xdp_compute.query import QueryPlan, plan_query, referenced_dataset
 from xdp_compute.query.finalize import GROUP_SIZE_ALIAS, finalize_rows
 from xdp_compute.query.plan import from_ring
+from xdp_compute.query.sealed import revealed_slots
 from xdp_compute.query.statement import parse_statement, sql_text
 from xdp_compute.query.statement import with_group_size as add_group_size
 
 log = logging.getLogger("xdp.gateway.query")
 DEFAULT_DELTA_FRACTION = 0.001  # a query's default delta: 0.1% of the smallest delta budget
-HE_VALUE_BITS = 62  # per-node noisy partials fit in 62 bits (plan headroom); slots add room for the n-way sum
-MAX_CIPHERTEXT_BYTES = 32 << 20  # a query's default delta: 1% of the smallest declared delta budget
+MAX_CIPHERTEXT_BYTES = 32 << 20  # largest encrypted masked input accepted from one node
 
 
 @dataclass
@@ -276,54 +275,61 @@ class QueryService:
         return await self.jobs.release(job_id, p.principal.name, self.outcome_for(p, payload, survivors), started)
 
     async def run_encrypted(self, job_id: str, p: Prepared, background: bool = False) -> dict[str, Any]:
-        """Paillier encrypted delivery: nodes send packed encrypted noisy partials; the gateway only
-        multiplies ciphertexts (homomorphic addition) and releases the encrypted total."""
+        """Paillier encrypted delivery with no single-partial exposure (issue #11).
+
+        Each node masks its noisy partial with secure-aggregation masks and sends it encrypted
+        under the analyst's key (a sealed session, ``gateway.encrypted_sum``); the gateway
+        multiplies the survivors' ciphertexts; the ReleaseGate removes the masks' total
+        homomorphically and blanks small cells (``SealedCells``). What each side learns:
+
+        - gateway: who survived; ciphertexts, each of a uniformly masked vector; the masks; and
+          each cell's noisy COUNT(*) — the plan's count measurement, a DP release the job's
+          noise plan charges. The analyst decrypts the very same values in those slots, so one
+          release serves both and is charged once. Never a node's partial, nor any other total.
+        - analyst: the survivors' noisy totals (as on the plain path) in every cell that is not
+          suppressed, and which cells were (a function of the noisy counts); suppressed cells
+          decrypt to uniform ring values. One node's ciphertext, even forwarded by the gateway,
+          decrypts to uniform words (its self mask), and with everything the gateway holds it is
+          still hidden by the pairwise masks shared with honest peers (Bonawitz et al. 2017).
+        """
         assert p.public_key is not None
         started = time.time()
         public = PaillierPublic.from_dict(p.public_key)
-        scheme = PackingScheme(public.bits, HE_VALUE_BITS)
-        request = HeQueryPartial(plan=p.plan.to_dict(), sigma_node2={mm.name: mm.sigma_node2
-                                                                     for mm in p.noise.measurements},
-                                 public_key=public.to_dict(), scheme=scheme.to_dict())
+        scheme = ring_scheme(public.bits)
+        sigmas = {mm.name: mm.sigma_node2 for mm in p.noise.measurements}
+        plan = p.plan.to_dict()
+        ids = [x["node_id"] for x in p.parts]
         names = {x["node_id"]: x["node"] for x in p.parts}
-        timeout = self.svc.settings.round_timeout_seconds * 6
-
-        async def one(node: str) -> tuple[str, EncryptedVector | None]:
-            try:
-                r = await self.svc.hub.ask(node, job_id, request, timeout)
-                assert isinstance(r, HeQueryReply)
-                vec = EncryptedVector.from_bytes(r.ciphertext, public, max_bytes=MAX_CIPHERTEXT_BYTES)
-                # One node's vector must be one contribution of exactly this plan's layout.
-                if vec.length != p.plan.vector_length or vec.n_contributions != 1 or \
-                        vec.scheme.to_dict() != scheme.to_dict():
-                    log.warning("node %s sent an encrypted partial of the wrong shape", names[node])
-                    return node, None
-                return node, vec
-            except NodeDropped:
-                return node, None
-            except NodeFailed as e:
-                log.warning("node %s failed its encrypted partial: %s", names[node], e.error)
-                return node, None
-            except XdpError as e:  # an invalid ciphertext from a node counts as its drop-out
-                log.warning("node %s sent an invalid encrypted partial: %s", names[node], e.detail)
-                return node, None
-
-        got = [(n, v) for n, v in await asyncio.gather(*(one(x["node_id"]) for x in p.parts)) if v is not None]
-        if len(got) < p.threshold:
-            reason = (f"only {len(got)} of {len(p.parts)} nodes returned encrypted partials; at least "
-                      f"{p.threshold} are needed to carry the calibrated noise")
+        sealed = SealedSession(public, scheme, revealed_slots(p.plan), MAX_CIPHERTEXT_BYTES)
+        try:
+            res = await encrypted_secure_sum(
+                self.svc.hub, job_id, f"{job_id}:sealed", ids, p.plan.vector_length, sealed,
+                lambda node, session: HeQueryBegin(plan=plan, sigma_node2=sigmas, public_key=public.to_dict(),
+                                                   scheme=scheme.to_dict(), secagg=session),
+                threshold=p.threshold, round_timeout=self.svc.settings.round_timeout_seconds,
+                begin_timeout=self.svc.settings.round_timeout_seconds * 6)
+        except ProtocolAborted as e:
+            # As on the plain path: nothing was unmasked; refunded only when no node answered its
+            # data step with an error (such an error may depend on its rows: then it is charged).
+            data_errors = bool(getattr(e, "node_errors", None))
+            reason = "secure aggregation aborted" if data_errors else f"secure aggregation aborted: {e.detail}"
             await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
-                                    reason, refund=True)
-            raise ProtocolAborted(reason)
-        total = aggregate_encrypted(public, [v for _, v in got])
-        survivors = sorted(names[n] for n, _ in got)
+                                    reason, refund=not data_errors)
+            raise ProtocolAborted(reason) from None
+        survivors = [names[u] for u in res.survivors]
+        if res.dropped:
+            log.info("job %s: %d node(s) dropped out: %s", job_id, len(res.dropped),
+                     {names[u]: ph for u, ph in res.dropped.items()})
+        min_group = max(x["spec"]["min_group_size"] for x in p.parts)
+        # The ciphertext and the suppressed cells are added by the gate (SealedCells).
         payload = {"encrypted": True, "key_fingerprint": public.fingerprint,
-                   "ciphertext": base64.b64encode(total.to_bytes(public)).decode(),
-                   "plan": p.plan.to_dict(), "noise": p.noise.to_dict(), "n_shares": len(got), "level": p.level,
-                   "hidden_count": p.hidden_count, "dataset": p.dataset, "nodes": survivors,
-                   "min_group_size": max(x["spec"]["min_group_size"] for x in p.parts),
-                   "epsilon": p.noise.epsilon, "delta": p.noise.delta, "cells": p.plan.vector_length}
+                   "plan": p.plan.to_dict(), "noise": p.noise.to_dict(), "n_shares": len(res.survivors),
+                   "level": p.level, "hidden_count": p.hidden_count, "dataset": p.dataset, "nodes": survivors,
+                   "min_group_size": min_group, "epsilon": p.noise.epsilon, "delta": p.noise.delta,
+                   "cells": p.plan.vector_length}
         outcome = self.outcome_for(p, payload, survivors)
+        outcome.sealed = SealedCells(p.plan, min_group, tuple(from_ring(int(x)) for x in res.revealed), public,
+                                     res.sealed_sum, res.mask_total)
         return self.jobs.hand_over(job_id, await self.jobs.release(job_id, p.principal.name, outcome, started),
                                    background)
 

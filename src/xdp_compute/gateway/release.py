@@ -13,6 +13,7 @@ code.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -23,17 +24,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from xdp_compute.audit import MerkleTree, SignedTreeHead, TreeHeadSigner, canonical_json
 from xdp_compute.config import Settings
+from xdp_compute.crypto.paillier import EncryptedVector, PaillierPublic, unmask_sealed_sum
 from xdp_compute.domain.policy import Requester, evaluate
 from xdp_compute.errors import Conflict, PolicyDenied, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.store import Store, node_parts
 from xdp_compute.query import QueryPlan
 from xdp_compute.query.finalize import suppress_small_groups
+from xdp_compute.query.sealed import cell_slots, small_cells
 
 log = logging.getLogger("xdp.gateway.release")
 SIGNING_KEY = "release-log-ed25519"
@@ -190,6 +194,26 @@ class GroupCells:
     hidden_count: bool
 
 
+@dataclass(frozen=True)
+class SealedCells:
+    """What small-cell suppression needs of a Paillier encrypted SQL answer, and what finishes it.
+
+    The gateway knows each cell's noisy COUNT(*) (unmasked to it by the sealed secure
+    aggregation, ``query.sealed``: the same noisy value the analyst decrypts, so one charged
+    release) and holds the survivors' masked encrypted sum with the masks' total. At release the
+    gate removes the masks homomorphically and blanks every cell whose noisy count is below
+    ``min_group_size``: its slots decrypt to uniform ring values, and ``suppressed_cells`` names
+    it. A raw REST client thus never decrypts a small group's numbers.
+    """
+
+    plan: QueryPlan
+    min_group_size: int
+    counts: tuple[int, ...]          # signed noisy COUNT(*) per cell
+    public: PaillierPublic
+    sealed_sum: EncryptedVector      # product of the survivors' E(masked input)
+    mask_total: np.ndarray           # uint64: the masks left in sealed_sum
+
+
 @dataclass
 class Outcome:
     """What a job produced and wants released."""
@@ -203,6 +227,7 @@ class Outcome:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     policy: PolicyContext | None = None  # None: nothing to re-check (refusals of unplanned jobs)
     cells: GroupCells | None = None      # plain SQL answers: the groups to suppress
+    sealed: SealedCells | None = None    # Paillier SQL answers: the groups to blank, the masks to remove
     # Per ledger-row actual charge, when lower than reserved (e.g. training stopped early).
     actual_charges: dict[int, tuple[float, float]] | None = None
 
@@ -244,7 +269,17 @@ class ReleaseGate:
                 # A group whose noisy count is below min_group_size shows no numbers.
                 return suppress_small_groups(c.plan, outcome.payload, c.min_group_size, c.hidden_count)
             case "he_query":
-                return 0  # counts are encrypted to the analyst; the SDK suppresses after decryption
+                sc = outcome.sealed
+                if sc is None:
+                    return 0
+                # Same rule as the plain path, on the noisy counts the gateway was released;
+                # the blanking randomness is drawn and dropped inside unmask_sealed_sum.
+                small = small_cells(sc.counts, sc.min_group_size)
+                done = unmask_sealed_sum(sc.public, sc.sealed_sum, sc.mask_total, cell_slots(sc.plan, small))
+                outcome.payload["ciphertext"] = base64.b64encode(done.to_bytes(sc.public)).decode()
+                outcome.payload["suppressed_cells"] = small
+                outcome.payload["suppressed_groups"] = len(small)
+                return len(small)
             case _:
                 return 0  # a trained model has no groups
 

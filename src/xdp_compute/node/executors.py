@@ -14,7 +14,8 @@ from typing import Any
 
 from xdp_compute.contract import (
     REPLY_OF,
-    HeQueryPartial,
+    HeQueryBegin,
+    HeQueryMaskedInput,
     QueryBegin,
     Record,
     SecAggMaskedInput,
@@ -53,7 +54,7 @@ class TaskExecutor:
         self.node = NodeContext(manifest)
         self.secagg = SecAggSessions()
         self.query = QueryTasks(self.node, self.secagg)
-        self.he = HeTasks(self.node)
+        self.he = HeTasks(self.node, self.secagg)
         self.train = TrainTasks(self.node, self.secagg)
         self.handlers = self.handler_table()
 
@@ -65,7 +66,8 @@ class TaskExecutor:
             SecAggShareKeys.KIND: self.secagg.share_keys,
             SecAggMaskedInput.KIND: self.secagg.masked_input,
             SecAggUnmask.KIND: self.secagg.unmask,
-            HeQueryPartial.KIND: self.he.query_partial,
+            HeQueryBegin.KIND: self.he.query_begin,
+            HeQueryMaskedInput.KIND: self.he.masked_input,
             TrainPrepare.KIND: self.train.prepare,
             TrainBegin.KIND: self.train.begin_round,
             TrainEval.KIND: self.train.evaluate,

@@ -12,7 +12,7 @@ from xdp_compute.crypto.paillier import (
     EncryptedVector,
     PaillierPrivate,
     PaillierPublic,
-    decrypt_aggregate,
+    decrypt_ring_sum,
     generate_keypair,
     load_private_key,
     save_private_key,
@@ -20,7 +20,9 @@ from xdp_compute.crypto.paillier import (
 from xdp_compute.errors import Conflict, WrongKey
 from xdp_compute.privacy import NoisePlan
 from xdp_compute.query import QueryPlan
-from xdp_compute.query.finalize import finalize_rows, suppress_small_groups
+from xdp_compute.query.finalize import count_alias, finalize_rows, suppress_small_groups
+from xdp_compute.query.plan import from_ring
+from xdp_compute.query.sealed import cell_slots
 from xdp_compute.sdk.results import QueryResult, query_result
 
 MAX_RESULT_BYTES = 64 << 20
@@ -44,7 +46,11 @@ def paillier_keys(client: Any, bits: int = DEFAULT_KEY_BITS) -> tuple[PaillierPu
 
 
 def decrypt_delivery(priv: PaillierPrivate, delivery: dict[str, Any]) -> QueryResult:
-    """Decrypt an encrypted answer and build the same QueryResult as the plain path."""
+    """Decrypt an encrypted answer and build the same QueryResult as the plain path.
+
+    The gateway has already blanked the cells whose noisy count is below the holders' minimum
+    (``suppressed_cells``); they come back as None, like any suppressed group.
+    """
     res = delivery["result"]
     ct = res.get("ciphertext")
     if not isinstance(ct, str):
@@ -53,11 +59,21 @@ def decrypt_delivery(priv: PaillierPrivate, delivery: dict[str, Any]) -> QueryRe
         raise WrongKey("this answer was encrypted under another Paillier key (fingerprint mismatch); "
                        "load the key pair the query was sent with")
     vector = EncryptedVector.from_bytes(base64.b64decode(ct), priv.public, max_bytes=MAX_RESULT_BYTES)
-    totals = decrypt_aggregate(priv, vector)
     plan = QueryPlan.from_dict(res["plan"])
+    # The nodes' inputs were masked in Z_2^64 (secure aggregation): every slot is a ring value.
+    totals = [from_ring(v) for v in decrypt_ring_sum(priv, vector)]
+    # Cells the gateway blanked (noisy count below the minimum group size) hold uniform values.
+    blanked = sorted({int(c) for c in res.get("suppressed_cells", [])})
+    if any(not 0 <= c < len(plan.cells) for c in blanked):
+        raise Conflict("the answer names suppressed cells that its plan does not have")
+    for slot in cell_slots(plan, blanked):
+        totals[slot] = 0
     noise = NoisePlan.from_dict(res["noise"])
     payload = finalize_rows(plan, noise, totals, int(res["n_shares"]), float(res["level"]),
                             bool(res["hidden_count"]), res["dataset"])
+    alias = count_alias(plan)
+    for c in blanked:
+        payload["rows"][c][alias] = None  # suppress_small_groups then blanks the whole row
     suppress_small_groups(plan, payload, int(res["min_group_size"]), bool(res["hidden_count"]))
     payload["nodes"] = res.get("nodes", [])
     plain = dict(delivery)

@@ -51,10 +51,25 @@ class SecAggServer:
     different second message from a node, a message for another phase, or one from a node
     that did not survive the previous round raises :class:`RoundConflict`. Once aborted,
     every call raises the same :class:`ProtocolAborted`.
+
+    Sealed sessions (``revealed`` given): each client sends y_u in full elsewhere (encrypted
+    under a key this server does not hold, e.g. the analyst's Paillier key) and only
+    y_u[revealed] here. The rounds and the rules are the paper's; Round 4 then yields the sum at
+    the revealed coordinates and ``mask_total`` (sum over U3 of every mask left in the sealed
+    sum, mod 2^64), which whoever holds the sealed sum subtracts to unmask it. The server learns
+    the revealed coordinates of the sum and masks; a single y_u it never sees whole.
     """
 
-    def __init__(self, config: SecAggConfig) -> None:
+    def __init__(self, config: SecAggConfig, *, revealed: Sequence[int] | None = None) -> None:
+        """``revealed``: a sealed session (see the class notes) whose masked inputs reach this
+        server only at these coordinates; ``None`` (default): every coordinate, the paper's case."""
         self.config = config
+        if revealed is not None:
+            revealed = tuple(int(i) for i in revealed)
+            if len(set(revealed)) != len(revealed) or not all(0 <= i < config.vector_length for i in revealed):
+                raise ValueError("revealed coordinates must be distinct and within the vector length")
+        self._revealed: tuple[int, ...] | None = revealed
+        self._mask_total: U64Vector | None = None
         self._phase = Phase.ADVERTISE_KEYS
         # Per round: who sent what (only what later rounds need), and a digest per sender to
         # recognise identical resends.
@@ -104,6 +119,17 @@ class SecAggServer:
         if self._result is None:
             raise RoundConflict("the sum is not available before the unmasking round closes")
         return self._result
+
+    @property
+    def mask_total(self) -> U64Vector:
+        """Sealed sessions, after ``close_unmask``: the masks of U3's sealed inputs, summed mod 2^64.
+
+        sum_{u in U3} y_u - mask_total = sum_{u in U3} x_u (mod 2^64) at every coordinate.
+        """
+        self._check_alive()
+        if self._mask_total is None:
+            raise RoundConflict("the mask total exists for a sealed session once the unmasking round closes")
+        return self._mask_total
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -259,7 +285,7 @@ class SecAggServer:
     # Round 2 ------------------------------------------------------------------------------
 
     def _accept_masked(self, msg: MaskedInput) -> None:
-        m = self.config.vector_length
+        m = self.config.vector_length if self._revealed is None else len(self._revealed)
         vec = np.asarray(msg.vector)
         if vec.dtype != np.uint64 or vec.shape != (m,):
             raise MalformedMessage(
@@ -383,7 +409,14 @@ class SecAggServer:
         except (shamir.InvalidShare, InvalidKey) as exc:
             raise self._fail(Phase.UNMASK, f"inconsistent shares: {exc.detail}") from None
         assert self._acc is not None
-        total = np.subtract(self._acc, prg.combined_mask(terms, cfg.vector_length))
+        mask = prg.combined_mask(terms, cfg.vector_length)
+        if self._revealed is None:
+            total = np.subtract(self._acc, mask)
+        else:
+            # Sealed session: unmask the revealed coordinates here; the whole mask unmasks the
+            # sealed sum wherever it is held.
+            total = np.subtract(self._acc, mask[list(self._revealed)])
+            self._mask_total = mask
         self._result = total
         self._acc = None
         self._responses = {}

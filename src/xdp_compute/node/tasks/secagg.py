@@ -5,6 +5,10 @@ A job's round-0 handler (``query_begin``, ``train_begin``) checks the session it
 noise share — and calls ``start``, which runs Round 0 (AdvertiseKeys). The three step handlers
 then run Round 1 (ShareKeys), Round 2 (MaskedInputCollection) and Round 4 (Unmasking). Only
 public keys, encrypted shares, the masked vector and unmasking shares leave the node.
+
+A *sealed* session (Paillier encrypted delivery, ``tasks.he``) differs in Round 2 only: the
+masked vector leaves encrypted under the analyst's key, and in the clear only at the
+coordinates fixed when the session started (the plan's COUNT(*) slots).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from xdp_compute.contract import (
     SecAggMessage,
     SecAggSession,
     SecAggShareKeys,
+    SecAggStep,
     SecAggUnmask,
 )
-from xdp_compute.crypto.secagg import SecAggClient, SecAggConfig
+from xdp_compute.crypto.secagg import MaskedInput, SecAggClient, SecAggConfig
 from xdp_compute.errors import BadRequest
 
 # Sessions the gateway abandoned (aborts, drop-outs) do not keep inputs or keys around longer.
@@ -35,6 +40,9 @@ class _Session:
     client: SecAggClient
     vector: np.ndarray | None  # the unmasked input, until Round 2 has masked it
     started: float
+    # Sealed sessions (encrypted delivery): the only coordinates of the masked input that may
+    # leave in the clear; the rest leaves only encrypted. None: a plain session.
+    revealed: tuple[int, ...] | None = None
 
 
 class SecAggSessions:
@@ -55,17 +63,23 @@ class SecAggSessions:
             raise BadRequest(f"this node is not a participant of secure-aggregation session {session.session_id!r}")
         return config
 
-    def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray) -> bytes:
-        """Round 0 (AdvertiseKeys): keep ``vector`` for Round 2; return the node's public keys."""
+    def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray, *,
+              revealed: tuple[int, ...] | None = None) -> bytes:
+        """Round 0 (AdvertiseKeys): keep ``vector`` for Round 2; return the node's public keys.
+
+        ``revealed``: a sealed session, whose Round 2 answers only ``sealed_masked_input``.
+        """
         if vector.dtype != np.uint64 or vector.shape != (config.vector_length,):
             raise BadRequest("input vector does not match the session's vector length")
+        if revealed is not None and not all(0 <= i < config.vector_length for i in revealed):
+            raise BadRequest("revealed coordinates lie outside the session's vector")
         client = SecAggClient(node_id, config)
         msg = client.advertise_keys().encode()
         now = time.time()
         with self._lock:
             for sid in [k for k, v in self._by_id.items() if now - v.started > SESSION_TTL_SECONDS]:
                 del self._by_id[sid]
-            self._by_id[config.session_id.decode()] = _Session(job_id, client, vector, now)
+            self._by_id[config.session_id.decode()] = _Session(job_id, client, vector, now, revealed)
         return msg
 
     # ------------------------------------------------------------------ rounds 1, 2, 4
@@ -77,11 +91,28 @@ class SecAggSessions:
     def masked_input(self, job_id: str, request: SecAggMaskedInput) -> SecAggMessage:
         """Round 2 (MaskedInputCollection): the input plus its masks; the input is then forgotten."""
         s = self._get(job_id, request.session_id)
+        if s.revealed is not None:
+            # A sealed session's masked input never leaves whole in the clear: with the
+            # unmasking shares, the gateway would learn the sum it must not see.
+            raise BadRequest("this session is sealed (encrypted delivery): its masked input is not sent in the clear")
         if s.vector is None:
             raise BadRequest("masked input already sent for this session")
         msg = s.client.masked_input(s.vector, request.secagg).encode()
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
         return SecAggMessage(secagg=msg)
+
+    def sealed_masked_input(self, job_id: str, request: SecAggStep) -> tuple[bytes, np.ndarray]:
+        """Round 2 of a sealed session: (the masked input at the revealed coordinates, as the
+        message for the gateway; the whole masked vector y_u, for the caller to encrypt)."""
+        s = self._get(job_id, request.session_id)
+        if s.revealed is None:
+            raise BadRequest("this session is not sealed: its masked input is collected by secagg_masked_input")
+        if s.vector is None:
+            raise BadRequest("masked input already sent for this session")
+        full = s.client.masked_input(s.vector, request.secagg)
+        s.vector = None  # the unmasked input is no longer needed; do not keep it around
+        shown = MaskedInput(full.session_id, full.sender, np.ascontiguousarray(full.vector[list(s.revealed)]))
+        return shown.encode(), full.vector
 
     def unmask(self, job_id: str, request: SecAggUnmask) -> SecAggMessage:
         """Round 4 (Unmasking): the shares the survivor set allows; the session then ends."""
