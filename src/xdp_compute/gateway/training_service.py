@@ -16,6 +16,12 @@ DP release. So:
   which the data does not decide); a node *error* — whose cause could depend on data — aborts
   the job, charged, without naming the node; a refund happens only when no round could start
   because too few nodes were online.
+
+Collusion (DESIGN "up to c nodes may collude"): training distributes no noise across nodes —
+each node adds the *full* DP-SGD noise to its own update and full noise to its own count and
+metrics, and secure aggregation only hides the individual updates — so the gateway policy
+``max_colluding_nodes`` (t - c honest shares, for queries) needs no counterpart here: colluding
+nodes learn nothing about an honest node's rows beyond what its own DP release allows.
 """
 
 from __future__ import annotations

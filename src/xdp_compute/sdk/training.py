@@ -95,6 +95,9 @@ def print_card(card: dict[str, Any], out: Any = sys.stdout) -> None:
           + (f" (stopped: {card['stopped_early']})" if card.get("stopped_early") else ""), file=out)
     for r in card["rounds_missing_nodes"]:
         print(f"  round {r['round']} lacked {', '.join(r['missing'])}", file=out)
+    if card.get("max_rows"):
+        rows = ", ".join(f"{k}={v}" for k, v in card["max_rows"].items())
+        print(f"  privacy plan from the declared max_rows ({rows}), not from the rows", file=out)
     eps = ", ".join(f"{k}={v:.4f}" for k, v in card["epsilon_per_node"].items())
     print(f"  epsilon per node: {eps}; delta {card['delta']:.2g}", file=out)
     m = card["metrics"]
