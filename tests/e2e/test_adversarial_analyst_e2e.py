@@ -221,3 +221,33 @@ def test_overflow_is_refused_from_public_inputs_and_names_no_node(tmp_path: Path
         assert all(0 < e <= 1.0 for e in spent)  # only the SUM was charged
     finally:
         cluster.close()
+
+
+def _non_numeric(delivery: dict[str, object]) -> dict[str, object]:
+    """Everything an analyst sees of a released query except the noisy numbers themselves."""
+    res = dict(delivery["result"])  # type: ignore[call-overload]
+    return {"status": delivery["status"], "operation": delivery["operation"], "cost": delivery["cost"],
+            "columns": res["columns"], "nodes": sorted(res["nodes"]), "keys": sorted(res),
+            "groups": [{k: v for k, v in row.items() if k == "clinic"} for row in res["rows"]],
+            "noise_variance": res["noise_variance"], "noise_sd": res["noise_sd"],
+            "decisions": [(d["rule"], d["allowed"], d.get("node"))
+                          for d in delivery["receipt"]["entry"]["policy_decisions"]]}  # type: ignore[index]
+
+
+def test_queries_that_differ_in_one_row_look_alike_but_for_the_noisy_numbers(hospitals: Hospitals) -> None:
+    # The observable rule: only DP-noised numbers may depend on the data. Two queries whose WHERE
+    # differs exactly in one patient's membership must give the same participation, cost, charge,
+    # noise, columns and decisions.
+    where, _ = _isolating_where(hospitals)
+    url = hospitals.cluster.url + "/v1/queries"
+    headers = {"authorization": f"Bearer {hospitals.tokens['analyst']}"}
+    seen, charges = [], []
+    for sql in (f"SELECT clinic, COUNT(*) AS n, SUM(cost) AS s FROM visits WHERE NOT ({where}) GROUP BY clinic",
+                "SELECT clinic, COUNT(*) AS n, SUM(cost) AS s FROM visits GROUP BY clinic"):
+        before = _budget_spent(hospitals)
+        r = httpx.post(url, json={"sql": sql, "epsilon": 0.5}, headers=headers, timeout=120)
+        assert r.status_code == 200, r.text
+        seen.append(_non_numeric(r.json()))
+        charges.append([round(a - b, 12) for a, b in zip(_budget_spent(hospitals), before, strict=True)])
+    assert seen[0] == seen[1]
+    assert charges[0] == charges[1]
