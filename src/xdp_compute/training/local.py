@@ -394,10 +394,14 @@ def run_dp_sgd(
                     p.sub_(step, alpha=scale)
                 off += k
 
-    done = 0
-    for t, idx in poisson_schedule(X.shape[0], sample_rate, steps, sample_gen):
-        if t > done:
-            noisy_step(None, t - done)  # the empty steps before this one
+    # Step t moves the model by -scale * (g_t + z_t), g_t the clipped sum at the model after step
+    # t-1. The noise z_t of a step and that of the empty steps after it are all applied before the
+    # next gradient is evaluated, so they are drawn as one sum (one draw per non-empty step).
+    schedule = poisson_schedule(X.shape[0], sample_rate, steps, sample_gen)
+    first = schedule[0][0] if schedule else steps
+    if first > 0:
+        noisy_step(None, first)  # the empty steps before the first sampled one
+    for j, (t, idx) in enumerate(schedule):
         rows = torch.from_numpy(idx)
         xb, yb = X[rows], y[rows]
         if use_linear:
@@ -405,10 +409,8 @@ def run_dp_sgd(
             gsum = clipped_grad_sum_linear(layers, xb, yb, kind, max_grad_norm)
         else:
             gsum = clipped_grad_sum_vmap(model, xb, yb, kind, max_grad_norm)
-        noisy_step(gsum, 1)
-        done = t + 1
-    if steps > done:
-        noisy_step(None, steps - done)
+        nxt = schedule[j + 1][0] if j + 1 < len(schedule) else steps
+        noisy_step(gsum, nxt - t)  # this step's noise and that of the empty steps up to the next one
 
 
 # ---- the node's round --------------------------------------------------------------------------
