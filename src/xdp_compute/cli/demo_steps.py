@@ -32,7 +32,7 @@ def he_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], an
     sql = "SELECT district, COUNT(*) AS patients, AVG(stay_days) AS avg_stay FROM patients GROUP BY district"
     r = analyst.query(sql, epsilon=0.5, encrypt=True)
     console.print(f"  encrypted delivery (Paillier, {r.delivery['result']['key_fingerprint'][:12]}..., packed): "
-                  "nodes encrypted their noisy partials, the gateway only added ciphertexts")
+                  "nodes encrypted their masked partials; the gateway added ciphertexts and removed the masks")
     console.print(r.table())
     console.print("  scoring a private risk model w: the gateway releases DP per-group feature sums and the SDK "
                   "applies w locally, so w never leaves the analyst")

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from xdp_compute.errors import InvalidQuery
 from xdp_compute.query.plan import QueryPlan
 
 
 def revealed_slots(plan: QueryPlan) -> tuple[int, ...]:
-    """Positions of the COUNT(*) measurement of every cell (cell order) in the plan's vector."""
-    j = plan.measurement_index("count", None)
+    """Positions of the COUNT(*) measurement of every cell (cell order) in the plan's vector;
+    ``InvalidQuery`` for a plan without one (the gateway always plans one)."""
+    try:
+        j = plan.measurement_index("count", None)
+    except KeyError:
+        raise InvalidQuery("an encrypted-delivery plan needs a COUNT(*) measurement for suppression") from None
     return tuple(plan.index(c, j) for c in range(len(plan.cells)))
 
 
