@@ -284,19 +284,43 @@ def clipped_grad_sum_linear(
     Returns one tensor per parameter in ``parameters()`` order. Goodfellow 2015: per-sample
     ||dL_i/dW||_F = ||g_i|| * ||a_i|| for a linear layer; the clipped sum is (c*G)^T A.
     """
-    acts: list[torch.Tensor] = []
-    outs: list[torch.Tensor] = []
-    h = xb
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            acts.append(h)
-            h = nn.functional.linear(h, m.weight, m.bias)
-            outs.append(h)
+    # Forward and backward by hand (no autograd graph: a step of a few rows costs ~10 tensor ops,
+    # which matters when a loose max_rows makes most of the many steps one-row samples). Rows are
+    # independent (no batch norm), so the gradient at row i's outputs is row i's own.
+    with torch.no_grad():
+        acts: list[torch.Tensor] = []       # the input of each Linear
+        pre_relu: list[torch.Tensor] = []   # the input of each ReLU
+        h = xb
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                acts.append(h)
+                h = nn.functional.linear(h, m.weight, m.bias)
+            else:
+                pre_relu.append(h)
+                h = torch.relu(h)
+        # d per_sample_loss / d output (zoo.per_sample_loss): BCE-with-logits sigmoid(z) - y,
+        # cross-entropy softmax(z) - onehot(y), half squared error z - y.
+        if kind == LOSS_BCE:
+            g = torch.sigmoid(h) - yb.to(h.dtype).reshape(-1, 1)
+        elif kind == LOSS_CE:
+            g = torch.softmax(h, dim=1)
+            g[torch.arange(g.shape[0]), yb.long()] -= 1.0
+        elif kind == LOSS_MSE:
+            g = h - yb.to(h.dtype).reshape(-1, 1)
         else:
-            h = torch.relu(h)
-    loss = per_sample_loss(h, yb, kind).sum()
-    # Rows are independent (no batch norm), so d(sum of losses)/d(z_i) is row i's own gradient.
-    grads = torch.autograd.grad(loss, outs)
+            raise ValueError(f"unknown loss kind {kind!r}")
+        grads: list[torch.Tensor] = []      # gradient at each Linear's output, last layer first
+        li, ri = len(acts), len(pre_relu)
+        for m in reversed(layers):
+            if isinstance(m, nn.Linear):
+                li -= 1
+                grads.append(g)
+                if li > 0:
+                    g = g @ m.weight
+            else:
+                ri -= 1
+                g = g * (pre_relu[ri] > 0).to(g.dtype)
+        grads.reverse()
     with torch.no_grad():
         sq = torch.zeros(xb.shape[0], dtype=xb.dtype)
         for a, g in zip(acts, grads, strict=True):
