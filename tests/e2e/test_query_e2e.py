@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import json
 import math
-import signal
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +10,13 @@ import numpy as np
 import pytest
 from e2e_helpers import Hospitals, start_hospitals, truth
 
-from xdp_compute import BudgetExhausted, Client
+from xdp_compute.crypto.secagg import default_threshold
+from xdp_compute.domain.policy import noise_shares
 from xdp_compute.errors import XdpError
+
+# 3 nodes: threshold 2, and the default collusion margin of 1 leaves 1 honest share.
+HONEST_SHARES = noise_shares(3, default_threshold(3), None).honest
+
 
 SQL = "SELECT clinic, COUNT(*) AS n, SUM(cost) AS total, AVG(cost) AS mean FROM visits GROUP BY clinic"
 
@@ -122,7 +122,7 @@ def test_gateway_transcript_holds_no_single_partial(tmp_path: Path) -> None:
         m = load_manifest(h.cluster.root / node / "node.toml")
         plan = plan_query(with_group_size(sql)[0], m.datasets[0])
         noise = plan_noise(1.0, 1e-5 * DEFAULT_DELTA_FRACTION, [Measurement(mm.key, mm.sensitivity, len(plan.cells), mm.sensitivity)
-                                              for mm in plan.measurements], 2)
+                                              for mm in plan.measurements], HONEST_SHARES)
         sig = {x.name: x.sigma_node2 for x in noise.measurements}
         partial = run_local_query(plan, m, m.datasets[0])
         noisy = add_noise(partial, plan, sig, SeededRandomness(seeded_noise_key("transcript", node, 0)))

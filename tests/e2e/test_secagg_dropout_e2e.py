@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from e2e_helpers import start_hospitals
 
+from xdp_compute.crypto.secagg import default_threshold
+from xdp_compute.domain.policy import noise_shares
 from xdp_compute.errors import XdpError
+
+# 3 nodes: threshold 2, and the default collusion margin of 1 leaves 1 honest share.
+HONEST_SHARES = noise_shares(3, default_threshold(3), None).honest
+
 
 SQL = "SELECT clinic, COUNT(*) AS n, SUM(cost) AS total FROM visits GROUP BY clinic"
 PHASES = ["query_begin", "secagg_share_keys", "secagg_masked_input", "secagg_unmask"]
@@ -34,7 +40,7 @@ def noisy_partials(root: Path, nodes: list[str]) -> dict[str, tuple[object, np.n
         m = load_manifest(root / node / "node.toml")
         plan = plan_query(with_group_size(SQL)[0], m.datasets[0])
         noise = plan_noise(1.0, 1e-5 * DEFAULT_DELTA_FRACTION, [Measurement(mm.key, mm.sensitivity, len(plan.cells), mm.sensitivity)
-                                       for mm in plan.measurements], 2)
+                                       for mm in plan.measurements], HONEST_SHARES)
         sig = {x.name: x.sigma_node2 for x in noise.measurements}
         vec = add_noise(run_local_query(plan, m, m.datasets[0]), plan, sig,
                         SeededRandomness(seeded_noise_key("dropout", node, 0)))

@@ -149,9 +149,10 @@ class QueryService:
         spec_digest = digest({"operation": operation, "sql": sql, "epsilon": eps, "delta": dlt, "level": level,
                               "public_key": public_key})
         if public_key is not None:
-            decisions.append(Decision("suppression", True, "encrypted delivery: the gateway cannot see counts, so "
-                                                           "small-group suppression is applied by the SDK after "
-                                                           "decryption (the DP noise protects either way)"))
+            decisions.append(Decision("suppression", True, "encrypted delivery: the gateway is released each "
+                                                           "cell's noisy COUNT(*) (this plan's charged count "
+                                                           "measurement) and blanks cells below min_group_size in "
+                                                           "the ciphertext before release"))
         return Prepared(who, plan.dataset, parts, plan, hidden, noise, t, decisions, eps, dlt, level, spec_digest,
                         operation, public_key)
 
