@@ -28,6 +28,7 @@ categories = ["health"]
 epsilon_budget = 20.0
 delta = 1e-5
 min_group_size = 10
+max_rows = 5000
 require_approval = {approval}
 
 [datasets.columns]
