@@ -235,3 +235,23 @@ def test_validate_plan_for_refuses_unknown_column_here(ds: DatasetSpec, plan: Qu
                                + (ColumnSpec("salary", "float", 0, 1, uses=("aggregate",)),))
     with pytest.raises(InvalidQuery, match="unknown column 'income'"):
         validate_plan_for(plan, mine)
+
+
+@pytest.mark.parametrize("text", ["age > 0 GROUP BY sick", "age > 0 --", "age > 0; DROP TABLE x",
+                                  "age > 0 /* hidden */", "x) OR (1=1", "", "age > 0 LIMIT 1"])
+def test_a_where_text_is_one_condition_or_refused(text: str) -> None:
+    # Scores and trainings take a WHERE as text; it used to be spliced into the SQL, so
+    # "age > 0 --" commented out the GROUP BY the gateway appended (issue #12).
+    from xdp_compute.query.statement import where_condition
+
+    with pytest.raises(InvalidQuery):
+        where_condition(text)
+
+
+def test_a_where_text_is_re_rendered_in_parentheses() -> None:
+    from xdp_compute.query.score import score_sql
+    from xdp_compute.query.statement import where_condition
+
+    assert where_condition("clinic = 'a--b' OR age > 3") == "(clinic = 'a--b' OR age > 3)"
+    assert score_sql("visits", ["age"], "age > 1 OR age < 0", ["clinic"]).endswith(
+        "WHERE (age > 1 OR age < 0) GROUP BY clinic")

@@ -72,10 +72,13 @@ def _spec_and_shape(qs: QueryService, body: dict[str, Any]
     where_plan = None
     if spec.where:
         # The filter goes through the SQL planner: only columns whose uses include 'filter'.
+        # Parsed on its own first: nothing but one condition can ride along into the SQL text.
         from xdp_compute.query import plan_query
+        from xdp_compute.query.statement import where_condition
 
         ds_spec = DatasetSpec.from_dict(parts[0]["spec"])
-        where_plan = plan_query(f"SELECT COUNT(*) FROM {ds_spec.name} WHERE {spec.where}", ds_spec).to_dict()
+        where_plan = plan_query(f"SELECT COUNT(*) FROM {ds_spec.name} WHERE {where_condition(spec.where)}",
+                                ds_spec).to_dict()
     return spec, parts, n_features, n_classes, where_plan
 
 

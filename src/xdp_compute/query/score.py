@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from xdp_compute.errors import InvalidSpec
+from xdp_compute.query.statement import where_condition
 
 MAX_FEATURES = 64
 COUNT_ALIAS = "n"
@@ -35,7 +36,7 @@ def score_sql(dataset: str, features: list[str], where: str | None, group_by: li
     cols = ", ".join([*group_by, f"COUNT(*) AS {COUNT_ALIAS}", *(f"SUM({f}) AS {feature_alias(f)}" for f in features)])
     sql = f"SELECT {cols} FROM {dataset}"
     if where:
-        sql += f" WHERE {where}"
+        sql += f" WHERE {where_condition(where)}"
     if group_by:
         sql += " GROUP BY " + ", ".join(group_by)
     return sql
