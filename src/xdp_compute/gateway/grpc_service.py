@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,8 +45,13 @@ class NodeService(pb_grpc.NodeServiceServicer):
             if principal.role != "holder":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only holder tokens may run nodes")
             return await fn(principal)
+        except grpc.aio.AbortError:
+            raise
         except XdpError as e:
             await context.abort(_STATUS.get(e.status, grpc.StatusCode.INTERNAL), e.detail)
+        except Exception:  # noqa: BLE001 - a bug here must not hand the caller our exception class
+            log.exception("gRPC %s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (details are in the gateway's log)")
 
     async def _node(self, principal: PrincipalView, node_id: str, session_id: str) -> bool:
         await asyncio.to_thread(self.store.node_for, principal, node_id)
@@ -84,7 +90,8 @@ class NodeService(pb_grpc.NodeServiceServicer):
         async def run(p: PrincipalView) -> pb.PullTaskResponse:
             if not await self._node(p, request.node_id, request.session_id):
                 return pb.PullTaskResponse(has_task=False, known=False)
-            wait = min(max(request.wait_seconds, 0.0), 30.0)
+            wait = request.wait_seconds
+            wait = min(max(wait, 0.0), 30.0) if math.isfinite(wait) else 0.0  # NaN compares false
             task = await self.hub.pull(request.node_id, wait)
             if task is None:
                 return pb.PullTaskResponse(has_task=False, known=True)

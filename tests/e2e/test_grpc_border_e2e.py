@@ -1,0 +1,34 @@
+"""The gateway's gRPC border against a raw client (issue #12 item 7): odd numbers, no leaks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+
+from xdp_compute.cli.cluster import LocalCluster
+from xdp_compute.v1 import node_pb2 as pb
+from xdp_compute.v1 import node_pb2_grpc as pb_grpc
+
+
+def test_pull_task_with_a_nan_wait_returns_at_once(tmp_path: Path) -> None:
+    # max(NaN, 0.0) is NaN, so the clamp min(max(wait, 0), 30) used to let NaN through to the
+    # long poll. Now any non-finite wait is no wait.
+    cluster = LocalCluster(root=tmp_path)
+    try:
+        cluster.start_gateway()
+        token = cluster.token("holder", "raw-holder")
+        meta = (("authorization", f"Bearer {token}"),)
+        with grpc.insecure_channel(cluster.grpc_addr) as channel:
+            stub = pb_grpc.NodeServiceStub(channel)
+            reg = stub.Register(pb.RegisterRequest(node_name="raw-node", region="CN-FJ", datasets_json="[]",
+                                                   agent_version="test"), metadata=meta, timeout=30)
+            for wait in (float("nan"), float("inf"), -1.0):
+                t = time.monotonic()
+                r = stub.PullTask(pb.PullTaskRequest(node_id=reg.node_id, session_id=reg.session_id,
+                                                     wait_seconds=wait), metadata=meta, timeout=20)
+                assert r.known and not r.has_task
+                assert time.monotonic() - t < 15
+    finally:
+        cluster.close()
