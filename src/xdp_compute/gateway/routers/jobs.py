@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 class QueryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "1" and true are not numbers
     sql: str = Field(..., max_length=20000)
     epsilon: float
     delta: float | None = None
@@ -42,7 +42,7 @@ async def submit_query(who: Analyst, svc: Svc, body: Annotated[QueryBody, Depend
 
 
 class ScoreBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "1" and true are not numbers
     dataset: str = Field(..., max_length=64)
     features: list[str] = Field(..., min_length=1, max_length=64)
     where: str | None = Field(None, max_length=10000)
@@ -70,7 +70,7 @@ async def submit_score(who: Analyst, svc: Svc, body: Annotated[ScoreBody, Depend
 
 
 class TrainBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "1" and true are not numbers
     dataset: str = Field(..., max_length=64)
     model: str = "logreg"
     features: list[str] = Field(..., max_length=256)
