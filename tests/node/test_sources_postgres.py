@@ -185,3 +185,25 @@ def test_postgres_missing_table_and_unreachable_server(loaded: tuple[str, list[t
     with pytest.raises(SourceError) as info:
         run_local_query(plan_query("SELECT COUNT(*) FROM people", dead.datasets[0]), dead, dead.datasets[0])
     assert "hunter2" not in info.value.detail
+
+
+def test_a_role_that_can_write_is_warned_about_and_a_read_only_one_is_not(
+        loaded: tuple[str, list[tuple[Any, ...]]]) -> None:
+    # Issue #12 item 7: a node connects with whatever role its URL holds. The session is read
+    # only either way; validation now says when the role itself could write.
+    url, _ = loaded
+    m = _pg_manifest(url, "xdp_people")
+    warned = validate_source(m, m.datasets[0])["warnings"]
+    assert warned and "read-only role" in warned[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS xdp_reader")
+        conn.execute("CREATE ROLE xdp_reader LOGIN PASSWORD 'reader'")
+        conn.execute("GRANT SELECT ON xdp_people TO xdp_reader")
+    try:
+        scheme, rest = url.split("://", 1)  # a manifest source is a URL
+        ro = _pg_manifest(f"{scheme}://xdp_reader:reader@{rest.split('@', 1)[-1]}", "xdp_people")
+        assert validate_source(ro, ro.datasets[0])["warnings"] == []
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("REVOKE ALL ON xdp_people FROM xdp_reader")
+            conn.execute("DROP ROLE IF EXISTS xdp_reader")

@@ -199,6 +199,19 @@ class PostgresSource(LocalSource):
     def execute(self, sql: str) -> list[tuple[Any, ...]]:
         return self._query(sql)
 
+    def write_privileges(self) -> list[str]:
+        """What the connecting role could change besides reading: table privileges it holds
+        beyond SELECT, and superuser. Every session is read-only regardless, but a node should
+        connect with a role that cannot write at all (README: a read-only role)."""
+        rows = self._query(
+            "SELECT has_table_privilege(to_regclass(%s), 'INSERT'), has_table_privilege(to_regclass(%s), 'UPDATE'), "
+            "has_table_privilege(to_regclass(%s), 'DELETE'), has_table_privilege(to_regclass(%s), 'TRUNCATE'), "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+            (self.relation_sql(),) * 4)
+        flags = rows[0] if rows else ()
+        names = ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "superuser"]
+        return [n for n, f in zip(names, flags, strict=False) if f]
+
     def relation_sql(self) -> str:
         return exp.to_identifier(self.table, quoted=True).sql(dialect="postgres")
 

@@ -10,6 +10,7 @@ Report shape::
     {"dataset": "people", "source_kind": "csv" | "parquet" | "postgresql", "ok": bool,
      "rows": int | None, "malformed_lines": int (CSV only),
      "problems": ["column 'age' missing", ...],
+     "warnings": ["the database role can INSERT on the table; ...", ...],  (do not affect ok)
      "columns": {"age": {"present": bool, "nulls": n, "type_violations": n,
                          "out_of_bounds": n, "undeclared_values": n}, ...}}
 
@@ -56,6 +57,7 @@ def _report(dataset: DatasetSpec, kind: str) -> dict[str, Any]:
         "ok": False,
         "rows": None,
         "problems": [],
+        "warnings": [],
         "columns": {c.name: _empty_column() for c in dataset.columns},
     }
 
@@ -262,6 +264,10 @@ def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
             _validate_duckdb(src, dataset, report)
         elif isinstance(src, PostgresSource):
             _validate_postgres(src, dataset, report)
+            extra = src.write_privileges()
+            if extra:
+                report["warnings"].append(f"the database role can {', '.join(extra)} on the table; connect "
+                                          "with a read-only role (GRANT SELECT only)")
     except Exception:  # noqa: BLE001 - never raise on bad data; never echo engine messages
         report["problems"].append("source could not be validated (unexpected engine error)")
     finally:
