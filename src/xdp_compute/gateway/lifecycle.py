@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from xdp_compute.gateway import models as m
 from xdp_compute.gateway.release import BUDGET_EXHAUSTED, DENIED, FAILED, Outcome
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView, ReservationRequest, new_id
+
+log = logging.getLogger("xdp.gateway.lifecycle")
 
 # What a job waiting for approval or running may be; anything else has ended.
 ACTIVE_STATUSES = ("reserved", "running", "awaiting_approval")
@@ -149,9 +152,27 @@ class JobLifecycle:
             job = await asyncio.to_thread(self._load, job_id)
             if job is not None and job.status == "running":
                 detail = e.detail if isinstance(e, XdpError) else type(e).__name__
-                await asyncio.to_thread(self.gate.refuse, job_id, principal, refusal, FAILED, f"job failed: {detail}",
-                                        refund=False, charge=True)
+                try:
+                    await asyncio.to_thread(self.gate.refuse, job_id, principal, refusal, FAILED,
+                                            f"job failed: {detail}", refund=False, charge=True)
+                except Exception:
+                    # The log itself failed (a release append, then this refusal): never leave the
+                    # job running with budget held. Charge it and mark it failed outside the log;
+                    # the next start logs it (recovery.log_unlogged_failures).
+                    log.exception("job %s failed and its failure could not be logged; charged, logged later", job_id)
+                    await asyncio.to_thread(self.fail_unlogged, job_id, f"job failed: {detail}")
             raise
+
+    def fail_unlogged(self, job_id: str, detail: str) -> None:
+        """Charge a running job's reservation and mark it failed, when the release log cannot be
+        written; ``unlogged`` tells recovery to write its entry once the log works again."""
+        with self.store.write() as s:
+            job = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
+            if job is None or job.status != "running":
+                return
+            self.store.settle(s, job_id, commit=True)
+            job.status, job.updated_at = "failed", time.time()
+            job.error_json = json.dumps({"detail": detail, "unlogged": True})
 
     # ------------------------------------------------------------------ gate -> settle
     async def release(self, job_id: str, principal: str, outcome: Outcome, started: float) -> dict[str, Any]:
@@ -207,6 +228,10 @@ class JobLifecycle:
 
 
 def approval_holders(parts: list[dict[str, Any]]) -> list[str]:
-    """Holders who must approve before anything is computed: ``require_approval``, or core data."""
-    return sorted({x["holder_id"] for x in parts if x["spec"].get("require_approval")
+    """Holders who must approve before anything is computed: ``require_approval``, or core data.
+
+    Approvals are the dataset owner's (issue #12): a member's part carries the owner's policy,
+    and its approval, like its view of the request, is the owner's.
+    """
+    return sorted({x.get("owner_id", x["holder_id"]) for x in parts if x["spec"].get("require_approval")
                    or x["spec"].get("classification") == "core"})
