@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_node_tasks import SEED, Node, _expected_noisy, _node, _plan, _sigmas, _sum
+from test_node_tasks import BASIS, SEED, Node, _expected_noisy, _node, _plan, _sigmas, _sum
 
 from xdp_compute.contract import (
     HeQueryBegin,
@@ -47,7 +47,8 @@ def _begin(node: Node, public: P.PaillierPublic, session: SecAggSession,
            scheme: P.PackingScheme | None = None) -> HeQueryBegin:
     plan = _plan(node)
     return HeQueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), public_key=public.to_dict(),
-                        scheme=(scheme or P.ring_scheme(public.bits)).to_dict(), secagg=session)
+                        scheme=(scheme or P.ring_scheme(public.bits)).to_dict(), secagg=session,
+                        noise_basis=BASIS)
 
 
 def _sealed_rounds(nodes: list[Node], public: P.PaillierPublic, *, drop_before_masking: tuple[str, ...] = ()

@@ -19,6 +19,7 @@ import pytest
 import xdp_compute.node
 from xdp_compute.contract import (
     REQUESTS,
+    NoiseBasis,
     QueryBegin,
     QueryBegun,
     Record,
@@ -42,7 +43,9 @@ from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer
 from xdp_compute.domain.manifest import Manifest, load_manifest
 from xdp_compute.node.executors import TaskExecutor
 from xdp_compute.node.sources import run_local_query
+from xdp_compute.node.policy import measurements_of
 from xdp_compute.node.tasks.query import add_noise, seeded_noise_key
+from xdp_compute.privacy import plan_noise
 from xdp_compute.privacy.randomness import SeededRandomness
 from xdp_compute.query import QueryPlan, decode_totals, plan_query
 
@@ -120,8 +123,14 @@ def _plan(node: Node) -> QueryPlan:
     return plan_query(SQL, node.manifest.datasets[0])
 
 
+# What the tasks' noise is calibrated from; one honest share is the most any session here needs
+# (nodes recompute the noise from this and refuse less: ``node.policy``).
+BASIS = NoiseBasis(epsilon=1.0, delta=1e-6, honest_shares=1, colluding=1)
+
+
 def _sigmas(plan: QueryPlan) -> dict[str, Fraction]:
-    return {m.key: Fraction(400, 3) for m in plan.measurements}
+    noise = plan_noise(BASIS.epsilon, BASIS.delta, measurements_of(plan), 1)
+    return {m.name: m.sigma_node2 for m in noise.measurements}
 
 
 def _secure_sum(nodes: list[Node], begin: Callable[[SecAggSession], Record], *, threshold: int,
@@ -215,7 +224,7 @@ def test_query_begin_through_secure_aggregation_unmasks_the_sum_of_noisy_vectors
     monkeypatch.setenv("XDP_TEST_NOISE_SEED", SEED)
     plan = _plan(nodes[0])
     total, u3, first = _secure_sum(nodes, lambda s: QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan),
-                                                               secagg=s), threshold=2)
+                                                               secagg=s, noise_basis=BASIS), threshold=2)
     assert sorted(u3) == sorted(n.executor.node_id for n in nodes)
     assert all(type(r) is QueryBegun for r in first.values())
     noisy = [_expected_noisy(n, plan, 0) for n in nodes]  # each node's first noisy task
@@ -240,7 +249,7 @@ def test_a_node_dropping_before_masking_leaves_the_sum_of_the_survivors(
     plan = _plan(nodes[0])
     dropped = nodes[1].executor.node_id
     total, u3, _ = _secure_sum(nodes, lambda s: QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan),
-                                                           secagg=s), threshold=2, drop_before_masking=(dropped,))
+                                                           secagg=s, noise_basis=BASIS), threshold=2, drop_before_masking=(dropped,))
     assert dropped not in u3 and len(u3) == 2
     np.testing.assert_array_equal(total, _sum([_expected_noisy(n, plan, 0) for n in (nodes[0], nodes[2])]))
 
@@ -250,7 +259,7 @@ def test_secagg_step_for_another_job_or_session_is_refused(nodes: list[Node]) ->
     node = nodes[0]
     ids = [n.executor.node_id for n in nodes]
     session = SecAggSession(session_id="job-1:sum", participants=ids, vector_length=plan.vector_length, threshold=2)
-    node.ask(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session), "job-1")
+    node.ask(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session, noise_basis=BASIS), "job-1")
     for job_id, sid in (("job-2", "job-1:sum"), ("job-1", "job-1:other")):
         header, blobs = encode(SecAggShareKeys(session_id=sid, secagg=b"x"))
         out = node.executor.handle("secagg_share_keys", job_id, header, blobs)
@@ -261,7 +270,7 @@ def test_query_begin_refuses_a_session_without_this_node(nodes: list[Node]) -> N
     plan = _plan(nodes[0])
     session = SecAggSession(session_id="s", participants=["id-a", "id-b"], vector_length=plan.vector_length,
                             threshold=2)
-    header, blobs = encode(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session))
+    header, blobs = encode(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session, noise_basis=BASIS))
     out = nodes[0].executor.handle("query_begin", "job-1", header, blobs)
     assert not out.ok and "not a participant" in out.error
 
@@ -271,7 +280,7 @@ def test_query_begin_refuses_a_negative_noise_scale(nodes: list[Node]) -> None:
     ids = [n.executor.node_id for n in nodes]
     session = SecAggSession(session_id="s", participants=ids, vector_length=plan.vector_length, threshold=2)
     sig = {**_sigmas(plan), "count": Fraction(-1)}
-    header, blobs = encode(QueryBegin(plan=plan.to_dict(), sigma_node2=sig, secagg=session))
+    header, blobs = encode(QueryBegin(plan=plan.to_dict(), sigma_node2=sig, secagg=session, noise_basis=BASIS))
     out = nodes[0].executor.handle("query_begin", "job-1", header, blobs)
     assert not out.ok and "negative" in out.error and "count" in out.error
 

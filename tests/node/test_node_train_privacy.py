@@ -42,7 +42,7 @@ name = "patients"
 source = "patients.csv"
 classification = "internal"
 epsilon_budget = 10
-delta = 1e-5
+delta = 1e-3
 max_rows = 500
 
 [datasets.columns]
@@ -50,6 +50,8 @@ age      = {{ type = "int",      min = 0, max = 100, uses = ["aggregate", "filte
 income   = {{ type = "float",    min = 0, max = 1000, uses = ["aggregate"] }}
 sick     = {{ type = "bool",     uses = ["aggregate", "filter"] }}
 """
+# delta budget 1e-3: the node's own ledger charges each job's delta (1e-5), and this file runs
+# several jobs on one node.
 SPEC = {"dataset": "patients", "model": "logreg", "features": ["age", "income"], "label": "sick",
         "rounds": 2, "target_epsilon": 2.0}
 

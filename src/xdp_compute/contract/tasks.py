@@ -11,8 +11,11 @@ Wire rules (both directions, both sides):
 - Noise variances travel as exact fractions in ``"p/q"`` text (``fraction_text``): the node adds
   integer noise whose variance must be exactly what the plan says, with no float rounding.
 
-Records carry what a node must know to do its part and, later, to check it against its own
-policy (the privacy-hardening work builds on ``sigma_node2`` and ``epsilon_reserved`` here).
+Records carry what a node must know to do its part and to check it against its own policy
+(issue #12): a query's ``noise_basis`` says what its ``sigma_node2`` was calibrated from, so the
+node recomputes the noise it must add and refuses less; ``principal`` names who asked, for the
+node's journal. Both are optional on the wire (older gateways omit them); a node that enforces
+its own policy refuses a query task without a ``noise_basis``.
 """
 
 from __future__ import annotations
@@ -90,6 +93,24 @@ class SecAggSession(Record):
     neighbours: int | None = None
 
 
+class NoiseBasis(Record):
+    """What a query's noise was calibrated from: ``plan_noise(epsilon, delta, plan measurements,
+    honest_shares)``, where ``honest_shares`` = the parties' threshold minus the gateway's collusion
+    margin ``colluding``. The node recomputes the noise from its own re-derived plan, the session's
+    threshold and roster (grouped by ``parties``) and its own margin; the counts only explain."""
+
+    epsilon: float = Field(gt=0)   # the epsilon the calibration was asked for (before rounding down)
+    delta: float = Field(gt=0, lt=1)
+    honest_shares: int = Field(ge=1)
+    colluding: int = Field(ge=0)
+    # node id -> its party (holder): a holder is one party however many nodes it runs. None: every
+    # participant is a party of its own.
+    parties: dict[str, str] | None = None
+
+
+Principal = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 # ---------------------------------------------------------------------- requests
 class Validate(Record):
     """Check the node's sources against its manifest (counts only)."""
@@ -105,6 +126,8 @@ class QueryBegin(Record):
     plan: dict[str, Any]
     sigma_node2: dict[str, ExactFraction]  # per measurement: this node's share of the noise variance
     secagg: SecAggSession
+    noise_basis: NoiseBasis | None = None  # what sigma_node2 was calibrated from (the node checks it)
+    principal: Principal | None = None     # who submitted the job (the node's journal)
 
 
 class TrainBegin(Record):
@@ -149,6 +172,8 @@ class HeQueryBegin(Record):
     public_key: dict[str, Any]
     scheme: dict[str, Any]
     secagg: SecAggSession
+    noise_basis: NoiseBasis | None = None
+    principal: Principal | None = None
 
 
 class HeQueryMaskedInput(SecAggStep):
@@ -167,6 +192,7 @@ class TrainPrepare(Record):
     n_classes: int = Field(ge=0)
     delta: float = Field(gt=0, lt=1)
     where_plan: dict[str, Any] | None = None
+    principal: Principal | None = None  # who submitted the job (the node's journal)
 
 
 class TrainEval(Record):
@@ -302,6 +328,7 @@ __all__ = [
     "HeQueryBegun",
     "HeQueryMaskedInput",
     "HeQueryMaskedReply",
+    "NoiseBasis",
     "QueryBegin",
     "QueryBegun",
     "Record",

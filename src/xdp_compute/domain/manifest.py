@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +155,20 @@ class Manifest:
     datasets: tuple[DatasetSpec, ...]
     base_dir: Path = field(default=Path("."))
     path: Path | None = None
+    # The node's own policy (issue #12): how many of a session's nodes it assumes may collude with
+    # the gateway (None: as the gateway's default, 1 once the roster has 3 or more nodes), and
+    # where it keeps its ledger and journal (relative to the manifest's folder).
+    max_colluding_nodes: int | None = None
+    state_dir: str | None = None
 
     def dataset(self, name: str) -> DatasetSpec | None:
         return next((d for d in self.datasets if d.name == name), None)
+
+    @property
+    def state_path(self) -> Path:
+        """The folder of this node's own state (ledger and journal); default ``.xdp/node/<name>``."""
+        p = Path(self.state_dir) if self.state_dir else Path(".xdp") / "node" / self.node_name
+        return p if p.is_absolute() else (self.base_dir / p)
 
     def source_path(self, ds: DatasetSpec) -> Path:
         p = Path(ds.source)
@@ -329,13 +340,20 @@ def parse_manifest_text(text: str, *, file: str = "<manifest>", base_dir: Path |
     node = raw.get("node")
     if not isinstance(node, dict):
         raise ctx.fail("node", "required: a [node] table with name and region")
-    _take(ctx, node, {"name", "region"}, "node")
+    _take(ctx, node, {"name", "region", "max_colluding_nodes", "state_dir"}, "node")
     name = node.get("name")
     if not isinstance(name, str) or not _NODE_NAME.match(name):
         raise ctx.fail("node.name", "required; letters, digits, '.', '_' or '-', at most 63 characters")
     region = node.get("region")
     if not isinstance(region, str) or not region:
         raise ctx.fail("node.region", "required; e.g. \"CN-FJ\"")
+    colluding = node.get("max_colluding_nodes")
+    if colluding is not None and (isinstance(colluding, bool) or not isinstance(colluding, int) or colluding < 0):
+        raise ctx.fail("node.max_colluding_nodes", "must be a non-negative integer (how many of a session's nodes "
+                                                   "may collude with the gateway)")
+    state_dir = node.get("state_dir")
+    if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
+        raise ctx.fail("node.state_dir", "must be a folder path (the node's ledger and journal)")
     dss = raw.get("datasets", [])
     if not isinstance(dss, list) or not dss:
         raise ctx.fail("datasets", "declare at least one [[datasets]] table")
@@ -344,7 +362,8 @@ def parse_manifest_text(text: str, *, file: str = "<manifest>", base_dir: Path |
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ctx.fail(f"datasets[{dup}]", "declared twice in this manifest")
-    return Manifest(node_name=name, region=region, datasets=datasets, base_dir=base)
+    return Manifest(node_name=name, region=region, datasets=datasets, base_dir=base,
+                    max_colluding_nodes=colluding, state_dir=state_dir)
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -357,7 +376,7 @@ def load_manifest(path: str | Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"{p}: cannot read manifest: {e}", file=str(p), key=None) from None
     m = parse_manifest_text(text, file=str(p), base_dir=p.resolve().parent)
-    return Manifest(node_name=m.node_name, region=m.region, datasets=m.datasets, base_dir=m.base_dir, path=p)
+    return replace(m, path=p)
 
 
 def schema_differences(existing: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from xdp_compute.contract import HeQueryBegin, QueryBegin
+from xdp_compute.contract import HeQueryBegin, NoiseBasis, QueryBegin
 from xdp_compute.crypto.paillier import PaillierPublic, ring_scheme
 from xdp_compute.crypto.secagg import default_threshold
 from xdp_compute.domain.manifest import DatasetSpec
@@ -83,6 +85,29 @@ class Prepared:
 
     def cost(self) -> dict[str, float]:
         return {"epsilon": self.noise.epsilon, "delta": self.noise.delta, "rho": self.noise.rho}
+
+
+def sigmas_sent(noise: NoisePlan) -> dict[str, Fraction]:
+    """Each measurement's per-node noise variance, as sent to the nodes.
+
+    ``XDP_TEST_GATEWAY_SIGMA_SCALE`` (tests only) makes this gateway deviate: it scales every
+    variance it sends, so tests can show that nodes refuse too little noise (issue #12).
+    """
+    sigmas = {mm.name: mm.sigma_node2 for mm in noise.measurements}
+    scale = os.environ.get("XDP_TEST_GATEWAY_SIGMA_SCALE")
+    if scale:
+        log.warning("XDP_TEST_GATEWAY_SIGMA_SCALE=%s is set: this gateway sends deviating noise scales "
+                    "(tests only)", scale)
+        sigmas = {k: v * Fraction(scale) for k, v in sigmas.items()}
+    return sigmas
+
+
+def noise_basis(p: Prepared) -> NoiseBasis:
+    """What the job's noise was calibrated from, for each node to recompute it (issue #12)."""
+    parties = {x["node_id"]: str(x.get("holder_id") or x["node_id"]) for x in p.parts}
+    colluding = max(default_threshold(len(set(parties.values()))) - p.noise.parties_threshold, 0)
+    return NoiseBasis(epsilon=p.noise.requested_epsilon, delta=p.noise.delta,
+                      honest_shares=p.noise.parties_threshold, colluding=colluding, parties=parties)
 
 
 def declared_max_rows(parts: list[dict[str, Any]]) -> int:
@@ -245,13 +270,15 @@ class QueryService:
 
     async def run_plain(self, job_id: str, p: Prepared) -> dict[str, Any]:
         started = time.time()
-        sigmas = {mm.name: mm.sigma_node2 for mm in p.noise.measurements}
+        sigmas = sigmas_sent(p.noise)
         ids = [x["node_id"] for x in p.parts]
         names = {x["node_id"]: x["node"] for x in p.parts}
         plan = p.plan.to_dict()
+        basis, who = noise_basis(p), p.principal.name
         try:
             res = await secure_sum(self.svc.hub, job_id, f"{job_id}:sum", ids, p.plan.vector_length,
-                                   lambda node, session: QueryBegin(plan=plan, sigma_node2=sigmas, secagg=session),
+                                   lambda node, session: QueryBegin(plan=plan, sigma_node2=sigmas, secagg=session,
+                                                                    noise_basis=basis, principal=who),
                                    threshold=p.threshold,
                                    round_timeout=self.svc.settings.round_timeout_seconds,
                                    begin_timeout=self.svc.settings.round_timeout_seconds * 6)
@@ -297,16 +324,18 @@ class QueryService:
         started = time.time()
         public = PaillierPublic.from_dict(p.public_key)
         scheme = ring_scheme(public.bits)
-        sigmas = {mm.name: mm.sigma_node2 for mm in p.noise.measurements}
+        sigmas = sigmas_sent(p.noise)
         plan = p.plan.to_dict()
         ids = [x["node_id"] for x in p.parts]
         names = {x["node_id"]: x["node"] for x in p.parts}
         sealed = SealedSession(public, scheme, revealed_slots(p.plan), MAX_CIPHERTEXT_BYTES)
+        basis, who = noise_basis(p), p.principal.name
         try:
             res = await encrypted_secure_sum(
                 self.svc.hub, job_id, f"{job_id}:sealed", ids, p.plan.vector_length, sealed,
                 lambda node, session: HeQueryBegin(plan=plan, sigma_node2=sigmas, public_key=public.to_dict(),
-                                                   scheme=scheme.to_dict(), secagg=session),
+                                                   scheme=scheme.to_dict(), secagg=session,
+                                                   noise_basis=basis, principal=who),
                 threshold=p.threshold, round_timeout=self.svc.settings.round_timeout_seconds,
                 begin_timeout=self.svc.settings.round_timeout_seconds * 6)
         except ProtocolAborted as e:

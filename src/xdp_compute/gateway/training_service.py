@@ -237,7 +237,7 @@ class TrainingRun:
         self.target = float(spec["target_epsilon"])
         self.max_rows = dict(plan.get("max_rows") or {})
         self.prepare_request = TrainPrepare(spec=spec, n_features=self.n_features, n_classes=self.n_classes,
-                                            delta=delta, where_plan=plan.get("where_plan"))
+                                            delta=delta, where_plan=plan.get("where_plan"), principal=who.name)
         self.progress: dict[str, Any] = {"round": 0, "rounds": self.rounds_planned, "epsilon": 0.0,
                                          "epsilon_reserved": self.target, "loss": None, "accuracy": None}
         svc.progress[job_id] = self.progress

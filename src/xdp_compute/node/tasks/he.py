@@ -85,7 +85,7 @@ class HeTasks:
             raise BadRequest(f"bad encryption parameters: {type(e).__name__}") from None
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         paillier.check_ring_scheme(public, scheme, config.n)
-        plan, vec = local_noisy_vector(self.node, request.plan, request.sigma_node2)
+        plan, vec = local_noisy_vector(self.node, job_id, "he_query", request)
         pool = self.obfuscator_pool(public)  # starts precomputing r^n for Round 2 now
         msg = self.sessions.start(job_id, self.node.node_id, config, vec, revealed=revealed_slots(plan))
         with self._pools_lock:

@@ -5,6 +5,10 @@ clipped to declared bounds inside the SQL), fixed-point encodes the cell totals 
 adds a distributed-discrete-Gaussian share N_Z(0, sigma_node^2) per cell (Kairouz, Liu, Steinke
 2021), sampled exactly (Canonne, Kamath, Steinke 2020) from the OS CSPRNG. The noisy vector is
 this node's input to secure aggregation (``tasks.secagg``).
+
+Before any of that the node enforces its own policy (issue #12): the noise it must add is
+recomputed from its own manifest and the declared (epsilon, delta) (``node.policy``), and the
+job is charged to its own ledger and journal (``node.ledger``).
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from xdp_compute.contract import QueryBegin, QueryBegun
+from xdp_compute.contract import HeQueryBegin, QueryBegin, QueryBegun
 from xdp_compute.errors import BadRequest
+from xdp_compute.node.policy import check_query_task
 from xdp_compute.node.sources import run_local_query
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.privacy import sample_discrete_gaussian_vector
 from xdp_compute.privacy.randomness import RandomnessSource, SeededRandomness, SystemRandomness
-from xdp_compute.query import QueryPlan
+from xdp_compute.query import QueryPlan, validate_plan_for
 
 log = logging.getLogger("xdp.node.query")
 
@@ -74,10 +79,16 @@ def _test_only_slowdown() -> None:
         sum(range(busy))  # one C call: no other thread of this process runs until it returns
 
 
-def local_noisy_vector(node: NodeContext, plan_wire: dict[str, Any], sigma_node2: Mapping[str, Fraction]
+def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin
                        ) -> tuple[QueryPlan, np.ndarray]:
-    """This node's vector for the plan (re-validated against its own manifest) plus its noise share."""
-    plan = QueryPlan.from_dict(plan_wire)
+    """This node's vector for the task's plan plus its noise share, after the node's own checks.
+
+    In this order, all before a row is read (so a refusal depends on public inputs only): the
+    plan re-derived from this node's manifest; the noise recomputed by this node's policy and
+    the task's ``sigma_node2`` refused if below it (``node.policy``); the job charged to this
+    node's own ledger and journaled (``node.ledger``; refused past its own budget).
+    """
+    plan = QueryPlan.from_dict(request.plan)
     ds = node.manifest.dataset(plan.dataset)
     if ds is None:
         raise BadRequest(f"this node does not hold dataset {plan.dataset!r}")
@@ -85,9 +96,14 @@ def local_noisy_vector(node: NodeContext, plan_wire: dict[str, Any], sigma_node2
         # The plan's fixed-point headroom assumes at most plan.max_rows_per_node rows here.
         raise BadRequest(f"this node declares max_rows {ds.max_rows} for {plan.dataset!r}, more than the plan's "
                          f"{plan.max_rows_per_node}")
+    plan = validate_plan_for(plan, ds)
+    own = check_query_task(ds, plan, request.sigma_node2, request.noise_basis, request.secagg,
+                           node.manifest.max_colluding_nodes)
+    node.ledger.charge(ds, job_id=job_id, kind=kind, principal=request.principal, plan_digest=plan.digest(),
+                       epsilon=own.epsilon, delta=own.delta)
     vec = run_local_query(plan, node.manifest, ds)
     _test_only_slowdown()
-    return plan, add_noise(vec, plan, sigma_node2, noise_source(node))
+    return plan, add_noise(vec, plan, request.sigma_node2, noise_source(node))
 
 
 class QueryTasks:
@@ -99,5 +115,5 @@ class QueryTasks:
     def begin(self, job_id: str, request: QueryBegin) -> QueryBegun:
         """Compute the noisy vector, then advertise keys for its secure aggregation (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
-        _, vec = local_noisy_vector(self.node, request.plan, request.sigma_node2)
+        _, vec = local_noisy_vector(self.node, job_id, "query", request)
         return QueryBegun(secagg=self.sessions.start(job_id, self.node.node_id, config, vec))

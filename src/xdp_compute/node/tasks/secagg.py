@@ -32,6 +32,10 @@ from xdp_compute.errors import BadRequest
 
 # Sessions the gateway abandoned (aborts, drop-outs) do not keep inputs or keys around longer.
 SESSION_TTL_SECONDS = 900.0
+# Sessions whose masked input has left are remembered (the most recent ones) so that none is
+# started again: a job is charged once on this node's ledger, and a second masked input of the
+# same session would be a second noisy release under that one charge (issue #12).
+MAX_SPENT_SESSIONS = 100_000
 
 
 @dataclass
@@ -50,6 +54,7 @@ class SecAggSessions:
 
     def __init__(self) -> None:
         self._by_id: dict[str, _Session] = {}
+        self._spent: dict[str, None] = {}  # insertion-ordered set of sessions whose masked input left
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ round 0
@@ -73,6 +78,11 @@ class SecAggSessions:
             raise BadRequest("input vector does not match the session's vector length")
         if revealed is not None and not all(0 <= i < config.vector_length for i in revealed):
             raise BadRequest("revealed coordinates lie outside the session's vector")
+        sid = config.session_id.decode()
+        with self._lock:
+            if sid in self._spent:
+                raise BadRequest(f"secure-aggregation session {sid!r} already sent this node's masked input; "
+                                 "it is not started again (one charge, one release)")
         client = SecAggClient(node_id, config)
         msg = client.advertise_keys().encode()
         now = time.time()
@@ -99,6 +109,7 @@ class SecAggSessions:
             raise BadRequest("masked input already sent for this session")
         msg = s.client.masked_input(s.vector, request.secagg).encode()
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
+        self._mark_spent(request.session_id)
         return SecAggMessage(secagg=msg)
 
     def sealed_masked_input(self, job_id: str, request: SecAggStep) -> tuple[bytes, np.ndarray]:
@@ -111,6 +122,7 @@ class SecAggSessions:
             raise BadRequest("masked input already sent for this session")
         full = s.client.masked_input(s.vector, request.secagg)
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
+        self._mark_spent(request.session_id)
         shown = MaskedInput(full.session_id, full.sender, np.ascontiguousarray(full.vector[list(s.revealed)]))
         return shown.encode(), full.vector
 
@@ -122,6 +134,12 @@ class SecAggSessions:
         return SecAggMessage(secagg=msg)
 
     # ------------------------------------------------------------------ store
+    def _mark_spent(self, session_id: str) -> None:
+        with self._lock:
+            self._spent[session_id] = None
+            while len(self._spent) > MAX_SPENT_SESSIONS:
+                self._spent.pop(next(iter(self._spent)))
+
     def _get(self, job_id: str, session_id: str) -> _Session:
         with self._lock:
             s = self._by_id.get(session_id)

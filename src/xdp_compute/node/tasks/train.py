@@ -20,6 +20,7 @@ metrics of the released model; then the node forgets the job). torch is imported
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -91,6 +92,13 @@ def holdout_key(dataset: str, node_name: str) -> bytes:
     out in every job (evaluations of different models compare), and a row's side depends on
     that row alone (``holdout_split``)."""
     return hashlib.sha256(f"xdp-holdout-v2:{dataset}:{node_name}".encode()).digest()
+
+
+def training_digest(request: TrainPrepare) -> str:
+    """Digest of what a training job asks of this node (spec, delta, shapes, WHERE plan): its journal key."""
+    body = {"spec": request.spec, "delta": request.delta, "n_features": request.n_features,
+            "n_classes": request.n_classes, "where_plan": request.where_plan}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def seeded_training_noise(node_name: str) -> int | None:
@@ -220,6 +228,11 @@ class TrainTasks:
         sigma_c = count_noise_multiplier(plan, target, delta)
         next_cost = float(epsilon_for_history([(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round),
                                                (sigma_c, 1.0, 1)], delta))
+        # The job's whole planned loss on this node's rows is (target_epsilon, delta) (see
+        # EVAL_SHARE): charged to this node's own ledger and journaled now, before a row is read,
+        # and refused past this node's own budget whatever the gateway reserved (issue #12).
+        self.node.ledger.charge(ds, job_id=job_id, kind="training", principal=request.principal,
+                                plan_digest=training_digest(request), epsilon=target, delta=delta)
         # 2. The rows (any number, none included), each row's side by its own content.
         enc = encode_features(spec, columns, load_rows(self.node, spec, ds, request.where_plan))
         tr, ho = holdout_split(enc.X, enc.y, HOLDOUT_FRACTION, holdout_key(spec.dataset, node_name))
