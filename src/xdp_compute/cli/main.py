@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from xdp_compute.cli.node_audit import NodeCommand
 from xdp_compute.errors import XdpError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="xdp-compute: data usable but not visible.")
@@ -71,7 +72,7 @@ def gateway(
     run_gateway(settings)
 
 
-@app.command()
+@app.command(cls=NodeCommand)  # also `xdp node audit` (cli/node_audit.py)
 @friendly
 def node(
     gateway: str = typer.Option(..., help="Gateway gRPC address HOST:PORT"),
