@@ -61,6 +61,28 @@ def truth(files: dict[str, str], where: Any = None) -> dict[str, dict[str, float
     return out
 
 
+def invite(cluster: LocalCluster, owner_token: str, holder: str, dataset: str = "visits") -> None:
+    """The dataset's owner (its node registered first) invites ``holder`` to add rows to it."""
+    with Client(cluster.url, owner_token) as c:
+        c.invite(dataset, holder)
+
+
+def start_sharing(cluster: LocalCluster, admin_token: str, dataset: str,
+                  nodes: list[tuple[str, str, str, Path]], env: dict[str, dict[str, str]] | None = None) -> None:
+    """Start nodes of several holders that share ``dataset``: the first node registers first, so its
+    holder owns the dataset and invites each other holder before that holder's node starts.
+    ``nodes``: (node name, holder name, holder token, manifest path). The caller waits for them online."""
+    node, holder, token, manifest = nodes[0]
+    cluster.start_node(node, token, manifest, env=(env or {}).get(node))
+    cluster.wait_online(admin_token, [node])
+    invited = {holder}
+    for node, holder, tok, manifest in nodes[1:]:
+        if holder not in invited:
+            invite(cluster, token, holder, dataset)
+            invited.add(holder)
+        cluster.start_node(node, tok, manifest, env=(env or {}).get(node))
+
+
 @dataclass
 class Hospitals:
     cluster: LocalCluster
@@ -69,14 +91,14 @@ class Hospitals:
     nodes: list[str] = field(default_factory=list)
 
     def analyst(self, name: str = "analyst") -> Client:
-        return self.cluster.client(self.tokens[name])  # type: ignore[no-any-return]
+        return Client(self.cluster.url, self.tokens[name])
 
 
 def start_hospitals(root: Path, n: int = 3, rows: int = 300, budget: float = 1000.0, min_group: int = 5,
                     gateway_env: dict[str, str] | None = None, node_env: dict[str, dict[str, str]] | None = None,
                     approval: set[str] | None = None, categories: str = '["transport"]',
-                    env: dict[str, str] | None = None, db: str | None = None, tls: bool = False) -> Hospitals:
-    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", **(env or {})}, db=db, tls=tls)
+                    env: dict[str, str] | None = None, db: str | None = None) -> Hospitals:
+    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", **(env or {})}, db=db)
     cluster.start_gateway(env=gateway_env)
     tokens = {"admin": cluster.token("admin", "admin"), "analyst": cluster.token("analyst", "analyst"),
               "auditor": cluster.token("auditor", "auditor")}
@@ -88,6 +110,10 @@ def start_hospitals(root: Path, n: int = 3, rows: int = 300, budget: float = 100
         m = cluster.write_node_files(node, MANIFEST.format(
             node=node, region="CN-FJ", budget=budget, min_group=min_group, categories=categories,
             approval="true" if approval and node in approval else "false"), {"visits.csv": files[node]})
+        if i > 0:  # clinic-0's holder owns `visits` (it registered first) and invites the others
+            invite(cluster, tokens[names[0]], f"{node}-holder")
         cluster.start_node(node, tokens[node], m, env=(node_env or {}).get(node))
+        if i == 0:
+            cluster.wait_online(tokens["admin"], [node])
     cluster.wait_online(tokens["admin"], names)
     return Hospitals(cluster, tokens, files, names)

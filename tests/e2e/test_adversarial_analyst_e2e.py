@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_helpers import Hospitals, start_hospitals
+from e2e_helpers import Hospitals, start_hospitals, start_sharing
 
 from xdp_compute.domain.manifest import DEFAULT_MAX_EPSILON_PER_QUERY
 from xdp_compute.errors import PolicyDenied
@@ -191,12 +191,14 @@ def test_overflow_is_refused_from_public_inputs_and_names_no_node(tmp_path: Path
         cluster.start_gateway()
         admin, analyst = cluster.token("admin", "admin"), cluster.token("analyst", "analyst")
         names = [f"bank-{i}" for i in range(3)]
+        nodes = []
         for i, node in enumerate(names):
             balances = [900_000_000.0] if i == 0 else []
             balances += [1000.0 + 17 * k for k in range(20)]
             csv_text = "branch,balance\n" + "".join(f"{'ab'[k % 2]},{b}\n" for k, b in enumerate(balances))
             m = cluster.write_node_files(node, BANK.format(node=node), {"accounts.csv": csv_text})
-            cluster.start_node(node, cluster.token("holder", f"{node}-holder"), m)
+            nodes.append((node, f"{node}-holder", cluster.token("holder", f"{node}-holder"), m))
+        start_sharing(cluster, admin, "accounts", nodes)
         cluster.wait_online(admin, names)
         headers = {"authorization": f"Bearer {analyst}"}
         answers = []

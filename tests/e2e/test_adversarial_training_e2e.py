@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from e2e_helpers import start_sharing
 
 from xdp_compute import Client
 from xdp_compute.cli.cluster import LocalCluster
@@ -87,12 +88,14 @@ def wards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClust
         cluster.start_gateway()
         tokens = {"admin": cluster.token("admin", "admin"), "ml": cluster.token("analyst", "ml-team")}
         files = {}
+        nodes = []
         for i, node in enumerate(SIZES):
             tokens[node] = cluster.token("holder", f"{node}-holder")
             files[node] = wards_csv(node, 10 + i)
             m = cluster.write_node_files(node, MANIFEST.format(node=node, max_rows=MAX_ROWS),
                                          {"wards.csv": files[node]})
-            cluster.start_node(node, tokens[node], m)
+            nodes.append((node, f"{node}-holder", tokens[node], m))
+        start_sharing(cluster, tokens["admin"], "wards", nodes)
         cluster.wait_online(tokens["admin"], list(SIZES))
         yield cluster, tokens, files
     finally:

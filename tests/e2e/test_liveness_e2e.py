@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import start_sharing
 from rich.console import Console
 
 from xdp_compute import Client
@@ -156,12 +157,14 @@ def test_a_node_whose_task_holds_the_gil_stays_online(tmp_path: Path) -> None:
         from xdp_compute.cli.demo import MANIFEST, synthetic_patients
 
         admin, analyst = cluster.token("admin", "admin"), cluster.token("analyst", "ana")
+        nodes, envs = [], {}
         for i, node in enumerate(HOSPITALS.values()):
             tok = cluster.token("holder", f"{node}-holder")
             m = cluster.write_node_files(node, MANIFEST.format(node=node, approval="false"),
                                          {"patients.csv": synthetic_patients("Siming", 200, seed=i)})
-            busy = {"XDP_TEST_NODE_BUSY": str(200_000_000)} if i == 0 else {}
-            cluster.start_node(node, tok, m, env=busy)
+            envs[node] = {"XDP_TEST_NODE_BUSY": str(200_000_000)} if i == 0 else {}
+            nodes.append((node, f"{node}-holder", tok, m))
+        start_sharing(cluster, admin, "patients", nodes, env=envs)
         cluster.wait_online(admin, list(HOSPITALS.values()))
         seen_offline: list[Any] = []
         stop = threading.Event()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import example_manifest
+from e2e_helpers import invite, start_sharing
 
 from xdp_compute import Client
 from xdp_compute.cli.cluster import LocalCluster
@@ -50,11 +51,13 @@ def start_two(cluster: LocalCluster, capture: Path | None = None) -> dict[str, A
     cluster.start_gateway(env={"XDP_GRPC_CAPTURE": str(capture)} if capture else None)
     tokens = {"admin": cluster.token("admin", "root"), "analyst": cluster.token("analyst", "ana")}
     files = {}
+    nodes = []
     for i, node in enumerate(["siming-hospital", "huli-hospital"]):
         tokens[node] = cluster.token("holder", node)
         files[node] = patients_csv(i)
         m = cluster.write_node_files(node, example_manifest(node=node), {"patients.csv": files[node]})
-        cluster.start_node(node, tokens[node], m)
+        nodes.append((node, node, tokens[node], m))
+    start_sharing(cluster, tokens["admin"], "patients", nodes)
     cluster.wait_online(tokens["admin"], ["siming-hospital", "huli-hospital"])
     return {"tokens": tokens, "files": files}
 
@@ -175,6 +178,7 @@ def test_schema_clash_between_nodes_refused_with_difference(cluster: LocalCluste
     m1 = cluster.write_node_files("a", example_manifest(node="a"), {"patients.csv": patients_csv(1)})
     cluster.start_node("a", t1, m1)
     cluster.wait_online(t1, ["a"])
+    invite(cluster, t1, "h2", "patients")  # a member must match the owner's schema
     m2 = cluster.write_node_files("b", example_manifest(node="b").replace("max = 120", "max = 99"),
                                   {"patients.csv": patients_csv(2)})
     r = subprocess.run([sys.executable, "-m", "xdp_compute", "node", "--gateway", cluster.grpc_addr, "--token", t2,

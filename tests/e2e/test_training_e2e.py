@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e_helpers import start_sharing
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 
@@ -59,6 +60,7 @@ def start(root: Path, budget: float = 50.0, seed: str | None = None
     tokens = {"admin": cluster.token("admin", "admin"), "ml": cluster.token("analyst", "ml-team")}
     perm = np.random.default_rng(0).permutation(len(b.target))
     parts = {}
+    nodes = []
     for j, idx in enumerate(np.array_split(perm, 3)):
         node = f"hospital-{j}"
         out = io.StringIO()
@@ -68,8 +70,9 @@ def start(root: Path, budget: float = 50.0, seed: str | None = None
             w.writerow([*(repr(float(x)) for x in b.data[i]), "true" if b.target[i] == 0 else "false"])
         tokens[node] = cluster.token("holder", f"{node}-holder")
         m = cluster.write_node_files(node, bc_manifest(node, budget, bounds), {"tumours.csv": out.getvalue()})
-        cluster.start_node(node, tokens[node], m)
+        nodes.append((node, f"{node}-holder", tokens[node], m))
         parts[node] = idx
+    start_sharing(cluster, tokens["admin"], "tumours", nodes)
     cluster.wait_online(tokens["admin"], list(parts))
     return cluster, tokens, parts
 

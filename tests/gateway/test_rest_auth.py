@@ -17,6 +17,9 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/datasets"): {"admin", "holder", "analyst"},
     ("GET", "/v1/datasets/{name}"): {"admin", "holder", "analyst"},
     ("GET", "/v1/datasets/{name}/mock"): {"admin", "holder", "analyst"},
+    ("GET", "/v1/datasets/{name}/members"): {"admin", "holder", "analyst", "auditor"},
+    ("POST", "/v1/datasets/{name}/members"): {"admin", "holder"},
+    ("DELETE", "/v1/datasets/{name}/members/{holder}"): {"admin", "holder"},
     ("GET", "/v1/nodes"): {"admin", "holder", "analyst"},
     ("GET", "/v1/nodes/{node_id}"): {"admin", "holder", "analyst"},
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
@@ -57,7 +60,7 @@ def world(api: Any, store: Any) -> dict[str, Any]:
     holder = store.authenticate(tokens["holder"])
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     node_id = store.register_node(holder, "siming-hospital", "CN-FJ", [ds.to_dict()])
-    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0", "job_id": "no-such-job", "dataset": "patients"}}
+    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0", "job_id": "no-such-job", "dataset": "patients", "holder": "holder-2"}}
 
 
 def fill(path: str, params: dict[str, str]) -> str:

@@ -17,6 +17,7 @@ def analyst(api: Any, store: Any) -> dict[str, str]:
     h2 = store.authenticate(store.create_principal("holder", "h2", "CN-FJ"))
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     store.register_node(h1, "siming-hospital", "CN-FJ", [ds.to_dict()])
+    store.invite_member(h1, "patients", "h2")  # h1 registered first: it owns `patients`
     store.register_node(h2, "huli-hospital", "CN-FJ", [ds.to_dict()])
     return {"authorization": "Bearer " + store.create_principal("analyst", "a", "CN-FJ")}
 
@@ -26,6 +27,7 @@ def test_catalog_shows_partitioned_dataset_without_data_figures(api: Any, analys
     assert r.status_code == 200
     d = r.json()
     assert {n["name"] for n in d["nodes"]} == {"siming-hospital", "huli-hospital"}
+    assert d["owner"] == "h1" and d["members"] == ["h2"]
     assert d["classification"] == "sensitive" and d["categories"] == ["health"]
     text = r.text.lower()
     for word in ("rows", "row_count", "count", "mean", "source", ".csv"):
@@ -61,6 +63,7 @@ def test_schema_clash_refused_and_nothing_persisted(store: Any) -> None:
     h3 = store.authenticate(store.create_principal("holder", "h3", "CN-FJ"))
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     store.register_node(h, "siming-hospital", "CN-FJ", [ds.to_dict()])
+    store.invite_member(h, "patients", "h3")
     bad = parse_manifest_text(example_manifest().replace('"Huli", ', ''), check_files=False).datasets[0]
     with pytest.raises(SchemaConflict, match="district.*values"):
         store.register_node(h3, "jimei-hospital", "CN-FJ", [bad.to_dict()])

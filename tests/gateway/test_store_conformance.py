@@ -59,6 +59,7 @@ def test_register_and_schema_clash_is_atomic(any_store: Store) -> None:
     h2 = any_store.authenticate(any_store.create_principal("holder", "h2", "CN-FJ"))
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     any_store.register_node(h1, "a", "CN-FJ", [ds.to_dict()])
+    any_store.invite_member(h1, "patients", "h2")
     bad = parse_manifest_text(example_manifest().replace("max = 120", "max = 9"), check_files=False).datasets[0]
     with pytest.raises(SchemaConflict):
         any_store.register_node(h2, "b", "CN-FJ", [bad.to_dict()])

@@ -73,6 +73,8 @@ def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | 
 
 
 def _populate(console: Console, cluster: LocalCluster, rows: int, approval_node: str | None) -> dict[str, str]:
+    from xdp_compute import Client
+
     cluster.start_gateway()
     tokens = {"admin": cluster.token("admin", "city-data-office"),
               "analyst": cluster.token("analyst", "health-bureau-analyst", region="CN-FJ"),
@@ -83,7 +85,12 @@ def _populate(console: Console, cluster: LocalCluster, rows: int, approval_node:
         manifest = cluster.write_node_files(node, MANIFEST.format(
             node=node, approval="true" if node == approval_node else "false"),
             {"patients.csv": synthetic_patients(district, rows, seed=100 + i)})
+        if i > 0:  # the first hospital registered `patients`, so it owns it and invites the others
+            with Client(cluster.url, tokens[HOSPITALS[DISTRICTS[0]]]) as owner:
+                owner.invite("patients", f"{node}-holder")
         cluster.start_node(node, tokens[node], manifest)
+        if i == 0:
+            cluster.wait_online(tokens["admin"], [node])
     console.print(f"  started {len(HOSPITALS)} hospital nodes; waiting for them to dial in and register ...")
     cluster.wait_online(tokens["admin"], list(HOSPITALS.values()))
     return tokens

@@ -48,6 +48,7 @@ class NodePart:
     spec: DatasetSpec
     epsilon_left: float
     delta_left: float
+    member: bool = False  # an invited holder's node (not the owner's): see ``members_taking_part``
 
 
 def evaluate(parts: list[NodePart], who: Requester, epsilon: float, delta: float, *,
@@ -100,6 +101,57 @@ def evaluate(parts: list[NodePart], who: Requester, epsilon: float, delta: float
     return out
 
 
+# Policy fields that are the dataset owner's (issue #12, co-holders are strangers). A member's
+# node carries the owner's values whatever its own manifest says, so a member can neither
+# loosen them (a larger per-query cap, fewer allowed regions checks) nor block the owner's
+# dataset with them (``allowed_analysts = ["nobody"]``, its own ``require_approval``).
+# ``classification`` and ``categories`` are schema and must match the owner's to join at all;
+# ``epsilon_budget``/``delta`` stay each member's own: they bound the member's own ledger.
+OWNER_POLICY_FIELDS = ("min_group_size", "require_approval", "allowed_analysts", "allowed_regions",
+                       "max_epsilon_per_query", "max_rows")
+
+
+def owner_policy(spec: dict[str, Any]) -> dict[str, Any]:
+    """The owner's policy fields of a dataset declaration (``DatasetSpec.to_dict()``)."""
+    return {k: spec[k] for k in OWNER_POLICY_FIELDS if k in spec}
+
+
+def under_owner_policy(spec: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
+    """A member's declaration with the owner's policy fields in place of its own."""
+    return {**spec, **{k: v for k, v in policy.items() if k in OWNER_POLICY_FIELDS}}
+
+
+def members_taking_part(parts: list[NodePart], who: Requester, epsilon: float, delta: float, *,
+                        restricted_categories: tuple[str, ...]) -> tuple[list[NodePart], list[Decision]]:
+    """Split off the members' nodes that cannot take part in this job, and say why.
+
+    A member's own budget bounds its own rows only: when it cannot pay (or its node's region
+    is barred by the cross-border rule), that node simply does not take part, instead of
+    refusing the owner's job. The reasons are public facts (declared budgets, charges of
+    released jobs, declared regions), so leaving a node out follows the observable rule.
+    The owner's nodes are never split off: their refusals refuse the job.
+    """
+    keep: list[NodePart] = []
+    out: list[Decision] = []
+    for p in parts:
+        why = None
+        if p.member:
+            restricted = sorted(set(p.spec.categories) & set(restricted_categories))
+            if epsilon > p.spec.epsilon_budget + 1e-12 or epsilon > p.epsilon_left + 1e-9 \
+                    or delta > p.delta_left + 1e-15:
+                why = (f"its own budget (epsilon left {max(p.epsilon_left, 0):g} of {p.spec.epsilon_budget:g}, "
+                       f"delta left {max(p.delta_left, 0):g}) cannot pay epsilon={epsilon:g}, delta={delta:g}")
+            elif restricted and who.region != p.region:
+                why = (f"categories {restricted} may not cross from its region {p.region!r} to the analyst's "
+                       f"{who.region!r}")
+        if why is not None:
+            out.append(Decision("participation", True, f"member node {p.node!r} does not take part: {why}",
+                                node=p.node))
+        else:
+            keep.append(p)
+    return keep, out
+
+
 def enforce(decisions: list[Decision]) -> None:
     """Raise PolicyDenied (or BudgetExhausted) naming the first rule that denies."""
     from xdp_compute.errors import BudgetExhausted
@@ -129,16 +181,20 @@ def check_privacy_params(epsilon: Any, delta: Any, default_delta: float) -> tupl
 
 @dataclass(frozen=True)
 class NoiseShares:
-    """How many nodes' noise shares the calibration counts on, and why.
+    """How many parties' noise shares the calibration counts on, and why.
 
-    ``threshold`` t survivors are needed to unmask; up to ``colluding`` c of them may hand their
-    own noise share to the analyst (a holder that is also a customer, a node run by the
-    analyst). Their shares are then known and subtract out, so the noise is calibrated for the
-    ``honest = t - c`` shares that remain (Kairouz, Liu, Steinke 2021 §5: distributed DGauss
-    with a dropout/collusion margin). Public inputs only: n, the secagg threshold, the policy.
+    A party is a holder, however many nodes it runs (issue #12: five no-noise Sybil nodes of
+    one holder used to count as five shares and cut the honest holders' noise). ``threshold``
+    t parties must be among the survivors to release; up to ``colluding`` c of them may hand
+    their own noise to the analyst (a holder that is also a customer). Their shares are then
+    known and subtract out, so the noise is calibrated for the ``honest = t - c`` parties that
+    remain (Kairouz, Liu, Steinke 2021 §5: distributed DGauss with a dropout/collusion margin).
+    Every node adds a full party share (the conservative choice: an honest party with one
+    surviving node still carries its share), so extra nodes of one holder only add noise.
+    Public inputs only: the parties, the threshold, the policy.
     """
 
-    nodes: int
+    nodes: int  # parties (distinct holders); the name predates ownership
     threshold: int
     colluding: int
 
@@ -148,20 +204,37 @@ class NoiseShares:
 
     def decision(self) -> Decision:
         if self.honest < 1:
-            return Decision("collusion", False, f"{self.colluding} colluding node(s) cannot be tolerated with "
-                                                f"{self.nodes} node(s) and a threshold of {self.threshold}")
-        return Decision("collusion", True, f"noise calibrated so that {self.honest} honest share(s) of the "
-                                           f"{self.threshold} needed carry the target (tolerates "
-                                           f"{self.colluding} colluding node(s); gateway policy "
-                                           "max_colluding_nodes)")
+            return Decision("collusion", False, f"{self.colluding} colluding part(y/ies) cannot be tolerated "
+                                                f"with {self.nodes} part(y/ies) and a threshold of {self.threshold}")
+        return Decision("collusion", True, f"noise calibrated so that {self.honest} honest part(y/ies) of the "
+                                           f"{self.threshold} needed carry the target (a holder is one party "
+                                           f"however many nodes it runs; tolerates {self.colluding} colluding "
+                                           "part(y/ies); gateway policy max_colluding_nodes)")
 
 
 def noise_shares(nodes: int, threshold: int, max_colluding_nodes: int | None) -> NoiseShares:
-    """The collusion margin for ``nodes`` participants: the policy's ``max_colluding_nodes``, or by
-    default 1 once there are 3 or more nodes (0 for 1-2 nodes, where any colluder is the only
-    other holder and no margin leaves any noise)."""
+    """The collusion margin for ``nodes`` parties (distinct holders): the policy's
+    ``max_colluding_nodes``, or by default 1 once there are 3 or more parties (0 for 1-2, where
+    any colluder is the only other holder and no margin leaves any noise)."""
     if max_colluding_nodes is None:
         c = 1 if nodes >= 3 else 0
     else:
         c = int(max_colluding_nodes)
     return NoiseShares(nodes, threshold, c)
+
+
+def secagg_node_threshold(nodes_per_party: list[int], party_threshold: int, colluding: int) -> int:
+    """Shamir threshold, in nodes, for one secure-aggregation session over these parties.
+
+    - Bonawitz et al. 2017 §4 (security): the server with fewer than t clients learns nothing
+      beyond the sum; ``colluding`` parties control all their nodes, so t exceeds the nodes of
+      the ``colluding`` largest parties.
+    - Any t surviving nodes must span ``party_threshold`` parties (a Sybil's nodes alone never
+      unmask a sum): t exceeds the nodes of the ``party_threshold - 1`` largest parties.
+    - And t is at least the roster's majority (``crypto.secagg.default_threshold``).
+    The result may exceed the roster when one holder runs most nodes: then no job can run, which
+    the per-holder node cap prevents.
+    """
+    ranked = sorted(nodes_per_party, reverse=True)
+    need = max(party_threshold - 1, colluding, 0)
+    return max(sum(ranked) // 2 + 1, sum(ranked[:need]) + 1)

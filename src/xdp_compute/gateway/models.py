@@ -44,10 +44,28 @@ class Node(Base):
 
 
 class Dataset(Base):
+    """A dataset name, owned by the first holder that registered it (issue #12: co-holders are strangers)."""
+
     __tablename__ = "datasets"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     schema_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+    # Nullable only for rows older than ownership; the migration fills it from the first node.
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("principals.id"), nullable=True)
+    # The owner's policy fields as its newest node declared them; they apply to members' rows too.
+    policy_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class DatasetMember(Base):
+    """A holder the owner invited to add its rows to the owner's dataset (the owner is not listed)."""
+
+    __tablename__ = "dataset_members"
+    __table_args__ = (UniqueConstraint("dataset_name", "holder_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_name: Mapped[str] = mapped_column(ForeignKey("datasets.name"))
+    holder_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    invited_by: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    invited_at: Mapped[float] = mapped_column(Float)
 
 
 class NodeDataset(Base):

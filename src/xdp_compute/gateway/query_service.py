@@ -25,7 +25,9 @@ from xdp_compute.domain.policy import (
     check_privacy_params,
     enforce,
     evaluate,
+    members_taking_part,
     noise_shares,
+    secagg_node_threshold,
 )
 from xdp_compute.errors import (
     BadRequest,
@@ -82,6 +84,16 @@ class Prepared:
     @property
     def node_names(self) -> list[str]:
         return [p["node"] for p in self.parts]
+
+    @property
+    def parties(self) -> set[str]:
+        """The participating holders: one party each, however many nodes it runs."""
+        return {p["holder_id"] for p in self.parts}
+
+    @property
+    def party_threshold(self) -> int:
+        """Parties that must be among the survivors for a release (a majority of the parties)."""
+        return default_threshold(len(self.parties))
 
     def cost(self) -> dict[str, float]:
         return {"epsilon": self.noise.epsilon, "delta": self.noise.delta, "rho": self.noise.rho}
@@ -145,8 +157,12 @@ class QueryService:
         if not parts:
             raise Conflict(f"no node holding dataset {name!r} is online")
         spec = DatasetSpec.from_dict(parts[0]["spec"])
-        default_delta = min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
+        # The default delta follows the owner's ledgers (a member's tiny delta budget sets nothing).
+        owners = [p for p in parts if p.get("role") != "member"] or parts
+        default_delta = min(p["delta_budget"] for p in owners) * DEFAULT_DELTA_FRACTION
         eps, dlt = check_privacy_params(epsilon, delta, default_delta)
+        requester = Requester(who.name, who.role, who.region)
+        parts, left_out = self.taking_part(parts, requester, eps, dlt)
         if not 0.5 <= level < 1:
             raise BadRequest("level must be in [0.5, 1)")
         if public_key is not None:
@@ -157,16 +173,17 @@ class QueryService:
         # The worst case is sized by the largest max_rows any participating holder declared.
         plan = plan_query(sql_text(stmt) if hidden else sql, spec, statement=stmt,
                           max_rows_per_node=declared_max_rows(parts))
-        shares = self.noise_shares(len(parts))
+        shares = self.noise_shares(len({x["holder_id"] for x in parts}))
         measurements = [Measurement(name=mm.key, l2_sensitivity=mm.sensitivity, dim=len(plan.cells),
                                     l1_sensitivity=mm.sensitivity) for mm in plan.measurements]
         enforce([shares.decision()])
         noise = plan_noise(eps, dlt, measurements, shares.honest)
-        t = shares.threshold
-        decisions = evaluate(node_parts(parts), Requester(who.name, who.role, who.region), noise.epsilon,
+        t = self.node_threshold(parts, shares)
+        decisions = evaluate(node_parts(parts), requester, noise.epsilon,
                              noise.delta, restricted_categories=self.svc.settings.restricted_categories,
                              output=operation)
         decisions.append(shares.decision())
+        decisions += left_out
         offline = [p["node"] for p in all_parts if not p["online"]]
         if offline:
             decisions.append(Decision("participation", True, f"offline node(s) {offline} do not take part; "
@@ -181,10 +198,36 @@ class QueryService:
         return Prepared(who, plan.dataset, parts, plan, hidden, noise, t, decisions, eps, dlt, level, spec_digest,
                         operation, public_key)
 
-    def noise_shares(self, n: int) -> NoiseShares:
-        """Secure-aggregation threshold (a majority; at least 2 once n >= 2) and the collusion
-        margin of gateway policy: the noise is calibrated for ``honest`` shares."""
-        return noise_shares(n, default_threshold(n), self.svc.settings.max_colluding_nodes)
+    def noise_shares(self, parties: int) -> NoiseShares:
+        """Threshold in parties (a majority; at least 2 once there are >= 2) and the collusion
+        margin of gateway policy: the noise is calibrated for ``honest`` parties' shares.
+
+        A party is a holder, however many nodes it runs (issue #12): each node adds a full
+        party share, so Sybil nodes of one holder add noise but never lower anyone's share.
+        """
+        return noise_shares(parties, default_threshold(parties), self.svc.settings.max_colluding_nodes)
+
+    def taking_part(self, parts: list[dict[str, Any]], who: Requester, eps: float, dlt: float
+                    ) -> tuple[list[dict[str, Any]], list[Decision]]:
+        """Leave out the members' nodes whose own budget cannot pay (``members_taking_part``)."""
+        keep, left_out = members_taking_part(node_parts(parts), who, eps, dlt,
+                                             restricted_categories=self.svc.settings.restricted_categories)
+        names = {x.node for x in keep}
+        return [x for x in parts if x["node"] in names], left_out
+
+    @staticmethod
+    def node_threshold(parts: list[dict[str, Any]], shares: NoiseShares) -> int:
+        """The secure-aggregation threshold in nodes, so that any set of survivors that can
+        unmask spans ``shares.threshold`` parties (``secagg_node_threshold``)."""
+        per_party: dict[str, int] = {}
+        for x in parts:
+            per_party[x["holder_id"]] = per_party.get(x["holder_id"], 0) + 1
+        t = secagg_node_threshold(list(per_party.values()), shares.threshold, shares.colluding)
+        if t > len(parts):
+            raise Conflict(f"no secure aggregation over {len(parts)} node(s) of {len(per_party)} holder(s) can "
+                           f"require {shares.threshold} holders among its survivors: one holder runs too many "
+                           "of the nodes")
+        return t
 
     def dry_run(self, p: Prepared) -> dict[str, Any]:
         scales = {mm.key: 1.0 / mm.scale for mm in p.plan.measurements}
@@ -202,9 +245,10 @@ class QueryService:
             "dry_run": True, "dataset": p.dataset, "operation": p.operation,
             "plan": {"sql": p.plan.sql, "cells": len(p.plan.cells), "group_columns": list(p.plan.group_columns),
                      "measurements": [mm.key for mm in p.plan.measurements],
-                     "nodes": p.node_names, "threshold": p.threshold, "digest": p.plan.digest(),
+                     "nodes": p.node_names, "parties": len(p.parties), "threshold": p.party_threshold,
+                     "secagg_threshold_nodes": p.threshold, "digest": p.plan.digest(),
                      "noise_shares": p.noise.parties_threshold,
-                     "colluding_tolerated": p.threshold - p.noise.parties_threshold},
+                     "colluding_tolerated": p.party_threshold - p.noise.parties_threshold},
             "cost": p.cost(), "level": p.level, "expected_error": per_output,
             "decisions": [d.to_dict() for d in p.decisions],
             "allowed": all(d.allowed for d in p.decisions),

@@ -25,8 +25,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from xdp_compute.domain.manifest import DatasetSpec
-from xdp_compute.domain.policy import NodePart
+from xdp_compute.domain.policy import NodePart, owner_policy, under_owner_policy
 from xdp_compute.errors import BadRequest, BudgetExhausted, NotFound, SchemaConflict, Unauthorized
+from xdp_compute.gateway import membership
 from xdp_compute.gateway import models as m
 
 ROLES = ("admin", "holder", "analyst", "auditor")
@@ -165,8 +166,13 @@ class Store:
 
     # ----------------------------------------------------------------- nodes
     def register_node(self, holder: PrincipalView, node_name: str, region: str,
-                      datasets: list[dict[str, Any]]) -> str:
-        """Register (or re-register) a node and its datasets atomically; clashes refuse all of it."""
+                      datasets: list[dict[str, Any]],
+                      max_nodes_per_holder: int = membership.DEFAULT_MAX_NODES_PER_HOLDER) -> str:
+        """Register (or re-register) a node and its datasets atomically; clashes refuse all of it.
+
+        A dataset name belongs to the first holder that registered it; another holder's node may
+        declare it only once invited (``gateway.membership``), and never past the per-holder cap.
+        """
         from xdp_compute.domain.manifest import DatasetSpec, schema_differences
 
         specs = [DatasetSpec.from_dict(d) for d in datasets]
@@ -175,13 +181,15 @@ class Store:
             node = s.scalar(select(m.Node).where(m.Node.name == node_name))
             if node is not None and node.holder_id != holder.id:
                 raise SchemaConflict(f"node name {node_name!r} is already registered by another holder")
+            owned: dict[str, bool] = {}
             for spec in specs:
                 ds = s.get(m.Dataset, spec.name)
                 if ds is None:
                     continue
+                owned[spec.name] = membership.check_joining(s, holder, node, spec, ds, max_nodes_per_holder)
                 others = s.scalars(select(m.NodeDataset).where(m.NodeDataset.dataset_name == spec.name)).all()
-                if node is not None and others and all(o.node_id == node.id for o in others):
-                    continue  # only this node declares it: it may change its own schema
+                if owned[spec.name] and node is not None and others and all(o.node_id == node.id for o in others):
+                    continue  # only this node of the owner declares it: it may change its own schema
                 diffs = schema_differences(json.loads(ds.schema_json), spec.schema())
                 if diffs:
                     raise SchemaConflict(
@@ -197,10 +205,11 @@ class Store:
             for spec in specs:
                 ds = s.get(m.Dataset, spec.name)
                 if ds is None:
-                    s.add(m.Dataset(name=spec.name, schema_json=json.dumps(spec.schema()), created_at=now))
-                    s.flush()
-                else:
+                    membership.claim(s, holder.id, spec, now)
+                elif owned.get(spec.name):
+                    # The owner's newest declaration sets the schema and the policy members run under.
                     ds.schema_json = json.dumps(spec.schema())
+                    ds.policy_json = json.dumps(owner_policy(spec.to_dict()))
                 nd = s.scalar(select(m.NodeDataset).where(m.NodeDataset.node_id == node.id,
                                                           m.NodeDataset.dataset_name == spec.name))
                 if nd is None:
@@ -270,15 +279,48 @@ class Store:
         raise NotFound(f"no dataset named {name!r}")
 
     def dataset_parts(self, name: str) -> list[dict[str, Any]]:
-        """Every node's part of a dataset: node id/name/region/online/holder + spec + ledger row id."""
+        """Every part of a dataset held by its owner or a current member: node id/name/region/online,
+        holder, owner, role, spec and ledger row id.
+
+        A member's part carries the owner's policy fields in its ``spec`` (its own budget stays in
+        its ledger row), so every policy decision, approval and suppression downstream reads the
+        owner's terms. Parts of a holder no longer a member are left out.
+        """
         with self.read() as s:
+            ds = s.get(m.Dataset, name)
+            if ds is None:
+                return []
+            member_ids = set(s.scalars(select(m.DatasetMember.holder_id)
+                                       .where(m.DatasetMember.dataset_name == name)).all())
+            policy = json.loads(ds.policy_json or "{}")
             rows = s.execute(select(m.NodeDataset, m.Node).join(m.Node, m.Node.id == m.NodeDataset.node_id)
                              .where(m.NodeDataset.dataset_name == name).order_by(m.Node.name)).all()
-            return [{"node_id": n.id, "node": n.name, "region": n.region, "online": n.online,
-                     "holder_id": n.holder_id, "ledger_id": nd.id, "spec": json.loads(nd.spec_json),
-                     "eps_budget": nd.eps_budget, "eps_spent": nd.eps_spent, "eps_reserved": nd.eps_reserved,
-                     "delta_budget": nd.delta_budget, "delta_spent": nd.delta_spent}
-                    for nd, n in rows]
+            out = []
+            for nd, n in rows:
+                owner = ds.owner_id is None or n.holder_id == ds.owner_id
+                if not owner and n.holder_id not in member_ids:
+                    continue
+                spec = json.loads(nd.spec_json)
+                out.append({"node_id": n.id, "node": n.name, "region": n.region, "online": n.online,
+                            "holder_id": n.holder_id, "owner_id": ds.owner_id or n.holder_id,
+                            "role": "owner" if owner else "member", "ledger_id": nd.id,
+                            "spec": spec if owner else under_owner_policy(spec, policy),
+                            "eps_budget": nd.eps_budget, "eps_spent": nd.eps_spent, "eps_reserved": nd.eps_reserved,
+                            "delta_budget": nd.delta_budget, "delta_spent": nd.delta_spent})
+            return out
+
+    def dataset_membership(self, name: str) -> dict[str, Any]:
+        """The dataset's owner and members (``gateway.membership.membership``)."""
+        with self.read() as s:
+            return membership.membership(s, name)
+
+    def invite_member(self, actor: PrincipalView, dataset: str, holder: str) -> dict[str, Any]:
+        with self.write() as s:
+            return membership.invite(s, actor, dataset, holder)
+
+    def revoke_member(self, actor: PrincipalView, dataset: str, holder: str) -> dict[str, Any]:
+        with self.write() as s:
+            return membership.revoke(s, actor, dataset, holder)
 
     def dataset_names(self, holder_id: str | None = None) -> list[str]:
         with self.read() as s:
@@ -395,4 +437,5 @@ def node_parts(parts: list[dict[str, Any]]) -> list[NodePart]:
     """Store rows of a dataset's parts -> the policy's view of each node (spec and budget left)."""
     return [NodePart(node=p["node"], region=p["region"], spec=DatasetSpec.from_dict(p["spec"]),
                      epsilon_left=p["eps_budget"] - p["eps_spent"] - p["eps_reserved"],
-                     delta_left=p["delta_budget"] - p["delta_spent"]) for p in parts]
+                     delta_left=p["delta_budget"] - p["delta_spent"], member=p.get("role") == "member")
+            for p in parts]

@@ -9,7 +9,6 @@ from urllib.parse import quote
 import httpx
 
 from xdp_compute import errors as E
-from xdp_compute.sdk._tls import token_from_env, verify_for
 from xdp_compute.sdk.results import QueryResult, query_result
 
 _BY_SLUG: dict[str, type[E.XdpError]] = {}
@@ -46,15 +45,12 @@ def raise_for_problem(resp: httpx.Response) -> None:
 class Client:
     """Talk to a gateway as one principal. Every method raises a typed ``XdpError`` on failure."""
 
-    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 120.0, key_dir: str | None = None, ca: str | None = None) -> None:
-        """``token``: default ``XDP_TOKEN`` / ``XDP_TOKEN_FILE``; ``ca``: the deployment's CA certificate
-        (default ``XDP_CA``) that the gateway's https:// certificate must chain to."""
+    def __init__(self, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = 120.0, key_dir: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.key_dir = key_dir
-        verify = verify_for(self.url, ca, transport is not None)
-        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token or token_from_env()}"},
-                                  transport=transport, timeout=timeout, verify=verify)
+        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"},
+                                  transport=transport, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -70,9 +66,7 @@ class Client:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TransportError as e:
-            hint = (" (is --ca / XDP_CA the deployment's CA certificate?)"
-                    if "CERTIFICATE_VERIFY_FAILED" in str(e) else "")
-            raise ApiError(f"cannot reach the gateway at {self.url}: {e}{hint}") from None
+            raise ApiError(f"cannot reach the gateway at {self.url}: {e}") from None
         raise_for_problem(resp)
         try:
             return resp.json() if resp.content else None
@@ -106,6 +100,21 @@ class Client:
     def validate_node(self, node: str) -> dict[str, Any]:
         """Holders: ask one's own node to check its sources against its manifest (counts only)."""
         return self._post(f"/v1/nodes/{node}/validate")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ dataset owners
+    def invite(self, dataset: str, holder: str) -> dict[str, Any]:
+        """Owners: let the holder named ``holder`` add its nodes' rows to ``dataset``."""
+        return self._post(f"/v1/datasets/{quote(dataset, safe='')}/members",  # type: ignore[no-any-return]
+                          json={"holder": holder})
+
+    def members(self, dataset: str) -> list[dict[str, Any]]:
+        """The invited holders of ``dataset`` (owner and members may ask; the owner is ``dataset()['owner']``)."""
+        return self._get(f"/v1/datasets/{quote(dataset, safe='')}/members")["members"]  # type: ignore[no-any-return]
+
+    def revoke(self, dataset: str, holder: str) -> dict[str, Any]:
+        """Owners: remove a member; its nodes take part in no further job on ``dataset``."""
+        return self._request("DELETE", f"/v1/datasets/{quote(dataset, safe='')}/members/"  # type: ignore[no-any-return]
+                                       f"{quote(holder, safe='')}")
 
     # ------------------------------------------------------------------ analysts
     def _wait(self, out: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Query
 
 from xdp_compute.domain.manifest import DatasetSpec
+from xdp_compute.errors import NotFound
 from xdp_compute.gateway.catalog import MAX_MOCK_ROWS, dataset_view, mock_rows, visible_parts
 from xdp_compute.gateway.deps import CatalogReader, NodeReader, Svc
 
@@ -15,13 +17,17 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 
 @router.get("/datasets")
 def list_datasets(svc: Svc, who: CatalogReader) -> list[dict[str, Any]]:
-    names = svc.store.dataset_names(who.id if who.role == "holder" else None)
-    return [dataset_view(visible_parts(svc.store, n, who)) for n in names]
+    out = []
+    for n in svc.store.dataset_names(who.id if who.role == "holder" else None):
+        with contextlib.suppress(NotFound):  # e.g. a former member's node still declaring it
+            out.append(dataset_view(visible_parts(svc.store, n, who), svc.store.dataset_membership(n)))
+    return out
 
 
 @router.get("/datasets/{name}")
 def get_dataset(name: str, svc: Svc, who: CatalogReader) -> dict[str, Any]:
-    return dataset_view(visible_parts(svc.store, name, who))
+    parts = visible_parts(svc.store, name, who)
+    return dataset_view(parts, svc.store.dataset_membership(parts[0]["spec"]["name"]))
 
 
 @router.get("/datasets/{name}/mock")
