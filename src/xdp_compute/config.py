@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,14 @@ class Settings:
     # Test-only capture of every gRPC request the gateway receives (for privacy tests).
     grpc_capture_path: str | None = field(default_factory=lambda: os.environ.get("XDP_GRPC_CAPTURE"))
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDP_DATA_DIR", ".xdp")))
+    # TLS (issue #12): the gateway's certificate and key (HTTPS and gRPC) and the CA whose node
+    # certificates gRPC requires. Plaintext only with ``insecure`` and only on loopback.
+    tls_cert: str | None = field(default_factory=lambda: os.environ.get("XDP_TLS_CERT") or None)
+    tls_key: str | None = field(default_factory=lambda: os.environ.get("XDP_TLS_KEY") or None)
+    client_ca: str | None = field(default_factory=lambda: os.environ.get("XDP_CLIENT_CA") or None)
+    insecure: bool = False
+    # A request body must have arrived in full within this many seconds (else 408).
+    body_timeout_seconds: float = field(default_factory=lambda: float(os.environ.get("XDP_BODY_TIMEOUT", "30")))
 
     def with_(self, **kw: object) -> Settings:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -79,3 +88,14 @@ def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad port in {value!r}")
     return host or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback IP literals (127.0.0.0/8, ::1); False for anything else."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False

@@ -63,7 +63,7 @@ def truth(files: dict[str, str], where: Any = None) -> dict[str, dict[str, float
 
 def invite(cluster: LocalCluster, owner_token: str, holder: str, dataset: str = "visits") -> None:
     """The dataset's owner (its node registered first) invites ``holder`` to add rows to it."""
-    with Client(cluster.url, owner_token) as c:
+    with cluster.client(owner_token) as c:
         c.invite(dataset, holder)
 
 
@@ -91,14 +91,14 @@ class Hospitals:
     nodes: list[str] = field(default_factory=list)
 
     def analyst(self, name: str = "analyst") -> Client:
-        return Client(self.cluster.url, self.tokens[name])
+        return self.cluster.client(self.tokens[name])  # type: ignore[no-any-return]
 
 
 def start_hospitals(root: Path, n: int = 3, rows: int = 300, budget: float = 1000.0, min_group: int = 5,
                     gateway_env: dict[str, str] | None = None, node_env: dict[str, dict[str, str]] | None = None,
                     approval: set[str] | None = None, categories: str = '["transport"]',
-                    env: dict[str, str] | None = None, db: str | None = None) -> Hospitals:
-    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", **(env or {})}, db=db)
+                    env: dict[str, str] | None = None, db: str | None = None, tls: bool = False) -> Hospitals:
+    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5", **(env or {})}, db=db, tls=tls)
     cluster.start_gateway(env=gateway_env)
     tokens = {"admin": cluster.token("admin", "admin"), "analyst": cluster.token("analyst", "analyst"),
               "auditor": cluster.token("auditor", "auditor")}

@@ -22,9 +22,10 @@ def ledger(db: Path) -> list[tuple[str, float, float, float]]:
                          "ORDER BY node_id").fetchall()
 
 
-def test_200_concurrent_queries_release_exactly_what_the_budget_affords(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_200_concurrent_queries_release_exactly_what_the_budget_affords(tmp_path: Path, tls: bool) -> None:
     # Budget 1.0, each query costs at most 0.1: exactly 10 can be released.
-    h = start_hospitals(tmp_path, n=3, rows=50, budget=1.0)
+    h = start_hospitals(tmp_path, n=3, rows=50, budget=1.0, tls=tls)
     try:
         url, token = h.cluster.url, h.tokens["analyst"]
         body = {"sql": SQL, "epsilon": 0.1}
@@ -39,7 +40,8 @@ def test_200_concurrent_queries_release_exactly_what_the_budget_affords(tmp_path
 
         w = threading.Thread(target=watch)
         w.start()
-        with httpx.Client(timeout=300) as client, cf.ThreadPoolExecutor(max_workers=40) as pool:
+        with httpx.Client(timeout=300, verify=h.cluster.verify) as client, \
+                cf.ThreadPoolExecutor(max_workers=40) as pool:
             codes = list(pool.map(lambda _: client.post(url + "/v1/queries", json=body,
                                                        headers={"authorization": f"Bearer {token}"}).status_code,
                                   range(200)))
@@ -52,7 +54,7 @@ def test_200_concurrent_queries_release_exactly_what_the_budget_affords(tmp_path
             assert spent <= budget + 1e-9 and reserved == pytest.approx(0.0, abs=1e-12)
             assert spent == pytest.approx(10 * 0.1, rel=1e-6)
         # Each refusal and each release is in the log.
-        entries = httpx.get(url + "/v1/audit/entries", params={"limit": 1000},
+        entries = httpx.get(url + "/v1/audit/entries", params={"limit": 1000}, verify=h.cluster.verify,
                             headers={"authorization": f"Bearer {h.tokens['auditor']}"}).json()
         kinds = [e["kind"] for e in entries]
         assert kinds.count("released") == 10 and kinds.count("budget_exhausted") == 190
@@ -60,8 +62,9 @@ def test_200_concurrent_queries_release_exactly_what_the_budget_affords(tmp_path
         h.cluster.close()
 
 
-def test_gateway_killed_mid_job_never_unspends_and_releases_nothing(tmp_path: Path) -> None:
-    h = start_hospitals(tmp_path, n=3, rows=50, budget=5.0, node_env={
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_gateway_killed_mid_job_never_unspends_and_releases_nothing(tmp_path: Path, tls: bool) -> None:
+    h = start_hospitals(tmp_path, n=3, rows=50, budget=5.0, tls=tls, node_env={
         n: {"XDP_TEST_NODE_DELAY": "6"} for n in ("clinic-0", "clinic-1", "clinic-2")})
     db = h.cluster.root / "gateway.db"
     try:
@@ -69,7 +72,7 @@ def test_gateway_killed_mid_job_never_unspends_and_releases_nothing(tmp_path: Pa
         url, token = h.cluster.url, h.tokens["analyst"]
         def submit() -> None:
             try:
-                httpx.post(url + "/v1/queries", json={"sql": SQL, "epsilon": 1.0},
+                httpx.post(url + "/v1/queries", json={"sql": SQL, "epsilon": 1.0}, verify=h.cluster.verify,
                            headers={"authorization": f"Bearer {token}"}, timeout=60)
             except httpx.HTTPError:
                 pass  # the gateway is killed under this request on purpose

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,9 @@ class LocalCluster:
     # makes the first training round fast; tests that never train leave it off.
     node_threads: int = 1
     preload: bool = False
+    # TLS on (HTTPS + mutual-TLS gRPC, a fresh CA in ``root/pki``), or plaintext with --insecure on loopback.
+    tls: bool = False
+    _holders: dict[str, str] = field(default_factory=dict, repr=False)  # token -> holder principal name
 
     @property
     def db_url(self) -> str:
@@ -60,7 +64,44 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca(self) -> Path | None:
+        """The deployment CA certificate clients and nodes trust (None without TLS)."""
+        return self.pki / "ca.pem" if self.tls else None
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """``verify=`` for an httpx client talking to this cluster's gateway."""
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca is not None else True
+
+    def client(self, token: str, **kw: Any) -> Any:
+        """An SDK Client for this cluster's gateway (trusting its CA when TLS is on)."""
+        from xdp_compute import Client
+
+        return Client(self.url, token, ca=str(self.ca) if self.ca else None, **kw)
+
+    def _ensure_pki(self) -> None:
+        from xdp_compute.crypto.pki import init_pki
+
+        if not (self.pki / "ca.key").exists():
+            init_pki(self.pki)
+
+    def node_certificate(self, node: str, holder: str) -> tuple[Path, Path]:
+        """Issue (or reuse) the certificate of ``node`` run by holder principal ``holder``."""
+        from xdp_compute.crypto.pki import NodeIdentity, PkiPaths, issue_node_certificate, node_identity
+
+        self._ensure_pki()
+        paths = PkiPaths(self.pki)
+        cert, key = paths.node_cert(node), paths.node_key(node)
+        if cert.exists() and key.exists() and node_identity(cert.read_bytes()) == NodeIdentity(node, holder):
+            return cert, key
+        return issue_node_certificate(self.pki, node, holder)
 
     @property
     def grpc_addr(self) -> str:
@@ -78,14 +119,20 @@ class LocalCluster:
         return proc
 
     def start_gateway(self, env: dict[str, str] | None = None, timeout: float = 60) -> Proc:
+        if self.tls:
+            self._ensure_pki()
+            transport = ["--tls-cert", str(self.pki / "gateway.pem"), "--tls-key", str(self.pki / "gateway.key"),
+                         "--client-ca", str(self.pki / "ca.pem")]
+        else:
+            transport = ["--insecure"]
         proc = self._spawn("gateway", ["gateway", "--db", self.db_url, "--http", f"127.0.0.1:{self.http_port}",
-                                       "--grpc", self.grpc_addr], env)
+                                       "--grpc", self.grpc_addr, *transport], env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if not proc.alive():
                 raise RuntimeError(f"gateway exited:\n{proc.tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=self.verify).status_code == 200:
                     return proc
             time.sleep(0.2)
         raise RuntimeError(f"gateway did not become healthy:\n{proc.tail()}")
@@ -95,9 +142,11 @@ class LocalCluster:
 
         store = Store.open(self.db_url)
         try:
-            return store.create_principal(role, name, region or "CN-FJ")
+            token = store.create_principal(role, name, region or "CN-FJ")
         finally:
             store.close()
+        self._holders[token] = name
+        return token
 
     def write_node_files(self, name: str, manifest: str, files: dict[str, str | bytes]) -> Path:
         d = self.root / name
@@ -107,19 +156,30 @@ class LocalCluster:
         (d / "node.toml").write_text(manifest)
         return d / "node.toml"
 
-    def start_node(self, name: str, token: str, manifest: Path, env: dict[str, str] | None = None) -> Proc:
+    def start_node(self, name: str, token: str, manifest: Path, env: dict[str, str] | None = None, *,
+                   holder: str | None = None, cert: Path | None = None, key: Path | None = None,
+                   gateway: str | None = None) -> Proc:
+        """Start a node process. With TLS it presents ``cert``/``key``, by default a certificate issued
+        for ``name`` and the token's holder. The token goes by environment, never on the command line."""
         defaults = {k: v for k, v in {"XDP_NODE_THREADS": str(self.node_threads),
                                       "XDP_NODE_PRELOAD": "1" if self.preload else "0"}.items()
                     if k not in self.env and k not in os.environ}
-        return self._spawn(name, ["node", "--gateway", self.grpc_addr, "--token", token,
-                                  "--manifest", str(manifest)], {**defaults, **(env or {})})
+        if self.tls:
+            if cert is None or key is None:
+                cert, key = self.node_certificate(name, holder or self._holders.get(token, name))
+            transport = ["--ca", str(self.ca), "--cert", str(cert), "--key", str(key)]
+        else:
+            transport = ["--insecure"]
+        return self._spawn(name, ["node", "--gateway", gateway or self.grpc_addr, "--manifest", str(manifest),
+                                  *transport], {**defaults, **(env or {}), "XDP_TOKEN": token})
 
     def wait_online(self, token: str, names: list[str], online: bool = True, timeout: float = 60) -> None:
         deadline = time.time() + timeout
         last: Any = None
         while time.time() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                r = httpx.get(self.url + "/v1/nodes", headers={"authorization": f"Bearer {token}"}, timeout=5)
+                r = httpx.get(self.url + "/v1/nodes", headers={"authorization": f"Bearer {token}"}, timeout=5,
+                              verify=self.verify)
                 last = r.json()
                 state = {n["name"]: n["online"] for n in last}
                 if all(state.get(n) is online for n in names):

@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 
 import typer
 
+from xdp_compute.cli import tokens
 from xdp_compute.cli.datasets import datasets_app as _datasets_app
+from xdp_compute.cli.node_audit import NodeCommand
 from xdp_compute.errors import XdpError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="xdp-compute: data usable but not visible.")
-admin_app = typer.Typer(no_args_is_help=True, help="Administration: tokens.")
+admin_app = typer.Typer(no_args_is_help=True, help="Administration: tokens and certificates.")
 audit_app = typer.Typer(no_args_is_help=True, help="Auditors: verify the release log.")
 app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
@@ -57,8 +59,12 @@ def gateway(
     http: str = typer.Option("127.0.0.1:8000", help="REST listen address HOST:PORT"),
     grpc: str = typer.Option("127.0.0.1:50051", help="gRPC listen address for nodes HOST:PORT"),
     region: str = typer.Option(None, help="The gateway's region (default XDP_REGION or CN-FJ)"),
+    tls_cert: Path = typer.Option(None, envvar="XDP_TLS_CERT", help="The gateway's certificate (HTTPS and gRPC)"),
+    tls_key: Path = typer.Option(None, envvar="XDP_TLS_KEY", help="The gateway's private key"),
+    client_ca: Path = typer.Option(None, envvar="XDP_CLIENT_CA", help="CA whose node certificates gRPC requires"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext, allowed only on loopback addresses"),
 ) -> None:
-    """Run the gateway (REST for people, gRPC for nodes)."""
+    """Run the gateway (REST for people, gRPC for nodes): TLS with node certificates, or --insecure on loopback."""
     from xdp_compute.config import Settings
     from xdp_compute.gateway.server import run_gateway
 
@@ -70,15 +76,26 @@ def gateway(
         settings = settings.with_(db_url=db)
     if region:
         settings = settings.with_(region=region)
+    from xdp_compute.gateway.tls import require_safe_transport
+
+    settings = settings.with_(insecure=insecure, **{k: str(v) for k, v in
+                                                    {"tls_cert": tls_cert, "tls_key": tls_key,
+                                                     "client_ca": client_ca}.items() if v})
+    require_safe_transport(settings)
     run_gateway(settings)
 
 
-@app.command()
+@app.command(cls=NodeCommand)  # also `xdp node audit` (cli/node_audit.py)
 @friendly
 def node(
     gateway: str = typer.Option(..., help="Gateway gRPC address HOST:PORT"),
-    token: str = typer.Option(..., help="The holder's bearer token", envvar="XDP_TOKEN"),
+    token: str = tokens.token_option(),
+    token_file: Path = tokens.token_file_option(),
     manifest: Path = typer.Option(..., help="The node's manifest (TOML)"),
+    ca: Path = typer.Option(None, envvar="XDP_CA", help="The deployment's CA certificate (verifies the gateway)"),
+    cert: Path = typer.Option(None, envvar="XDP_NODE_CERT", help="This node's certificate (xdp admin pki issue)"),
+    key: Path = typer.Option(None, envvar="XDP_NODE_KEY", help="This node's private key"),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext, allowed only to a loopback gateway"),
     threads: int = typer.Option(0, min=0, envvar="XDP_NODE_THREADS",
                                 help="Compute threads for torch/numpy in the task worker (0: all cores)"),
     preload: bool = typer.Option(True, envvar="XDP_NODE_PRELOAD",
@@ -92,9 +109,13 @@ def node(
     from xdp_compute.node.worker import WorkerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from xdp_compute.cli.pki import node_credentials
+
+    credentials = node_credentials(gateway, ca, cert, key, insecure)
+    secret = tokens.resolve_token(token, token_file)
     m = load_manifest(manifest)
     options = WorkerOptions(threads=threads or os.cpu_count() or 1, preload=preload)
-    agent = NodeAgent(gateway, token, m, options=options)
+    agent = NodeAgent(gateway, secret, m, options=options, credentials=credentials)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=agent.stop, daemon=True).start())
     try:
         agent.run()
@@ -109,19 +130,28 @@ def create_token(
     name: str = typer.Option(..., help="A unique name for the principal"),
     db: str = typer.Option(None, help="SQLAlchemy URL of the gateway's database"),
     region: str = typer.Option(None, help="The principal's region (analysts; default the gateway's)"),
-    ttl: float = typer.Option(0, help="Expire the token after this many seconds (0: never)"),
+    ttl: float = typer.Option(None, help="Expire the token after this many seconds (0: never)"),
+    expires_days: float = typer.Option(None, help="Expire after this many days (0: never; default 90 for "
+                                                  "analysts, never for other roles)"),
+    out: Path = typer.Option(None, help="Write the token to this file (0600) instead of printing it"),
 ) -> None:
     """Create a principal and print its new bearer token (only a hash is stored)."""
     from xdp_compute.config import Settings
     from xdp_compute.gateway.store import Store
+    from xdp_compute.gateway.tokens import issue_token
 
     settings = Settings()
     store = Store.open(db or settings.db_url)
     try:
-        token = store.create_principal(role, name, region or settings.region, ttl_seconds=ttl or None)
+        token = issue_token(store, role, name, region or settings.region, expires_days=expires_days,
+                            ttl_seconds=ttl)
     finally:
         store.close()
-    typer.echo(token)
+    if out:
+        tokens.write_secret(out, token)
+        typer.echo(f"token of {name!r} written to {out}")
+    else:
+        typer.echo(token)
 
 
 @app.command()
@@ -138,7 +168,9 @@ def demo() -> None:
 def query(
     sql: str = typer.Argument(..., help="SELECT ... FROM dataset [WHERE ...] [GROUP BY ...]"),
     url: str = typer.Option(..., help="Gateway REST URL, e.g. http://127.0.0.1:8000"),
-    token: str = typer.Option(..., help="Analyst token", envvar="XDP_TOKEN"),
+    token: str = tokens.token_option(),
+    token_file: Path = tokens.token_file_option(),
+    ca: str = tokens.ca_option(),
     epsilon: float = typer.Option(..., help="Privacy cost to spend on this query"),
     delta: float = typer.Option(None, help="Delta (default: 1% of the dataset's delta budget)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show plan, cost, expected error; charge nothing"),
@@ -148,9 +180,7 @@ def query(
     """Run a federated DP SQL query and print the table with 95% intervals."""
     import json as _json
 
-    from xdp_compute import Client
-
-    with Client(url, token) as c:
+    with tokens.gateway_client(url, token, token_file, ca) as c:
         r = c.query(sql, epsilon=epsilon, delta=delta, dry_run=dry_run, idempotency_key=idempotency_key,
                     encrypt=encrypt)
     if dry_run:
@@ -165,15 +195,16 @@ def query(
 @friendly
 def audit_verify(
     url: str = typer.Option(..., help="Gateway REST URL"),
-    token: str = typer.Option(..., help="Auditor token", envvar="XDP_TOKEN"),
+    token: str = tokens.token_option(),
+    token_file: Path = tokens.token_file_option(),
+    ca: str = tokens.ca_option(),
     checkpoint: Path = typer.Option(None, help="Checkpoint file: checked against, then updated on success"),
 ) -> None:
     """Download the release log, recompute the Merkle tree, check every signed head and the
     consistency with the saved checkpoint; exit non-zero naming the first bad index on tampering."""
-    from xdp_compute import Client
     from xdp_compute.sdk.audit import verify_remote
 
-    with Client(url, token) as c:
+    with tokens.gateway_client(url, token, token_file, ca) as c:
         report, _ = verify_remote(c, checkpoint)
     if report.ok:
         typer.echo(f"release log verified: {report.tree_size} entries, root {report.root_hash.hex()}")
@@ -193,23 +224,20 @@ app.add_typer(approvals_app, name="approvals")
 
 @approvals_app.command("list")
 @friendly
-def approvals_list(url: str = typer.Option(...), token: str = typer.Option(..., envvar="XDP_TOKEN")) -> None:
+def approvals_list(url: str = typer.Option(...), token: str = tokens.token_option(),
+                   token_file: Path = tokens.token_file_option(), ca: str = tokens.ca_option()) -> None:
     """Jobs awaiting your decision: plan, principal, cost and policy decisions."""
     import json as _json
 
-    from xdp_compute import Client
-
-    with Client(url, token) as c:
+    with tokens.gateway_client(url, token, token_file, ca) as c:
         typer.echo(_json.dumps(c.approvals(), indent=2))
 
 
 @approvals_app.command("approve")
 @friendly
-def approvals_approve(job_id: str, url: str = typer.Option(...),
-                      token: str = typer.Option(..., envvar="XDP_TOKEN")) -> None:
-    from xdp_compute import Client
-
-    with Client(url, token) as c:
+def approvals_approve(job_id: str, url: str = typer.Option(...), token: str = tokens.token_option(),
+                      token_file: Path = tokens.token_file_option(), ca: str = tokens.ca_option()) -> None:
+    with tokens.gateway_client(url, token, token_file, ca) as c:
         r = c.approve(job_id)
     typer.echo(f"approved {job_id}" + ("; the job runs now" if r.get("job_runs") else "; waiting for others"))
 
@@ -217,10 +245,9 @@ def approvals_approve(job_id: str, url: str = typer.Option(...),
 @approvals_app.command("deny")
 @friendly
 def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logged)"), url: str = typer.Option(...),
-                   token: str = typer.Option(..., envvar="XDP_TOKEN")) -> None:
-    from xdp_compute import Client
-
-    with Client(url, token) as c:
+                   token: str = tokens.token_option(), token_file: Path = tokens.token_file_option(),
+                   ca: str = tokens.ca_option()) -> None:
+    with tokens.gateway_client(url, token, token_file, ca) as c:
         c.deny(job_id, reason)
     typer.echo(f"denied {job_id}; nothing was computed and the reservation was refunded")
 
@@ -230,7 +257,9 @@ def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logge
 def train(
     dataset: str = typer.Argument(..., help="Dataset to train on"),
     url: str = typer.Option(..., help="Gateway REST URL"),
-    token: str = typer.Option(..., help="ML team (analyst) token", envvar="XDP_TOKEN"),
+    token: str = tokens.token_option(),
+    token_file: Path = tokens.token_file_option(),
+    ca: str = tokens.ca_option(),
     model: str = typer.Option("logreg", help="logreg | softmax | linreg | mlp"),
     features: str = typer.Option(..., help="Comma-separated declared columns"),
     label: str = typer.Option(..., help="Declared label column"),
@@ -245,10 +274,9 @@ def train(
     save: Path = typer.Option(None, help="Save the released model's state_dict here (torch.save)"),
 ) -> None:
     """DP federated training with a progress bar; prints the model card when released."""
-    from xdp_compute import Client
     from xdp_compute.sdk.training import print_card
 
-    with Client(url, token) as c:
+    with tokens.gateway_client(url, token, token_file, ca) as c:
         job = c.train(dataset, model=model, features=[f.strip() for f in features.split(",") if f.strip()],
                       label=label, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
                       target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
@@ -260,3 +288,16 @@ def train(
 
             torch.save(job.model().state_dict(), save)
             typer.echo(f"model saved to {save}")
+
+
+# Token administration and the PKI live in their own modules (cli/tokens.py, cli/pki.py).
+tokens.register(admin_app, friendly)
+
+
+def _add_pki() -> None:
+    from xdp_compute.cli.pki import register as register_pki
+
+    admin_app.add_typer(register_pki(friendly), name="pki")
+
+
+_add_pki()

@@ -13,10 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xdp_compute.config import Settings
 from xdp_compute.errors import PROBLEM_BASE, XdpError
+from xdp_compute.gateway.limits import BodyLimit
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import Store
 
@@ -31,67 +31,6 @@ def problem_response(status: int, slug: str, title: str, detail: str, instance: 
         body["instance"] = instance
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
-
-
-class BodyLimit:
-    """Refuse request bodies above ``limit`` bytes with 413, by header or while streaming."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for k, v in scope.get("headers", []):
-            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                await self._reject(scope, send)
-                return
-        seen = 0
-        too_big = False
-
-        async def limited() -> Message:
-            nonlocal seen, too_big
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    too_big = True
-                    raise _TooLarge()
-            return msg
-
-        started = False
-
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, limited, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(scope, send)
-        except Exception:
-            if too_big and not started:
-                await self._reject(scope, send)
-            else:
-                raise
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        resp = problem_response(413, "payload-too-large", "Payload too large",
-                                f"request body exceeds the limit of {self.limit} bytes",
-                                instance=scope.get("path"))
-        await resp(scope, _empty_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _empty_receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -158,5 +97,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(members.router)
     app.include_router(jobs.router)
     app.include_router(metering.router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
+                       timeout=settings.body_timeout_seconds)
     return app

@@ -17,6 +17,7 @@ from xdp_compute.gateway.hub import TaskHub
 from xdp_compute.gateway.registration import RegistrationLimits
 from xdp_compute.gateway.serde import parse_json_list, reply_from_proto, task_to_proto
 from xdp_compute.gateway.store import PrincipalView, Store
+from xdp_compute.gateway.tls import check_peer
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
 
@@ -48,6 +49,8 @@ class NodeService(pb_grpc.NodeServiceServicer):
             principal = await asyncio.to_thread(self.store.authenticate, token)
             if principal.role != "holder":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only holder tokens may run nodes")
+            # TLS: the node's certificate must name this holder (and, on Register, this node).
+            check_peer(context, principal, request.node_name if method == "Register" else None)
             return await fn(principal)
         except grpc.aio.AbortError:
             raise

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from xdp_compute.gateway.grpc_service import NodeService, build_server, file_capture
 from xdp_compute.gateway.registration import RegistrationLimits
 from xdp_compute.gateway.services import Services
+from xdp_compute.gateway.tls import bind_grpc
 
 log = logging.getLogger("xdp.gateway")
 # A monitor tick later than this means the event loop was blocked, not that nodes were silent.
@@ -37,7 +38,7 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     limits = RegistrationLimits(s.max_nodes_per_holder, s.registrations_per_minute)
     server = build_server(NodeService(svc.store, svc.hub, s.heartbeat_seconds, capture, limits=limits),
                           s.max_grpc_message_bytes)
-    bound = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+    bound = bind_grpc(server, s)  # TLS with required node certificates, or --insecure on loopback
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC to {s.grpc_host}:{s.grpc_port}")
     from xdp_compute.gateway.recovery import recover_interrupted_jobs

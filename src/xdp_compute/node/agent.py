@@ -58,8 +58,12 @@ class NodeAgent:
     """
 
     def __init__(self, gateway: str, token: str, manifest: Manifest, *, workers: int = 4,
-                 pull_wait: float = 10.0, options: WorkerOptions | None = None) -> None:
+                 pull_wait: float = 10.0, options: WorkerOptions | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.gateway, self.manifest, self.pull_wait = gateway, manifest, pull_wait
+        # TLS: verify the gateway against the deployment CA and present this node's certificate
+        # (None: plaintext, which the CLI allows on loopback only with --insecure).
+        self._credentials = credentials
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.options = options or WorkerOptions(concurrency=workers)
         self._worker: TaskWorker | None = None
@@ -210,9 +214,10 @@ class NodeAgent:
 
     def _connect_once(self) -> bool:
         """One session: register, serve until it ends; True if the gateway accepted us."""
-        channel = grpc.insecure_channel(self.gateway, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.keepalive_time_ms", 20000)])
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+                   ("grpc.keepalive_time_ms", 20000)]
+        channel = (grpc.secure_channel(self.gateway, self._credentials, options=options)
+                   if self._credentials is not None else grpc.insecure_channel(self.gateway, options=options))
         stub = pb_grpc.NodeServiceStub(channel)
         self._channel = channel
         with self._connected:
@@ -228,7 +233,8 @@ class NodeAgent:
             if code in _FATAL:
                 detail = e.details() if hasattr(e, "details") else str(e)
                 raise NodeFatal(f"gateway refused node {self.manifest.node_name!r}: {detail}") from None
-            log.warning("gateway unreachable (%s); retrying", code)
+            log.warning("gateway unreachable (%s: %s); retrying", code,
+                        e.details() if hasattr(e, "details") else "")  # e.g. a failed TLS handshake
         except _Reconnect as e:
             registered = True
             log.warning("%s; registering again", e)

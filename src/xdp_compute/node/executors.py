@@ -8,6 +8,7 @@ imported.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -37,6 +38,8 @@ from xdp_compute.node.tasks.query import QueryTasks
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.node.tasks.train import TrainTasks
 from xdp_compute.node.tasks.validate import validate
+
+log = logging.getLogger("xdp.node.tasks")
 
 # (job id, typed request) -> typed reply; each handler takes the request record of its own kind.
 Handler = Callable[[str, Any], Record]
@@ -104,6 +107,9 @@ class TaskExecutor:
                 raise BadRequest(f"this node has no handler for task kind {kind!r}")
             reply = handler(job_id, request)
         except XdpError as e:
+            # The holder's own log says why this node refused (its own policy, a broken contract);
+            # error details carry no data by convention.
+            log.warning("refused %s task of job %s: %s", kind, job_id, e.detail)
             return TaskOutcome(ok=False, error=e.detail)
         if type(reply) is not REPLY_OF[kind]:
             raise TypeError(f"{kind} handler answered {type(reply).__name__}, not {REPLY_OF[kind].__name__}")

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import httpx
 
 from xdp_compute import errors as E
+from xdp_compute.sdk._tls import token_from_env, verify_for
 from xdp_compute.sdk.results import QueryResult, query_result
 
 _BY_SLUG: dict[str, type[E.XdpError]] = {}
@@ -45,12 +46,15 @@ def raise_for_problem(resp: httpx.Response) -> None:
 class Client:
     """Talk to a gateway as one principal. Every method raises a typed ``XdpError`` on failure."""
 
-    def __init__(self, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 120.0, key_dir: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = 120.0, key_dir: str | None = None, ca: str | None = None) -> None:
+        """``token``: default ``XDP_TOKEN`` / ``XDP_TOKEN_FILE``; ``ca``: the deployment's CA certificate
+        (default ``XDP_CA``) that the gateway's https:// certificate must chain to."""
         self.url = url.rstrip("/")
         self.key_dir = key_dir
-        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"},
-                                  transport=transport, timeout=timeout)
+        verify = verify_for(self.url, ca, transport is not None)
+        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token or token_from_env()}"},
+                                  transport=transport, timeout=timeout, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -66,7 +70,9 @@ class Client:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise ApiError(f"cannot reach the gateway at {self.url}: {e}") from None
+            hint = (" (is --ca / XDP_CA the deployment's CA certificate?)"
+                    if "CERTIFICATE_VERIFY_FAILED" in str(e) else "")
+            raise ApiError(f"cannot reach the gateway at {self.url}: {e}{hint}") from None
         raise_for_problem(resp)
         try:
             return resp.json() if resp.content else None

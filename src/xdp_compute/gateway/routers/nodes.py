@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from xdp_compute.contract import Validate, Validated
 from xdp_compute.errors import Conflict, XdpError
@@ -36,3 +36,16 @@ async def validate_node(node_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
         raise Conflict(f"node {node['name']!r} answered outside the task contract: {e.detail}") from None
     assert isinstance(reply, Validated)
     return {"node": node["name"], "datasets": reply.datasets, "ok": reply.ok}
+
+
+@router.get("/nodes/log-entries")
+def holder_log_entries(svc: Svc, who: Holder, start: int = Query(0, ge=0),
+                       limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+    """The release log's entries about the calling holder's own datasets (as ``/v1/audit/entries``
+    shows them: digests, costs and decisions, no values), so a holder's node can check that every
+    task its journal records was logged (``xdp node audit``)."""
+    from xdp_compute.gateway.routers.audit import _entries
+
+    mine = set(svc.store.dataset_names(who.id))
+    out = [e for e in _entries(svc, start, 100_000) if mine & set(e.get("datasets") or [])]
+    return out[:limit]

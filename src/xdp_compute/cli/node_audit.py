@@ -1,0 +1,77 @@
+"""``xdp node audit``: check this node's journal against the gateway's release log (issue #12).
+
+``xdp node`` runs a node and takes no subcommands, so ``NodeCommand`` (the ``node`` command's
+class) hands ``xdp node audit ...`` to ``audit_cli`` and runs everything else as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperCommand
+
+audit_cli = typer.Typer(add_completion=False)
+_SUBCOMMAND = "xdp.node.audit"
+
+
+@audit_cli.command()
+def audit(
+    manifest: Path = typer.Option(..., help="The node's manifest (TOML); its journal is in the node's state folder"),
+    url: str = typer.Option(..., help="Gateway REST URL"),
+    token: str = typer.Option(..., help="The holder's token (or an auditor's)", envvar="XDP_TOKEN"),
+) -> None:
+    """Check that every task in this node's journal appears in the gateway's release log; exit 1 naming
+    each one that is missing (or logged at a lower cost than this node charged)."""
+    from xdp_compute import Client
+    from xdp_compute.domain.manifest import load_manifest
+    from xdp_compute.errors import XdpError
+    from xdp_compute.node.audit import audit_journal
+    from xdp_compute.node.ledger import read_journal
+
+    try:
+        m = load_manifest(manifest)
+        journal = read_journal(m.state_path)
+        with Client(url, token) as c:
+            # Holders read the entries about their own datasets; auditors read the whole log.
+            path = "/v1/audit/entries" if c.me().get("role") == "auditor" else "/v1/nodes/log-entries"
+            entries = c._get(path, params={"limit": 100_000})
+    except XdpError as e:
+        typer.echo(f"error: {e.detail}", err=True)
+        raise typer.Exit(2) from None
+    report = audit_journal(journal, entries)
+    if report.ok:
+        typer.echo(f"node {m.node_name}: all {report.checked} journal entr{'y' if report.checked == 1 else 'ies'} "
+                   "appear in the release log")
+        return
+    typer.echo(f"node {m.node_name}: journal check FAILED ({len(report.lines())} of {report.checked}):", err=True)
+    for line in report.lines():
+        typer.echo(f"  - {line}", err=True)
+    raise typer.Exit(1)
+
+
+class NodeCommand(TyperCommand):
+    """The ``node`` command, plus one subcommand: ``xdp node audit``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog = ((self.epilog or "") + " Also: `xdp node audit --manifest F --url URL` checks this node's "
+                       "journal against the gateway's release log.").strip()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] == "audit":
+            ctx.meta[_SUBCOMMAND] = args[1:]
+            return []
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        sub = ctx.meta.pop(_SUBCOMMAND, None)
+        if sub is None:
+            return super().invoke(ctx)
+        code = typer.main.get_command(audit_cli).main(args=sub, prog_name=f"{ctx.command_path} audit",
+                                                      standalone_mode=False)
+        if isinstance(code, int) and code:
+            ctx.exit(code)
+        return None
