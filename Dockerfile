@@ -21,6 +21,9 @@ WORKDIR /data
 USER 10001:10001
 EXPOSE 8000 50051
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import ssl,sys,urllib.request; c=ssl.create_default_context(cafile='/data/pki/ca.pem'); sys.exit(0 if urllib.request.urlopen('https://127.0.0.1:8000/healthz', timeout=2, context=c).status == 200 else 1)"]
 ENTRYPOINT ["xdp"]
-CMD ["gateway", "--db", "sqlite:////data/gateway.db", "--http", "0.0.0.0:8000", "--grpc", "0.0.0.0:50051"]
+# TLS on every port (plaintext is refused off loopback). Create the certificates once into the
+# /data volume: docker run -v xdp:/data IMAGE admin pki init /data/pki --host gateway.example.org
+CMD ["gateway", "--db", "sqlite:////data/gateway.db", "--http", "0.0.0.0:8000", "--grpc", "0.0.0.0:50051", \
+     "--tls-cert", "/data/pki/gateway.pem", "--tls-key", "/data/pki/gateway.key", "--client-ca", "/data/pki/ca.pem"]

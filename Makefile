@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/bench_query.py
 	$(PY) benchmarks/bench_he.py
 	$(PY) benchmarks/bench_dpsgd.py
+	$(PY) benchmarks/bench_tls.py
 
 protos: install
 	$(PY) scripts/gen_protos.py

@@ -144,7 +144,7 @@ def test_node_refused_for_unknown_or_expired_token_and_bad_manifest(cluster: Loc
 
     def run_node(token: str, manifest: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "xdp_compute", "node", "--gateway", cluster.grpc_addr,
-                               "--token", token, "--manifest", str(manifest)],
+                               "--token", token, "--manifest", str(manifest), "--insecure"],
                               capture_output=True, text=True, timeout=60, cwd=cluster.root)
 
     r = run_node("xdp_unknown-token", m)
@@ -182,7 +182,7 @@ def test_schema_clash_between_nodes_refused_with_difference(cluster: LocalCluste
     m2 = cluster.write_node_files("b", example_manifest(node="b").replace("max = 120", "max = 99"),
                                   {"patients.csv": patients_csv(2)})
     r = subprocess.run([sys.executable, "-m", "xdp_compute", "node", "--gateway", cluster.grpc_addr, "--token", t2,
-                        "--manifest", str(m2)], capture_output=True, text=True, timeout=60)
+                        "--manifest", str(m2), "--insecure"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "age" in r.stderr and "max" in r.stderr and "99" in r.stderr
     assert [n["name"] for n in Client(cluster.url, cluster.token("admin", "ad")).nodes()] == ["a"]
 

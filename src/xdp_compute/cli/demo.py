@@ -60,10 +60,11 @@ def synthetic_patients(district: str, rows: int, seed: int) -> str:
 
 
 def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | None = None,
-                       env: dict[str, str] | None = None, preload: bool = False
+                       env: dict[str, str] | None = None, preload: bool = False, tls: bool = False
                        ) -> tuple[LocalCluster, dict[str, str]]:
-    """A gateway and the three hospitals' nodes; ``preload`` loads torch on each node at start."""
-    cluster = LocalCluster(env=env or {}, preload=preload)
+    """A gateway and the three hospitals' nodes; ``preload`` loads torch on each node at start;
+    ``tls``: HTTPS and mutual-TLS gRPC under a fresh deployment CA (``cluster.ca``)."""
+    cluster = LocalCluster(env=env or {}, preload=preload, tls=tls)
     console.print(f"  starting the gateway (REST {cluster.url}, gRPC {cluster.grpc_addr}) ...")
     try:
         return cluster, _populate(console, cluster, rows, approval_node)
@@ -73,7 +74,6 @@ def start_demo_cluster(console: Console, rows: int = 1500, approval_node: str | 
 
 
 def _populate(console: Console, cluster: LocalCluster, rows: int, approval_node: str | None) -> dict[str, str]:
-    from xdp_compute import Client
 
     cluster.start_gateway()
     tokens = {"admin": cluster.token("admin", "city-data-office"),
@@ -86,7 +86,7 @@ def _populate(console: Console, cluster: LocalCluster, rows: int, approval_node:
             node=node, approval="true" if node == approval_node else "false"),
             {"patients.csv": synthetic_patients(district, rows, seed=100 + i)})
         if i > 0:  # the first hospital registered `patients`, so it owns it and invites the others
-            with Client(cluster.url, tokens[HOSPITALS[DISTRICTS[0]]]) as owner:
+            with cluster.client(tokens[HOSPITALS[DISTRICTS[0]]]) as owner:
                 owner.invite("patients", f"{node}-holder")
         cluster.start_node(node, tokens[node], manifest)
         if i == 0:
@@ -107,7 +107,6 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = N
 
 
 def run_demo(console: Console | None = None) -> int:
-    from xdp_compute import Client
 
     if console is None:
         console = Console()
@@ -116,13 +115,15 @@ def run_demo(console: Console | None = None) -> int:
     started = time.time()
     console.rule("[bold]xdp-compute demo: three district hospitals, one gateway")
     # Nodes load torch in their task worker while the first steps run, so training starts warm.
-    cluster, tokens = start_demo_cluster(console, preload=True)
+    cluster, tokens = start_demo_cluster(console, preload=True, tls=True)
     try:
         console.print(f"gateway REST {cluster.url}  gRPC {cluster.grpc_addr}  (SQLite {cluster.db_url})")
+        console.print(f"TLS everywhere: clients verify the gateway against the deployment CA {cluster.ca}; each "
+                      "node presents a certificate bound to its name and holder (xdp admin pki issue)")
         # Data holders
         console.rule("[bold]1. Data holders: nodes dial out, register and validate their sources")
         for node in HOSPITALS.values():
-            with Client(cluster.url, tokens[node]) as holder:
+            with cluster.client(tokens[node]) as holder:
                 mine = holder.nodes()
                 report = holder.validate_node(node)
                 for ds in report["datasets"]:
@@ -130,7 +131,7 @@ def run_demo(console: Console | None = None) -> int:
                                   f"valid={ds['ok']} violations={ds.get('violations_total', 0)}")
         # Analyst catalog
         console.rule("[bold]2. Analyst: catalog (metadata only) and a mock preview")
-        with Client(cluster.url, tokens["analyst"], key_dir=str(cluster.root / "analyst-keys")) as analyst:
+        with cluster.client(tokens["analyst"], key_dir=str(cluster.root / "analyst-keys")) as analyst:
             for ds in analyst.datasets():
                 console.print(f"  dataset {ds['name']!r} ({ds['classification']}, categories {ds['categories']}) "
                               f"on {', '.join(n['name'] + (' (online)' if n['online'] else ' (offline)') for n in ds['nodes'])}")

@@ -54,11 +54,10 @@ def training_steps(console: Console, cluster: LocalCluster, tokens: dict[str, st
 
 
 def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str]) -> None:
-    from xdp_compute import Client
     from xdp_compute.sdk.audit import verify_remote
 
     console.rule("[bold]6. Auditor: the release log, verified")
-    with Client(cluster.url, tokens["auditor"]) as auditor:
+    with cluster.client(tokens["auditor"]) as auditor:
         entries = auditor._get("/v1/audit/entries")
         for e in entries:
             cost = (e.get("privacy_cost") or {}).get("epsilon")
