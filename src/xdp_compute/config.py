@@ -67,6 +67,11 @@ class Settings:
     # Test-only capture of every gRPC request the gateway receives (for privacy tests).
     grpc_capture_path: str | None = field(default_factory=lambda: os.environ.get("XDP_GRPC_CAPTURE"))
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDP_DATA_DIR", ".xdp")))
+    # The release log's Ed25519 signing key: a 0600 file outside the database (created on first
+    # start; default <data_dir>/release-log.key). XDP_LOG_KEY, a secret from the environment,
+    # takes precedence (base64 of the 32-byte seed, or a PKCS#8 PEM).
+    log_key_path: Path | None = field(
+        default_factory=lambda: Path(os.environ["XDP_LOG_KEY_FILE"]) if os.environ.get("XDP_LOG_KEY_FILE") else None)
     # TLS (issue #12): the gateway's certificate and key (HTTPS and gRPC) and the CA whose node
     # certificates gRPC requires. Plaintext only with ``insecure`` and only on loopback.
     tls_cert: str | None = field(default_factory=lambda: os.environ.get("XDP_TLS_CERT") or None)

@@ -177,11 +177,14 @@ def test_restart_keeps_log_and_key_with_consistency_and_key_swap_is_caught(tmp_p
                            bytes.fromhex(after["root_hash"]), [bytes.fromhex(x) for x in proof["proof"]])
         ok = audit_verify(h, cp)
         assert ok.returncode == 0 and "4 entries" in ok.stdout, ok.stderr
-        # Replace the signing key: the checkpoint pins the old key.
-        from xdp_compute.audit import TreeHeadSigner
+        # Replace the signing key (a 0600 file outside the database): the checkpoint pins the old key.
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        tamper(db, "UPDATE secrets SET value = ? WHERE name = 'release-log-ed25519'",
-               TreeHeadSigner.generate().private_bytes())
+        key_file = h.cluster.root / ".xdp" / "release-log.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key_file.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         h.cluster.stop("gateway")
         h.cluster.start_gateway()
         bad = audit_verify(h, cp)

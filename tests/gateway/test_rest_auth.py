@@ -38,6 +38,9 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/audit/entries"): {"auditor"},
     ("GET", "/v1/audit/entries/{index}"): {"auditor"},
     ("GET", "/v1/audit/export"): {"auditor"},
+    ("GET", "/v1/audit/checkpoint"): {"auditor"},
+    ("GET", "/v1/audit/cosigned"): {"auditor"},
+    ("GET", "/v1/audit/witnesses"): {"auditor"},
     ("GET", "/v1/audit/proof/inclusion"): {"auditor"},
     ("GET", "/v1/audit/proof/consistency"): {"auditor"},
 }

@@ -112,13 +112,15 @@ def test_settle_commit_and_refund(any_store: Store) -> None:
 
 
 def test_release_log_appends_and_rebuilds(any_store: Store) -> None:
+    from xdp_compute.audit import TreeHeadSigner
     from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
 
-    log = ReleaseLog(any_store)
+    signer = TreeHeadSigner.generate()
+    log = ReleaseLog(any_store, signer)
     gate = ReleaseGate(any_store, log)
     for i in range(3):
         gate.record({"kind": "approval_given", "job_id": f"j{i}", "principal": "p"})
     root = log.tree.root()
-    again = ReleaseLog(any_store)
+    again = ReleaseLog(any_store, signer)
     assert again.tree.size == 3 and again.tree.root() == root and again.integrity_problem is None
     assert again.signer.key_id == log.signer.key_id

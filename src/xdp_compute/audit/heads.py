@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from xdp_compute.audit.canonical import canonical_json
 from xdp_compute.audit.merkle import HASH_SIZE
+from xdp_compute.audit.note import NoteSignature, sign_note
 from xdp_compute.errors import InvalidKey, ProofError
 
 __all__ = [
@@ -185,6 +186,10 @@ class TreeHeadSigner:
 
     def __repr__(self) -> str:  # never show key material
         return f"TreeHeadSigner(key_id={self._key_id[:16]}...)"
+
+    def sign_note(self, name: str, body: bytes) -> NoteSignature:
+        """A C2SP signed-note Ed25519 signature on ``body`` (e.g. a checkpoint) under key name ``name``."""
+        return sign_note(self._key, name, body)
 
     def sign(self, tree_size: int, root_hash: bytes, timestamp_ms: int | None = None) -> SignedTreeHead:
         """Sign ``(tree_size, root_hash, timestamp_ms)``; the time defaults to now (ms since epoch)."""

@@ -21,8 +21,14 @@ downloaded* and reports, by name:
   the *pinned* key, which is the auditor's trust anchor;
 - **split view**: two validly signed heads of one size with different roots.
 
-Without a checkpoint the published key is trusted on first use: a log rewritten and fully
-re-signed under a new key can only be caught against a checkpoint (or another auditor's).
+- **not witnessed / rewritten / truncated under the log's own key**: with pinned witnesses
+  (``witnesses=``), a quorum of them must have cosigned the C2SP checkpoint of the whole
+  download, recently, and none may have cosigned a size or root the download contradicts
+  (:mod:`xdp_compute.audit.witnessed`). This needs no checkpoint: the operator holds the
+  signing key and can re-sign any rewrite, but cannot make honest witnesses cosign it.
+
+Without a checkpoint or witnesses the published key is trusted on first use and a log
+rewritten and fully re-signed by its operator cannot be caught.
 
 :func:`verify_receipt` checks one delivered result's receipt (RFC 9162 §2.1.3.2 inclusion
 proof under a signed head).
@@ -30,6 +36,7 @@ proof under a signed head).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +56,8 @@ from xdp_compute.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from xdp_compute.audit.note import log_origin
+from xdp_compute.audit.witnessed import PinnedWitness, check_witnesses
 from xdp_compute.errors import ProofError
 
 __all__ = [
@@ -190,6 +199,11 @@ def verify_log(
     checkpoint: Mapping[str, Any] | None = None,
     *,
     require_every_size: bool = True,
+    witnesses: Sequence[PinnedWitness] | None = None,
+    cosigned: Sequence[str] = (),
+    quorum: int | None = None,
+    now: float | None = None,
+    max_age: float | None = None,
 ) -> VerifyReport:
     """Verify a whole downloaded release log offline; never raises for a bad log.
 
@@ -199,6 +213,11 @@ def verify_log(
     ``checkpoint`` a dict from :func:`make_checkpoint` of an earlier run. With
     ``require_every_size`` (the gateway's contract) a size 1..n without any head is a problem.
     Cost: O(n log n) hashes and one signature check per distinct head.
+
+    With ``witnesses`` (pinned cosigner keys), ``cosigned`` are the log's checkpoints as C2SP
+    signed notes carrying the witnesses' cosignatures; a ``quorum`` (default a majority) must
+    vouch for the whole download with cosignatures at most ``max_age`` seconds older than
+    ``now`` (POSIX seconds; ``None`` or 0 disables the freshness check).
     """
     # Every step records what it finds and goes on: the auditor gets every problem, in this order.
     found = _Findings()
@@ -219,6 +238,10 @@ def verify_log(
     # 6. Checkpoint: the log must extend what we saw last time (RFC 9162 §2.1.4).
     if pinned is not None:
         _check_extends_checkpoint(tree, n, pinned, verified, found)
+    # 7. Witnesses: a quorum must vouch for this very log, recently (C2SP tlog-cosignature).
+    if witnesses is not None and trusted is not None:
+        check_witnesses(tree, n, log_origin(key_id_for(trusted)), cosigned, witnesses, quorum,
+                        time.time() if now is None else now, max_age, found.add)
 
     return VerifyReport(
         ok=not found.problems,

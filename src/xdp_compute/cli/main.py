@@ -63,6 +63,9 @@ def gateway(
     tls_key: Path = typer.Option(None, envvar="XDP_TLS_KEY", help="The gateway's private key"),
     client_ca: Path = typer.Option(None, envvar="XDP_CLIENT_CA", help="CA whose node certificates gRPC requires"),
     insecure: bool = typer.Option(False, "--insecure", help="Plaintext, allowed only on loopback addresses"),
+    log_key: Path = typer.Option(None, envvar="XDP_LOG_KEY_FILE",
+                                 help="Release-log signing key file (0600; created if missing; default "
+                                      "<data dir>/release-log.key). XDP_LOG_KEY may hold the key instead"),
 ) -> None:
     """Run the gateway (REST for people, gRPC for nodes): TLS with node certificates, or --insecure on loopback."""
     from xdp_compute.config import Settings
@@ -76,6 +79,8 @@ def gateway(
         settings = settings.with_(db_url=db)
     if region:
         settings = settings.with_(region=region)
+    if log_key:
+        settings = settings.with_(log_key_path=log_key)
     from xdp_compute.gateway.tls import require_safe_transport
 
     settings = settings.with_(insecure=insecure, **{k: str(v) for k, v in
@@ -199,23 +204,35 @@ def audit_verify(
     token_file: Path = tokens.token_file_option(),
     ca: str = tokens.ca_option(),
     checkpoint: Path = typer.Option(None, help="Checkpoint file: checked against, then updated on success"),
+    witnesses: Path = typer.Option(None, envvar="XDP_WITNESSES",
+                                   help="Pinned witness keys (C2SP vkeys, one a line; see `xdp audit witnesses`)"),
+    quorum: int = typer.Option(None, min=1, help="Witness cosignatures required (default: a majority)"),
+    max_age: float = typer.Option(600.0, min=0, help="Newest quorum of cosignatures may be this old, s (0: any)"),
+    wait: float = typer.Option(15.0, min=0, help="Seconds to wait for witnesses to cosign the newest entries"),
 ) -> None:
-    """Download the release log, recompute the Merkle tree, check every signed head and the
-    consistency with the saved checkpoint; exit non-zero naming the first bad index on tampering."""
-    from xdp_compute.sdk.audit import verify_remote
+    """Download the release log, recompute the Merkle tree, check every signed head, the consistency
+    with the saved checkpoint and a quorum of the pinned witnesses' cosignatures; exit non-zero
+    naming the problems (and the first bad index) on tampering."""
+    from xdp_compute.cli.audit import verify_and_report
 
     with tokens.gateway_client(url, token, token_file, ca) as c:
-        report, _ = verify_remote(c, checkpoint)
-    if report.ok:
-        typer.echo(f"release log verified: {report.tree_size} entries, root {report.root_hash.hex()}")
-        if checkpoint:
-            typer.echo(f"checkpoint saved to {checkpoint}")
-        return
-    where = f" (first bad index: {report.first_bad_index})" if report.first_bad_index is not None else ""
-    typer.echo(f"release log verification FAILED{where}:", err=True)
-    for p in report.problems:
-        typer.echo(f"  - {p}", err=True)
-    raise typer.Exit(1)
+        verify_and_report(c, checkpoint, witnesses, quorum, max_age, wait)
+
+
+@audit_app.command("witnesses")
+@friendly
+def audit_witnesses(
+    url: str = typer.Option(..., help="Gateway REST URL"),
+    token: str = tokens.token_option(),
+    token_file: Path = tokens.token_file_option(),
+    ca: str = tokens.ca_option(),
+    save: Path = typer.Option(..., help="File to pin the witnesses' keys in (for --witnesses)"),
+) -> None:
+    """Fetch the nodes' witness keys once and save them for pinning (check them with the holders)."""
+    from xdp_compute.cli.audit import fetch_and_pin
+
+    with tokens.gateway_client(url, token, token_file, ca) as c:
+        fetch_and_pin(c, save)
 
 
 approvals_app = typer.Typer(no_args_is_help=True, help="Holders: approve or deny jobs on your datasets.")
@@ -237,6 +254,7 @@ def approvals_list(url: str = typer.Option(...), token: str = tokens.token_optio
 @friendly
 def approvals_approve(job_id: str, url: str = typer.Option(...), token: str = tokens.token_option(),
                       token_file: Path = tokens.token_file_option(), ca: str = tokens.ca_option()) -> None:
+
     with tokens.gateway_client(url, token, token_file, ca) as c:
         r = c.approve(job_id)
     typer.echo(f"approved {job_id}" + ("; the job runs now" if r.get("job_runs") else "; waiting for others"))
@@ -247,6 +265,7 @@ def approvals_approve(job_id: str, url: str = typer.Option(...), token: str = to
 def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logged)"), url: str = typer.Option(...),
                    token: str = tokens.token_option(), token_file: Path = tokens.token_file_option(),
                    ca: str = tokens.ca_option()) -> None:
+
     with tokens.gateway_client(url, token, token_file, ca) as c:
         c.deny(job_id, reason)
     typer.echo(f"denied {job_id}; nothing was computed and the reservation was refunded")

@@ -15,9 +15,11 @@ from xdp_compute.domain.manifest import parse_declaration
 from xdp_compute.errors import XdpError
 from xdp_compute.gateway.hub import TaskHub
 from xdp_compute.gateway.registration import RegistrationLimits
+from xdp_compute.gateway.release import ReleaseLog
 from xdp_compute.gateway.serde import parse_json_list, reply_from_proto, task_to_proto
 from xdp_compute.gateway.store import PrincipalView, Store
 from xdp_compute.gateway.tls import check_peer
+from xdp_compute.gateway.witnessing import accept_cosignature, checkpoint_offer
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
 
@@ -117,6 +119,33 @@ class NodeService(pb_grpc.NodeServiceServicer):
             return pb.SubmitResultResponse(accepted=ok)
 
         return await self._guard(context, "SubmitResult", request, run)
+
+    # -- witnessing the release log (gateway/witnessing.py); set by the runtime ------------
+    release_log: ReleaseLog | None = None
+
+    async def GetCheckpoint(self, request: pb.CheckpointRequest,
+                            context: grpc.aio.ServicerContext) -> pb.CheckpointOffer:
+        async def run(p: PrincipalView) -> pb.CheckpointOffer:
+            lg = self.release_log
+            if lg is None or not await self._node(p, request.node_id, request.session_id):
+                return pb.CheckpointOffer()
+            body = await asyncio.to_thread(checkpoint_offer, lg, int(request.old_size))
+            return pb.CheckpointOffer(add_checkpoint=body, log_vkey=lg.vkey)
+
+        return await self._guard(context, "GetCheckpoint", request, run)
+
+    async def AddCosignature(self, request: pb.CosignatureRequest,
+                             context: grpc.aio.ServicerContext) -> pb.CosignatureResponse:
+        async def run(p: PrincipalView) -> pb.CosignatureResponse:
+            lg = self.release_log
+            if lg is None:
+                return pb.CosignatureResponse(accepted=False)
+            node = await asyncio.to_thread(self.store.node_for, p, request.node_id)
+            await asyncio.to_thread(accept_cosignature, lg, node, bytes(request.witness_public_key),
+                                    request.checkpoint, request.cosignature)
+            return pb.CosignatureResponse(accepted=True)
+
+        return await self._guard(context, "AddCosignature", request, run)
 
 
 def file_capture(path: str) -> Callable[[str, bytes], None]:

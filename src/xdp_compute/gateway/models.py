@@ -159,3 +159,20 @@ class Secret(Base):
     __tablename__ = "secrets"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class WitnessCosignature(Base):
+    """A node's witness key and the latest C2SP cosignature/v1 it gave the release log's checkpoint.
+
+    The operator can delete or roll back these rows, but cannot forge new ones: auditors pin the
+    witnesses' keys and require a fresh quorum (issue #12: a log nobody can rewrite alone).
+    """
+
+    __tablename__ = "witness_cosignatures"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the witness's note key name
+    node_id: Mapped[str] = mapped_column(String(32))
+    public_key: Mapped[str] = mapped_column(String(64))               # raw Ed25519 key, hex
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    cosigned_at: Mapped[int] = mapped_column(BigInteger)              # the cosignature's timestamp (s)
+    signature_line: Mapped[str] = mapped_column(Text)                 # "— <name> <base64>"

@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from xdp_compute.audit import MerkleTree, SignedTreeHead, TreeHeadSigner, canonical_json
+from xdp_compute.audit.note import ALG_ED25519, Checkpoint, format_note, log_origin, vkey
 from xdp_compute.config import Settings
 from xdp_compute.crypto.paillier import EncryptedVector, PaillierPublic, unmask_sealed_sum
 from xdp_compute.domain.policy import Requester, evaluate
@@ -40,7 +41,6 @@ from xdp_compute.query.finalize import suppress_small_groups
 from xdp_compute.query.sealed import cell_slots, small_cells
 
 log = logging.getLogger("xdp.gateway.release")
-SIGNING_KEY = "release-log-ed25519"
 
 # Entry kinds: one per decision.
 RELEASED = "released"
@@ -62,12 +62,16 @@ def digest(obj: Any) -> str:
 
 
 class ReleaseLog:
-    """Append-only entries in the store + an in-memory RFC 9162 tree rebuilt at start."""
+    """Append-only entries in the store + an in-memory RFC 9162 tree rebuilt at start.
 
-    def __init__(self, store: Store) -> None:
+    The ``signer`` is kept outside the store (``gateway/log_key.py``): the database holds the
+    log, never the key that signs it.
+    """
+
+    def __init__(self, store: Store, signer: TreeHeadSigner) -> None:
         self.store = store
-        self.signer = TreeHeadSigner.from_private_bytes(
-            store.get_or_create_secret(SIGNING_KEY, lambda: TreeHeadSigner.generate().private_bytes()))
+        self.signer = signer
+        self.origin = log_origin(signer.key_id)
         self.tree = MerkleTree()
         self.lock = threading.Lock()
         self.integrity_problem: str | None = None
@@ -93,13 +97,42 @@ class ReleaseLog:
                 self.integrity_problem = f"entries do not match the last signed head (size {last.tree_size})"
             elif last.key_id != self.signer.key_id:
                 self.integrity_problem = "the signing key differs from the one that signed the last head"
+        if self.integrity_problem is None:
+            self.integrity_problem = self._contradicting_witness(tree)
         if self.integrity_problem:
             log.error("RELEASE LOG INTEGRITY: %s; releases are refused until an operator repairs it",
                       self.integrity_problem)
 
+    def _contradicting_witness(self, tree: MerkleTree) -> str | None:
+        """A stored witness cosignature the entries contradict (a larger size or another root)."""
+        with self.store.read() as s:
+            rows = s.execute(select(m.WitnessCosignature.name, m.WitnessCosignature.tree_size,
+                                    m.WitnessCosignature.root_hash)).all()
+        for name, size, root in rows:
+            if size > tree.size:
+                return f"witness {name} cosigned {size} entries but the store holds {tree.size}"
+            if tree.root(size).hex() != root:
+                return f"witness {name} cosigned another root for size {size} than the stored entries give"
+        return None
+
     @property
     def public_key_hex(self) -> str:
         return self.signer.public_key_bytes().hex()
+
+    @property
+    def vkey(self) -> str:
+        """The log's C2SP verifier key (signed-note type 0x01); its name is the checkpoint origin."""
+        return vkey(self.origin, ALG_ED25519, self.signer.public_key_bytes())
+
+    def checkpoint(self, size: int | None = None) -> tuple[Checkpoint, str]:
+        """The C2SP checkpoint of a committed size (default the latest) and its signed note."""
+        with self.lock:
+            size = self.committed_size if size is None else size
+            if not 0 <= size <= self.committed_size:
+                raise LogIntegrityError(f"no committed tree of size {size}")
+            cp = Checkpoint(self.origin, size, self.tree.root(size))
+        body = cp.body()
+        return cp, format_note(body, [self.signer.sign_note(self.origin, body)])
 
     def append(self, s: Session, entry: dict[str, Any]) -> dict[str, Any]:
         """Add an entry and its signed head inside the caller's transaction.

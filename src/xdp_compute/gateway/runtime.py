@@ -36,8 +36,9 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     if capture is not None:
         log.warning("XDP_GRPC_CAPTURE is set: every gRPC request is recorded to a file (tests only)")
     limits = RegistrationLimits(s.max_nodes_per_holder, s.registrations_per_minute)
-    server = build_server(NodeService(svc.store, svc.hub, s.heartbeat_seconds, capture, limits=limits),
-                          s.max_grpc_message_bytes)
+    node_service = NodeService(svc.store, svc.hub, s.heartbeat_seconds, capture, limits=limits)
+    node_service.release_log = svc.release_log  # nodes witness the release log
+    server = build_server(node_service, s.max_grpc_message_bytes)
     bound = bind_grpc(server, s)  # TLS with required node certificates, or --insecure on loopback
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC to {s.grpc_host}:{s.grpc_port}")

@@ -20,6 +20,7 @@ import grpc
 from xdp_compute.domain.manifest import Manifest
 from xdp_compute.errors import XdpError
 from xdp_compute.node.outcome import TaskOutcome
+from xdp_compute.node.witness import NodeWitness, node_state_dir
 from xdp_compute.node.worker import TaskWorker, WorkerOptions
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
@@ -74,6 +75,8 @@ class NodeAgent:
         self._stub: pb_grpc.NodeServiceStub | None = None
         self._connected = threading.Condition()
         self._channel: grpc.Channel | None = None
+        # Witness of the gateway's release log: its key and view live in the node's own state folder.
+        self.witness = NodeWitness(node_state_dir(manifest), manifest.node_name)
         self._fault = os.environ.get("XDP_NODE_FAULT")  # test-only fault injection: exit on this task kind
         if self._fault:
             log.warning("XDP_NODE_FAULT=%s is set: this node exits on that task (tests only)", self._fault)
@@ -178,6 +181,9 @@ class NodeAgent:
         hb = threading.Thread(target=self._heartbeat_loop, args=(stub, session, lost), daemon=True,
                               name="heartbeat")
         hb.start()
+        threading.Thread(target=self.witness.loop, daemon=True, name="witness",
+                         args=(stub, session.node_id, session.session_id, self._metadata,
+                               max(session.heartbeat_seconds, 1.0), self.stop_event, lost)).start()
         while not self.stop_event.is_set():
             if lost.is_set():
                 raise _Reconnect("gateway no longer knows this session")

@@ -113,3 +113,41 @@ class SubmitResultResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("node_id", "session_id", "old_size")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    session_id: str
+    old_size: int
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., old_size: _Optional[int] = ...) -> None: ...
+
+class CheckpointOffer(_message.Message):
+    __slots__ = ("add_checkpoint", "log_vkey")
+    ADD_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LOG_VKEY_FIELD_NUMBER: _ClassVar[int]
+    add_checkpoint: str
+    log_vkey: str
+    def __init__(self, add_checkpoint: _Optional[str] = ..., log_vkey: _Optional[str] = ...) -> None: ...
+
+class CosignatureRequest(_message.Message):
+    __slots__ = ("node_id", "session_id", "witness_public_key", "checkpoint", "cosignature")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    COSIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    session_id: str
+    witness_public_key: bytes
+    checkpoint: str
+    cosignature: str
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., witness_public_key: _Optional[bytes] = ..., checkpoint: _Optional[str] = ..., cosignature: _Optional[str] = ...) -> None: ...
+
+class CosignatureResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...

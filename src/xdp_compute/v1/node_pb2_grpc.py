@@ -54,6 +54,16 @@ class NodeServiceStub:
                 request_serializer=xdp__compute_dot_v1_dot_node__pb2.TaskResult.SerializeToString,
                 response_deserializer=xdp__compute_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/xdp_compute.v1.NodeService/GetCheckpoint',
+                request_serializer=xdp__compute_dot_v1_dot_node__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=xdp__compute_dot_v1_dot_node__pb2.CheckpointOffer.FromString,
+                _registered_method=True)
+        self.AddCosignature = channel.unary_unary(
+                '/xdp_compute.v1.NodeService/AddCosignature',
+                request_serializer=xdp__compute_dot_v1_dot_node__pb2.CosignatureRequest.SerializeToString,
+                response_deserializer=xdp__compute_dot_v1_dot_node__pb2.CosignatureResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -87,6 +97,21 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """Witnessing the release log (C2SP tlog-witness, turned around: nodes dial out). The node asks
+        for the latest checkpoint with a consistency proof from the size it last cosigned...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCosignature(self, request, context):
+        """...checks it extends what it saw and returns its C2SP cosignature/v1 (or nothing: it refuses).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +134,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.SubmitResult,
                     request_deserializer=xdp__compute_dot_v1_dot_node__pb2.TaskResult.FromString,
                     response_serializer=xdp__compute_dot_v1_dot_node__pb2.SubmitResultResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=xdp__compute_dot_v1_dot_node__pb2.CheckpointRequest.FromString,
+                    response_serializer=xdp__compute_dot_v1_dot_node__pb2.CheckpointOffer.SerializeToString,
+            ),
+            'AddCosignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCosignature,
+                    request_deserializer=xdp__compute_dot_v1_dot_node__pb2.CosignatureRequest.FromString,
+                    response_serializer=xdp__compute_dot_v1_dot_node__pb2.CosignatureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +254,60 @@ class NodeService:
             '/xdp_compute.v1.NodeService/SubmitResult',
             xdp__compute_dot_v1_dot_node__pb2.TaskResult.SerializeToString,
             xdp__compute_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdp_compute.v1.NodeService/GetCheckpoint',
+            xdp__compute_dot_v1_dot_node__pb2.CheckpointRequest.SerializeToString,
+            xdp__compute_dot_v1_dot_node__pb2.CheckpointOffer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCosignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xdp_compute.v1.NodeService/AddCosignature',
+            xdp__compute_dot_v1_dot_node__pb2.CosignatureRequest.SerializeToString,
+            xdp__compute_dot_v1_dot_node__pb2.CosignatureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ from xdp_compute.errors import BadRequest, NotFound
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.deps import Auditor, CurrentPrincipal, Svc
 from xdp_compute.gateway.release import ReleaseLog, head_dict
+from xdp_compute.gateway.witnessing import cosigned_checkpoints, registered_witnesses
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 MAX_PAGE = 100_000
@@ -113,3 +114,26 @@ def entry(index: int, svc: Svc, who: Auditor) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no log entry {index}")
     return json.loads(row.entry_json)  # type: ignore[no-any-return]
+
+
+# -- witnessing (C2SP checkpoints and cosignatures; gateway/witnessing.py) --------------------
+
+
+@router.get("/checkpoint", response_class=PlainTextResponse)
+def checkpoint(svc: Svc, who: Auditor) -> PlainTextResponse:
+    """The latest C2SP checkpoint as a signed note (text/plain, as tlog tooling expects)."""
+    _, note = _log(svc).checkpoint()
+    return PlainTextResponse(note)
+
+
+@router.get("/cosigned")
+def cosigned(svc: Svc, who: Auditor) -> dict[str, Any]:
+    """Every checkpoint a witness cosigned: signed notes with the log's and the witnesses' lines."""
+    lg = _log(svc)
+    return {"origin": lg.origin, "log_vkey": lg.vkey, "checkpoints": cosigned_checkpoints(lg)}
+
+
+@router.get("/witnesses")
+def witnesses(svc: Svc, who: Auditor) -> list[dict[str, Any]]:
+    """The nodes witnessing this log, with their verifier keys (pin them once; do not re-fetch)."""
+    return registered_witnesses(_log(svc))
