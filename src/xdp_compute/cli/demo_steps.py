@@ -64,9 +64,21 @@ def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str])
             console.print(f"  #{e['index']:<3} {e['kind']:<17} {e.get('operation') or '':<10} "
                           f"{e.get('principal') or '':<24} eps={'' if cost is None else f'{cost:.3g}':<6} "
                           f"payload={(e.get('payload_digest') or '-')[:16]}")
-        report, checkpoint = verify_remote(auditor, cluster.root / "auditor-checkpoint.json")
+        # The nodes witness the log; an auditor pins their keys once (here straight from the gateway,
+        # in a deployment checked with each holder) and needs a majority of fresh cosignatures.
+        from xdp_compute.audit.witnessed import default_quorum
+        from xdp_compute.sdk.audit import fetch_witnesses, load_witnesses, save_witnesses
+
+        pins = cluster.root / "auditor-witnesses.txt"
+        save_witnesses(pins, fetch_witnesses(auditor))
+        pinned = load_witnesses(pins)
+        report, checkpoint = verify_remote(auditor, cluster.root / "auditor-checkpoint.json", witnesses=pinned,
+                                           max_age=600, wait=20)
         console.print(f"  verified: {report.ok}; {report.tree_size} entries; root {report.root_hash.hex()[:32]}...; "
-                      "every signed tree head checked; checkpoint saved")
+                      f"every signed tree head checked; cosigned by a quorum of {default_quorum(len(pinned))} "
+                      f"of {len(pinned)} node witnesses; checkpoint saved")
+        for problem in report.problems:
+            console.print(f"  [red]{problem}[/red]")
         meter = auditor.metering()
         for who, m in meter["per_analyst"].items():
             console.print(f"  metering {who}: {int(m['jobs'])} jobs, epsilon {m['epsilon_spent']:.3g}, "
