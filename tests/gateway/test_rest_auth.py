@@ -22,6 +22,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/v1/datasets/{name}/members/{holder}"): {"admin", "holder"},
     ("GET", "/v1/nodes"): {"admin", "holder", "analyst"},
     ("GET", "/v1/nodes/{node_id}"): {"admin", "holder", "analyst"},
+    ("GET", "/v1/nodes/log-entries"): {"holder"},
     ("POST", "/v1/nodes/{node_id}/validate"): {"holder"},
     ("POST", "/v1/queries"): {"analyst"},
     ("POST", "/v1/scores"): {"analyst"},
