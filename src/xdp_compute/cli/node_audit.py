@@ -13,6 +13,8 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from xdp_compute.cli import tokens
+
 audit_cli = typer.Typer(add_completion=False)
 _SUBCOMMAND = "xdp.node.audit"
 
@@ -20,12 +22,13 @@ _SUBCOMMAND = "xdp.node.audit"
 @audit_cli.command()
 def audit(
     manifest: Path = typer.Option(..., help="The node's manifest (TOML); its journal is in the node's state folder"),
-    url: str = typer.Option(..., help="Gateway REST URL"),
-    token: str = typer.Option(..., help="The holder's token (or an auditor's)", envvar="XDP_TOKEN"),
+    url: str = typer.Option(..., help="Gateway REST URL", envvar="XDP_URL"),
+    token: str = tokens.token_option(),
+    token_file: Path = tokens.token_file_option(),
+    ca: str = tokens.ca_option(),
 ) -> None:
     """Check that every task in this node's journal appears in the gateway's release log; exit 1 naming
     each one that is missing (or logged at a lower cost than this node charged)."""
-    from xdp_compute import Client
     from xdp_compute.domain.manifest import load_manifest
     from xdp_compute.errors import XdpError
     from xdp_compute.node.audit import audit_journal
@@ -34,7 +37,7 @@ def audit(
     try:
         m = load_manifest(manifest)
         journal = read_journal(m.state_path)
-        with Client(url, token) as c:
+        with tokens.gateway_client(url, token, token_file, ca) as c:
             # Holders read the entries about their own datasets; auditors read the whole log.
             path = "/v1/audit/entries" if c.me().get("role") == "auditor" else "/v1/nodes/log-entries"
             entries = c._get(path, params={"limit": 100_000})
