@@ -39,6 +39,10 @@ def test_interval_coverage_over_200_queries(tmp_path: Path, store: Any) -> None:
                                                      categories="[]", approval="false"))
         manifests[node] = load_manifest(d / "node.toml")
         holder = store.authenticate(store.create_principal("holder", f"h{i}", "CN-FJ"))
+        if i == 0:
+            owner = holder
+        else:  # the first holder owns 'visits' and invites the others (issue #12)
+            store.invite_member(owner, "visits", f"h{i}")
         store.register_node(holder, node, "CN-FJ", [manifests[node].datasets[0].to_dict()])
     analyst = store.authenticate(store.create_principal("analyst", "a", "CN-FJ"))
     qs = QueryService(Services(settings=Settings(db_url="sqlite://"), store=store))

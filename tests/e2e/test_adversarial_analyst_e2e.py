@@ -143,7 +143,7 @@ def test_the_collusion_margin_is_in_the_dry_run(hospitals: Hospitals) -> None:
     assert plan["plan"]["threshold"] == 2
     assert plan["plan"]["noise_shares"] == 1 and plan["plan"]["colluding_tolerated"] == 1
     rule = [d for d in plan["decisions"] if d["rule"] == "collusion"]
-    assert rule and rule[0]["allowed"] and "1 honest share" in rule[0]["reason"]
+    assert rule and rule[0]["allowed"] and "1 honest party of the 2" in rule[0]["reason"]
 
 
 def test_a_collusion_margin_that_leaves_no_honest_share_is_refused(tmp_path: Path) -> None:

@@ -204,12 +204,17 @@ class NoiseShares:
 
     def decision(self) -> Decision:
         if self.honest < 1:
-            return Decision("collusion", False, f"{self.colluding} colluding part(y/ies) cannot be tolerated "
-                                                f"with {self.nodes} part(y/ies) and a threshold of {self.threshold}")
-        return Decision("collusion", True, f"noise calibrated so that {self.honest} honest part(y/ies) of the "
-                                           f"{self.threshold} needed carry the target (a holder is one party "
-                                           f"however many nodes it runs; tolerates {self.colluding} colluding "
-                                           "part(y/ies); gateway policy max_colluding_nodes)")
+            return Decision("collusion", False, f"{_parties(self.colluding)} colluding cannot be tolerated with "
+                                                f"{_parties(self.nodes)} and a threshold of {self.threshold}")
+        return Decision("collusion", True, f"noise calibrated so that {self.honest} honest "
+                                           f"{'party' if self.honest == 1 else 'parties'} of the {self.threshold} "
+                                           "needed carry the target (a holder is one party however many nodes it "
+                                           f"runs; tolerates {_parties(self.colluding)} colluding; gateway policy "
+                                           "max_colluding_nodes)")
+
+
+def _parties(k: int) -> str:
+    return f"{k} {'party' if k == 1 else 'parties'}"
 
 
 def noise_shares(nodes: int, threshold: int, max_colluding_nodes: int | None) -> NoiseShares:
