@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Query
+from fastapi import Path as FastPath
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
@@ -17,6 +18,8 @@ from xdp_compute.gateway.witnessing import cosigned_checkpoints, registered_witn
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 MAX_PAGE = 100_000
+# Larger indices do not fit the database's 64-bit integers: a 422, not a 500 (issue #12).
+MAX_INDEX = 2**62
 
 
 def _log(svc: Svc) -> ReleaseLog:
@@ -47,7 +50,7 @@ def latest_head(svc: Svc, who: Auditor) -> dict[str, Any]:
 
 
 @router.get("/heads")
-def heads(svc: Svc, who: Auditor, start: int = Query(1, ge=0)) -> list[dict[str, Any]]:
+def heads(svc: Svc, who: Auditor, start: int = Query(1, ge=0, le=MAX_INDEX)) -> list[dict[str, Any]]:
     with svc.store.read() as s:
         rows = s.scalars(select(m.TreeHead).where(m.TreeHead.tree_size >= start).order_by(m.TreeHead.tree_size)
                          .limit(MAX_PAGE)).all()
@@ -57,7 +60,7 @@ def heads(svc: Svc, who: Auditor, start: int = Query(1, ge=0)) -> list[dict[str,
 @router.get("/entries")
 def entries(svc: Svc, who: Auditor, dataset: str | None = None, principal: str | None = None,
             kind: str | None = None, since: float | None = None, until: float | None = None,
-            start: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=MAX_PAGE)) -> list[dict[str, Any]]:
+            start: int = Query(0, ge=0, le=MAX_INDEX), limit: int = Query(1000, ge=1, le=MAX_PAGE)) -> list[dict[str, Any]]:
     """Entries filtered by dataset, principal, kind and time range (digests and costs, no values)."""
     out = []
     for e in _entries(svc, start, MAX_PAGE):
@@ -86,8 +89,8 @@ def export(svc: Svc, who: Auditor) -> PlainTextResponse:
 
 
 @router.get("/proof/inclusion")
-def inclusion(svc: Svc, who: Auditor, index: int = Query(..., ge=0),
-              size: int | None = Query(None, ge=1)) -> dict[str, Any]:
+def inclusion(svc: Svc, who: Auditor, index: int = Query(..., ge=0, le=MAX_INDEX),
+              size: int | None = Query(None, ge=1, le=MAX_INDEX)) -> dict[str, Any]:
     lg = _log(svc)
     committed = lg.committed_size
     size = size or committed
@@ -97,8 +100,8 @@ def inclusion(svc: Svc, who: Auditor, index: int = Query(..., ge=0),
 
 
 @router.get("/proof/consistency")
-def consistency(svc: Svc, who: Auditor, first: int = Query(..., ge=0),
-                second: int | None = Query(None, ge=0)) -> dict[str, Any]:
+def consistency(svc: Svc, who: Auditor, first: int = Query(..., ge=0, le=MAX_INDEX),
+                second: int | None = Query(None, ge=0, le=MAX_INDEX)) -> dict[str, Any]:
     lg = _log(svc)
     committed = lg.committed_size
     second = committed if second is None else second
@@ -108,7 +111,7 @@ def consistency(svc: Svc, who: Auditor, first: int = Query(..., ge=0),
 
 
 @router.get("/entries/{index}")
-def entry(index: int, svc: Svc, who: Auditor) -> dict[str, Any]:
+def entry(svc: Svc, who: Auditor, index: int = FastPath(..., ge=0, le=MAX_INDEX)) -> dict[str, Any]:
     with svc.store.read() as s:
         row = s.get(m.LogEntry, index)
     if row is None:

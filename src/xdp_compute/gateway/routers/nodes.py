@@ -39,7 +39,7 @@ async def validate_node(node_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
 
 
 @router.get("/nodes/log-entries")
-def holder_log_entries(svc: Svc, who: Holder, start: int = Query(0, ge=0),
+def holder_log_entries(svc: Svc, who: Holder, start: int = Query(0, ge=0, le=2**62),
                        limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
     """The release log's entries about the calling holder's own datasets (as ``/v1/audit/entries``
     shows them: digests, costs and decisions, no values), so a holder's node can check that every
