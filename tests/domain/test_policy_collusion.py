@@ -35,3 +35,25 @@ def test_the_shares_of_the_honest_survivors_alone_meet_the_target(n: int) -> Non
     # Without the margin the same t - 1 honest shares would spend more than the budget.
     unsafe = plan_noise(eps, delta, [m], s.threshold).measurements[0].sigma_node2
     assert ddg_rho(1, 1, unsafe, s.honest, 4) > epsilon_delta_to_rho(eps, delta)
+
+
+@pytest.mark.parametrize("name", ["", "<script>", "clinic\u200b-0", "ｃｌｉｎｉｃ", "a" * 64, "-x", "x\n", "x y"])
+def test_node_names_that_read_alike_or_carry_markup_are_refused(name: str) -> None:
+    from xdp_compute.domain.names import check_node_name
+    from xdp_compute.errors import BadRequest
+
+    with pytest.raises(BadRequest):
+        check_node_name(name)
+
+
+@pytest.mark.parametrize("region, ok", [("CN-FJ", True), ("DE", True), ("cn-fj", False), ("", False),
+                                        ("<b>", False), ("CN-FJ\n", False), ("ＣＮ", False)])
+def test_regions_are_iso_codes(region: str, ok: bool) -> None:
+    from xdp_compute.domain.names import check_region
+    from xdp_compute.errors import BadRequest
+
+    if ok:
+        assert check_region(region) == region
+    else:
+        with pytest.raises(BadRequest):
+            check_region(region)

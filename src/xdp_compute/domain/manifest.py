@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from xdp_compute.domain.names import NODE_NAME, REGION
 from xdp_compute.errors import ManifestError
 
 COLUMN_TYPES = ("int", "float", "category", "text", "bool")
@@ -22,7 +23,7 @@ NUMERIC_TYPES = ("int", "float")
 USES = ("aggregate", "filter", "group")
 CLASSIFICATIONS = ("public", "internal", "sensitive", "core")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NODE_NAME = NODE_NAME
 MAX_CATEGORY_VALUES = 1000
 
 
@@ -342,11 +343,11 @@ def parse_manifest_text(text: str, *, file: str = "<manifest>", base_dir: Path |
         raise ctx.fail("node", "required: a [node] table with name and region")
     _take(ctx, node, {"name", "region", "max_colluding_nodes", "state_dir"}, "node")
     name = node.get("name")
-    if not isinstance(name, str) or not _NODE_NAME.match(name):
+    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
         raise ctx.fail("node.name", "required; letters, digits, '.', '_' or '-', at most 63 characters")
     region = node.get("region")
-    if not isinstance(region, str) or not region:
-        raise ctx.fail("node.region", "required; e.g. \"CN-FJ\"")
+    if not isinstance(region, str) or not REGION.fullmatch(region):
+        raise ctx.fail("node.region", "required; an upper-case ISO 3166 code, e.g. \"CN\" or \"CN-FJ\"")
     colluding = node.get("max_colluding_nodes")
     if colluding is not None and (isinstance(colluding, bool) or not isinstance(colluding, int) or colluding < 0):
         raise ctx.fail("node.max_colluding_nodes", "must be a non-negative integer (how many of a session's nodes "

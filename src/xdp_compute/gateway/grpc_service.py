@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from xdp_compute.domain.manifest import parse_declaration
+from xdp_compute.domain.names import check_node_name, check_region
 from xdp_compute.errors import XdpError
 from xdp_compute.gateway.hub import TaskHub
 from xdp_compute.gateway.registration import RegistrationLimits
@@ -58,7 +59,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
             raise
         except XdpError as e:
             await context.abort(_STATUS.get(e.status, grpc.StatusCode.INTERNAL), e.detail)
-        except Exception:  # noqa: BLE001 - a bug here must not hand the caller our exception class
+        except Exception:
             log.exception("gRPC %s failed", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (details are in the gateway's log)")
 
@@ -73,6 +74,8 @@ class NodeService(pb_grpc.NodeServiceServicer):
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         async def run(p: PrincipalView) -> pb.RegisterResponse:
             self.limits.take(p.id, p.name)  # per holder token, before any parsing (issue #12)
+            check_node_name(request.node_name)  # a raw client skips the node's own manifest check
+            check_region(request.region)
             decls = [parse_declaration(d, origin=f"node {request.node_name}")
                      for d in parse_json_list(request.datasets_json, "datasets_json")]
             node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
