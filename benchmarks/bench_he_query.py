@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,26 +31,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000, help="rows per node")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    from bench_query import write_csv
-    from e2e_helpers import MANIFEST
+    from bench_query import three_node_cluster
 
     from xdp_compute import Client
-    from xdp_compute.cli.cluster import LocalCluster
 
-    root = Path(tempfile.mkdtemp(prefix="xdp-bench-heq-"))
-    cluster = LocalCluster(root=root / "c")
-    cluster.start_gateway()
-    admin = cluster.token("admin", "admin")
-    analyst = cluster.token("analyst", "analyst")
-    for i in range(3):
-        node = f"clinic-{i}"
-        d = root / "c" / node
-        d.mkdir(parents=True)
-        write_csv(d / "visits.csv", args.rows, i)
-        (d / "node.toml").write_text(MANIFEST.format(node=node, region="CN-FJ", budget=1e6, min_group=5,
-                                                     categories="[]", approval="false"))
-        cluster.start_node(node, cluster.token("holder", f"h{i}"), d / "node.toml")
-    cluster.wait_online(admin, [f"clinic-{i}" for i in range(3)])
+    cluster, analyst, _, root = three_node_cluster(args.rows, "xdp-bench-heq-")
     try:
         c = Client(cluster.url, analyst, key_dir=str(root / "keys"))
         c.query(SQL, epsilon=0.1)  # warm-up (imports, connections)

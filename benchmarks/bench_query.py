@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -34,32 +35,40 @@ def write_csv(path: Path, rows: int, seed: int) -> None:
     con.execute(f"COPY t TO '{path}' (HEADER, DELIMITER ',')")
 
 
+def three_node_cluster(rows: int, prefix: str) -> tuple[Any, str, list[Path], Path]:
+    """A gateway and three node processes over ``rows`` CSV rows each, sharing ``visits`` (the first
+    holder owns it and invites the others). Returns (cluster, analyst token, CSV files, root)."""
+    from e2e_helpers import MANIFEST, start_sharing
+
+    from xdp_compute.cli.cluster import LocalCluster
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = LocalCluster(root=root / "c")
+    cluster.start_gateway()
+    admin, analyst = cluster.token("admin", "admin"), cluster.token("analyst", "analyst")
+    files, nodes = [], []
+    for i in range(3):
+        node = f"clinic-{i}"
+        d = root / "c" / node
+        d.mkdir(parents=True)
+        write_csv(d / "visits.csv", rows, i)
+        files.append(d / "visits.csv")
+        (d / "node.toml").write_text(MANIFEST.format(node=node, region="CN-FJ", budget=1e6, min_group=5,
+                                                     categories="[]", approval="false"))
+        nodes.append((node, f"h{i}", cluster.token("holder", f"h{i}"), d / "node.toml"))
+    start_sharing(cluster, admin, "visits", nodes)
+    cluster.wait_online(admin, [n for n, *_ in nodes])
+    return cluster, analyst, files, root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows per node")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    from e2e_helpers import MANIFEST
-
     from xdp_compute import Client
-    from xdp_compute.cli.cluster import LocalCluster
 
-    root = Path(tempfile.mkdtemp(prefix="xdp-bench-q-"))
-    cluster = LocalCluster(root=root / "c")
-    cluster.start_gateway()
-    admin = cluster.token("admin", "admin")
-    analyst = cluster.token("analyst", "analyst")
-    files = []
-    for i in range(3):
-        node = f"clinic-{i}"
-        d = root / "c" / node
-        d.mkdir(parents=True)
-        write_csv(d / "visits.csv", args.rows, i)
-        files.append(d / "visits.csv")
-        (d / "node.toml").write_text(MANIFEST.format(node=node, region="CN-FJ", budget=1e6, min_group=5,
-                                                     categories="[]", approval="false"))
-        cluster.start_node(node, cluster.token("holder", f"h{i}"), d / "node.toml")
-    cluster.wait_online(admin, [f"clinic-{i}" for i in range(3)])
+    cluster, analyst, files, _ = three_node_cluster(args.rows, "xdp-bench-q-")
     try:
         baseline_sql = ("SELECT clinic, COUNT(*), AVG(cost) FROM read_csv([" + ", ".join(f"'{f}'" for f in files)
                         + "], header=true) WHERE age > 30 GROUP BY clinic")

@@ -20,7 +20,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def noise_error() -> dict[str, float]:
     from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION
     from xdp_compute.privacy import Measurement, plan_noise
     from xdp_compute.query import plan_query
-    from xdp_compute.query.score import feature_alias, score_sql
+    from xdp_compute.query.score import score_sql
 
     ds = parse_manifest_text(MANIFEST.format(node="n", region="CN-FJ", budget=10, min_group=5, categories="[]",
                                              approval="false"), check_files=False).datasets[0]
@@ -63,34 +62,18 @@ def noise_error() -> dict[str, float]:
         for w, f in zip(WEIGHTS, FEATURES, strict=True):
             mm = next(m for m in plan.measurements if m.key == f"sum({f})")
             var += w * w * float(sig[mm.key]) * n / mm.scale**2
-        _ = feature_alias
         out[label] = math.sqrt(var)
     return out
 
 
 def timing(rows: int, repeat: int) -> dict[str, float]:
-    from bench_query import write_csv
-    from e2e_helpers import MANIFEST
+    from bench_query import three_node_cluster
 
-    from xdp_compute import Client
-    from xdp_compute.cli.cluster import LocalCluster
     from xdp_compute.query.score import score_sql
 
-    root = Path(tempfile.mkdtemp(prefix="xdp-bench-score-"))
-    cluster = LocalCluster(root=root / "c")
-    cluster.start_gateway()
-    admin, analyst = cluster.token("admin", "admin"), cluster.token("analyst", "analyst")
-    for i in range(3):
-        node = f"clinic-{i}"
-        d = root / "c" / node
-        d.mkdir(parents=True)
-        write_csv(d / "visits.csv", rows, i)
-        (d / "node.toml").write_text(MANIFEST.format(node=node, region="CN-FJ", budget=1e6, min_group=5,
-                                                     categories="[]", approval="false"))
-        cluster.start_node(node, cluster.token("holder", f"h{i}"), d / "node.toml")
-    cluster.wait_online(admin, [f"clinic-{i}" for i in range(3)])
+    cluster, analyst, _, _ = three_node_cluster(rows, "xdp-bench-score-")
     try:
-        c = Client(cluster.url, analyst)
+        c = cluster.client(analyst)
         sql = score_sql("visits", FEATURES, "age > 30", ["clinic"])
         c.query(sql, epsilon=0.1)  # warm-up
         plain, scored = [], []
