@@ -327,15 +327,7 @@ class QueryService:
                                    round_timeout=self.svc.settings.round_timeout_seconds,
                                    begin_timeout=self.svc.settings.round_timeout_seconds * 6)
         except ProtocolAborted as e:
-            # Nothing was unmasked. The abort is refunded only when its cause cannot depend on the
-            # data: nodes that went silent. A node that answered its data step with an error may
-            # have failed on its rows, so that abort is charged (issue #11: a refund would be a
-            # free, noise-free bit about the data).
-            data_errors = bool(getattr(e, "node_errors", None))
-            reason = "secure aggregation aborted" if data_errors else f"secure aggregation aborted: {e.detail}"
-            await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
-                                    reason, refund=not data_errors)
-            raise ProtocolAborted(reason) from None
+            raise await self.aborted(job_id, p, e) from None
         survivors = [names[u] for u in res.survivors]
         payload = self.finalize(p, res.total, len(res.survivors))
         # Which node dropped out, and in which phase, is logged for the operator only: a phase
@@ -383,13 +375,7 @@ class QueryService:
                 threshold=p.threshold, round_timeout=self.svc.settings.round_timeout_seconds,
                 begin_timeout=self.svc.settings.round_timeout_seconds * 6)
         except ProtocolAborted as e:
-            # As on the plain path: nothing was unmasked; refunded only when no node answered its
-            # data step with an error (such an error may depend on its rows: then it is charged).
-            data_errors = bool(getattr(e, "node_errors", None))
-            reason = "secure aggregation aborted" if data_errors else f"secure aggregation aborted: {e.detail}"
-            await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
-                                    reason, refund=not data_errors)
-            raise ProtocolAborted(reason) from None
+            raise await self.aborted(job_id, p, e) from None
         survivors = [names[u] for u in res.survivors]
         if res.dropped:
             log.info("job %s: %d node(s) dropped out: %s", job_id, len(res.dropped),
@@ -406,6 +392,18 @@ class QueryService:
                                      res.sealed_sum, res.mask_total)
         return self.jobs.hand_over(job_id, await self.jobs.release(job_id, p.principal.name, outcome, started),
                                    background)
+
+    async def aborted(self, job_id: str, p: Prepared, e: ProtocolAborted) -> ProtocolAborted:
+        """Log an aborted secure aggregation (nothing was unmasked) and return the error to raise.
+
+        Refunded only when its cause cannot depend on the data: nodes that went silent. A node
+        that answered its data step with an error may have failed on its rows, so that abort is
+        charged and its reason names nobody (issue #11: a refund would be a noise-free bit)."""
+        data_errors = bool(getattr(e, "node_errors", None))
+        reason = "secure aggregation aborted" if data_errors else f"secure aggregation aborted: {e.detail}"
+        await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
+                                reason, refund=not data_errors)
+        return ProtocolAborted(reason)
 
     def finalize(self, p: Prepared, total: np.ndarray, n_shares: int) -> dict[str, Any]:
         """Noisy totals -> rows keyed by alias, with intervals from the known noise."""
