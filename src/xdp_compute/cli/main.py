@@ -115,11 +115,17 @@ def node(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xdp_compute.cli.pki import node_credentials
+    from xdp_compute.node.identity import NodeIdentity
 
     credentials = node_credentials(gateway, ca, cert, key, insecure)
     secret = tokens.resolve_token(token, token_file)
     m = load_manifest(manifest)
-    options = WorkerOptions(threads=threads or os.cpu_count() or 1, preload=preload)
+    # With TLS, the same certificate and key sign this node's secure-aggregation keys, and the CA
+    # verifies its peers' (an active gateway cannot substitute keys); plaintext runs unauthenticated.
+    identity = None if credentials is None else NodeIdentity(Path(ca), Path(cert), Path(key))
+    if identity is not None:
+        identity.load()  # a key that does not match its certificate stops the node here, not at a task
+    options = WorkerOptions(threads=threads or os.cpu_count() or 1, preload=preload, identity=identity)
     agent = NodeAgent(gateway, secret, m, options=options, credentials=credentials)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=agent.stop, daemon=True).start())
     try:

@@ -141,7 +141,8 @@ class TrainBegin(Record):
 
 
 class SecAggStep(Record):
-    """Rounds 1, 2 and 4 of Bonawitz et al. 2017 (ShareKeys, MaskedInputCollection, Unmasking)."""
+    """Rounds 1 to 4 of Bonawitz et al. 2017 (ShareKeys, MaskedInputCollection, ConsistencyCheck,
+    Unmasking)."""
 
     KIND: ClassVar[str] = "secagg_step"  # the concrete kinds are the three below
     session_id: str = Field(min_length=1, max_length=200)
@@ -154,6 +155,12 @@ class SecAggShareKeys(SecAggStep):
 
 class SecAggMaskedInput(SecAggStep):
     KIND: ClassVar[str] = "secagg_masked_input"
+
+
+class SecAggConsistency(SecAggStep):
+    """Round 3 (ConsistencyCheck): the survivor set U3, which the node checks and signs."""
+
+    KIND: ClassVar[str] = "secagg_consistency"
 
 
 class SecAggUnmask(SecAggStep):
@@ -256,11 +263,13 @@ class TrainEvaluated(Record):
 
 
 REQUESTS: dict[str, type[Record]] = {r.KIND: r for r in (
-    Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggUnmask, HeQueryBegin,
+    Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggConsistency, SecAggUnmask,
+    HeQueryBegin,
     HeQueryMaskedInput, TrainPrepare, TrainEval)}
 REPLY_OF: dict[str, type[Record]] = {
     "validate": Validated, "query_begin": QueryBegun, "train_begin": TrainRoundBegun,
-    "secagg_share_keys": SecAggMessage, "secagg_masked_input": SecAggMessage, "secagg_unmask": SecAggMessage,
+    "secagg_share_keys": SecAggMessage, "secagg_masked_input": SecAggMessage, "secagg_consistency": SecAggMessage,
+    "secagg_unmask": SecAggMessage,
     "he_query_begin": HeQueryBegun, "he_query_masked_input": HeQueryMaskedReply, "train_prepare": TrainPrepared,
     "train_eval": TrainEvaluated}
 
@@ -332,6 +341,7 @@ __all__ = [
     "QueryBegin",
     "QueryBegun",
     "Record",
+    "SecAggConsistency",
     "SecAggMaskedInput",
     "SecAggMessage",
     "SecAggSession",

@@ -26,6 +26,7 @@ from xdp_compute.contract import (
     HeQueryMaskedInput,
     HeQueryMaskedReply,
     Record,
+    SecAggConsistency,
     SecAggMessage,
     SecAggSession,
     SecAggShareKeys,
@@ -35,6 +36,7 @@ from xdp_compute.crypto.paillier import EncryptedVector, PackingScheme, Paillier
 from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer, default_neighbours
 from xdp_compute.errors import BadRequest, ProtocolAborted, XdpError
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed, TaskHub
+from xdp_compute.gateway.secure_sum import roster_for
 
 log = logging.getLogger("xdp.gateway.secagg")
 
@@ -152,7 +154,7 @@ class _SealedRounds:
         server.close_advertise_keys()
         # Round 1 (ShareKeys): route the roster; collect encrypted Shamir shares.
         u1 = list(server.survivors(Phase.ADVERTISE_KEYS))
-        replies = await _ask_all(hub, job_id, {u: SecAggShareKeys(session_id=sid, secagg=server.roster_for(u).encode())
+        replies = await _ask_all(hub, job_id, {u: SecAggShareKeys(session_id=sid, secagg=roster_for(server, u))
                                                for u in u1}, round_timeout)
         self.feed(replies, u1, "share_keys")
         server.close_share_keys()
@@ -163,12 +165,19 @@ class _SealedRounds:
                                                                      secagg=server.shares_for(u).encode())
                                                for u in u2}, round_timeout)
         self.feed(replies, u2, "masked_input")
-        request = server.close_masked_input()
-        # Round 4 (Unmasking): survivors reveal self-mask shares of U3 and key shares of the dropped.
+        check = server.close_masked_input()
+        # Round 3 (ConsistencyCheck): every survivor signs the survivor set U3 it was told.
         u3 = list(server.survivors(Phase.MASKED_INPUT))
+        consistency = SecAggConsistency(session_id=sid, secagg=check.encode())
+        replies = await _ask_all(hub, job_id, dict.fromkeys(u3, consistency), round_timeout)
+        self.feed(replies, u3, "consistency")
+        request = server.close_consistency()
+        # Round 4 (Unmasking): with t signatures over U3, survivors reveal self-mask shares of U3
+        # and key shares of the dropped.
+        u4 = list(server.survivors(Phase.CONSISTENCY))
         unmask = SecAggUnmask(session_id=sid, secagg=request.encode())
-        replies = await _ask_all(hub, job_id, dict.fromkeys(u3, unmask), round_timeout)
-        self.feed(replies, u3, "unmask")
+        replies = await _ask_all(hub, job_id, dict.fromkeys(u4, unmask), round_timeout)
+        self.feed(replies, u4, "unmask")
         # Shamir reconstruction, mask expansion and the ciphertext product are CPU work.
         revealed = await asyncio.to_thread(server.close_unmask)
         vectors = [self.ciphertexts[u] for u in u3]

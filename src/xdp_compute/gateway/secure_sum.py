@@ -1,15 +1,22 @@
 """Drive one secure-aggregation session (Bonawitz et al. 2017) over the nodes' task channel.
 
-The gateway plays the server of ``xdp_compute.crypto.secagg``: it only routes keys and
-encrypted shares, and at the end learns the sum of the surviving nodes' (noisy) vectors — never
-a single node's vector. Nodes that do not answer a round in time count as dropped; fewer than t
-survivors abort with ``ProtocolAborted``.
+The gateway plays the server of ``xdp_compute.crypto.secagg``: it only routes signed keys,
+encrypted shares and signed survivor sets, and at the end learns the sum of the surviving
+nodes' (noisy) vectors — never a single node's vector. Nodes that do not answer a round in time
+count as dropped; fewer than t survivors abort with ``ProtocolAborted``. A gateway that deviates
+(substitutes keys, tells nodes different survivor sets) makes the nodes abort: they verify
+every signature themselves (``crypto.secagg.identity``).
+
+``XDP_TEST_GATEWAY_SWAP_KEYS`` (tests only) makes this gateway deviate the way an attacker would:
+in Round 1 it hands every node a roster whose peers' keys are the gateway's own, so that it
+could compute every pairwise mask and decrypt every share (``deviating_roster``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +25,21 @@ import numpy as np
 
 from xdp_compute.contract import (
     Record,
+    SecAggConsistency,
     SecAggMaskedInput,
     SecAggMessage,
     SecAggSession,
     SecAggShareKeys,
     SecAggUnmask,
 )
-from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer, default_neighbours
+from xdp_compute.crypto.secagg import (
+    KeyRoster,
+    NodeKeys,
+    Phase,
+    SecAggConfig,
+    SecAggServer,
+    default_neighbours,
+)
 from xdp_compute.errors import BadRequest, ProtocolAborted, XdpError
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed, TaskHub
 
@@ -38,6 +53,31 @@ class SecureSumResult:
     first_replies: dict[str, Any] = field(default_factory=dict)  # round-0 replies (QueryBegun, TrainRoundBegun)
     dropped: dict[str, str] = field(default_factory=dict)   # node id -> phase where it dropped
     refused: dict[str, str] = field(default_factory=dict)   # node id -> its error, if it answered round 0 with one
+
+
+def deviating_roster(roster: KeyRoster, recipient: str) -> KeyRoster:
+    """Test-only attack: the recipient's peers' keys replaced by fresh keys this gateway holds.
+
+    The certificates and signatures stay as the peers sent them (the gateway has no peer's
+    identity key to sign the new keys with), so an authenticated node refuses the roster.
+    """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    def fresh() -> bytes:
+        return X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+    keys = {v: k if v == recipient else NodeKeys(fresh(), fresh(), k.certificate, k.signature)
+            for v, k in roster.keys.items()}
+    return KeyRoster(roster.session_id, keys)
+
+
+def roster_for(server: SecAggServer, node: str) -> bytes:
+    """Round 1 input for ``node``: its roster (deviating only under the test-only switch)."""
+    roster = server.roster_for(node)
+    if os.environ.get("XDP_TEST_GATEWAY_SWAP_KEYS"):
+        log.warning("XDP_TEST_GATEWAY_SWAP_KEYS is set: this gateway substitutes peers' keys (tests only)")
+        roster = deviating_roster(roster, node)
+    return roster.encode()
 
 
 async def _gather(hub: TaskHub, job_id: str, requests: dict[str, Record], timeout: float,
@@ -110,7 +150,7 @@ async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list
     # Round 1 (ShareKeys): route the roster; collect encrypted Shamir shares.
     u1 = list(server.survivors(Phase.ADVERTISE_KEYS))
     replies = await _gather(hub, job_id, {u: SecAggShareKeys(session_id=session_id,
-                                                             secagg=server.roster_for(u).encode()) for u in u1},
+                                                             secagg=roster_for(server, u)) for u in u1},
                             round_timeout)
     feed(replies, u1, "share_keys")
     server.close_share_keys()
@@ -120,12 +160,19 @@ async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list
                                                                secagg=server.shares_for(u).encode()) for u in u2},
                             round_timeout)
     feed(replies, u2, "masked_input")
-    request = server.close_masked_input()
-    # Round 4 (Unmasking): survivors reveal self-mask shares of U3 and key shares of the dropped.
+    check = server.close_masked_input()
+    # Round 3 (ConsistencyCheck): every survivor signs the survivor set U3 it was told.
     u3 = list(server.survivors(Phase.MASKED_INPUT))
+    consistency = SecAggConsistency(session_id=session_id, secagg=check.encode())
+    replies = await _gather(hub, job_id, dict.fromkeys(u3, consistency), round_timeout)
+    feed(replies, u3, "consistency")
+    request = server.close_consistency()
+    # Round 4 (Unmasking): with t signatures over U3, survivors reveal self-mask shares of U3 and
+    # key shares of the dropped.
+    u4 = list(server.survivors(Phase.CONSISTENCY))
     unmask = SecAggUnmask(session_id=session_id, secagg=request.encode())
-    replies = await _gather(hub, job_id, dict.fromkeys(u3, unmask), round_timeout)
-    feed(replies, u3, "unmask")
+    replies = await _gather(hub, job_id, dict.fromkeys(u4, unmask), round_timeout)
+    feed(replies, u4, "unmask")
     # Shamir reconstruction and mask expansion are CPU work: off the event loop.
     total = await asyncio.to_thread(server.close_unmask)
     return SecureSumResult(total=total, survivors=u3, first_replies={k: v for k, v in first.items() if k in u3},

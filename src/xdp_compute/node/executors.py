@@ -19,6 +19,7 @@ from xdp_compute.contract import (
     HeQueryMaskedInput,
     QueryBegin,
     Record,
+    SecAggConsistency,
     SecAggMaskedInput,
     SecAggShareKeys,
     SecAggUnmask,
@@ -31,6 +32,7 @@ from xdp_compute.contract import (
 )
 from xdp_compute.domain.manifest import Manifest
 from xdp_compute.errors import BadRequest, XdpError
+from xdp_compute.node.identity import NodeIdentity
 from xdp_compute.node.outcome import TaskOutcome
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.he import HeTasks
@@ -53,9 +55,10 @@ class TaskExecutor:
     between rounds, Paillier obfuscator pools.
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, identity: NodeIdentity | None = None) -> None:
+        """``identity``: the node's certificate, key and CA, for authenticated secure aggregation."""
         self.node = NodeContext(manifest)
-        self.secagg = SecAggSessions()
+        self.secagg = SecAggSessions(identity, manifest.max_colluding_nodes)
         self.query = QueryTasks(self.node, self.secagg)
         self.he = HeTasks(self.node, self.secagg)
         self.train = TrainTasks(self.node, self.secagg)
@@ -68,6 +71,7 @@ class TaskExecutor:
             QueryBegin.KIND: self.query.begin,
             SecAggShareKeys.KIND: self.secagg.share_keys,
             SecAggMaskedInput.KIND: self.secagg.masked_input,
+            SecAggConsistency.KIND: self.secagg.consistency_check,
             SecAggUnmask.KIND: self.secagg.unmask,
             HeQueryBegin.KIND: self.he.query_begin,
             HeQueryMaskedInput.KIND: self.he.masked_input,

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from xdp_compute.domain.manifest import Manifest
+from xdp_compute.node.identity import NodeIdentity
 from xdp_compute.node.outcome import TaskOutcome
 
 log = logging.getLogger("xdp.node.worker")
@@ -39,11 +40,13 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "N
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How the task worker runs: compute threads per task library, concurrent tasks, preloading."""
+    """How the task worker runs: compute threads per task library, concurrent tasks, preloading, and
+    the node's certified identity for secure aggregation (None: unauthenticated, plaintext loopback)."""
 
     threads: int = 1
     concurrency: int = 4
     preload: bool = True
+    identity: NodeIdentity | None = None
 
 
 class WorkerLost(Exception):
@@ -169,7 +172,7 @@ def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -
     from xdp_compute.errors import XdpError
     from xdp_compute.node.executors import TaskExecutor
 
-    executor = TaskExecutor(manifest)
+    executor = TaskExecutor(manifest, identity=options.identity)
     if options.preload:
         threading.Thread(target=_preload, args=(options.threads,), name="preload", daemon=True).start()
     else:

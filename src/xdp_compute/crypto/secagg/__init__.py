@@ -1,10 +1,12 @@
 """Secure aggregation of uint64 vectors: Bonawitz et al., CCS 2017, with optional SecAgg+ graph.
 
 "Practical Secure Aggregation for Privacy-Preserving Machine Learning" (Bonawitz, Ivanov,
-Kreuter, Marcedone, McMahan, Patel, Ramage, Segal, Seth; CCS 2017), Fig. 4, honest-but-curious
-variant: no signatures and no Round 3 (ConsistencyCheck, needed only against an active server).
-Our four phases are the paper's Round 0 (AdvertiseKeys), Round 1 (ShareKeys), Round 2
-(MaskedInputCollection) and Round 4 (Unmasking).
+Kreuter, Marcedone, McMahan, Patel, Ramage, Segal, Seth; CCS 2017), Fig. 4, the variant secure
+against an active server: Round 0 (AdvertiseKeys, keys signed with each node's certified
+identity), Round 1 (ShareKeys), Round 2 (MaskedInputCollection), Round 3 (ConsistencyCheck: each
+survivor signs the survivor set it was told) and Round 4 (Unmasking, only once t signatures over
+that same set verify). Nodes without identities (plaintext on loopback) run the same rounds with
+empty signatures: the honest-but-curious protocol.
 
 The server learns sum_{u in U3} x_u mod 2^64 and nothing else about any single x_u, as long as
 fewer than ``threshold`` share holders of a node collude with it and the clients' rules below
@@ -17,10 +19,10 @@ tells the server which authenticated node sent each one, and decides when a roun
 (``SecAggServer.close_*``): whatever arrived by then is the round's survivor set.
 
 Sets, in the paper's notation: U1 advertised keys, U2 sent encrypted shares, U3 sent a masked
-input (their inputs are summed), U4 answered the unmasking request.
+input (their inputs are summed), U4 signed U3, U5 answered the unmasking request.
 
 Modules: ``config`` (limits, phases, errors, :class:`SecAggConfig` and the neighbour graph),
-``keys`` (key agreement and HKDF derivations), ``codec`` (wire framing), ``messages``,
+``identity`` (node signatures against the deployment CA), ``keys`` (key agreement and HKDF derivations), ``codec`` (wire framing), ``messages``,
 ``client``, ``server`` and ``simulation`` (:func:`run_local_session`).
 """
 
@@ -37,9 +39,12 @@ from xdp_compute.crypto.secagg.config import (
     default_neighbours,
     default_threshold,
 )
+from xdp_compute.crypto.secagg.identity import NodeSigner, PeerVerifier
 from xdp_compute.crypto.secagg.keys import SHARE_CIPHERTEXT_BYTES
 from xdp_compute.crypto.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MaskedInput,
@@ -60,11 +65,15 @@ __all__ = [
     "MAX_VECTOR_LENGTH",
     "SHARE_CIPHERTEXT_BYTES",
     "AdvertiseKeys",
+    "ConsistencyCheck",
+    "ConsistencySignature",
     "EncryptedShares",
     "KeyRoster",
     "MalformedMessage",
     "MaskedInput",
     "NodeKeys",
+    "NodeSigner",
+    "PeerVerifier",
     "Phase",
     "RoundConflict",
     "SecAggClient",

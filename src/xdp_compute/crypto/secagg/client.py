@@ -1,8 +1,14 @@
-"""One node's side of secure aggregation (Bonawitz et al. 2017, Fig. 4, honest-but-curious).
+"""One node's side of secure aggregation (Bonawitz et al. 2017, Fig. 4, the active-adversary variant).
 
-:class:`SecAggClient` runs Rounds 0, 1, 2 and 4 in order, once each. Its secrets come from the
-OS CSPRNG and are erased as soon as the masked vector is out (Round 2); what it keeps for
-Round 4 are the peers' shares, and it reveals at most one kind of share per peer.
+:class:`SecAggClient` runs Rounds 0 to 4 in order, once each. Its secrets come from the OS
+CSPRNG and are erased as soon as the masked vector is out (Round 2); what it keeps for Round 4
+are the peers' shares, and it reveals at most one kind of share per peer.
+
+With an identity (``signer``) and the deployment CA (``verifier``), the client signs its keys and
+the survivor set it saw, and refuses any peer key, roster or survivor set that is not signed by
+a certified node: a gateway that substitutes keys, or tells nodes different survivor sets, makes
+honest clients abort instead of revealing anything (``identity``). Without them (nodes on
+plaintext loopback) the rounds are the same and nothing is authenticated: honest-but-curious.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xdp_compute.crypto import prg, shamir
 from xdp_compute.crypto.fixedpoint import U64Vector
+from xdp_compute.crypto.pki import NodeIdentity
 from xdp_compute.crypto.secagg.codec import check_key
 from xdp_compute.crypto.secagg.config import (
     MalformedMessage,
@@ -26,9 +33,18 @@ from xdp_compute.crypto.secagg.config import (
     SecAggConfig,
     abort,
 )
+from xdp_compute.crypto.secagg.identity import (
+    NodeSigner,
+    PeerVerifier,
+    keys_statement,
+    signature_valid,
+    survivors_statement,
+)
 from xdp_compute.crypto.secagg.keys import NONCE_BYTES, pairwise_seed, self_mask_seed, share_aad, share_key
 from xdp_compute.crypto.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MaskedInput,
@@ -39,7 +55,7 @@ from xdp_compute.crypto.secagg.messages import (
     coerce,
 )
 from xdp_compute.crypto.shamir import Share
-from xdp_compute.errors import InvalidCiphertext, InvalidSpec, ProtocolAborted
+from xdp_compute.errors import InvalidCiphertext, InvalidKey, InvalidSpec, ProtocolAborted
 
 
 class SecAggClient:
@@ -48,13 +64,21 @@ class SecAggClient:
     Secrets (X25519 keys, b_u, shares) come from the OS CSPRNG and never leave the object
     except as encrypted shares or as the unmasking shares the rules allow. ``unmask`` never
     reveals both the b-share and the s_sk-share of the same peer, and answers at most one
-    survivor set.
+    survivor set, the one it signed in Round 3.
+
+    ``signer``/``verifier``: this node's certified identity and the deployment CA (see the module
+    notes); a client with a verifier accepts only certified, signed peers.
     """
 
-    def __init__(self, node_id: str, config: SecAggConfig) -> None:
+    def __init__(self, node_id: str, config: SecAggConfig, *, signer: NodeSigner | None = None,
+                 verifier: PeerVerifier | None = None) -> None:
         config.index(node_id)
         self.node_id = node_id
         self.config = config
+        self._signer, self._verifier = signer, verifier
+        #: Who each roster entry is, by its verified certificate (after Round 1; empty unauthenticated).
+        self.peer_identities: dict[str, NodeIdentity] = {}
+        self._signed_u3: frozenset[str] | None = None
         self._phase = Phase.ADVERTISE_KEYS
         self._c_sk: X25519PrivateKey | None = None
         self._s_sk: X25519PrivateKey | None = None
@@ -94,11 +118,16 @@ class SecAggClient:
         """Round 0 (AdvertiseKeys): generate (c_pk, c_sk) and (s_pk, s_sk); send both public keys."""
         self._expect(Phase.ADVERTISE_KEYS)
         self._c_sk, self._s_sk = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-        self._keys = NodeKeys(
-            self._c_sk.public_key().public_bytes_raw(), self._s_sk.public_key().public_bytes_raw()
-        )
+        c_pk = self._c_sk.public_key().public_bytes_raw()
+        s_pk = self._s_sk.public_key().public_bytes_raw()
+        certificate = signature = b""
+        if self._signer is not None:
+            # Active variant, Round 0: sigma_u = SIG.sign(d_u^SK, c_u^PK || s_u^PK).
+            certificate = self._signer.certificate
+            signature = self._signer.sign(keys_statement(self.config.session_id, self.node_id, c_pk, s_pk))
+        self._keys = NodeKeys(c_pk, s_pk, certificate, signature)
         self._phase = Phase.SHARE_KEYS
-        return AdvertiseKeys(self.config.session_id, self.node_id, self._keys.c_pk, self._keys.s_pk)
+        return AdvertiseKeys(self.config.session_id, self.node_id, c_pk, s_pk, certificate, signature)
 
     # Round 1 ------------------------------------------------------------------------------
 
@@ -121,7 +150,8 @@ class SecAggClient:
         if r.keys.get(me) != self._keys:
             raise MalformedMessage(f"KeyRoster does not list {me} with the keys it advertised")
         roster_here = {v: r.keys[v] for v in holders if v in r.keys}
-        all_pks = [pk for keys in roster_here.values() for pk in keys]
+        self._authenticate(roster_here)
+        all_pks = [pk for keys in roster_here.values() for pk in (keys.c_pk, keys.s_pk)]
         if len(set(all_pks)) != len(all_pks):
             raise self._fail(Phase.SHARE_KEYS, "public keys in the roster are not all distinct")
         if len(roster_here) < cfg.t:
@@ -148,6 +178,35 @@ class SecAggClient:
             cts[v] = nonce + ct
         self._phase = Phase.MASKED_INPUT
         return ShareKeys(cfg.session_id, me, cts)
+
+    def _authenticate(self, roster: dict[str, NodeKeys]) -> None:
+        """Active variant, Round 1: every roster entry is a certified node's own signed keys.
+
+        Paper: "verify SIG.ver(d_v^PK, c_v^PK || s_v^PK, sigma_v) for every v in U1, else abort".
+        Here d_v^PK is the key of v's certificate, which must chain to the deployment CA; two
+        entries may not be the same certified node (one node, one seat).
+        """
+        if self._verifier is None:
+            return
+        sid, seen = self.config.session_id, {}
+        identities: dict[str, NodeIdentity] = {}
+        for v, keys in sorted(roster.items()):
+            if not keys.certificate or not keys.signature:
+                raise self._fail(Phase.SHARE_KEYS, f"roster entry {v!r} carries no certificate and signature; "
+                                                   "this node accepts only certified peers")
+            try:
+                ident = self._verifier.identity(keys.certificate)
+            except InvalidKey as exc:
+                raise self._fail(Phase.SHARE_KEYS, f"roster entry {v!r}: {exc.detail}") from None
+            if not signature_valid(keys.certificate, keys_statement(sid, v, keys.c_pk, keys.s_pk), keys.signature):
+                raise self._fail(Phase.SHARE_KEYS, f"the keys listed for {v!r} are not signed by its certified "
+                                                   "identity (substituted keys?)")
+            if ident.node in seen:
+                raise self._fail(Phase.SHARE_KEYS, f"roster entries {seen[ident.node]!r} and {v!r} are the same "
+                                                   f"certified node {ident.node!r}")
+            seen[ident.node] = v
+            identities[v] = ident
+        self.peer_identities = identities
 
     # Round 2 ------------------------------------------------------------------------------
 
@@ -238,60 +297,109 @@ class SecAggClient:
         self._mask = None
         self._b = b""
         self._c_sk = self._s_sk = None
-        self._phase = Phase.UNMASK
+        self._phase = Phase.CONSISTENCY
         return MaskedInput(cfg.session_id, me, y)
 
-    # Round 4 ------------------------------------------------------------------------------
+    # Round 3 ------------------------------------------------------------------------------
 
-    def unmask(self, request: UnmaskRequest | bytes | Sequence[str]) -> UnmaskResponse:
-        """Round 4 (Unmasking): reveal b-shares of survivors (U3) and s_sk-shares of U2 \\ U3 peers.
+    def consistency_check(self, request: ConsistencyCheck | bytes) -> ConsistencySignature:
+        """Round 3 (ConsistencyCheck): check U3 and sign it; a client signs one survivor set only.
 
         Refuses (ProtocolAborted) when |U3| < t, when fewer than t of this node's holders
         survived, when U3 is disconnected in the neighbour graph, or when this node is not in
-        U3. A repeated call with the same U3 returns the same answer; a different U3 is refused,
-        so the server can never obtain both kinds of share for one peer.
+        U3; MalformedMessage when U3 lists a neighbour that never sent this node its shares.
+        A repeated call with the same U3 signs again (the same statement); another U3 is refused.
         """
-        if self._answered is None:
-            self._expect(Phase.UNMASK)
         cfg, me = self.config, self.node_id
-        if isinstance(request, (UnmaskRequest, bytes, bytearray, memoryview)):
-            req = coerce(request, UnmaskRequest, "UnmaskRequest")
-            self._check_session(req.session_id)
-            survivors = list(req.survivors)
+        req = coerce(request, ConsistencyCheck, "ConsistencyCheck")
+        self._check_session(req.session_id)
+        u3 = self._check_survivors(req.survivors)
+        if self._signed_u3 is not None:
+            if self._signed_u3 != u3:
+                raise RoundConflict(f"client {me} already signed a different survivor set")
         else:
-            survivors = list(request)
+            self._expect(Phase.CONSISTENCY)
+            if me not in u3:
+                raise self._fail(Phase.CONSISTENCY, f"{me} is not among the survivors; it reveals nothing")
+            if len(u3) < cfg.t:
+                raise self._fail(Phase.CONSISTENCY, f"{len(u3)} survivors, threshold is {cfg.t}",
+                                 survivors=len(u3), threshold=cfg.t)
+            for v in cfg.neighbours_of(me) & u3:
+                if v not in self._u2_peers:
+                    raise MalformedMessage(f"survivor {v!r} never sent {me} its shares, so it cannot be in U3")
+            local = len(cfg.holders_of(me) & u3)
+            if local < cfg.t:
+                raise self._fail(Phase.CONSISTENCY, f"{local} of {me}'s share holders survived, threshold is {cfg.t}",
+                                 survivors=local, threshold=cfg.t)
+            if cfg.sparse and not cfg.is_connected(u3):
+                raise self._fail(Phase.CONSISTENCY, "survivors are disconnected in the neighbour graph; the server "
+                                                    "would learn partial sums")
+            self._signed_u3 = u3
+            self._phase = Phase.UNMASK
+        # Active variant, Round 3: sigma'_u = SIG.sign(d_u^SK, U3).
+        signature = b"" if self._signer is None else self._signer.sign(survivors_statement(cfg.session_id, u3))
+        return ConsistencySignature(cfg.session_id, me, signature)
+
+    def _check_survivors(self, survivors: Sequence[str]) -> frozenset[str]:
         for v in survivors:
-            cfg.index(v)
+            self.config.index(v)
         u3 = frozenset(survivors)
         if len(u3) != len(survivors):
-            raise MalformedMessage("UnmaskRequest: duplicate survivor")
+            raise MalformedMessage("duplicate survivor")
+        return u3
+
+    # Round 4 ------------------------------------------------------------------------------
+
+    def _count_signatures(self, u3: frozenset[str], signatures: dict[str, bytes]) -> int:
+        """Active variant, Round 4: how many of this node's share holders validly signed U3.
+
+        Paper: "receive {v, sigma'_v} for v in U4, assert U4 subset of U3, |U4| >= t, and verify
+        every signature, else abort". A signer outside U3, or a signature that does not verify,
+        aborts. Signers outside this node's roster (SecAgg+ neighbourhoods) cannot be checked here
+        and do not count.
+        """
+        cfg, me = self.config, self.node_id
+        outside = sorted(set(signatures) - u3)
+        if outside:
+            raise self._fail(Phase.UNMASK, f"{outside[0]!r} signed the survivor set but is not in it")
+        counted = 0
+        statement = survivors_statement(cfg.session_id, u3)
+        for v, sig in sorted(signatures.items()):
+            if v not in cfg.holders_of(me):
+                continue
+            if self._verifier is not None:
+                keys = self._roster.get(v) if v != me else self._keys
+                if keys is None or not signature_valid(keys.certificate, statement, sig):
+                    raise self._fail(Phase.UNMASK, f"the signature of {v!r} over the survivor set does not verify "
+                                                   "(survivor sets differ between nodes?)")
+            counted += 1
+        return counted
+
+    def unmask(self, request: UnmaskRequest | bytes) -> UnmaskResponse:
+        """Round 4 (Unmasking): reveal b-shares of survivors (U3) and s_sk-shares of U2 \\ U3 peers.
+
+        Only for the U3 this client signed in Round 3, and only once at least t of its share
+        holders' signatures over that same U3 verify (with a verifier; without one, t signers
+        must be listed). A repeated call with the same request returns the same answer; so the
+        server can never obtain both kinds of share for one peer.
+        """
+        cfg, me = self.config, self.node_id
+        req = coerce(request, UnmaskRequest, "UnmaskRequest")
+        self._check_session(req.session_id)
+        u3 = self._check_survivors(req.survivors)
         if self._answered is not None:
             if self._answered[0] == u3:
                 return self._answered[1]
             raise RoundConflict(f"client {me} already answered a different survivor set")
-        if me not in u3:
-            raise self._fail(Phase.UNMASK, f"{me} is not among the survivors; it reveals nothing")
-        if len(u3) < cfg.t:
-            raise self._fail(
-                Phase.UNMASK, f"{len(u3)} survivors, threshold is {cfg.t}", survivors=len(u3), threshold=cfg.t
-            )
+        self._expect(Phase.UNMASK)
+        if u3 != self._signed_u3:
+            raise self._fail(Phase.UNMASK, "the unmasking request names another survivor set than the one this node "
+                                           "signed")
+        valid = self._count_signatures(u3, dict(req.signatures))
+        if valid < cfg.t:
+            raise self._fail(Phase.UNMASK, f"{valid} of {me}'s share holders signed the survivor set, threshold is "
+                                           f"{cfg.t}", survivors=valid, threshold=cfg.t)
         held = self._u2_peers | {me}
-        for v in cfg.neighbours_of(me) & u3:
-            if v not in self._u2_peers:
-                raise MalformedMessage(f"survivor {v!r} never sent {me} its shares, so it cannot be in U3")
-        local = len(cfg.holders_of(me) & u3)
-        if local < cfg.t:
-            raise self._fail(
-                Phase.UNMASK,
-                f"{local} of {me}'s share holders survived, threshold is {cfg.t}",
-                survivors=local,
-                threshold=cfg.t,
-            )
-        if cfg.sparse and not cfg.is_connected(u3):
-            raise self._fail(
-                Phase.UNMASK,
-                "survivors are disconnected in the neighbour graph; the server would learn partial sums",
-            )
         assert self._own_shares is not None
         all_shares = {**self._peer_shares, me: self._own_shares}
         b_out = {v: all_shares[v][1] for v in held if v in u3}

@@ -48,11 +48,12 @@ class RoundConflict(Conflict):
 
 
 class Phase(enum.IntEnum):
-    """Protocol phases; the value is the paper's round number (Round 3 is skipped)."""
+    """Protocol phases; the value is the paper's round number."""
 
     ADVERTISE_KEYS = 0
     SHARE_KEYS = 1
     MASKED_INPUT = 2
+    CONSISTENCY = 3
     UNMASK = 4
     DONE = 5
     ABORTED = 6

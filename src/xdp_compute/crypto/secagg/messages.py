@@ -1,15 +1,17 @@
-"""The seven secure-aggregation messages, one dataclass per round and direction.
+"""The nine secure-aggregation messages, one dataclass per round and direction.
 
 Each has ``encode() -> bytes`` and ``decode(bytes)`` (framing in
 :mod:`~xdp_compute.crypto.secagg.codec`); :func:`decode_message` dispatches on the type byte.
-Round numbers are Bonawitz et al. 2017, Fig. 4: 0 AdvertiseKeys, 1 ShareKeys,
-2 MaskedInputCollection, 4 Unmasking (Round 3, ConsistencyCheck, is not run).
+Round numbers are Bonawitz et al. 2017, Fig. 4 (the active-adversary variant): 0 AdvertiseKeys
+(signed keys), 1 ShareKeys, 2 MaskedInputCollection, 3 ConsistencyCheck (signed survivor set),
+4 Unmasking. Certificates and signatures are empty where nodes run without identities
+(plaintext on loopback): the honest-but-curious protocol, with the same rounds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -18,6 +20,7 @@ from xdp_compute.crypto import shamir
 from xdp_compute.crypto.fixedpoint import U64Vector
 from xdp_compute.crypto.secagg.codec import MAGIC, Reader, Writer, check_key, unique_map
 from xdp_compute.crypto.secagg.config import MAX_VECTOR_LENGTH, MalformedMessage
+from xdp_compute.crypto.secagg.identity import MAX_CERTIFICATE_BYTES, MAX_SIGNATURE_BYTES
 from xdp_compute.crypto.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
 from xdp_compute.crypto.shamir import Share
 
@@ -25,27 +28,51 @@ _M = TypeVar("_M")
 
 
 class NodeKeys(NamedTuple):
-    """A node's two X25519 public keys (Round 0): c_pk encrypts shares, s_pk seeds masks."""
+    """A node's two X25519 public keys (Round 0): c_pk encrypts shares, s_pk seeds masks.
+
+    ``certificate`` (DER) and ``signature`` (over ``identity.keys_statement``) bind the keys to
+    the node's certified identity; both empty for a node without one.
+    """
 
     c_pk: bytes
     s_pk: bytes
+    certificate: bytes = b""
+    signature: bytes = b""
+
+
+def _write_attestation(w: Writer, certificate: bytes, signature: bytes, name: str) -> None:
+    if len(certificate) > MAX_CERTIFICATE_BYTES or len(signature) > MAX_SIGNATURE_BYTES:
+        raise MalformedMessage(f"{name}: certificate or signature too long")
+    w.blob16(certificate)
+    w.blob16(signature)
+
+
+def _read_attestation(r: Reader) -> tuple[bytes, bytes]:
+    return r.blob16(MAX_CERTIFICATE_BYTES, "certificate"), r.blob16(MAX_SIGNATURE_BYTES, "signature")
 
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Round 0, client -> server: the node's public keys."""
+    """Round 0, client -> server: the node's public keys, signed with its identity key when it has one."""
 
     TYPE: ClassVar[int] = 1
     session_id: bytes
     sender: str
     c_pk: bytes
     s_pk: bytes
+    certificate: bytes = b""
+    signature: bytes = b""
+
+    @property
+    def keys(self) -> NodeKeys:
+        return NodeKeys(self.c_pk, self.s_pk, self.certificate, self.signature)
 
     def encode(self) -> bytes:
         w = Writer(self.TYPE, self.session_id)
         w.str16(self.sender)
         w.raw(check_key("AdvertiseKeys", self.c_pk, "c_pk"))
         w.raw(check_key("AdvertiseKeys", self.s_pk, "s_pk"))
+        _write_attestation(w, self.certificate, self.signature, "AdvertiseKeys")
         return w.getvalue()
 
     @classmethod
@@ -53,13 +80,15 @@ class AdvertiseKeys:
         r = Reader(data, cls.TYPE, cls.__name__)
         sender = r.node_id("sender")
         c_pk, s_pk = r.take(KEY_BYTES), r.take(KEY_BYTES)
+        certificate, signature = _read_attestation(r)
         r.end()
-        return cls(r.session_id, sender, c_pk, s_pk)
+        return cls(r.session_id, sender, c_pk, s_pk, certificate, signature)
 
 
 @dataclass(frozen=True)
 class KeyRoster:
-    """Round 0 -> 1, server -> client: public keys of the U1 nodes the recipient deals with.
+    """Round 0 -> 1, server -> client: public keys of the U1 nodes the recipient deals with, each
+    with its certificate and signature as advertised.
 
     In SecAgg+ mode only the recipient's neighbourhood (and itself) is listed.
     """
@@ -72,20 +101,22 @@ class KeyRoster:
         w = Writer(self.TYPE, self.session_id)
         w.u32(len(self.keys))
         for node in sorted(self.keys):
-            c_pk, s_pk = self.keys[node]
+            keys = self.keys[node]
             w.str16(node)
-            w.raw(check_key("KeyRoster", c_pk, "c_pk"))
-            w.raw(check_key("KeyRoster", s_pk, "s_pk"))
+            w.raw(check_key("KeyRoster", keys.c_pk, "c_pk"))
+            w.raw(check_key("KeyRoster", keys.s_pk, "s_pk"))
+            _write_attestation(w, keys.certificate, keys.signature, "KeyRoster")
         return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> KeyRoster:
         r = Reader(data, cls.TYPE, cls.__name__)
-        count = r.count(3 + 2 * KEY_BYTES, "roster entry")
+        count = r.count(3 + 2 * KEY_BYTES + 4, "roster entry")
         entries = []
         for _ in range(count):
             node = r.node_id()
-            entries.append((node, NodeKeys(r.take(KEY_BYTES), r.take(KEY_BYTES))))
+            c_pk, s_pk = r.take(KEY_BYTES), r.take(KEY_BYTES)
+            entries.append((node, NodeKeys(c_pk, s_pk, *_read_attestation(r))))
         r.end()
         return cls(r.session_id, unique_map(entries, cls.__name__, "node"))
 
@@ -184,30 +215,97 @@ class MaskedInput:
         return cls(r.session_id, sender, vec)
 
 
-@dataclass(frozen=True)
-class UnmaskRequest:
-    """Round 2 -> 4, server -> clients: U3, the nodes whose masked inputs are in the sum."""
+def _write_survivors(w: Writer, survivors: tuple[str, ...]) -> None:
+    w.u32(len(survivors))
+    for node in survivors:
+        w.str16(node)
 
-    TYPE: ClassVar[int] = 6
+
+def _read_survivors(r: Reader, name: str) -> tuple[str, ...]:
+    count = r.count(3, "survivor")
+    nodes = [r.node_id() for _ in range(count)]
+    if len(set(nodes)) != len(nodes):
+        raise MalformedMessage(f"{name}: duplicate survivor")
+    return tuple(nodes)
+
+
+@dataclass(frozen=True)
+class ConsistencyCheck:
+    """Round 2 -> 3, server -> clients: U3, the nodes whose masked inputs are in the sum."""
+
+    TYPE: ClassVar[int] = 8
     session_id: bytes
     survivors: tuple[str, ...]
 
     def encode(self) -> bytes:
         w = Writer(self.TYPE, self.session_id)
-        w.u32(len(self.survivors))
-        for node in self.survivors:
+        _write_survivors(w, self.survivors)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConsistencyCheck:
+        r = Reader(data, cls.TYPE, cls.__name__)
+        nodes = _read_survivors(r, cls.__name__)
+        r.end()
+        return cls(r.session_id, nodes)
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Round 3, client -> server: sigma'_u, the node's signature over U3 (``identity.survivors_statement``)."""
+
+    TYPE: ClassVar[int] = 9
+    session_id: bytes
+    sender: str
+    signature: bytes
+
+    def encode(self) -> bytes:
+        if len(self.signature) > MAX_SIGNATURE_BYTES:
+            raise MalformedMessage("ConsistencySignature: signature too long")
+        w = Writer(self.TYPE, self.session_id)
+        w.str16(self.sender)
+        w.blob16(self.signature)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConsistencySignature:
+        r = Reader(data, cls.TYPE, cls.__name__)
+        sender = r.node_id("sender")
+        signature = r.blob16(MAX_SIGNATURE_BYTES, "signature")
+        r.end()
+        return cls(r.session_id, sender, signature)
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Round 3 -> 4, server -> clients: U3 again, and the signatures over it of U4 (the nodes that
+    answered the consistency check), which every client verifies before it reveals a share."""
+
+    TYPE: ClassVar[int] = 6
+    session_id: bytes
+    survivors: tuple[str, ...]
+    signatures: Mapping[str, bytes] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        w = Writer(self.TYPE, self.session_id)
+        _write_survivors(w, self.survivors)
+        w.u32(len(self.signatures))
+        for node in sorted(self.signatures):
+            sig = self.signatures[node]
+            if len(sig) > MAX_SIGNATURE_BYTES:
+                raise MalformedMessage("UnmaskRequest: signature too long")
             w.str16(node)
+            w.blob16(sig)
         return w.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> UnmaskRequest:
         r = Reader(data, cls.TYPE, cls.__name__)
-        count = r.count(3, "survivor")
-        nodes = [r.node_id() for _ in range(count)]
+        nodes = _read_survivors(r, cls.__name__)
+        count = r.count(5, "signature")
+        pairs = [(r.node_id(), r.blob16(MAX_SIGNATURE_BYTES, "signature")) for _ in range(count)]
         r.end()
-        if len(set(nodes)) != len(nodes):
-            raise MalformedMessage("UnmaskRequest: duplicate survivor")
-        return cls(r.session_id, tuple(nodes))
+        return cls(r.session_id, nodes, unique_map(pairs, cls.__name__, "signer"))
 
 
 def _encode_share_map(w: Writer, shares: Mapping[str, Share]) -> None:
@@ -262,7 +360,15 @@ class UnmaskResponse:
 
 
 SecAggMessage = (
-    AdvertiseKeys | KeyRoster | ShareKeys | EncryptedShares | MaskedInput | UnmaskRequest | UnmaskResponse
+    AdvertiseKeys
+    | KeyRoster
+    | ShareKeys
+    | EncryptedShares
+    | MaskedInput
+    | ConsistencyCheck
+    | ConsistencySignature
+    | UnmaskRequest
+    | UnmaskResponse
 )
 
 _BY_TYPE: dict[int, type[SecAggMessage]] = {
@@ -273,6 +379,8 @@ _BY_TYPE: dict[int, type[SecAggMessage]] = {
         ShareKeys,
         EncryptedShares,
         MaskedInput,
+        ConsistencyCheck,
+        ConsistencySignature,
         UnmaskRequest,
         UnmaskResponse,
     )

@@ -26,9 +26,12 @@ from xdp_compute.crypto.secagg.config import (
     SecAggConfig,
     abort,
 )
+from xdp_compute.crypto.secagg.identity import keys_statement, signature_valid, survivors_statement
 from xdp_compute.crypto.secagg.keys import KEY_BYTES, pairwise_seed, self_mask_seed
 from xdp_compute.crypto.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MaskedInput,
@@ -77,8 +80,10 @@ class SecAggServer:
         self._shared: dict[str, Mapping[str, bytes]] = {}
         self._responses: dict[str, UnmaskResponse] = {}
         self._digests: dict[Phase, dict[str, bytes]] = {
-            p: {} for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+            p: {}
+            for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
         }
+        self._signatures: dict[str, bytes] = {}
         self._survivors: dict[Phase, tuple[str, ...]] = {}
         self._keys: dict[str, NodeKeys] = {}
         self._inbox: dict[str, dict[str, bytes]] = {}
@@ -104,7 +109,8 @@ class SecAggServer:
             Phase.ADVERTISE_KEYS: None,
             Phase.SHARE_KEYS: Phase.ADVERTISE_KEYS,
             Phase.MASKED_INPUT: Phase.SHARE_KEYS,
-            Phase.UNMASK: Phase.MASKED_INPUT,
+            Phase.CONSISTENCY: Phase.MASKED_INPUT,
+            Phase.UNMASK: Phase.CONSISTENCY,
         }.get(self._phase)
         if self._phase is Phase.DONE:
             return ()
@@ -169,12 +175,14 @@ class SecAggServer:
         Phase.ADVERTISE_KEYS: AdvertiseKeys,
         Phase.SHARE_KEYS: ShareKeys,
         Phase.MASKED_INPUT: MaskedInput,
+        Phase.CONSISTENCY: ConsistencySignature,
         Phase.UNMASK: UnmaskResponse,
     }
     _PREVIOUS: ClassVar[dict[Phase, Phase]] = {
         Phase.SHARE_KEYS: Phase.ADVERTISE_KEYS,
         Phase.MASKED_INPUT: Phase.SHARE_KEYS,
-        Phase.UNMASK: Phase.MASKED_INPUT,
+        Phase.CONSISTENCY: Phase.MASKED_INPUT,
+        Phase.UNMASK: Phase.CONSISTENCY,
     }
 
     def receive(self, node_id: str, message: SecAggMessage | bytes) -> None:
@@ -198,7 +206,7 @@ class SecAggServer:
         if (
             expected is None
             or not isinstance(msg, expected)
-            or not isinstance(msg, (AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse))
+            or not isinstance(msg, (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse))
         ):
             raise RoundConflict(f"{type(msg).__name__} is not expected in phase {phase.label}")
         if msg.session_id != cfg.session_id:
@@ -220,6 +228,8 @@ class SecAggServer:
             self._accept_shares(msg)
         elif isinstance(msg, MaskedInput):
             self._accept_masked(msg)
+        elif isinstance(msg, ConsistencySignature):
+            self._accept_signature(msg)
         else:
             assert isinstance(msg, UnmaskResponse)
             self._accept_unmask(msg)
@@ -230,7 +240,14 @@ class SecAggServer:
     def _accept_keys(self, msg: AdvertiseKeys) -> None:
         check_key("AdvertiseKeys", msg.c_pk, "c_pk")
         check_key("AdvertiseKeys", msg.s_pk, "s_pk")
-        self._advertised[msg.sender] = NodeKeys(msg.c_pk, msg.s_pk)
+        if msg.certificate or msg.signature:
+            # An honest server forwards only keys that will verify, so that one node's bad
+            # signature drops that node instead of aborting every honest peer's session.
+            statement = keys_statement(self.config.session_id, msg.sender, msg.c_pk, msg.s_pk)
+            if not signature_valid(msg.certificate, statement, msg.signature):
+                raise MalformedMessage(f"AdvertiseKeys from {msg.sender}: the signature does not verify "
+                                       "under its certificate")
+        self._advertised[msg.sender] = msg.keys
 
     def close_advertise_keys(self) -> None:
         """End Round 0: U1 = nodes whose keys arrived; abort if |U1| < t."""
@@ -297,8 +314,8 @@ class SecAggServer:
         else:
             np.add(self._acc, vec, out=self._acc)
 
-    def close_masked_input(self) -> UnmaskRequest:
-        """End Round 2: U3 = nodes whose masked input arrived; check recoverability; return the request for Round 4.
+    def close_masked_input(self) -> ConsistencyCheck:
+        """End Round 2: U3 = nodes whose masked input arrived; check recoverability; return U3 for Round 3.
 
         Aborts if |U3| < t, or (SecAgg+) if some needed secret has fewer than t holders in U3
         or U3 is disconnected in the neighbour graph.
@@ -314,15 +331,35 @@ class SecAggServer:
                 "survivors are disconnected in the neighbour graph; unmasking would reveal partial sums",
                 survivors=len(u3),
             )
+        self._phase = Phase.CONSISTENCY
+        return ConsistencyCheck(cfg.session_id, u3)
+
+    # Round 3 ------------------------------------------------------------------------------
+
+    def _accept_signature(self, msg: ConsistencySignature) -> None:
+        keys = self._keys[msg.sender]
+        if keys.certificate:
+            statement = survivors_statement(self.config.session_id, self._survivors[Phase.MASKED_INPUT])
+            if not signature_valid(keys.certificate, statement, msg.signature):
+                raise MalformedMessage(f"ConsistencySignature from {msg.sender}: the signature over U3 does not "
+                                       "verify under its certificate")
+        self._signatures[msg.sender] = msg.signature
+
+    def close_consistency(self) -> UnmaskRequest:
+        """End Round 3: U4 = nodes that signed U3; abort if |U4| < t or a needed secret has fewer
+        than t holders in U4; return the unmasking request, U3 with U4's signatures."""
+        u4 = self._close(Phase.CONSISTENCY)
+        self._require_threshold(Phase.CONSISTENCY, u4, len(self._survivors[Phase.MASKED_INPUT]))
+        self._check_recoverable(Phase.CONSISTENCY, set(u4))
         self._phase = Phase.UNMASK
-        return UnmaskRequest(cfg.session_id, u3)
+        return self.unmask_request()
 
     def unmask_request(self) -> UnmaskRequest:
-        """The Round 4 request (same for every node) once masked_input is closed."""
+        """The Round 4 request (same for every node) once the consistency check is closed."""
         self._check_alive()
-        if Phase.MASKED_INPUT not in self._survivors:
-            raise RoundConflict("the unmask request exists once masked_input is closed")
-        return UnmaskRequest(self.config.session_id, self._survivors[Phase.MASKED_INPUT])
+        if Phase.CONSISTENCY not in self._survivors:
+            raise RoundConflict("the unmask request exists once the consistency check is closed")
+        return UnmaskRequest(self.config.session_id, self._survivors[Phase.MASKED_INPUT], dict(self._signatures))
 
     def _needs(self) -> tuple[list[str], dict[str, list[str]]]:
         """Whose b_u (U3) and whose s_sk (U2\\U3 with U3 neighbours, and those neighbours) are needed."""
@@ -384,7 +421,7 @@ class SecAggServer:
         """
         cfg = self.config
         u4 = self._close(Phase.UNMASK)
-        self._require_threshold(Phase.UNMASK, u4, len(self._survivors[Phase.MASKED_INPUT]))
+        self._require_threshold(Phase.UNMASK, u4, len(self._survivors[Phase.CONSISTENCY]))
         self._check_recoverable(Phase.UNMASK, set(u4))
         responses = self._responses
         need_b, need_sk = self._needs()

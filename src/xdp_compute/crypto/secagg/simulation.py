@@ -11,7 +11,14 @@ from collections.abc import Callable, Mapping
 from xdp_compute.crypto.fixedpoint import U64Vector
 from xdp_compute.crypto.secagg.client import SecAggClient
 from xdp_compute.crypto.secagg.config import Phase, SecAggConfig
-from xdp_compute.crypto.secagg.messages import EncryptedShares, KeyRoster, SecAggMessage, UnmaskRequest
+from xdp_compute.crypto.secagg.identity import NodeSigner, PeerVerifier
+from xdp_compute.crypto.secagg.messages import (
+    ConsistencyCheck,
+    EncryptedShares,
+    KeyRoster,
+    SecAggMessage,
+    UnmaskRequest,
+)
 from xdp_compute.crypto.secagg.server import SecAggServer
 
 
@@ -21,13 +28,16 @@ def run_local_session(
     *,
     drop: Mapping[str, Phase] | None = None,
     observe: Callable[[str, bytes], None] | None = None,
+    signers: Mapping[str, NodeSigner] | None = None,
+    verifier: PeerVerifier | None = None,
 ) -> U64Vector:
     """Run a whole session in one process, every message through ``encode``/``decode``.
 
     For tests, benchmarks and single-process demos. ``drop[u] = phase`` makes node u go silent
-    from that phase on (ADVERTISE_KEYS: never shows up; UNMASK: sends its masked input but does
-    not answer the unmasking request). ``observe(node_id, bytes)`` sees every byte string the
-    server receives. Returns the server's result or raises ProtocolAborted.
+    from that phase on (ADVERTISE_KEYS: never shows up; UNMASK: signs the survivor set but
+    does not answer the unmasking request). ``observe(node_id, bytes)`` sees every byte string the
+    server receives. ``signers`` (by node) and ``verifier``: the authenticated protocol.
+    Returns the server's result or raises ProtocolAborted.
     """
     drop = dict(drop or {})
 
@@ -41,7 +51,8 @@ def run_local_session(
         server.receive(u, raw)
 
     server = SecAggServer(config)
-    clients = {u: SecAggClient(u, config) for u in config.participants}
+    clients = {u: SecAggClient(u, config, signer=(signers or {}).get(u), verifier=verifier)
+               for u in config.participants}
     for u, c in clients.items():
         if active(u, Phase.ADVERTISE_KEYS):
             send(server, u, c.advertise_keys())
@@ -54,8 +65,12 @@ def run_local_session(
         if active(u, Phase.MASKED_INPUT):
             es = EncryptedShares.decode(server.shares_for(u).encode())
             send(server, u, clients[u].masked_input(inputs[u], es))
-    request = UnmaskRequest.decode(server.close_masked_input().encode())
+    check = ConsistencyCheck.decode(server.close_masked_input().encode())
     for u in server.survivors(Phase.MASKED_INPUT):
+        if active(u, Phase.CONSISTENCY):
+            send(server, u, clients[u].consistency_check(check))
+    request = UnmaskRequest.decode(server.close_consistency().encode())
+    for u in server.survivors(Phase.CONSISTENCY):
         if active(u, Phase.UNMASK):
             send(server, u, clients[u].unmask(request))
     return server.close_unmask()

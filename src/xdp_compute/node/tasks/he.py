@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from xdp_compute.contract import HeQueryBegin, HeQueryBegun, HeQueryMaskedInput, HeQueryMaskedReply
 from xdp_compute.errors import BadRequest
 from xdp_compute.node.tasks.context import NodeContext
-from xdp_compute.node.tasks.query import local_noisy_vector
+from xdp_compute.node.tasks.query import declared_parties, local_noisy_vector
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.query.sealed import revealed_slots
 
@@ -87,7 +87,8 @@ class HeTasks:
         paillier.check_ring_scheme(public, scheme, config.n)
         plan, vec = local_noisy_vector(self.node, job_id, "he_query", request)
         pool = self.obfuscator_pool(public)  # starts precomputing r^n for Round 2 now
-        msg = self.sessions.start(job_id, self.node.node_id, config, vec, revealed=revealed_slots(plan))
+        msg = self.sessions.start(job_id, self.node.node_id, config, vec, revealed=revealed_slots(plan),
+                                  parties=declared_parties(request))
         with self._pools_lock:
             while len(self._sealed) >= MAX_SEALED_SESSIONS:
                 self._sealed.pop(next(iter(self._sealed)))

@@ -106,6 +106,12 @@ def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: Query
     return plan, add_noise(vec, plan, request.sigma_node2, noise_source(node))
 
 
+def declared_parties(request: QueryBegin | HeQueryBegin) -> dict[str, str]:
+    """node -> party as the task's noise was calibrated (every node its own party when undeclared)."""
+    basis = request.noise_basis
+    return dict(basis.parties or {}) if basis is not None else {}
+
+
 class QueryTasks:
     """``query_begin``: the plain federated query's round 0."""
 
@@ -116,4 +122,5 @@ class QueryTasks:
         """Compute the noisy vector, then advertise keys for its secure aggregation (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         _, vec = local_noisy_vector(self.node, job_id, "query", request)
-        return QueryBegun(secagg=self.sessions.start(job_id, self.node.node_id, config, vec))
+        return QueryBegun(secagg=self.sessions.start(job_id, self.node.node_id, config, vec,
+                                                     parties=declared_parties(request)))

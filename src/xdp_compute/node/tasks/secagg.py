@@ -2,9 +2,17 @@
 
 A job's round-0 handler (``query_begin``, ``train_begin``) checks the session it was sent
 (``SecAggSessions.config_for``), computes this node's input vector — already carrying its DP
-noise share — and calls ``start``, which runs Round 0 (AdvertiseKeys). The three step handlers
-then run Round 1 (ShareKeys), Round 2 (MaskedInputCollection) and Round 4 (Unmasking). Only
-public keys, encrypted shares, the masked vector and unmasking shares leave the node.
+noise share — and calls ``start``, which runs Round 0 (AdvertiseKeys). The step handlers then
+run Round 1 (ShareKeys), Round 2 (MaskedInputCollection), Round 3 (ConsistencyCheck) and Round 4
+(Unmasking). Only signed public keys, encrypted shares, the masked vector, a signature over the
+survivor set and unmasking shares leave the node.
+
+What the node checks of the gateway (issue #12, an active gateway): the threshold is at least a
+majority of the share holders and above this node's collusion margin (``config_for``); with its
+certificate and the deployment CA (``NodeIdentity``), every peer's keys must be signed by a node
+the CA certified, and the holders those certificates name must group the roster exactly as the
+parties its noise was calibrated for (a gateway that split one holder's nodes into several
+parties would have cut the noise); t signatures over one survivor set precede any unmasking share.
 
 A *sealed* session (Paillier encrypted delivery, ``tasks.he``) differs in Round 2 only: the
 masked vector leaves encrypted under the analyst's key, and in the clear only at the
@@ -15,11 +23,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from xdp_compute.contract import (
+    SecAggConsistency,
     SecAggMaskedInput,
     SecAggMessage,
     SecAggSession,
@@ -27,8 +37,16 @@ from xdp_compute.contract import (
     SecAggStep,
     SecAggUnmask,
 )
-from xdp_compute.crypto.secagg import MaskedInput, SecAggClient, SecAggConfig
-from xdp_compute.errors import BadRequest
+from xdp_compute.crypto.secagg import (
+    MaskedInput,
+    Phase,
+    SecAggClient,
+    SecAggConfig,
+    default_threshold,
+)
+from xdp_compute.crypto.secagg.config import abort
+from xdp_compute.errors import BadRequest, ProtocolAborted
+from xdp_compute.node.identity import NodeIdentity
 
 # Sessions the gateway abandoned (aborts, drop-outs) do not keep inputs or keys around longer.
 SESSION_TTL_SECONDS = 900.0
@@ -47,32 +65,57 @@ class _Session:
     # Sealed sessions (encrypted delivery): the only coordinates of the masked input that may
     # leave in the clear; the rest leaves only encrypted. None: a plain session.
     revealed: tuple[int, ...] | None = None
+    # node id -> party, as the noise was calibrated for (queries); checked against certificates.
+    parties: Mapping[str, str] | None = None
 
 
 class SecAggSessions:
     """This node's open secure-aggregation sessions, by session id; safe to use from task threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, identity: NodeIdentity | None = None, max_colluding_nodes: int | None = None) -> None:
+        """``identity``: sign keys and verify peers (the authenticated protocol); None: unauthenticated.
+        ``max_colluding_nodes``: this node's collusion margin (its manifest); a session's threshold
+        must exceed it."""
+        self._signer, self._verifier = identity.load() if identity is not None else (None, None)
+        self._max_colluding = max_colluding_nodes
         self._by_id: dict[str, _Session] = {}
         self._spent: dict[str, None] = {}  # insertion-ordered set of sessions whose masked input left
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ round 0
-    @staticmethod
-    def config_for(node_id: str, session: SecAggSession) -> SecAggConfig:
-        """The session's public parameters, checked before any input is computed."""
+    @property
+    def authenticated(self) -> bool:
+        return self._verifier is not None
+
+    def config_for(self, node_id: str, session: SecAggSession) -> SecAggConfig:
+        """The session's public parameters, checked before any input is computed.
+
+        The threshold t must be at least a majority of each node's share holders (Bonawitz et al.
+        2017, §4: against an active server, t > n/2 keeps it from completing two rounds with two
+        disjoint sets of honest nodes), and above this node's collusion margin (fewer than t
+        colluding holders learn nothing of a node's secrets).
+        """
         config = SecAggConfig(session_id=session.session_id, participants=tuple(session.participants),
                               vector_length=session.vector_length, threshold=session.threshold,
                               neighbours=session.neighbours)
         if node_id not in config.participants:
             raise BadRequest(f"this node is not a participant of secure-aggregation session {session.session_id!r}")
+        size = config.neighbourhood_size
+        if config.t < default_threshold(size):
+            raise BadRequest(f"secure-aggregation threshold {config.t} is below a majority of the {size} share "
+                             f"holders ({default_threshold(size)}): refused")
+        if self._max_colluding is not None and size > 1 and config.t <= self._max_colluding:
+            raise BadRequest(f"secure-aggregation threshold {config.t} does not exceed this node's collusion "
+                             f"margin ({self._max_colluding}, manifest max_colluding_nodes): refused")
         return config
 
     def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray, *,
-              revealed: tuple[int, ...] | None = None) -> bytes:
-        """Round 0 (AdvertiseKeys): keep ``vector`` for Round 2; return the node's public keys.
+              revealed: tuple[int, ...] | None = None, parties: Mapping[str, str] | None = None) -> bytes:
+        """Round 0 (AdvertiseKeys): keep ``vector`` for Round 2; return the node's (signed) public keys.
 
         ``revealed``: a sealed session, whose Round 2 answers only ``sealed_masked_input``.
+        ``parties``: the node -> party map the input's noise was calibrated for; in Round 1 the
+        roster's certificates must group the nodes the same way.
         """
         if vector.dtype != np.uint64 or vector.shape != (config.vector_length,):
             raise BadRequest("input vector does not match the session's vector length")
@@ -83,20 +126,28 @@ class SecAggSessions:
             if sid in self._spent:
                 raise BadRequest(f"secure-aggregation session {sid!r} already sent this node's masked input; "
                                  "it is not started again (one charge, one release)")
-        client = SecAggClient(node_id, config)
+        client = SecAggClient(node_id, config, signer=self._signer, verifier=self._verifier)
         msg = client.advertise_keys().encode()
         now = time.time()
         with self._lock:
             for sid in [k for k, v in self._by_id.items() if now - v.started > SESSION_TTL_SECONDS]:
                 del self._by_id[sid]
-            self._by_id[config.session_id.decode()] = _Session(job_id, client, vector, now, revealed)
+            self._by_id[config.session_id.decode()] = _Session(job_id, client, vector, now, revealed,
+                                                               dict(parties) if parties is not None else None)
         return msg
 
     # ------------------------------------------------------------------ rounds 1, 2, 4
     def share_keys(self, job_id: str, request: SecAggShareKeys) -> SecAggMessage:
         """Round 1 (ShareKeys): Shamir-share this node's secrets among the roster, encrypted per peer."""
         s = self._get(job_id, request.session_id)
-        return SecAggMessage(secagg=s.client.share_keys(request.secagg).encode())
+        msg = s.client.share_keys(request.secagg).encode()
+        if s.parties is not None and s.client.peer_identities:
+            try:
+                check_parties(s.parties, {v: i.holder for v, i in s.client.peer_identities.items()})
+            except ProtocolAborted:
+                self.end(request.session_id)
+                raise
+        return SecAggMessage(secagg=msg)
 
     def masked_input(self, job_id: str, request: SecAggMaskedInput) -> SecAggMessage:
         """Round 2 (MaskedInputCollection): the input plus its masks; the input is then forgotten."""
@@ -126,6 +177,11 @@ class SecAggSessions:
         shown = MaskedInput(full.session_id, full.sender, np.ascontiguousarray(full.vector[list(s.revealed)]))
         return shown.encode(), full.vector
 
+    def consistency_check(self, job_id: str, request: SecAggConsistency) -> SecAggMessage:
+        """Round 3 (ConsistencyCheck): sign the survivor set; only that set will be unmasked."""
+        s = self._get(job_id, request.session_id)
+        return SecAggMessage(secagg=s.client.consistency_check(request.secagg).encode())
+
     def unmask(self, job_id: str, request: SecAggUnmask) -> SecAggMessage:
         """Round 4 (Unmasking): the shares the survivor set allows; the session then ends."""
         s = self._get(job_id, request.session_id)
@@ -154,3 +210,28 @@ class SecAggSessions:
     def __len__(self) -> int:
         with self._lock:
             return len(self._by_id)
+
+
+def check_parties(declared: Mapping[str, str], holders: Mapping[str, str]) -> None:
+    """Refuse a roster whose certified holders group its nodes otherwise than the declared parties.
+
+    ``holders``: roster node -> the holder its verified certificate names. An undeclared node is a
+    party of its own (as in ``node.policy.own_noise_shares``). The noise was calibrated on the
+    declared grouping; with the true grouping equal to it on the roster (a subset of the
+    participants), any t survivors span at least as many parties as calibrated for.
+    """
+    def party(v: str) -> str:
+        return declared.get(v, f"node:{v}")
+
+    by_holder: dict[str, set[str]] = {}
+    by_party: dict[str, set[str]] = {}
+    for v, h in holders.items():
+        by_holder.setdefault(h, set()).add(party(v))
+        by_party.setdefault(party(v), set()).add(h)
+    split = sorted(h for h, ps in by_holder.items() if len(ps) > 1)
+    merged = sorted(p for p, hs in by_party.items() if len(hs) > 1)
+    if split or merged:
+        what = (f"holder {split[0]!r} is counted as {len(by_holder[split[0]])} parties" if split
+                else f"one declared party spans {len(by_party[merged[0]])} holders")
+        raise abort(Phase.SHARE_KEYS, f"the roster's certificates do not match the parties this node's noise was "
+                                      f"calibrated for ({what}): refused")
