@@ -42,7 +42,6 @@ from xdp_compute.crypto.secagg import (
     Phase,
     SecAggClient,
     SecAggConfig,
-    default_threshold,
 )
 from xdp_compute.crypto.secagg.config import abort
 from xdp_compute.errors import BadRequest, ProtocolAborted
@@ -90,23 +89,25 @@ class SecAggSessions:
     def config_for(self, node_id: str, session: SecAggSession) -> SecAggConfig:
         """The session's public parameters, checked before any input is computed.
 
-        The threshold t must be at least a majority of each node's share holders (Bonawitz et al.
-        2017, §4: against an active server, t > n/2 keeps it from completing two rounds with two
-        disjoint sets of honest nodes), and above this node's collusion margin (fewer than t
-        colluding holders learn nothing of a node's secrets).
+        The threshold t must satisfy 2t > h + c, where h is the number of each node's share holders
+        (the roster, or a SecAgg+ neighbourhood) and c this node's collusion margin (manifest
+        ``max_colluding_nodes``, 0 when unset): any two sets of t nodes then share more than c
+        nodes, so two different survivor sets cannot both carry t valid signatures (Round 3,
+        ConsistencyCheck) unless an honest node signed both, which it never does; and fewer than t
+        colluding holders learn nothing of a node's secrets. With c = 0 this is a majority.
         """
         config = SecAggConfig(session_id=session.session_id, participants=tuple(session.participants),
                               vector_length=session.vector_length, threshold=session.threshold,
                               neighbours=session.neighbours)
         if node_id not in config.participants:
             raise BadRequest(f"this node is not a participant of secure-aggregation session {session.session_id!r}")
-        size = config.neighbourhood_size
-        if config.t < default_threshold(size):
-            raise BadRequest(f"secure-aggregation threshold {config.t} is below a majority of the {size} share "
-                             f"holders ({default_threshold(size)}): refused")
-        if self._max_colluding is not None and size > 1 and config.t <= self._max_colluding:
-            raise BadRequest(f"secure-aggregation threshold {config.t} does not exceed this node's collusion "
-                             f"margin ({self._max_colluding}, manifest max_colluding_nodes): refused")
+        size, c = config.neighbourhood_size, self._max_colluding or 0
+        if size > 1 and 2 * config.t <= size + c:
+            need = (size + c) // 2 + 1
+            raise BadRequest(f"secure-aggregation threshold {config.t} is too low for {size} share holders: this "
+                             f"node requires at least {need} (a majority"
+                             + (f", plus its collusion margin {c}, manifest max_colluding_nodes" if c else "")
+                             + "): refused")
         return config
 
     def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray, *,
