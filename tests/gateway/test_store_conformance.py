@@ -11,7 +11,7 @@ import pytest
 from conftest import example_manifest
 
 from xdp_compute.domain.manifest import parse_manifest_text
-from xdp_compute.errors import BudgetExhausted, SchemaConflict, Unauthorized
+from xdp_compute.errors import BadRequest, BudgetExhausted, SchemaConflict, Unauthorized, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.store import ReservationRequest, Store, new_id
 
@@ -124,3 +124,47 @@ def test_release_log_appends_and_rebuilds(any_store: Store) -> None:
     again = ReleaseLog(any_store, signer)
     assert again.tree.size == 3 and again.tree.root() == root and again.integrity_problem is None
     assert again.signer.key_id == log.signer.key_id
+
+
+def test_node_names_differing_only_in_case_are_one_name(any_store: Store) -> None:
+    h1 = any_store.authenticate(any_store.create_principal("holder", "h1", "CN-FJ"))
+    h2 = any_store.authenticate(any_store.create_principal("holder", "h2", "CN-FJ"))
+    ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
+    any_store.register_node(h1, "Clinic-0", "CN-FJ", [ds.to_dict()])
+    any_store.invite_member(h1, "patients", "h2")
+    for holder in (h1, h2):
+        with pytest.raises(SchemaConflict, match="differs only in case from the registered node 'Clinic-0'"):
+            any_store.register_node(holder, "clinic-0", "CN-FJ", [ds.to_dict()])
+    any_store.register_node(h1, "Clinic-0", "CN-FJ", [ds.to_dict()])  # the same name re-registers
+    assert [n["name"] for n in any_store.list_nodes()] == ["Clinic-0"]
+
+
+@pytest.mark.parametrize("region", ["", "cn", "<script>", "CN-FJ\n", "ＣＮ", "CN-"])
+def test_principal_regions_are_iso_codes(any_store: Store, region: str) -> None:
+    with pytest.raises(BadRequest, match="ISO 3166"):
+        any_store.create_principal("analyst", "ann", region)
+    with any_store.read() as s:
+        assert s.query(m.Principal).count() == 0
+
+
+def test_two_holders_claiming_one_new_dataset_at_once_get_a_clean_refusal(any_store: Store) -> None:
+    holders = [any_store.authenticate(any_store.create_principal("holder", f"h{i}", "CN-FJ")) for i in range(4)]
+    ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
+
+    def claim(i: int) -> str:
+        try:
+            any_store.register_node(holders[i], f"node-{i}", "CN-FJ", [ds.to_dict()])
+            return "owner"
+        except XdpError as e:
+            return f"refused {e.status}: {e.detail}"
+
+    for _ in range(3):
+        with cf.ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(claim, range(4)))
+        assert all(o == "owner" or o.startswith(("refused 403", "refused 409")) for o in outcomes), outcomes
+        assert outcomes.count("owner") == 1, outcomes
+        with any_store.write() as s:
+            s.query(m.NodeDataset).delete()
+            s.query(m.DatasetMember).delete()
+            s.query(m.Node).delete()
+            s.query(m.Dataset).delete()

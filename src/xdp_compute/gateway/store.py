@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from xdp_compute.domain.manifest import DatasetSpec
+from xdp_compute.domain.names import check_region
 from xdp_compute.domain.policy import NodePart, owner_policy, under_owner_policy
 from xdp_compute.errors import BadRequest, BudgetExhausted, NotFound, SchemaConflict, Unauthorized
 from xdp_compute.gateway import membership
@@ -36,6 +38,10 @@ EPS_TOLERANCE = 1e-9
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class _Raced(Exception):
+    """A dataset appeared between a registration's checks and its writes (retry the registration)."""
 
 
 def hash_token(token: str) -> str:
@@ -134,6 +140,7 @@ class Store:
             raise BadRequest(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
         if not name or len(name) > 200:
             raise BadRequest("name must be 1..200 characters")
+        check_region(region)  # the cross-border rules compare it with the nodes' regions
         token = "xdp_" + secrets.token_urlsafe(32)
         now = time.time()
         with self.write() as s:
@@ -173,14 +180,29 @@ class Store:
         A dataset name belongs to the first holder that registered it; another holder's node may
         declare it only once invited (``gateway.membership``), and never past the per-holder cap.
         """
-        from xdp_compute.domain.manifest import DatasetSpec, schema_differences
-
         specs = [DatasetSpec.from_dict(d) for d in datasets]
+        try:
+            return self._register_node(holder, node_name, region, specs, max_nodes_per_holder)
+        except (IntegrityError, _Raced):
+            # Two registrations raced on a new name (a dataset or a node): the database kept one.
+            # Run again: the loser now sees the winner's row and gets the ordinary refusal (or joins).
+            return self._register_node(holder, node_name, region, specs, max_nodes_per_holder)
+
+    def _register_node(self, holder: PrincipalView, node_name: str, region: str, specs: list[DatasetSpec],
+                       max_nodes_per_holder: int) -> str:
+        from xdp_compute.domain.manifest import schema_differences
+
         now = time.time()
         with self.write() as s:
             node = s.scalar(select(m.Node).where(m.Node.name == node_name))
             if node is not None and node.holder_id != holder.id:
                 raise SchemaConflict(f"node name {node_name!r} is already registered by another holder")
+            twin = s.scalar(select(m.Node.name).where(func.lower(m.Node.name) == node_name.lower(),
+                                                      m.Node.name != node_name))
+            if twin is not None:
+                # Names that differ only in case are one name on approval screens and in logs.
+                raise SchemaConflict(f"node name {node_name!r} differs only in case from the registered node "
+                                     f"{twin!r}: use that name, or another one")
             owned: dict[str, bool] = {}
             for spec in specs:
                 ds = s.get(m.Dataset, spec.name)
@@ -204,6 +226,10 @@ class Store:
                 node.region, node.online, node.last_seen = region, True, now
             for spec in specs:
                 ds = s.get(m.Dataset, spec.name)
+                if ds is not None and spec.name not in owned:
+                    # Another registration created it since the checks above read nothing (a
+                    # database that reads the newest commit per statement): check it all again.
+                    raise _Raced(spec.name)
                 if ds is None:
                     membership.claim(s, holder.id, spec, now)
                 elif owned.get(spec.name):
