@@ -91,6 +91,7 @@ class NodeLedger:
         self._order: list[str] = []
         self._spent: dict[str, Spent] = {}
         self._offset = 0
+        self._charged_here: set[str] = set()  # jobs this ledger object charged (this process's run)
 
     # ------------------------------------------------------------------ reading
     @contextlib.contextmanager
@@ -160,9 +161,12 @@ class NodeLedger:
                epsilon: float, delta: float) -> JournalEntry:
         """Charge (epsilon, delta) to ``ds`` for ``job_id`` and journal it, or refuse.
 
-        Idempotent per job: the same task again returns its first entry and charges nothing.
-        Raises ``BudgetExhausted`` past this node's own budget, ``BadRequest`` for a job id
-        already charged for another task.
+        Idempotent per job within one run of the node: the same task again returns its first
+        entry and charges nothing. A job charged by an earlier run (before a restart of the node
+        or of its task worker) is refused: running it again would draw fresh noise under the one
+        charge, a second release the ledger never saw. Raises ``BudgetExhausted`` past this
+        node's own budget, ``BadRequest`` for a job id already charged for another task or by an
+        earlier run.
         """
         entry = JournalEntry(job_id, kind, ds.name, principal, plan_digest, float(epsilon), float(delta), time.time())
         with self._lock, self._locked() as fd:
@@ -170,6 +174,10 @@ class NodeLedger:
             known = self._entries.get(job_id)
             if known is not None:
                 if known.same_task(entry):
+                    if job_id not in self._charged_here:
+                        raise BadRequest(f"job {job_id} already ran on this node before it restarted (journal "
+                                         f"{known.kind} on {known.dataset!r}); running it again would draw fresh "
+                                         "noise under the same charge: refused")
                     return known
                 raise BadRequest(f"job {job_id} was already charged on this node for another task "
                                  f"({known.kind} on {known.dataset!r}, plan {known.plan_digest[:12]}, "
@@ -188,6 +196,7 @@ class NodeLedger:
             os.fsync(fd)  # durable before the task runs: a restart keeps the charge
             self._offset += len(line)
             self._add(entry)
+            self._charged_here.add(job_id)
             return entry
 
 
