@@ -23,6 +23,7 @@ import numpy as np
 
 from xdp_compute.crypto import prg
 from xdp_compute.crypto.secagg import (
+    ConsistencyCheck,
     EncryptedShares,
     KeyRoster,
     Phase,
@@ -178,8 +179,12 @@ def _run_protocol(n: int, m: int, k: int | None, seed: int) -> dict[str, float]:
             u, lambda u=u, es=es: clients[u].masked_input(inputs[u], EncryptedShares.decode(es)).encode()
         )
         as_server(lambda u=u, raw=raw: server.receive(u, raw))
-    req = as_server(lambda: server.close_masked_input().encode())
+    check = as_server(lambda: server.close_masked_input().encode())
     for u in server.survivors(Phase.MASKED_INPUT):
+        raw = as_client(u, lambda u=u: clients[u].consistency_check(ConsistencyCheck.decode(check)).encode())
+        as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
+    req = as_server(lambda: server.close_consistency().encode())
+    for u in server.survivors(Phase.CONSISTENCY):
         raw = as_client(u, lambda u=u: clients[u].unmask(UnmaskRequest.decode(req)).encode())
         as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
     total = as_server(server.close_unmask)

@@ -26,7 +26,7 @@ def keys() -> tuple[P.PaillierPublic, P.PaillierPrivate]:
 
 def _sealed_session(inputs: dict[str, np.ndarray], revealed: tuple[int, ...], drop: str | None = None
                     ) -> tuple[SecAggServer, dict[str, np.ndarray]]:
-    """Run the four rounds with clients in process; return the server and U3's full masked inputs."""
+    """Run the five rounds with clients in process; return the server and U3's full masked inputs."""
     ids = list(inputs)
     m = len(next(iter(inputs.values())))
     config = SecAggConfig(session_id="s", participants=ids, vector_length=m, threshold=2)
@@ -45,9 +45,14 @@ def _sealed_session(inputs: dict[str, np.ndarray], revealed: tuple[int, ...], dr
         y = clients[u].masked_input(inputs[u], server.shares_for(u))
         masked[u] = y.vector
         server.receive(u, MaskedInput(y.session_id, u, y.vector[list(revealed)]).encode())
-    request = server.close_masked_input()
+    check = server.close_masked_input()
     for u in server.survivors(Phase.MASKED_INPUT):
+        server.receive(u, clients[u].consistency_check(check).encode())
+    request = server.close_consistency()
+    for u in server.survivors(Phase.CONSISTENCY):
         server.receive(u, clients[u].unmask(request).encode())
+    with pytest.raises(RoundConflict):
+        _ = server.mask_total  # not before the unmasking round closes
     return server, masked
 
 

@@ -11,6 +11,8 @@ import pytest
 from xdp_compute.crypto import secagg
 from xdp_compute.crypto.secagg import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MalformedMessage,
@@ -31,18 +33,44 @@ from xdp_compute.errors import BadRequest, XdpError
 SID = b"job-7/round-3"
 K1, K2 = bytes(range(32)), bytes(range(32, 64))
 CT = bytes(range(secagg.SHARE_CIPHERTEXT_BYTES))
+# Stand-ins for a DER certificate and an ECDSA signature: the codec carries them as opaque blobs.
+CERT = bytes(range(256)) * 3
+SIG, SIG2 = b"\x30\x45" + bytes(range(69)), b"\x30\x44" + bytes(range(68, 0, -1))
 
 
 def _samples() -> list[secagg.SecAggMessage]:
     return [
         AdvertiseKeys(SID, "node-é", K1, K2),
+        AdvertiseKeys(SID, "node-é", K1, K2, CERT, SIG),
         KeyRoster(SID, {"a": NodeKeys(K1, K2), "b": NodeKeys(K2, K1)}),
+        KeyRoster(SID, {"a": NodeKeys(K1, K2, CERT, SIG), "b": NodeKeys(K2, K1, CERT[::-1], SIG2)}),
         ShareKeys(SID, "a", {"b": CT, "c": CT[::-1]}),
         EncryptedShares(SID, "b", {"a": CT}),
         MaskedInput(SID, "a", np.array([0, 1, 2**64 - 1, 2**63], dtype=np.uint64)),
+        ConsistencyCheck(SID, ("c", "a", "b")),
+        ConsistencySignature(SID, "a", SIG),
+        ConsistencySignature(SID, "a", b""),
         UnmaskRequest(SID, ("c", "a", "b")),
+        UnmaskRequest(SID, ("c", "a", "b"), {"a": SIG, "c": SIG2}),
+        UnmaskRequest(SID, ("c", "a", "b"), {"a": b"", "b": b"", "c": b""}),
         UnmaskResponse(SID, "a", {"a": Share(1, 5), "b": Share(1, PRIME - 1)}, {"c": Share(1, 0)}),
     ]
+
+
+def _id(msg: secagg.SecAggMessage) -> str:
+    if isinstance(msg, KeyRoster):
+        signed = any(k.signature for k in msg.keys.values())
+    elif isinstance(msg, UnmaskRequest):
+        signed = any(msg.signatures.values())
+    else:
+        signed = bool(getattr(msg, "signature", b""))
+    return type(msg).__name__ + ("-signed" if signed else "")
+
+
+def test_samples_cover_every_message_type() -> None:
+    assert {type(m) for m in _samples()} == set(secagg.messages._BY_TYPE.values())
+    assert len(secagg.messages._BY_TYPE) == 9
+    assert {ConsistencyCheck.TYPE, ConsistencySignature.TYPE} == {8, 9}
 
 
 def _same(a: secagg.SecAggMessage, b: secagg.SecAggMessage) -> bool:
@@ -52,7 +80,7 @@ def _same(a: secagg.SecAggMessage, b: secagg.SecAggMessage) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("msg", _samples(), ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("msg", _samples(), ids=_id)
 def test_roundtrip(msg: secagg.SecAggMessage) -> None:
     raw = msg.encode()
     assert isinstance(raw, bytes)
@@ -69,7 +97,7 @@ def test_vector_is_raw_little_endian_uint64() -> None:
     assert len(raw) == 5 + 2 + len(SID) + 2 + 1 + 4 + 16
 
 
-@pytest.mark.parametrize("msg", _samples(), ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("msg", _samples(), ids=_id)
 def test_every_truncation_is_rejected(msg: secagg.SecAggMessage) -> None:
     raw = msg.encode()
     for cut in range(len(raw)):
@@ -79,7 +107,7 @@ def test_every_truncation_is_rejected(msg: secagg.SecAggMessage) -> None:
             decode_message(raw[:cut])
 
 
-@pytest.mark.parametrize("msg", _samples(), ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("msg", _samples(), ids=_id)
 def test_trailing_bytes_and_wrong_type_rejected(msg: secagg.SecAggMessage) -> None:
     raw = msg.encode()
     with pytest.raises(MalformedMessage):
@@ -138,18 +166,46 @@ def test_implausible_counts_rejected() -> None:
     raw = _header(UnmaskRequest.TYPE) + struct.pack(">I", 5) + struct.pack(">H", 1) + b"a"
     with pytest.raises(MalformedMessage):
         UnmaskRequest.decode(raw)
+    raw = _header(ConsistencyCheck.TYPE) + struct.pack(">I", 5) + struct.pack(">H", 1) + b"a"
+    with pytest.raises(MalformedMessage, match="implausible"):
+        ConsistencyCheck.decode(raw)
+    # One survivor, then a signature count the rest of the message cannot hold.
+    raw = (_header(UnmaskRequest.TYPE) + struct.pack(">I", 1) + struct.pack(">H", 1) + b"a"
+           + struct.pack(">I", 2) + struct.pack(">H", 1) + b"a" + struct.pack(">H", 0))
+    with pytest.raises(MalformedMessage, match="implausible signature count"):
+        UnmaskRequest.decode(raw)
 
 
 def test_bad_fields_rejected() -> None:
+    no_attestation = struct.pack(">HH", 0, 0)  # empty certificate, empty signature
+    assert AdvertiseKeys.decode(_header(1) + struct.pack(">H", 1) + b"a" + K1 + K2 + no_attestation) == (
+        AdvertiseKeys(SID, "a", K1, K2))
     with pytest.raises(MalformedMessage, match="UTF-8"):
-        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 2) + b"\xff\xfe" + K1 + K2)
+        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 2) + b"\xff\xfe" + K1 + K2 + no_attestation)
     with pytest.raises(MalformedMessage, match="longer"):
-        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 300) + b"a" * 300 + K1 + K2)
+        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 300) + b"a" * 300 + K1 + K2 + no_attestation)
     with pytest.raises(MalformedMessage, match="empty"):
-        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 0) + K1 + K2)
-    dup = _header(UnmaskRequest.TYPE) + struct.pack(">I", 2) + (struct.pack(">H", 1) + b"a") * 2
+        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 0) + K1 + K2 + no_attestation)
+    limit_cert, limit_sig = secagg.identity.MAX_CERTIFICATE_BYTES, secagg.identity.MAX_SIGNATURE_BYTES
+    big_cert = struct.pack(">H", limit_cert + 1) + bytes(limit_cert + 1) + struct.pack(">H", 0)
+    with pytest.raises(MalformedMessage, match="certificate longer"):
+        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 1) + b"a" + K1 + K2 + big_cert)
+    big_sig = struct.pack(">H", 0) + struct.pack(">H", limit_sig + 1) + bytes(limit_sig + 1)
+    with pytest.raises(MalformedMessage, match="signature longer"):
+        AdvertiseKeys.decode(_header(1) + struct.pack(">H", 1) + b"a" + K1 + K2 + big_sig)
+    with pytest.raises(MalformedMessage, match="signature longer"):
+        ConsistencySignature.decode(_header(ConsistencySignature.TYPE) + struct.pack(">H", 1) + b"a"
+                                    + struct.pack(">H", limit_sig + 1) + bytes(limit_sig + 1))
+    dup = _header(UnmaskRequest.TYPE) + struct.pack(">I", 2) + (struct.pack(">H", 1) + b"a") * 2 + struct.pack(">I", 0)
     with pytest.raises(MalformedMessage, match="duplicate"):
         UnmaskRequest.decode(dup)
+    dup = _header(ConsistencyCheck.TYPE) + struct.pack(">I", 2) + (struct.pack(">H", 1) + b"a") * 2
+    with pytest.raises(MalformedMessage, match="duplicate"):
+        ConsistencyCheck.decode(dup)
+    dup_signer = (_header(UnmaskRequest.TYPE) + struct.pack(">I", 1) + struct.pack(">H", 1) + b"a"
+                  + struct.pack(">I", 2) + (struct.pack(">H", 1) + b"a" + struct.pack(">H", 1) + b"s") * 2)
+    with pytest.raises(MalformedMessage, match="duplicate signer"):
+        UnmaskRequest.decode(dup_signer)
     dup_map = (
         _header(EncryptedShares.TYPE)
         + struct.pack(">H", 1)
@@ -179,6 +235,20 @@ def test_encode_refuses_malformed_objects() -> None:
         ShareKeys(SID, "a", {"b": b"short"}).encode()
     with pytest.raises(MalformedMessage):
         MaskedInput(SID, "a", np.zeros(3, dtype=np.float64)).encode()  # type: ignore[arg-type]
+    cert_limit, sig_limit = secagg.identity.MAX_CERTIFICATE_BYTES, secagg.identity.MAX_SIGNATURE_BYTES
+    for too_long in (
+        AdvertiseKeys(SID, "a", K1, K2, bytes(cert_limit + 1), SIG),
+        AdvertiseKeys(SID, "a", K1, K2, CERT, bytes(sig_limit + 1)),
+        KeyRoster(SID, {"a": NodeKeys(K1, K2, bytes(cert_limit + 1), SIG)}),
+        KeyRoster(SID, {"a": NodeKeys(K1, K2, CERT, bytes(sig_limit + 1))}),
+        ConsistencySignature(SID, "a", bytes(sig_limit + 1)),
+        UnmaskRequest(SID, ("a",), {"a": bytes(sig_limit + 1)}),
+    ):
+        with pytest.raises(MalformedMessage, match="too long"):
+            too_long.encode()
+    # At the limits they still encode and round-trip.
+    at_limit = AdvertiseKeys(SID, "a", K1, K2, bytes(cert_limit), bytes(sig_limit))
+    assert AdvertiseKeys.decode(at_limit.encode()) == at_limit
 
 
 def test_random_mutations_only_raise_bad_request() -> None:

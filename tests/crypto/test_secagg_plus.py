@@ -9,6 +9,7 @@ import pytest
 
 from xdp_compute.crypto import fixedpoint as fp
 from xdp_compute.crypto.secagg import (
+    ConsistencyCheck,
     MaskedInput,
     Phase,
     SecAggClient,
@@ -113,6 +114,7 @@ def test_thirty_nodes_with_dropouts_at_every_phase() -> None:
         "n03": Phase.ADVERTISE_KEYS,
         "n11": Phase.SHARE_KEYS,
         "n17": Phase.MASKED_INPUT,
+        "n21": Phase.CONSISTENCY,
         "n25": Phase.UNMASK,
     }
     share_msgs: dict[str, int] = {}
@@ -122,7 +124,8 @@ def test_thirty_nodes_with_dropouts_at_every_phase() -> None:
             share_msgs[node] = len(ShareKeys.decode(raw).ciphertexts)
 
     out = run_local_session(cfg, inputs, drop=drop, observe=observe)
-    u3 = [u for u in cfg.participants if u not in drop or drop[u] is Phase.UNMASK]
+    u3 = [u for u in cfg.participants if u not in drop or drop[u] >= Phase.CONSISTENCY]
+    assert "n21" in u3 and "n25" in u3
     np.testing.assert_array_equal(out, fp.sum_mod(inputs[u] for u in u3))
     # Each node exchanged shares with its <= 8 neighbours only, not with 29 peers.
     assert share_msgs and max(share_msgs.values()) <= 8 and min(share_msgs.values()) >= 7
@@ -139,24 +142,29 @@ def test_worst_case_dropouts_within_guarantee() -> None:
 
 
 def _predicted_ok(cfg: SecAggConfig, drop: dict[str, Phase]) -> bool:
-    """The completion rule documented on SecAggConfig, computed independently of the server."""
+    """The completion rule documented on SecAggConfig, computed independently of the server.
+
+    U4 signed the survivor set (Round 3), U5 answered the unmasking request (Round 4); the
+    secrets are rebuilt from U5's shares, and U5 is a subset of U4.
+    """
 
     def alive(p: Phase) -> set[str]:
         return {u for u in cfg.participants if u not in drop or drop[u] > p}
 
-    u1, u2, u3, u4 = (
+    u1, u2, u3, u4, u5 = (
         alive(Phase.ADVERTISE_KEYS),
         alive(Phase.SHARE_KEYS),
         alive(Phase.MASKED_INPUT),
+        alive(Phase.CONSISTENCY),
         alive(Phase.UNMASK),
     )
     t = cfg.t
-    if min(len(u1), len(u2), len(u3), len(u4)) < t:
+    if min(len(u1), len(u2), len(u3), len(u4), len(u5)) < t:
         return False
-    # Roster and share exchange happen within U1, so holders are H(u) ∩ U4 (U4 ⊆ U1).
-    if any(len(cfg.holders_of(u) & u4) < t for u in u3):
+    # Roster and share exchange happen within U1, so holders are H(u) ∩ U5 (U5 ⊆ U4 ⊆ U1).
+    if any(len(cfg.holders_of(u) & u5) < t for u in u3):
         return False
-    if any(len(cfg.neighbours_of(u) & u4) < t for u in u2 - u3 if cfg.neighbours_of(u) & u3):
+    if any(len(cfg.neighbours_of(u) & u5) < t for u in u2 - u3 if cfg.neighbours_of(u) & u3):
         return False
     return cfg.is_connected(u3)
 
@@ -165,9 +173,11 @@ def test_random_dropouts_follow_the_documented_rule() -> None:
     cfg = _config(24, 6, t=3)  # guarantee: 4 drop-outs
     rng = random.Random(99)
     outcomes = {True: 0, False: 0}
+    phases = [Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK]
+    dropped_in = set()
     for trial in range(30):
         victims = rng.sample(list(cfg.participants), rng.randint(3, 10))
-        drop = {u: rng.choice(list(Phase)[:4]) for u in victims}
+        drop = {u: rng.choice(phases) for u in victims}
         inputs = _inputs(cfg, trial)
         expected_ok = _predicted_ok(cfg, drop)
         try:
@@ -177,10 +187,12 @@ def test_random_dropouts_follow_the_documented_rule() -> None:
             outcomes[False] += 1
         else:
             assert expected_ok, drop
-            u3 = [u for u in cfg.participants if u not in drop or drop[u] is Phase.UNMASK]
+            u3 = [u for u in cfg.participants if u not in drop or drop[u] >= Phase.CONSISTENCY]
             np.testing.assert_array_equal(out, fp.sum_mod(inputs[u] for u in u3))
             outcomes[True] += 1
+            dropped_in |= set(drop.values())
     assert outcomes[True] and outcomes[False]  # both branches exercised
+    assert dropped_in == set(phases)  # successful sessions lost nodes in every round
 
 
 def _ring_cut_config() -> tuple[SecAggConfig, list[str]]:
@@ -216,9 +228,11 @@ def test_client_refuses_disconnected_survivor_set() -> None:
     server.close_share_keys()
     for u, c in clients.items():
         c.masked_input(np.zeros(M, np.uint64), server.shares_for(u))
-    u3 = [u for u in ring if u not in (ring[0], ring[4])]
-    with pytest.raises(ProtocolAborted, match="disconnected"):
-        clients[ring[2]].unmask(u3)
+    u3 = tuple(u for u in ring if u not in (ring[0], ring[4]))
+    with pytest.raises(ProtocolAborted, match="disconnected") as exc:
+        clients[ring[2]].consistency_check(ConsistencyCheck(cfg.session_id, u3))
+    assert exc.value.extra["phase"] == "consistency"
+    assert clients[ring[2]].phase is Phase.ABORTED
 
 
 def test_neighbourhood_below_threshold_aborts_naming_the_node() -> None:

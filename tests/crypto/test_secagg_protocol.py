@@ -8,6 +8,8 @@ from scipy import stats
 
 from xdp_compute.crypto import fixedpoint as fp
 from xdp_compute.crypto.secagg import (
+    ConsistencyCheck,
+    ConsistencySignature,
     EncryptedShares,
     KeyRoster,
     MalformedMessage,
@@ -44,7 +46,8 @@ def _expected(inputs: dict[str, np.ndarray], nodes: list[str]) -> np.ndarray:
 
 
 def _u3(cfg: SecAggConfig, drop: dict[str, Phase]) -> list[str]:
-    return [u for u in cfg.participants if u not in drop or drop[u] >= Phase.UNMASK]
+    """The nodes whose masked input is summed: all that did not drop before Round 3."""
+    return [u for u in cfg.participants if u not in drop or drop[u] >= Phase.CONSISTENCY]
 
 
 class Session:
@@ -73,11 +76,20 @@ class Session:
         for u in nodes if nodes is not None else self.server.survivors(Phase.SHARE_KEYS):
             out[u] = self.clients[u].masked_input(inputs[u], self.server.shares_for(u).encode())
             self.server.receive(u, out[u].encode())
-        self.request = self.server.close_masked_input()
+        self.check = self.server.close_masked_input()
+        return out
+
+    def consistency(self, nodes: list[str] | None = None) -> dict[str, ConsistencySignature]:
+        """Round 3: the given survivors (default all of U3) sign the ConsistencyCheck; sets ``request``."""
+        out = {}
+        for u in nodes if nodes is not None else self.server.survivors(Phase.MASKED_INPUT):
+            out[u] = self.clients[u].consistency_check(self.check.encode())
+            self.server.receive(u, out[u].encode())
+        self.request = self.server.close_consistency()
         return out
 
     def unmask(self, nodes: list[str] | None = None) -> np.ndarray:
-        for u in nodes if nodes is not None else self.server.survivors(Phase.MASKED_INPUT):
+        for u in nodes if nodes is not None else self.server.survivors(Phase.CONSISTENCY):
             self.server.receive(u, self.clients[u].unmask(self.request.encode()).encode())
         return self.server.close_unmask()
 
@@ -120,13 +132,16 @@ def test_precomputed_mask_gives_same_sum_even_when_a_peer_leaves() -> None:
     with pytest.raises(RoundConflict):
         s.server.receive("node-4", late)
     s.mask(inputs)
+    s.consistency()
     np.testing.assert_array_equal(s.unmask(), _expected(inputs, survivors))
 
 
 # -- drop-outs --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("phase", [Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK])
+@pytest.mark.parametrize(
+    "phase", [Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK]
+)
 @pytest.mark.parametrize("who", [0, 2, 4])
 def test_one_dropout_at_each_phase(phase: Phase, who: int) -> None:
     cfg = _config(5)
@@ -134,20 +149,22 @@ def test_one_dropout_at_each_phase(phase: Phase, who: int) -> None:
     inputs = _inputs(cfg, who)
     drop = {f"node-{who}": phase}
     out = run_local_session(cfg, inputs, drop=drop)
-    # Dropping before Round 4 only: its masked input is in U3, so it is part of the sum.
+    # Dropping in Round 3 or 4 only: its masked input is in U3, so it is part of the sum.
     np.testing.assert_array_equal(out, _expected(inputs, _u3(cfg, drop)))
 
 
 def test_dropouts_at_every_phase_down_to_threshold() -> None:
-    cfg = _config(7, t=3)
+    cfg = _config(8, t=3)
     inputs = _inputs(cfg, 5)
     drop = {
         "node-1": Phase.ADVERTISE_KEYS,
         "node-2": Phase.SHARE_KEYS,
         "node-4": Phase.MASKED_INPUT,
+        "node-5": Phase.CONSISTENCY,
         "node-6": Phase.UNMASK,
     }
     out = run_local_session(cfg, inputs, drop=drop)
+    assert _u3(cfg, drop) == ["node-0", "node-3", "node-5", "node-6", "node-7"]
     np.testing.assert_array_equal(out, _expected(inputs, _u3(cfg, drop)))
 
 
@@ -157,6 +174,7 @@ def test_dropouts_at_every_phase_down_to_threshold() -> None:
         (Phase.ADVERTISE_KEYS, "advertise_keys"),
         (Phase.SHARE_KEYS, "share_keys"),
         (Phase.MASKED_INPUT, "masked_input"),
+        (Phase.CONSISTENCY, "consistency"),
         (Phase.UNMASK, "unmask"),
     ],
 )
@@ -188,15 +206,17 @@ def test_aborted_server_stays_aborted() -> None:
         assert again.value is first.value
 
 
-def test_cumulative_dropouts_abort_in_unmask() -> None:
+@pytest.mark.parametrize(("last", "label"), [(Phase.CONSISTENCY, "consistency"), (Phase.UNMASK, "unmask")])
+def test_cumulative_dropouts_abort_in_the_last_rounds(last: Phase, label: str) -> None:
     cfg = _config(5)
-    drop = {"node-0": Phase.ADVERTISE_KEYS, "node-1": Phase.MASKED_INPUT, "node-2": Phase.UNMASK}
+    drop = {"node-0": Phase.ADVERTISE_KEYS, "node-1": Phase.MASKED_INPUT, "node-2": last}
     with pytest.raises(ProtocolAborted) as exc:
         run_local_session(cfg, _inputs(cfg), drop=drop)
-    assert exc.value.extra["phase"] == "unmask"
+    assert exc.value.extra["phase"] == label
+    assert exc.value.extra["survivors"] == 2 and exc.value.extra["eligible"] == 3
 
 
-# -- the client's unmasking rules --------------------------------------------------------------
+# -- the client's consistency-check and unmasking rules ---------------------------------------
 
 
 def _to_round4(n: int = 5) -> tuple[Session, dict[str, np.ndarray]]:
@@ -208,38 +228,115 @@ def _to_round4(n: int = 5) -> tuple[Session, dict[str, np.ndarray]]:
     return s, inputs
 
 
-def test_client_refuses_unmask_below_threshold() -> None:
+def _request(cfg: SecAggConfig, survivors: list[str] | tuple[str, ...], signers: list[str] | tuple[str, ...]
+             ) -> UnmaskRequest:
+    """An unmasking request as a deviating server could send it (unauthenticated clients sign with b"")."""
+    return UnmaskRequest(cfg.session_id, tuple(survivors), dict.fromkeys(signers, b""))
+
+
+def test_client_refuses_to_sign_below_threshold() -> None:
     s, inputs = _to_round4()
     s.mask(inputs)
     c = s.clients["node-0"]
-    with pytest.raises(ProtocolAborted) as exc:
-        c.unmask(["node-0", "node-1"])
-    assert exc.value.extra["phase"] == "unmask"
+    with pytest.raises(ProtocolAborted, match="2 survivors, threshold is 3") as exc:
+        c.consistency_check(ConsistencyCheck(s.cfg.session_id, ("node-0", "node-1")))
+    assert exc.value.extra["phase"] == "consistency"
+    assert exc.value.extra["survivors"] == 2 and exc.value.extra["threshold"] == 3
     assert c.phase is Phase.ABORTED
     with pytest.raises(RoundConflict):
-        c.unmask(list(s.cfg.participants))
+        c.consistency_check(s.check)
+    with pytest.raises(RoundConflict):
+        c.unmask(_request(s.cfg, s.cfg.participants, s.cfg.participants))
 
 
 def test_client_refuses_when_not_a_survivor() -> None:
     s, inputs = _to_round4()
     s.mask(inputs)
-    with pytest.raises(ProtocolAborted):
-        s.clients["node-0"].unmask(["node-1", "node-2", "node-3", "node-4"])
+    c = s.clients["node-0"]
+    with pytest.raises(ProtocolAborted, match="not among the survivors"):
+        c.consistency_check(ConsistencyCheck(s.cfg.session_id, ("node-1", "node-2", "node-3", "node-4")))
+    assert c.phase is Phase.ABORTED
+
+
+def test_client_refuses_to_sign_when_too_few_of_its_holders_survived() -> None:
+    # SecAgg+ ring of 8 (neighbourhoods of 3, t = 2): a survivor set large enough overall but
+    # holding only node u itself of H(u) would let the server unmask u alone.
+    cfg = SecAggConfig(session_id="job-1/round-0", participants=[f"node-{i}" for i in range(8)],
+                       vector_length=M, threshold=2, neighbours=2)
+    s = Session(cfg)
+    s.advertise()
+    s.share()
+    s.mask(_inputs(cfg))
+    u = "node-0"
+    others = [v for v in cfg.participants if v not in cfg.holders_of(u)]
+    c = s.clients[u]
+    with pytest.raises(ProtocolAborted, match="share holders survived") as exc:
+        c.consistency_check(ConsistencyCheck(cfg.session_id, (u, *others)))
+    assert exc.value.extra["phase"] == "consistency"
+    assert exc.value.extra["survivors"] == 1 and exc.value.extra["threshold"] == 2
 
 
 def test_client_never_reveals_both_kinds_for_one_peer() -> None:
     s, inputs = _to_round4()
     s.mask(inputs, ["node-0", "node-1", "node-2", "node-3"])  # node-4 dropped after sharing
+    s.consistency()
     c = s.clients["node-0"]
     resp = c.unmask(s.request)
     assert set(resp.self_mask_shares) == {"node-0", "node-1", "node-2", "node-3"}
     assert set(resp.secret_key_shares) == {"node-4"}
     assert c.unmask(s.request) is resp  # idempotent for the same U3
+    assert c.unmask(s.request.encode()) is resp
     # A server asking again with node-4 now "alive" would get node-4's b-share too: refused.
     with pytest.raises(RoundConflict):
-        c.unmask(list(s.cfg.participants))
+        c.unmask(_request(s.cfg, s.cfg.participants, s.cfg.participants))
     with pytest.raises(RoundConflict):
-        c.unmask(["node-0", "node-1", "node-2"])
+        c.unmask(_request(s.cfg, ["node-0", "node-1", "node-2"], ["node-0", "node-1", "node-2"]))
+    # Nor does it sign another survivor set, before or after answering.
+    with pytest.raises(RoundConflict):
+        c.consistency_check(ConsistencyCheck(s.cfg.session_id, tuple(s.cfg.participants)))
+
+
+def test_client_signs_one_survivor_set_only() -> None:
+    s, inputs = _to_round4()
+    s.mask(inputs, ["node-0", "node-1", "node-2", "node-3"])
+    c = s.clients["node-0"]
+    # Not before Round 3: a client that signed nothing reveals nothing.
+    with pytest.raises(RoundConflict):
+        c.unmask(_request(s.cfg, s.check.survivors, s.check.survivors))
+    first = c.consistency_check(s.check)
+    assert isinstance(first, ConsistencySignature) and first.sender == "node-0"
+    assert c.consistency_check(s.check.encode()) == first  # the same statement again
+    assert c.phase is Phase.UNMASK
+    with pytest.raises(RoundConflict):
+        c.consistency_check(ConsistencyCheck(s.cfg.session_id, tuple(s.cfg.participants)))
+    with pytest.raises(RoundConflict):
+        c.consistency_check(ConsistencyCheck(s.cfg.session_id, ("node-0", "node-1", "node-2")))
+
+
+def test_client_unmasks_only_the_set_it_signed_and_with_t_signers() -> None:
+    s, inputs = _to_round4()
+    s.mask(inputs, ["node-0", "node-1", "node-2", "node-3"])  # node-4 dropped after sharing
+    s.consistency()
+    cfg, u3 = s.cfg, s.request.survivors
+    assert set(s.request.signatures) == set(u3)
+    # Another survivor set than the one signed (node-4 "alive"), even with every signature: refused.
+    c1 = s.clients["node-1"]
+    with pytest.raises(ProtocolAborted, match="another survivor set") as exc:
+        c1.unmask(_request(cfg, cfg.participants, cfg.participants))
+    assert exc.value.extra["phase"] == "unmask" and c1.phase is Phase.ABORTED
+    # The signed set, but only t-1 = 2 signers listed: refused.
+    c2 = s.clients["node-2"]
+    with pytest.raises(ProtocolAborted) as exc:
+        c2.unmask(_request(cfg, u3, ["node-0", "node-2"]))
+    assert exc.value.extra["phase"] == "unmask"
+    assert exc.value.extra["survivors"] == 2 and exc.value.extra["threshold"] == 3
+    # A signer outside U3: refused.
+    c3 = s.clients["node-3"]
+    with pytest.raises(ProtocolAborted, match="not in it"):
+        c3.unmask(_request(cfg, u3, [*u3, "node-4"]))
+    # The genuine request (t = 3 signers suffice) is answered.
+    resp = s.clients["node-0"].unmask(_request(cfg, u3, ["node-0", "node-1", "node-3"]))
+    assert set(resp.secret_key_shares) == {"node-4"}
 
 
 def test_client_rejects_survivor_that_never_shared() -> None:
@@ -249,7 +346,7 @@ def test_client_rejects_survivor_that_never_shared() -> None:
     s.share(["node-0", "node-1", "node-2", "node-3"])
     s.mask(_inputs(cfg))
     with pytest.raises(MalformedMessage):
-        s.clients["node-0"].unmask(list(cfg.participants))
+        s.clients["node-0"].consistency_check(ConsistencyCheck(cfg.session_id, tuple(cfg.participants)))
 
 
 # -- privacy of what the server sees -----------------------------------------------------------
@@ -359,11 +456,38 @@ def test_server_rejects_incomplete_share_keys_and_bad_vectors() -> None:
         s.server.receive("node-0", MaskedInput(cfg.session_id, "node-0", np.zeros(M + 1, dtype=np.uint64)))
     with pytest.raises(RoundConflict):
         s.server.receive("node-0", UnmaskResponse(cfg.session_id, "node-0", {}, {}))
+    with pytest.raises(RoundConflict):
+        s.server.receive("node-0", ConsistencySignature(cfg.session_id, "node-0", b""))
+
+
+def test_server_round3_takes_signatures_from_u3_and_round4_answers_from_signers_only() -> None:
+    s, inputs = _to_round4()
+    s.mask(inputs, ["node-0", "node-1", "node-2", "node-3"])  # node-4 dropped after sharing
+    sid = s.cfg.session_id
+    assert isinstance(s.check, ConsistencyCheck) and s.server.phase is Phase.CONSISTENCY
+    assert s.check.survivors == ("node-0", "node-1", "node-2", "node-3")
+    with pytest.raises(RoundConflict):
+        s.server.unmask_request()  # no request before the signatures are in
+    with pytest.raises(RoundConflict):
+        s.server.receive("node-4", ConsistencySignature(sid, "node-4", b""))  # not in U3
+    with pytest.raises(RoundConflict):
+        s.server.receive("node-0", UnmaskResponse(sid, "node-0", {}, {}))  # Round 4 not open
+    s.consistency(["node-0", "node-1", "node-2"])  # node-3 sent its masked input but does not sign
+    assert s.server.survivors(Phase.CONSISTENCY) == ("node-0", "node-1", "node-2")
+    assert s.request.survivors == s.check.survivors  # U3, still the summed set
+    assert set(s.request.signatures) == {"node-0", "node-1", "node-2"}
+    assert s.server.unmask_request() == s.request
+    with pytest.raises(RoundConflict):
+        s.server.receive("node-3", ConsistencySignature(sid, "node-3", b""))  # Round 3 is over
+    with pytest.raises(RoundConflict):
+        s.server.receive("node-3", UnmaskResponse(sid, "node-3", {}, {}))  # did not sign
+    np.testing.assert_array_equal(s.unmask(), _expected(inputs, ["node-0", "node-1", "node-2", "node-3"]))
 
 
 def test_server_rejects_unmask_response_with_wrong_share_sets() -> None:
     s, inputs = _to_round4()
     s.mask(inputs, ["node-0", "node-1", "node-2", "node-3"])
+    s.consistency()
     good = s.clients["node-0"].unmask(s.request)
     # Asking for node-4's b-share while also holding its key share: refused by the server.
     smuggled = UnmaskResponse(

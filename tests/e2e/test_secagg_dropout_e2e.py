@@ -22,7 +22,7 @@ HONEST_SHARES = noise_shares(3, default_threshold(3), None).honest
 
 
 SQL = "SELECT clinic, COUNT(*) AS n, SUM(cost) AS total FROM visits GROUP BY clinic"
-PHASES = ["query_begin", "secagg_share_keys", "secagg_masked_input", "secagg_unmask"]
+PHASES = ["query_begin", "secagg_share_keys", "secagg_masked_input", "secagg_consistency", "secagg_unmask"]
 FAST = {"XDP_TEST_NOISE_SEED": "dropout", "XDP_ROUND_TIMEOUT": "8"}
 
 
@@ -58,8 +58,9 @@ def test_one_dropout_gives_exact_noisy_sum_of_survivors(tmp_path: Path, phase: s
     finally:
         h.cluster.close()
     survivors = sorted(r.nodes)
-    # A node dropping after its masked input (before unmasking) is still in U3: its input counts.
-    expected_survivors = h.nodes if phase == "secagg_unmask" else ["clinic-0", "clinic-1"]
+    # A node dropping after its masked input (before signing U3 or before unmasking) is still in U3:
+    # its input counts.
+    expected_survivors = h.nodes if phase in ("secagg_consistency", "secagg_unmask") else ["clinic-0", "clinic-1"]
     assert survivors == sorted(expected_survivors)
     parts = noisy_partials(h.cluster.root, survivors)
     plan = next(iter(parts.values()))[0]

@@ -17,6 +17,7 @@ from xdp_compute.contract import (
     HeQueryBegun,
     HeQueryMaskedInput,
     HeQueryMaskedReply,
+    SecAggConsistency,
     SecAggMaskedInput,
     SecAggSession,
     SecAggShareKeys,
@@ -53,7 +54,7 @@ def _begin(node: Node, public: P.PaillierPublic, session: SecAggSession,
 
 def _sealed_rounds(nodes: list[Node], public: P.PaillierPublic, *, drop_before_masking: tuple[str, ...] = ()
                    ) -> tuple[SecAggServer, dict[str, P.EncryptedVector], list[str]]:
-    """Rounds 0, 1, 2 (sealed) and 4; returns the closed server, U3's ciphertexts and U3."""
+    """Rounds 0, 1, 2 (sealed), 3 and 4; returns the closed server, U3's ciphertexts and U3."""
     ids = [n.executor.node_id for n in nodes]
     by_id = {n.executor.node_id: n for n in nodes}
     plan = _plan(nodes[0])
@@ -80,8 +81,13 @@ def _sealed_rounds(nodes: list[Node], public: P.PaillierPublic, *, drop_before_m
         assert MaskedInput.decode(reply.secagg).vector.shape == (len(plan.cells),)
         server.receive(u, reply.secagg)
         cts[u] = P.EncryptedVector.from_bytes(reply.ciphertext, public, max_bytes=1 << 20)
-    request = server.close_masked_input()
+    check = server.close_masked_input()
     u3 = list(server.survivors(Phase.MASKED_INPUT))
+    for u in u3:  # Round 3: the same consistency check as a plain session
+        reply = by_id[u].ask(SecAggConsistency(session_id=sid, secagg=check.encode()))
+        server.receive(u, reply.secagg)  # type: ignore[attr-defined]
+    request = server.close_consistency()
+    assert server.survivors(Phase.CONSISTENCY) == tuple(u3)
     for u in u3:  # Round 4
         reply = by_id[u].ask(SecAggUnmask(session_id=sid, secagg=request.encode()))
         server.receive(u, reply.secagg)  # type: ignore[attr-defined]

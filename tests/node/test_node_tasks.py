@@ -1,7 +1,7 @@
 """The node's end of the task contract: ``TaskExecutor.handle`` with contract-encoded requests.
 
 In-process executors play the nodes and ``SecAggServer`` the gateway, so a query's round 0 and
-the three secure-aggregation steps run exactly as over gRPC, minus the transport.
+the four secure-aggregation steps run exactly as over gRPC, minus the transport.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from xdp_compute.contract import (
     QueryBegin,
     QueryBegun,
     Record,
+    SecAggConsistency,
     SecAggMaskedInput,
     SecAggMessage,
     SecAggSession,
@@ -39,11 +40,11 @@ from xdp_compute.contract import (
     decode_reply,
     encode,
 )
-from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer
+from xdp_compute.crypto.secagg import ConsistencyCheck, Phase, SecAggConfig, SecAggServer, UnmaskRequest
 from xdp_compute.domain.manifest import Manifest, load_manifest
 from xdp_compute.node.executors import TaskExecutor
-from xdp_compute.node.sources import run_local_query
 from xdp_compute.node.policy import measurements_of
+from xdp_compute.node.sources import run_local_query
 from xdp_compute.node.tasks.query import add_noise, seeded_noise_key
 from xdp_compute.privacy import plan_noise
 from xdp_compute.privacy.randomness import SeededRandomness
@@ -134,9 +135,13 @@ def _sigmas(plan: QueryPlan) -> dict[str, Fraction]:
 
 
 def _secure_sum(nodes: list[Node], begin: Callable[[SecAggSession], Record], *, threshold: int,
-                drop_before_masking: tuple[str, ...] = (), job_id: str = "job-1",
-                session_id: str = "job-1:sum") -> tuple[np.ndarray, list[str], dict[str, Record]]:
-    """Rounds 0, 1, 2 and 4 with the executors as clients and SecAggServer as the gateway."""
+                drop_before_masking: tuple[str, ...] = (), drop_before_signing: tuple[str, ...] = (),
+                job_id: str = "job-1", session_id: str = "job-1:sum"
+                ) -> tuple[np.ndarray, list[str], dict[str, Record]]:
+    """Rounds 0 to 4 with the executors as clients and SecAggServer as the gateway.
+
+    ``drop_before_signing``: nodes that send their masked input but not their Round 3 signature.
+    """
     ids = [n.executor.node_id for n in nodes]
     by_id = {n.executor.node_id: n for n in nodes}
     vector_length = _plan(nodes[0]).vector_length
@@ -161,9 +166,15 @@ def _secure_sum(nodes: list[Node], begin: Callable[[SecAggSession], Record], *, 
         reply = by_id[u].ask(SecAggMaskedInput(session_id=session_id, secagg=server.shares_for(u).encode()),
                              job_id)
         server.receive(u, reply.secagg)  # type: ignore[attr-defined]
-    request = server.close_masked_input()
+    check = server.close_masked_input()
     u3 = list(server.survivors(Phase.MASKED_INPUT))
-    for u in u3:  # Round 4 (Unmasking)
+    for u in u3:  # Round 3 (ConsistencyCheck)
+        if u in drop_before_signing:
+            continue
+        reply = by_id[u].ask(SecAggConsistency(session_id=session_id, secagg=check.encode()), job_id)
+        server.receive(u, reply.secagg)  # type: ignore[attr-defined]
+    request = server.close_consistency()
+    for u in server.survivors(Phase.CONSISTENCY):  # Round 4 (Unmasking)
         reply = by_id[u].ask(SecAggUnmask(session_id=session_id, secagg=request.encode()), job_id)
         server.receive(u, reply.secagg)  # type: ignore[attr-defined]
     return server.close_unmask(), u3, first
@@ -254,16 +265,85 @@ def test_a_node_dropping_before_masking_leaves_the_sum_of_the_survivors(
     np.testing.assert_array_equal(total, _sum([_expected_noisy(n, plan, 0) for n in (nodes[0], nodes[2])]))
 
 
+def test_a_node_that_masks_but_does_not_sign_is_still_in_the_sum(
+        nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDP_TEST_NOISE_SEED", SEED)
+    plan = _plan(nodes[0])
+    silent = nodes[2].executor.node_id
+    total, u3, _ = _secure_sum(nodes, lambda s: QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan),
+                                                           secagg=s, noise_basis=BASIS), threshold=2,
+                               drop_before_signing=(silent,))
+    assert silent in u3 and len(u3) == 3
+    np.testing.assert_array_equal(total, _sum([_expected_noisy(n, plan, 0) for n in nodes]))
+    # The two that answered ended their sessions; the silent one's still waits (until its TTL).
+    assert [len(n.executor.secagg) for n in nodes] == [0, 0, 1]
+
+
 def test_secagg_step_for_another_job_or_session_is_refused(nodes: list[Node]) -> None:
     plan = _plan(nodes[0])
     node = nodes[0]
     ids = [n.executor.node_id for n in nodes]
     session = SecAggSession(session_id="job-1:sum", participants=ids, vector_length=plan.vector_length, threshold=2)
     node.ask(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session, noise_basis=BASIS), "job-1")
-    for job_id, sid in (("job-2", "job-1:sum"), ("job-1", "job-1:other")):
-        header, blobs = encode(SecAggShareKeys(session_id=sid, secagg=b"x"))
-        out = node.executor.handle("secagg_share_keys", job_id, header, blobs)
-        assert not out.ok and sid in out.error and job_id in out.error
+    for step in (SecAggShareKeys, SecAggMaskedInput, SecAggConsistency, SecAggUnmask):
+        for job_id, sid in (("job-2", "job-1:sum"), ("job-1", "job-1:other")):
+            header, blobs = encode(step(session_id=sid, secagg=b"x"))
+            out = node.executor.handle(step.KIND, job_id, header, blobs)
+            assert not out.ok and sid in out.error and job_id in out.error
+
+
+def test_a_node_signs_one_survivor_set_and_unmasks_only_that_one(
+        nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 3 through the executor: a gateway that tells this node another U3 in Round 4 than the
+    one it signed, or lists fewer than t signers, gets no share; the genuine request is answered."""
+    monkeypatch.setenv("XDP_TEST_NOISE_SEED", SEED)
+    plan = _plan(nodes[0])
+    ids = [n.executor.node_id for n in nodes]
+    by_id = {n.executor.node_id: n for n in nodes}
+    sid = "job-1:sum"
+    config = SecAggConfig(session_id=sid, participants=ids, vector_length=plan.vector_length, threshold=2)
+    session = SecAggSession(session_id=sid, participants=ids, vector_length=plan.vector_length, threshold=2)
+    server = SecAggServer(config)
+    for u in ids:
+        reply = by_id[u].ask(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session,
+                                        noise_basis=BASIS))
+        server.receive(u, reply.secagg)  # type: ignore[attr-defined]
+    server.close_advertise_keys()
+    for u in ids:
+        reply = by_id[u].ask(SecAggShareKeys(session_id=sid, secagg=server.roster_for(u).encode()))
+        server.receive(u, reply.secagg)  # type: ignore[attr-defined]
+    server.close_share_keys()
+    for u in ids[:2]:  # ids[2] drops after sharing
+        reply = by_id[u].ask(SecAggMaskedInput(session_id=sid, secagg=server.shares_for(u).encode()))
+        server.receive(u, reply.secagg)  # type: ignore[attr-defined]
+    check = server.close_masked_input()
+    assert check.survivors == tuple(ids[:2])
+    a, b = by_id[ids[0]], by_id[ids[1]]
+
+    def refused(node: Node, record: Record) -> str:
+        header, blobs = encode(record)
+        out = node.executor.handle(record.KIND, "job-1", header, blobs)
+        assert not out.ok and out.header == {} and out.blobs == {}
+        return out.error
+
+    # No unmasking before the node signed.
+    early = UnmaskRequest(config.session_id, check.survivors, dict.fromkeys(check.survivors, b""))
+    assert "phase consistency" in refused(a, SecAggUnmask(session_id=sid, secagg=early.encode()))
+    for u in ids[:2]:
+        reply = by_id[u].ask(SecAggConsistency(session_id=sid, secagg=check.encode()))
+        assert isinstance(reply, SecAggMessage)
+        server.receive(u, reply.secagg)
+    request = server.close_consistency()
+    # A second, different survivor set is not signed.
+    other = ConsistencyCheck(config.session_id, tuple(ids))
+    assert "already signed" in refused(a, SecAggConsistency(session_id=sid, secagg=other.encode()))
+    assert set(request.signatures) == set(ids[:2])
+    # Round 4 naming ids[2] alive (its b-share instead of its key share): refused.
+    swapped = UnmaskRequest(config.session_id, tuple(ids), dict.fromkeys(ids, b""))
+    assert "another survivor set" in refused(a, SecAggUnmask(session_id=sid, secagg=swapped.encode()))
+    # One signer where t = 2 are needed: refused.
+    thin = UnmaskRequest(config.session_id, request.survivors, {ids[0]: b""})
+    assert "threshold is 2" in refused(b, SecAggUnmask(session_id=sid, secagg=thin.encode()))
 
 
 def test_query_begin_refuses_a_session_without_this_node(nodes: list[Node]) -> None:
@@ -273,6 +353,41 @@ def test_query_begin_refuses_a_session_without_this_node(nodes: list[Node]) -> N
     header, blobs = encode(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session, noise_basis=BASIS))
     out = nodes[0].executor.handle("query_begin", "job-1", header, blobs)
     assert not out.ok and "not a participant" in out.error
+
+
+def test_query_begin_refuses_a_threshold_below_a_majority_or_within_the_collusion_margin(
+        nodes: list[Node], tmp_path: Path) -> None:
+    plan = _plan(nodes[0])
+    node = nodes[0]
+    ids = [n.executor.node_id for n in nodes]
+
+    def begin(node: Node, participants: list[str], threshold: int) -> Any:
+        session = SecAggSession(session_id="s", participants=participants, vector_length=plan.vector_length,
+                                threshold=threshold)
+        header, blobs = encode(QueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), secagg=session,
+                                          noise_basis=BASIS))
+        return node.executor.handle("query_begin", "job-1", header, blobs)
+
+    # 5 share holders: a majority is 3; t = 2 would let two disjoint pairs each complete a round.
+    out = begin(node, [*ids, "id-x", "id-y"], 2)
+    assert not out.ok and "too low for 5 share holders" in out.error and "at least 3 (a majority)" in out.error
+    assert len(node.executor.secagg) == 0
+    # A node that tolerates 2 colluders needs 2t > 3 + 2: it refuses t = 2 (2 of its holders could
+    # unmask it, or sign a second survivor set), and takes t = 3.
+    d = tmp_path / "margin"
+    d.mkdir()
+    (d / "patients.csv").write_text((tmp_path / "h0" / "patients.csv").read_text())
+    text = MANIFEST.format(node="h0").replace('region = "CN-FJ"', 'region = "CN-FJ"\nmax_colluding_nodes = 2', 1)
+    (d / "node.toml").write_text(text)
+    cautious = Node("h0", load_manifest(d / "node.toml"), node.rows, TaskExecutor(load_manifest(d / "node.toml")))
+    cautious.executor.node_id = ids[0]
+    out = begin(cautious, ids, 2)
+    assert not out.ok and "at least 3" in out.error and "collusion margin 2" in out.error
+    assert "max_colluding_nodes" in out.error
+    assert len(cautious.executor.secagg) == 0
+    out = begin(cautious, ids, 3)
+    assert out.ok, out.error
+    assert len(cautious.executor.secagg) == 1
 
 
 def test_query_begin_refuses_a_negative_noise_scale(nodes: list[Node]) -> None:
@@ -295,6 +410,7 @@ def _valid(kind: str) -> tuple[dict[str, Any], dict[str, bytes]]:
         "validate": Validate(),
         "train_begin": TrainBegin(round=1, epsilon_reserved=0.5, params=b"\x00" * 8, secagg=session),
         "train_eval": TrainEval(params=b"\x00" * 8),
+        "secagg_consistency": SecAggConsistency(session_id="s", secagg=b"\x01"),
         "secagg_unmask": SecAggUnmask(session_id="s", secagg=b"\x01"),
     }
     return encode(records[kind])
@@ -345,9 +461,15 @@ def _case_missing_field() -> tuple[str, dict[str, Any], dict[str, bytes], tuple[
     return "secagg_unmask", {k: v for k, v in header.items() if k != "session_id"}, blobs, ("session_id",)
 
 
+def _case_missing_secagg_blob() -> tuple[str, dict[str, Any], dict[str, bytes], tuple[str, ...]]:
+    header, _ = _valid("secagg_consistency")
+    return "secagg_consistency", header, {}, ("secagg", "required")
+
+
 @pytest.mark.parametrize("case", [_case_unknown_kind, _case_extra_field, _case_true_for_a_number,
                                   _case_true_for_a_float, _case_wrong_version, _case_no_version,
-                                  _case_missing_blob, _case_old_blob_name, _case_missing_field],
+                                  _case_missing_blob, _case_old_blob_name, _case_missing_field,
+                                  _case_missing_secagg_blob],
                          ids=lambda f: f.__name__.removeprefix("_case_"))
 def test_malformed_task_gives_a_failed_outcome_naming_the_problem(
         nodes: list[Node], case: Callable[[], tuple[str, dict[str, Any], dict[str, bytes], tuple[str, ...]]]) -> None:

@@ -110,9 +110,10 @@ class SecAggConfig:
     The threshold then applies per neighbourhood: 2 <= t <= k+1, default
     ``default_threshold(k+1)``. The session completes iff
 
-    1. every phase keeps at least t nodes overall (|U1|, |U2|, |U3|, |U4| >= t),
-    2. every u in U3 has >= t of H(u) in U4 (to rebuild its self mask b_u),
-    3. every u in U2 \\ U3 with a neighbour in U3 has >= t of N(u) in U4 (to rebuild s_u^SK),
+    1. every phase keeps at least t nodes overall (|U1|, |U2|, |U3|, |U4|, |U5| >= t; U4 signed
+       U3, U5 answered the unmasking request),
+    2. every u in U3 has >= t of H(u) in U5 (to rebuild its self mask b_u),
+    3. every u in U2 \\ U3 with a neighbour in U3 has >= t of N(u) in U5 (to rebuild s_u^SK),
     4. the graph induced on U3 is connected (otherwise the server would learn the sum of each
        component separately, which is more than the total; we abort instead).
 

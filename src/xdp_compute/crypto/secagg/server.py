@@ -97,7 +97,8 @@ class SecAggServer:
         return self._phase
 
     def survivors(self, phase: Phase) -> tuple[str, ...]:
-        """Nodes that completed ``phase`` (U1 for ADVERTISE_KEYS ... U4 for UNMASK), roster order."""
+        """Nodes that completed ``phase`` (U1 for ADVERTISE_KEYS ... U4 for CONSISTENCY, U5 for UNMASK), in
+        roster order."""
         if phase not in self._survivors:
             raise RoundConflict(f"phase {phase.label} is not closed")
         return self._survivors[phase]
@@ -414,9 +415,9 @@ class SecAggServer:
         self._responses[u] = msg
 
     def close_unmask(self) -> U64Vector:
-        """End Round 4: U4 = responders; rebuild b_u (u in U3) and s_u^SK (u in U2\\U3); return sum x_u mod 2^64.
+        """End Round 4: U5 = responders; rebuild b_u (u in U3) and s_u^SK (u in U2\\U3); return sum x_u mod 2^64.
 
-        Aborts if |U4| < t or some needed secret has fewer than t shares, or if shares are
+        Aborts if |U5| < t or some needed secret has fewer than t shares, or if shares are
         inconsistent (a rebuilt key that does not match its advertised public key).
         """
         cfg = self.config
