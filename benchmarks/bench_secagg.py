@@ -4,6 +4,9 @@
     AES-256-CTR expansion and additions) versus DuckDB's SUM over the same 1M rows, same run.
 (c) Whole protocol with 10, 50 and 100 simulated nodes, 10% dropping after sharing keys,
     vector length 1000: per-node client cost and server cost, complete graph and SecAgg+.
+(d) The cost of authentication (the active-adversary variant): a whole 3- and 10-node session
+    with certified identities (ECDSA P-256 signatures on keys and survivor sets, certificates
+    checked against the CA) against the same session unauthenticated, alternating, same run.
 
 Run: .venv/bin/python benchmarks/bench_secagg.py [--quick]
 Prints tables and a final ``RESULT {json}`` line. Timings are medians; the machine is shared.
@@ -226,6 +229,40 @@ def bench_protocol(sizes: list[int], m: int, repeats: int) -> list[dict[str, Any
     return rows
 
 
+# -- (d) signatures ------------------------------------------------------------------------------
+def bench_signatures(sizes: list[int], m: int, repeats: int) -> list[dict[str, Any]]:
+    import tempfile
+    from pathlib import Path
+
+    from xdp_compute.crypto.pki import init_pki, issue_node_certificate
+    from xdp_compute.crypto.secagg import NodeSigner, PeerVerifier, run_local_session
+
+    root = Path(tempfile.mkdtemp(prefix="xdp-bench-pki-"))
+    paths = init_pki(root)
+    ids = [f"n{i}" for i in range(max(sizes))]
+    for u in ids:
+        issue_node_certificate(root, u, holder=f"holder-{u}")
+    signers = {u: NodeSigner.from_pem(paths.node_cert(u).read_bytes(), paths.node_key(u).read_bytes()) for u in ids}
+    verifier = PeerVerifier.from_pem(paths.ca_cert.read_bytes())
+    rows = []
+    for n in sizes:
+        cfg = SecAggConfig(session_id="bench/sig", participants=ids[:n], vector_length=m)
+        inputs = {u: np.full(m, i, dtype=np.uint64) for i, u in enumerate(ids[:n])}
+        plain: list[float] = []
+        signed: list[float] = []
+        for _ in range(repeats):  # alternating: a slow moment of the machine costs both alike
+            t0 = time.perf_counter()
+            run_local_session(cfg, inputs)
+            plain.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            run_local_session(cfg, inputs, signers={u: signers[u] for u in ids[:n]}, verifier=verifier)
+            signed.append(time.perf_counter() - t0)
+        p, q = statistics.median(plain) * 1e3, statistics.median(signed) * 1e3
+        rows.append({"n": n, "unauthenticated_ms": p, "authenticated_ms": q, "ratio": q / p,
+                     "extra_ms_per_node": (q - p) / n})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -274,7 +311,15 @@ def main() -> None:
             f"    {mode}: per-node client cost x{growth[mode]:.1f} from n=10 to n=100 (linear would be x10)"
         )
 
-    print("RESULT " + json.dumps({"masking": a, "protocol": rows, "per_node_growth_10_to_100": growth}))
+    sig = bench_signatures([3, 10], m_c, 5 if args.quick else 15)
+    print(f"\n(d) authentication: whole session (all nodes in one process), vector length {m_c}, medians")
+    print(f"    {'n':>4} {'unauthenticated ms':>19} {'authenticated ms':>17} {'ratio':>6} {'extra ms/node':>14}")
+    for r in sig:
+        print(f"    {r['n']:>4} {r['unauthenticated_ms']:19.1f} {r['authenticated_ms']:17.1f} {r['ratio']:6.2f} "
+              f"{r['extra_ms_per_node']:14.2f}")
+
+    print("RESULT " + json.dumps({"masking": a, "protocol": rows, "per_node_growth_10_to_100": growth,
+                                  "signatures": sig}))
 
 
 if __name__ == "__main__":

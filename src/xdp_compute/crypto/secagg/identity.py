@@ -19,6 +19,7 @@ reach (``xdp admin pki init`` on another host): whoever holds it can mint node i
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,8 +69,13 @@ def load_certificate(der: bytes) -> x509.Certificate:
     """A DER certificate from a message; InvalidKey when it does not parse."""
     if not isinstance(der, (bytes, bytearray)) or not 0 < len(der) <= MAX_CERTIFICATE_BYTES:
         raise InvalidKey("missing or oversized node certificate")
+    return _parse(bytes(der))
+
+
+@functools.lru_cache(maxsize=4096)  # the same peers' certificates arrive in every session
+def _parse(der: bytes) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(bytes(der))
+        return x509.load_der_x509_certificate(der)
     except ValueError:
         raise InvalidKey("node certificate does not parse") from None
 
@@ -83,6 +89,15 @@ def signature_valid(cert_der: bytes, message: bytes, signature: bytes) -> bool:
         else:
             key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except (InvalidKey, InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of the two certificates; the clock is checked apart
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
@@ -129,10 +144,8 @@ class PeerVerifier:
         authentication (a node's), or names no node and holder.
         """
         cert = load_certificate(cert_der)
-        try:
-            cert.verify_directly_issued_by(self.ca)
-        except (ValueError, TypeError, InvalidSignature):
-            raise InvalidKey("a peer's certificate was not issued by the deployment CA") from None
+        if not _issued_by(cert, self.ca):
+            raise InvalidKey("a peer's certificate was not issued by the deployment CA")
         at = now or dt.datetime.now(dt.UTC)
         if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
             raise InvalidKey("a peer's certificate is not valid now")
