@@ -102,16 +102,17 @@ def node(
     key: Path = typer.Option(None, envvar="XDP_NODE_KEY", help="This node's private key"),
     insecure: bool = typer.Option(False, "--insecure", help="Plaintext, allowed only to a loopback gateway"),
     threads: int = typer.Option(0, min=0, envvar="XDP_NODE_THREADS",
-                                help="Compute threads for torch/numpy in the task worker (0: all cores)"),
+                                help="Compute threads for torch/numpy in the task worker (0: the CPUs this "
+                                     "process may use, by affinity and cgroup quota; several nodes on one "
+                                     "machine: give each its share)"),
     preload: bool = typer.Option(True, envvar="XDP_NODE_PRELOAD",
                                  help="Load the training libraries when the node starts, not at the first round"),
 ) -> None:
     """Run a holder's node: dials out to the gateway; opens no port."""
-    import os
 
     from xdp_compute.domain.manifest import load_manifest
     from xdp_compute.node.agent import NodeAgent
-    from xdp_compute.node.worker import WorkerOptions
+    from xdp_compute.node.worker import WorkerOptions, usable_cpus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xdp_compute.cli.pki import node_credentials
@@ -125,7 +126,7 @@ def node(
     identity = None if credentials is None else NodeIdentity(Path(ca), Path(cert), Path(key))
     if identity is not None:
         identity.load()  # a key that does not match its certificate stops the node here, not at a task
-    options = WorkerOptions(threads=threads or os.cpu_count() or 1, preload=preload, identity=identity)
+    options = WorkerOptions(threads=threads or usable_cpus(), preload=preload, identity=identity)
     agent = NodeAgent(gateway, secret, m, options=options, credentials=credentials)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=agent.stop, daemon=True).start())
     try:
