@@ -66,6 +66,13 @@ class _Session:
     revealed: tuple[int, ...] | None = None
     # node id -> party, as the noise was calibrated for (queries); checked against certificates.
     parties: Mapping[str, str] | None = None
+    # Round 1 -> 2: the masks, expanded while the gateway collects everyone's shares.
+    precompute: threading.Thread | None = None
+
+    def await_masks(self) -> None:
+        if self.precompute is not None:
+            self.precompute.join()
+            self.precompute = None
 
 
 class SecAggSessions:
@@ -148,6 +155,10 @@ class SecAggSessions:
             except ProtocolAborted:
                 self.end(request.session_id)
                 raise
+        # The masks depend on the roster only: expand them now, while the gateway waits for the
+        # other nodes' shares, so that Round 2 only adds (and corrects for peers that left).
+        s.precompute = threading.Thread(target=s.client.precompute_mask, name="secagg-masks", daemon=True)
+        s.precompute.start()
         return SecAggMessage(secagg=msg)
 
     def masked_input(self, job_id: str, request: SecAggMaskedInput) -> SecAggMessage:
@@ -159,6 +170,7 @@ class SecAggSessions:
             raise BadRequest("this session is sealed (encrypted delivery): its masked input is not sent in the clear")
         if s.vector is None:
             raise BadRequest("masked input already sent for this session")
+        s.await_masks()
         msg = s.client.masked_input(s.vector, request.secagg).encode()
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
         self._mark_spent(request.session_id)
@@ -172,6 +184,7 @@ class SecAggSessions:
             raise BadRequest("this session is not sealed: its masked input is collected by secagg_masked_input")
         if s.vector is None:
             raise BadRequest("masked input already sent for this session")
+        s.await_masks()
         full = s.client.masked_input(s.vector, request.secagg)
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
         self._mark_spent(request.session_id)
