@@ -9,6 +9,12 @@
   (and is counted by ``validate_source``) instead of failing the whole query.
 * PostgreSQL (``source = "postgresql://..."`` plus ``table``): psycopg 3, read-only transactions.
 
+``SourceCache`` keeps one sandboxed DuckDB per dataset file in the node's task worker, so a query
+does not pay for a fresh engine (~20 ms) and a DESCRIBE each time (issue #13). A CSV file is
+loaded once into a table of that same sandboxed engine, its declared numeric and bool columns
+converted with the TRY_CAST the pushdown SQL applies anyway (a bad cell is a NULL, as before),
+and reloaded when the file changes (``FileState``: device, inode, size, mtime, ctime).
+
 ``run_local_query(plan, manifest, dataset)`` re-validates the plan against this node's manifest,
 runs the pushdown SQL and returns the node's fixed-point vector (cell-major, uint64 two's
 complement), ready for secure aggregation and noise.
@@ -19,7 +25,13 @@ Engine error messages are never passed on: DuckDB's CSV errors quote the offendi
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,7 +40,7 @@ import numpy as np
 from sqlglot import exp
 
 from xdp_compute.crypto.fixedpoint import FixedPointOverflow
-from xdp_compute.domain.manifest import DatasetSpec, Manifest
+from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec, Manifest
 from xdp_compute.errors import XdpError
 from xdp_compute.query.plan import (
     HEADROOM_BITS,
@@ -48,6 +60,32 @@ class SourceError(XdpError):
 
 def _sql_url(source: str) -> bool:
     return source.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True)
+class FileState:
+    """One version of a file as the OS reports it; any rewrite changes at least one field.
+
+    ctime cannot be set from user space, so even a rewrite that restores size and mtime
+    (``touch -d``) is seen; a replaced file (rename over it) has another inode.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileState | None:
+        """The file's state now, or None if it is not a readable regular file."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not Path(path).is_file():
+            return None
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class LocalSource(ABC):
@@ -79,11 +117,19 @@ class LocalSource(ABC):
 
 
 class DuckDBSource(LocalSource):
-    """CSV or Parquet file read by an in-process, sandboxed DuckDB."""
+    """CSV or Parquet file read by an in-process, sandboxed DuckDB.
+
+    Safe to share between threads: ``execute`` serialises statements on the connection (DuckDB
+    connections must not be used by two threads at once), and a ``snapshot`` runs each on a
+    cursor of its own (which shares the database and its locked sandbox settings). ``snapshot`` gives one query a consistent relation to read; for a CSV
+    file no larger than ``materialise_max_bytes`` that relation is a table loaded once per
+    version of the file (``FileState``).
+    """
 
     dialect = "duckdb"
 
-    def __init__(self, path: Path, dataset: str, *, skip_malformed_lines: bool = False) -> None:
+    def __init__(self, path: Path, dataset: str, *, skip_malformed_lines: bool = False,
+                 materialise_max_bytes: int = 0) -> None:
         import duckdb
 
         self.path = Path(path).resolve()
@@ -93,7 +139,14 @@ class DuckDBSource(LocalSource):
             raise SourceError(f"dataset '{dataset}': unsupported source file type {suffix or '(none)'!r}")
         self.kind = suffix[1:]
         self.skip_malformed_lines = skip_malformed_lines
+        self.materialise_max_bytes = materialise_max_bytes
         self._duckdb = duckdb
+        self._lock = threading.Lock()  # the cached names and tables
+        self._exec_lock = threading.Lock()  # the connection itself
+        self._names: tuple[FileState, list[str]] | None = None
+        self._table: _LoadedTable | None = None
+        self._retired: list[_LoadedTable] = []
+        self._generations = itertools.count(1)
         self._con = duckdb.connect(":memory:", config={
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -104,7 +157,8 @@ class DuckDBSource(LocalSource):
             self._con.execute("SET disabled_optimizers = 'type_pushdown'")
         except duckdb.Error:  # older DuckDB: no such optimizer, and no such bug
             pass
-        # Sandbox: this connection may read the one declared file and nothing else.
+        # Sandbox: this connection may read the one declared file and nothing else. The
+        # settings are the database's, so every cursor of this connection has them too.
         self._con.execute("SET allowed_paths = ?", [[str(self.path)]])
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")
@@ -127,21 +181,144 @@ class DuckDBSource(LocalSource):
         return node.sql(dialect="duckdb")
 
     def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run ``sql`` on the source's own connection (one statement at a time; its temporary
+        tables, such as ``reject_errors``, stay visible to the next statement)."""
+        with self._exec_lock:
+            return self._run(self._con, sql)
+
+    def execute_concurrently(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run ``sql`` on a cursor of its own, alongside other statements on this source."""
+        try:
+            cur = self._con.cursor()
+        except self._duckdb.Error:
+            raise SourceError(f"dataset '{self.dataset}': the {self.kind} source is closed") from None
+        try:
+            return self._run(cur, sql)
+        finally:
+            cur.close()
+
+    def _run(self, con: Any, sql: str) -> list[tuple[Any, ...]]:
         if not self.path.is_file():
             raise SourceError(f"dataset '{self.dataset}': source file not found")
         try:
-            return list(self._con.execute(sql).fetchall())
+            return list(con.execute(sql).fetchall())
         except self._duckdb.Error as e:
             # The message may quote a line of the file: pass on the error class only.
             raise SourceError(f"dataset '{self.dataset}': the {self.kind} source could not be read "
                               f"({type(e).__name__}); run the node's source validation") from None
 
     def column_names(self) -> list[str]:
-        rows = self.execute(f"DESCRIBE SELECT * FROM {self.relation_sql()}")
-        return [str(r[0]) for r in rows]
+        # The file's state is taken before DESCRIBE: if the file changes in between, the names
+        # are filed under the older state and the next call describes the file again.
+        state = FileState.of(self.path)
+        with self._lock:
+            if state is not None and self._names is not None and self._names[0] == state:
+                return list(self._names[1])
+        names = [str(r[0]) for r in self.execute(f"DESCRIBE SELECT * FROM {self.relation_sql()}")]
+        if state is not None:
+            with self._lock:
+                self._names = (state, names)
+        return list(names)
+
+    def snapshot(self, columns: Sequence[ColumnSpec]) -> LocalSource:
+        """A view of the file as it is now, for one query; close it when the query is done.
+
+        A CSV file of at most ``materialise_max_bytes`` is served from a table loaded once per
+        version of the file, holding the declared ``columns`` the file has (numeric as DOUBLE,
+        bool as BOOLEAN, each by TRY_CAST; the rest as text). The pushdown SQL applies the very
+        same TRY_CAST to them, so the result is the one a scan of the file would give.
+        """
+        state = FileState.of(self.path)
+        if state is None:
+            raise SourceError(f"dataset '{self.dataset}': source file not found")
+        if self.kind != "csv" or state.size > self.materialise_max_bytes:
+            return _Snapshot(self, self.relation_sql(), self.column_names(), lambda: None)
+        with self._lock:
+            table = self._table if self._table is not None and self._table.state == state else None
+            if table is None:
+                # Loading under the lock: queries that arrive meanwhile wait for this one load.
+                table = self._load(state, columns)
+                if self._table is not None:
+                    self._retired.append(self._table)
+                self._table = table
+                self._drop_retired()
+            table.users += 1
+        return _Snapshot(self, table.relation, list(table.columns), lambda: self._release(table))
+
+    def _load(self, state: FileState, columns: Sequence[ColumnSpec]) -> _LoadedTable:
+        """CREATE TABLE from the file (caller holds ``_lock``); ``state`` was taken before reading."""
+        names = [str(r[0]) for r in self.execute(f"DESCRIBE SELECT * FROM {self.relation_sql()}")]
+        actual = {n.lower(): n for n in names}  # the spelling ``column_map_for`` would pick
+        select: list[exp.Expression] = []
+        for spec in columns:
+            a = actual.get(spec.name.lower())
+            if a is None:
+                continue
+            col: exp.Expression = exp.column(a, quoted=True)
+            if spec.numeric:
+                col = exp.TryCast(this=col, to=exp.DataType.build("DOUBLE"))
+            elif spec.type == "bool":
+                col = exp.TryCast(this=col, to=exp.DataType.build("BOOLEAN"))
+            select.append(exp.alias_(col, a, quoted=True))
+        if not select:  # nothing declared is in the file: keep COUNT(*) meaningful
+            select.append(exp.alias_(exp.Literal.number(1), "__xdp_row", quoted=True))
+        name = f"xdp_source_v{next(self._generations)}"
+        relation = exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
+        exprs = ", ".join(e.sql(dialect="duckdb") for e in select)
+        self.execute(f"CREATE TABLE {relation} AS SELECT {exprs} FROM {self.relation_sql()}")
+        kept = [e.alias for e in select if e.alias != "__xdp_row"]
+        return _LoadedTable(relation=relation, state=state, columns=tuple(kept))
+
+    def _release(self, table: _LoadedTable) -> None:
+        with self._lock:
+            table.users -= 1
+            self._drop_retired()
+
+    def _drop_retired(self) -> None:
+        """Drop superseded tables no query still reads (caller holds ``_lock``)."""
+        for t in [t for t in self._retired if t.users == 0]:
+            self._retired.remove(t)
+            with contextlib.suppress(SourceError):
+                self.execute(f"DROP TABLE IF EXISTS {t.relation}")
 
     def close(self) -> None:
         self._con.close()
+
+
+@dataclass
+class _LoadedTable:
+    """One version of a CSV file loaded into the source's engine, and how many queries read it."""
+
+    relation: str
+    state: FileState
+    columns: tuple[str, ...]
+    users: int = 0
+
+
+class _Snapshot(LocalSource):
+    """One query's view of a shared DuckDB source: a fixed relation and its columns."""
+
+    dialect = "duckdb"
+
+    def __init__(self, owner: DuckDBSource, relation: str, columns: list[str],
+                 release: Callable[[], None]) -> None:
+        self.kind = owner.kind
+        self._owner, self._relation, self._columns, self._release = owner, relation, columns, release
+        self._closed = False
+
+    def execute(self, sql: str) -> list[tuple[Any, ...]]:
+        return self._owner.execute_concurrently(sql)
+
+    def relation_sql(self) -> str:
+        return self._relation
+
+    def column_names(self) -> list[str]:
+        return list(self._columns)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
 
 
 class PostgresSource(LocalSource):
@@ -246,6 +423,54 @@ def open_source(manifest: Manifest, dataset: DatasetSpec, *, skip_malformed_line
     return DuckDBSource(manifest.source_path(dataset), dataset.name, skip_malformed_lines=skip_malformed_lines)
 
 
+# A CSV file up to this size is loaded into the node's engine once per version of the file; a
+# larger one is scanned by every query (its table could crowd the holder's memory).
+DEFAULT_MATERIALISE_MAX_BYTES = 256 * 2**20
+
+
+class SourceCache:
+    """The node's open DuckDB sources, one per dataset file, kept across queries.
+
+    Keyed by the file's resolved path (a re-pointed symlink is a new entry, sandboxed to its new
+    target), the dataset's declared columns and ``skip_malformed_lines``. A PostgreSQL source is
+    not kept: each ``open`` connects afresh, as ``open_source`` does. Thread-safe.
+    """
+
+    def __init__(self, *, materialise_max_bytes: int = DEFAULT_MATERIALISE_MAX_BYTES) -> None:
+        self.materialise_max_bytes = materialise_max_bytes
+        self._lock = threading.Lock()
+        self._sources: dict[tuple[str, tuple[tuple[str, str], ...], bool], DuckDBSource] = {}
+
+    @contextlib.contextmanager
+    def open(self, manifest: Manifest, dataset: DatasetSpec, *,
+             skip_malformed_lines: bool = False) -> Iterator[LocalSource]:
+        """``dataset``'s source as it is now, for the ``with`` block; ``SourceError`` as ``open_source``."""
+        if dataset.is_sql:
+            with open_source(manifest, dataset, skip_malformed_lines=skip_malformed_lines) as src:
+                yield src
+            return
+        path = manifest.source_path(dataset).resolve()
+        key = (str(path), tuple((c.name.lower(), c.type) for c in dataset.columns), skip_malformed_lines)
+        with self._lock:
+            shared = self._sources.get(key)
+            if shared is None:
+                shared = DuckDBSource(path, dataset.name, skip_malformed_lines=skip_malformed_lines,
+                                      materialise_max_bytes=self.materialise_max_bytes)
+                self._sources[key] = shared
+        snap = shared.snapshot(dataset.columns)
+        try:
+            yield snap
+        finally:
+            snap.close()
+
+    def close(self) -> None:
+        """Close every kept engine (in-flight queries must have finished)."""
+        with self._lock:
+            sources, self._sources = list(self._sources.values()), {}
+        for src in sources:
+            src.close()
+
+
 def column_map_for(plan: QueryPlan, source: LocalSource) -> dict[str, str]:
     """Declared name -> the source's spelling for every column the plan uses; ``SourceError`` if missing."""
     actual = {n.lower(): n for n in source.column_names()}
@@ -296,22 +521,21 @@ def encode_rows(plan: QueryPlan, rows: list[tuple[Any, ...]]) -> np.ndarray:
 
 
 def run_local_query(plan: QueryPlan, manifest: Manifest, dataset: DatasetSpec, *,
-                    source: LocalSource | None = None) -> np.ndarray:
+                    source: LocalSource | None = None, sources: SourceCache | None = None) -> np.ndarray:
     """This node's vector for ``plan``: re-validate against the own manifest, run the pushdown, encode.
 
     Returns ``np.ndarray`` of dtype uint64, length ``plan.vector_length``, entry
     ``plan.index(cell, m)`` = round(total * 2^frac_bits) mod 2^64 (two's complement); cells with
     no rows here are zeros. Raises ``InvalidQuery`` (plan not allowed here), ``SourceError`` or
-    ``FixedPointOverflow``. No noise is added here.
+    ``FixedPointOverflow``. No noise is added here. ``source``: an open source to use;
+    ``sources``: the node's ``SourceCache`` to take it from (default: open and close one).
     """
     checked = validate_plan_for(plan, dataset)
-    own = source is None
-    src = open_source(manifest, dataset) if source is None else source
-    try:
-        cmap = column_map_for(checked, src)
-        sql = local_sql(checked, src.relation_sql(), src.dialect, column_map=cmap)
-        rows = src.execute(sql)
-    finally:
-        if own:
-            src.close()
+    with contextlib.ExitStack() as stack:
+        if source is None:
+            source = stack.enter_context(sources.open(manifest, dataset) if sources is not None
+                                         else open_source(manifest, dataset))
+        cmap = column_map_for(checked, source)
+        sql = local_sql(checked, source.relation_sql(), source.dialect, column_map=cmap)
+        rows = source.execute(sql)
     return encode_rows(checked, rows)
