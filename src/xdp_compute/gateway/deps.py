@@ -26,7 +26,8 @@ Svc = Annotated[Services, Depends(get_services)]
 def current_principal(request: Request, svc: Svc) -> PrincipalView:
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    return svc.store.authenticate(token)
+    # Cached per token until it expires or any token is revoked or rotated (Store.cached_principal).
+    return svc.store.authenticate_cached(token)
 
 
 CurrentPrincipal = Annotated[PrincipalView, Depends(current_principal)]

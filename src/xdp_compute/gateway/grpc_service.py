@@ -13,7 +13,7 @@ import grpc
 
 from xdp_compute.domain.manifest import parse_declaration
 from xdp_compute.domain.names import check_node_name, check_region
-from xdp_compute.errors import XdpError
+from xdp_compute.errors import Unauthorized, XdpError
 from xdp_compute.gateway.hub import TaskHub
 from xdp_compute.gateway.registration import RegistrationLimits
 from xdp_compute.gateway.release import ReleaseLog
@@ -33,12 +33,32 @@ _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENT
 
 
 class NodeService(pb_grpc.NodeServiceServicer):
+    """Every call is checked in full — bearer token (known, not revoked, not expired), holder role,
+    TLS certificate bound to the holder, the node owned by the token's holder, the session — but
+    the answers that do not change are remembered (issue #13): a token once authenticated is
+    looked up in memory after one read of the auth epoch (``Store.cached_principal``), and a node's
+    holder after its first check. With SQLite those checks run on the event loop (microseconds);
+    only a cache miss, or a database server, goes through a worker thread. The caches are this
+    process's: see ``Store.__init__`` for what another gateway replica would need.
+    """
+
     def __init__(self, store: Store, hub: TaskHub, heartbeat_seconds: float,
                  capture: Callable[[str, bytes], None] | None = None,
                  limits: RegistrationLimits | None = None) -> None:
         self.store, self.hub, self.heartbeat_seconds = store, hub, heartbeat_seconds
         self.capture = capture
         self.limits = limits or RegistrationLimits()
+        self._inline = store.epoch_is_local
+        # (committed size, witness's old size) -> add-checkpoint body: a committed tree never
+        # changes and the signature is deterministic (Ed25519), so the body is too.
+        self._offers: dict[tuple[int, int], str] = {}
+
+    async def _principal(self, token: str | None) -> PrincipalView:
+        if self._inline:
+            hit = self.store.cached_principal(token)
+            if hit is not None:
+                return hit
+        return await asyncio.to_thread(self.store.authenticate_cached, token)
 
     async def _guard(self, context: grpc.aio.ServicerContext, method: str, request: Any,
                      fn: Callable[[PrincipalView], Awaitable[Any]]) -> Any:
@@ -49,7 +69,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
             for key, value in context.invocation_metadata() or ():
                 if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
                     token = value[7:]
-            principal = await asyncio.to_thread(self.store.authenticate, token)
+            principal = await self._principal(token)
             if principal.role != "holder":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only holder tokens may run nodes")
             # TLS: the node's certificate must name this holder (and, on Register, this node).
@@ -63,8 +83,15 @@ class NodeService(pb_grpc.NodeServiceServicer):
             log.exception("gRPC %s failed", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (details are in the gateway's log)")
 
+    async def _owns(self, principal: PrincipalView, node_id: str) -> None:
+        known = self.store.owns_node_cached(principal, node_id)  # a dict lookup: no thread hop
+        if known is None:
+            await asyncio.to_thread(self.store.check_node_owner, principal, node_id)
+        elif not known:
+            raise Unauthorized("this token does not own that node")
+
     async def _node(self, principal: PrincipalView, node_id: str, session_id: str) -> bool:
-        await asyncio.to_thread(self.store.node_for, principal, node_id)
+        await self._owns(principal, node_id)
         if not self.hub.session_ok(node_id, session_id):
             return False
         if self.hub.heard_from(node_id):
@@ -81,6 +108,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
             node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
                                               [d.to_dict() for d in decls],
                                               max_nodes_per_holder=self.limits.max_nodes_per_holder)
+            self.store.remember_owner(node_id, p.id)
             sid = self.hub.new_session(node_id)
             self.hub.registered(node_id)
             log.info("node %s registered (%d datasets)", request.node_name, len(decls))
@@ -117,7 +145,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
         async def run(p: PrincipalView) -> pb.SubmitResultResponse:
             # A result computed under an earlier session of the same node (it re-registered while
             # the task ran) still counts: the token owns the node and the task was sent to it.
-            await asyncio.to_thread(self.store.node_for, p, request.node_id)
+            await self._owns(p, request.node_id)
             ok = self.hub.submit(request.node_id, request.task_id, reply_from_proto(request))
             return pb.SubmitResultResponse(accepted=ok)
 
@@ -132,7 +160,16 @@ class NodeService(pb_grpc.NodeServiceServicer):
             lg = self.release_log
             if lg is None or not await self._node(p, request.node_id, request.session_id):
                 return pb.CheckpointOffer()
-            body = await asyncio.to_thread(checkpoint_offer, lg, int(request.old_size))
+            key = (lg.committed_size, int(request.old_size))
+            body = self._offers.get(key)
+            if body is None:
+                body = await asyncio.to_thread(checkpoint_offer, lg, key[1])
+                if len(self._offers) > 4096:
+                    self._offers.clear()
+                # Keyed by the size read before the offer was built: the offer may be of a newer
+                # size (an append committed meanwhile), which nodes take as well; keep it only if not.
+                if lg.committed_size == key[0]:
+                    self._offers[key] = body
             return pb.CheckpointOffer(add_checkpoint=body, log_vkey=lg.vkey)
 
         return await self._guard(context, "GetCheckpoint", request, run)
@@ -143,9 +180,12 @@ class NodeService(pb_grpc.NodeServiceServicer):
             lg = self.release_log
             if lg is None:
                 return pb.CosignatureResponse(accepted=False)
-            node = await asyncio.to_thread(self.store.node_for, p, request.node_id)
-            await asyncio.to_thread(accept_cosignature, lg, node, bytes(request.witness_public_key),
-                                    request.checkpoint, request.cosignature)
+            def cosign() -> None:  # one thread hop for the node's row and the cosignature's write
+                node = self.store.node_for(p, request.node_id)
+                accept_cosignature(lg, node, bytes(request.witness_public_key), request.checkpoint,
+                                   request.cosignature)
+
+            await asyncio.to_thread(cosign)
             return pb.CosignatureResponse(accepted=True)
 
         return await self._guard(context, "AddCosignature", request, run)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from xdp_compute.domain.manifest import DatasetSpec
@@ -34,6 +37,10 @@ from xdp_compute.gateway import models as m
 
 ROLES = ("admin", "holder", "analyst", "auditor")
 EPS_TOLERANCE = 1e-9
+# Row of the ``secrets`` table that every token revocation and rotation overwrites with fresh
+# random bytes, in the same transaction: the gateway's token cache is valid only while it reads
+# the value it was filled under (``Store.cached_principal``).
+AUTH_EPOCH = "auth-epoch"
 
 
 def new_id() -> str:
@@ -113,6 +120,21 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_engine = engine.execution_options(xdp_write=True)
+        # Read-side caches (issue #13): a node's gRPC calls authenticated through the ORM cost
+        # ~1.6 ms of CPU per lookup and there are several calls per node per query.
+        #   token digest -> (principal, expires_at), valid while the auth epoch is unchanged;
+        #   node id -> holder id (a node's holder never changes and nodes are never deleted;
+        #   anything that ever moves or deletes a node must call ``forget_node``).
+        # Both live in this process only. The epoch row makes revocation and rotation by another
+        # process (``xdp admin revoke-token`` writes the database directly) take effect on the very
+        # next call here; a gateway replica (issue #18) needs nothing more than that row as long
+        # as it reads the same database, but anything added to these caches later must either be
+        # immutable (like node ownership) or be keyed to that epoch too.
+        self._tokens: dict[str, tuple[PrincipalView, float | None, bytes | None]] = {}
+        self._tokens_epoch: bytes | None = None
+        self._owners: dict[str, str] = {}
+        self._epoch_lock = threading.Lock()
+        self._epoch_conn: Any = None  # a dedicated SQLite connection, outside the pool
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -121,6 +143,10 @@ class Store:
         return cls(engine)
 
     def close(self) -> None:
+        with self._epoch_lock:
+            if self._epoch_conn is not None:
+                self._epoch_conn.close()
+                self._epoch_conn = None
         self.engine.dispose()
 
     @contextmanager
@@ -153,6 +179,9 @@ class Store:
 
     def authenticate(self, token: str | None) -> PrincipalView:
         """Bearer token -> principal; unknown, revoked or expired -> Unauthorized."""
+        return self._authenticate(token)[0]
+
+    def _authenticate(self, token: str | None) -> tuple[PrincipalView, float | None]:
         if not token:
             raise Unauthorized("missing bearer token")
         digest = hash_token(token)
@@ -165,7 +194,99 @@ class Store:
                 raise Unauthorized("token revoked")
             if p.expires_at is not None and p.expires_at < time.time():
                 raise Unauthorized("token expired")
-            return PrincipalView(p.id, p.name, p.role, p.region)
+            return PrincipalView(p.id, p.name, p.role, p.region), p.expires_at
+
+    # ----------------------------------------------------------------- read-side caches
+    @property
+    def epoch_is_local(self) -> bool:
+        """True when reading the auth epoch is a local file read of microseconds (SQLite on disk),
+        cheap enough for an event loop; on a database server it is a round trip (use a thread)."""
+        return self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:")
+
+    def auth_epoch(self) -> bytes | None:
+        """The current auth epoch (None before any revocation or rotation ever happened)."""
+        if not self.epoch_is_local:
+            with self.engine.connect() as c:
+                return c.execute(select(m.Secret.value).where(m.Secret.name == AUTH_EPOCH)).scalar()
+        with self._epoch_lock:
+            if self._epoch_conn is None:
+                raw = self.engine.raw_connection()  # runs the connect hook: WAL, autocommit
+                conn = raw.dbapi_connection
+                raw.detach()  # ours for good: it never returns to (or holds a slot of) the pool
+                conn.execute("PRAGMA busy_timeout=200")  # type: ignore[union-attr]
+                self._epoch_conn = conn
+            # fetchall ends the statement, so no read transaction stays open (it would hold back
+            # WAL checkpoints).
+            rows = self._epoch_conn.execute("SELECT value FROM secrets WHERE name = ?", (AUTH_EPOCH,)).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    @staticmethod
+    def bump_auth_epoch(s: Session) -> None:
+        """Invalidate every gateway's token cache; call inside the transaction that revokes or
+        rotates, so no reader can see the new state under the old epoch."""
+        row = s.get(m.Secret, AUTH_EPOCH)
+        if row is None:
+            s.add(m.Secret(name=AUTH_EPOCH, value=os.urandom(16)))
+        else:
+            row.value = os.urandom(16)
+
+    def invalidate_auth(self) -> None:
+        """Forget every cached token of this process (the epoch does it for other processes)."""
+        self._tokens.clear()
+
+    def cached_principal(self, token: str | None) -> PrincipalView | None:
+        """The principal of a token this process authenticated before, if no revocation or rotation
+        happened since (one read of the auth epoch) and it has not expired; None: call
+        ``authenticate_cached``. Raises Unauthorized for a cached token that expired."""
+        if not token:
+            return None
+        try:
+            epoch = self.auth_epoch()
+        except (sqlite3.Error, SQLAlchemyError):
+            return None  # e.g. a locked database: take the full path (which reports it)
+        if epoch != self._tokens_epoch:
+            self._tokens_epoch = epoch
+            self._tokens.clear()  # memory only: entries carry their own epoch (below)
+            return None
+        hit = self._tokens.get(hash_token(token))
+        # Each entry carries the epoch read before its lookup: an entry filled by a slow lookup
+        # that raced a revocation can never match the newer epoch (random, never reused).
+        if hit is None or hit[2] != epoch:
+            return None
+        view, expires_at, _ = hit
+        if expires_at is not None and expires_at < time.time():
+            raise Unauthorized("token expired")
+        return view
+
+    def authenticate_cached(self, token: str | None) -> PrincipalView:
+        """``authenticate`` through the cache: same answers, same errors, at once after a
+        revocation or rotation (see ``cached_principal``). Blocking: run it off the event loop."""
+        hit = self.cached_principal(token)
+        if hit is not None:
+            return hit
+        epoch = self.auth_epoch()  # read before the lookup: a revocation after it changes the epoch
+        view, expires_at = self._authenticate(token)
+        self._tokens[hash_token(token or "")] = (view, expires_at, epoch)
+        return view
+
+    def owns_node_cached(self, holder: PrincipalView, node_id: str) -> bool | None:
+        """True/False if this process knows ``node_id``'s holder; None: ask ``check_node_owner``."""
+        owner = self._owners.get(node_id)
+        return None if owner is None else owner == holder.id
+
+    def check_node_owner(self, holder: PrincipalView, node_id: str) -> None:
+        """``node_for`` without returning the row: Unauthorized unless ``holder`` owns ``node_id``."""
+        known = self.owns_node_cached(holder, node_id)
+        if known is None:
+            self.node_for(holder, node_id)  # fills the cache on success
+        elif not known:
+            raise Unauthorized("this token does not own that node")
+
+    def remember_owner(self, node_id: str, holder_id: str) -> None:
+        self._owners[node_id] = holder_id
+
+    def forget_node(self, node_id: str) -> None:
+        self._owners.pop(node_id, None)
 
     def principal_names(self, ids: list[str]) -> dict[str, str]:
         with self.read() as s:
@@ -254,6 +375,7 @@ class Store:
             node = s.get(m.Node, node_id)
             if node is None or node.holder_id != holder.id:
                 raise Unauthorized("this token does not own that node")
+            self._owners[node.id] = node.holder_id
             return node
 
     def touch_node(self, node_id: str) -> bool:

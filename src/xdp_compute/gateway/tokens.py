@@ -3,6 +3,11 @@
 A principal has one token; only its SHA-256 is stored (CONVENTIONS "Tokens stored hashed").
 Rotation replaces the hash in one transaction, so the old secret stops working the moment the
 new one exists, and the principal (its budget, its nodes, its log entries) stays the same.
+
+Both write a new auth epoch in the same transaction (``Store.bump_auth_epoch``): a running
+gateway, which caches authenticated tokens in memory, reads that epoch on every call and drops
+its cache when it changed, so revocation and rotation done from another process (the admin CLI
+writes the database directly) still take effect on the very next call.
 """
 
 from __future__ import annotations
@@ -77,7 +82,9 @@ def revoke_token(store: Store, name: str) -> bool:
         p = _named(s, name)
         was = bool(p.revoked)
         p.revoked = True
-        return not was
+        store.bump_auth_epoch(s)
+    store.invalidate_auth()  # this process's cache at once (the epoch covers every other process)
+    return not was
 
 
 def rotate_token(store: Store, name: str, expires_days: float | None = None,
@@ -91,4 +98,6 @@ def rotate_token(store: Store, name: str, expires_days: float | None = None,
         ttl = ttl_for(p.role, expires_days, ttl_seconds)
         p.token_hash = hash_token(token)
         p.expires_at = time.time() + ttl if ttl else None
+        store.bump_auth_epoch(s)
+    store.invalidate_auth()
     return token
