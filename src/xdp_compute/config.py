@@ -28,6 +28,17 @@ def _env_optional_int(name: str) -> int | None:
     return value
 
 
+def _env_rate(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number in [0, 1), got {raw!r}") from None
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {raw!r}")
+    return value
+
+
 def default_db_url() -> str:
     return f"sqlite:///{Path('.xdp') / 'gateway.db'}"
 
@@ -59,6 +70,12 @@ class Settings:
     # Gateway policy: how many participating nodes may collude with an analyst (give it their own
     # noise share); noise is calibrated for t - c honest shares. Empty: 1 once a job has >= 3 nodes.
     max_colluding_nodes: int | None = field(default_factory=lambda: _env_optional_int("XDP_MAX_COLLUDING_NODES"))
+    # Secure aggregation over more than 40 nodes (SecAgg+, Bell et al. 2020): the fraction of a
+    # session's nodes assumed to drop out, and to collude with a deviating gateway; the graph
+    # degree k and threshold t are chosen from them (``crypto.secagg.secagg_plus_parameters``) and
+    # a job no (k, t) fits is refused at planning.
+    secagg_dropout_rate: float = field(default_factory=lambda: _env_rate("XDP_SECAGG_DROPOUT_RATE", 0.05))
+    secagg_corrupt_rate: float = field(default_factory=lambda: _env_rate("XDP_SECAGG_CORRUPT_RATE", 1 / 3))
     # Co-holders (issue #12): nodes one holder may run per dataset (they add no party), and
     # Register calls one holder token may make per minute (a burst of that many, then refilled).
     max_nodes_per_holder: int = field(default_factory=lambda: int(os.environ.get("XDP_MAX_NODES_PER_HOLDER", "4")))

@@ -243,3 +243,20 @@ def secagg_node_threshold(nodes_per_party: list[int], party_threshold: int, coll
     ranked = sorted(nodes_per_party, reverse=True)
     need = max(party_threshold - 1, colluding, 0)
     return max(sum(ranked) // 2 + 1, sum(ranked[:need]) + 1)
+
+
+def parties_spanned(nodes_per_party: list[int], node_threshold: int) -> int:
+    """The fewest parties whose nodes can make up ``node_threshold`` survivors (largest first).
+
+    With a SecAgg+ graph (Bell et al. 2020) the threshold is per neighbourhood, so a release is
+    guaranteed to sum only ``node_threshold`` nodes (every survivor checks |U3| >= t before it
+    signs U3, Round 3), not a majority of the roster; those nodes may belong to this few parties.
+    The noise then counts on this many parties' shares (minus the collusion margin), the same
+    worst case each node recomputes (``node.policy.own_noise_shares``).
+    """
+    covered = 0
+    for k, size in enumerate(sorted(nodes_per_party, reverse=True), start=1):
+        covered += size
+        if covered >= node_threshold:
+            return k
+    return len(nodes_per_party)

@@ -33,7 +33,7 @@ from xdp_compute.contract import (
     SecAggUnmask,
 )
 from xdp_compute.crypto.paillier import EncryptedVector, PackingScheme, PaillierPublic, aggregate_encrypted
-from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer, default_neighbours
+from xdp_compute.crypto.secagg import Phase, SecAggConfig, SecAggServer
 from xdp_compute.errors import BadRequest, ProtocolAborted, XdpError
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed, TaskHub
 from xdp_compute.gateway.secure_sum import roster_for
@@ -84,12 +84,12 @@ async def _ask_all(hub: TaskHub, job_id: str, requests: dict[str, Record], timeo
 async def encrypted_secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: list[str],
                                vector_length: int, sealed: SealedSession,
                                begin: Callable[[str, SecAggSession], Record], *, threshold: int | None,
-                               round_timeout: float, begin_timeout: float) -> SealedSumResult:
+                               neighbours: int | None = None, round_timeout: float,
+                               begin_timeout: float) -> SealedSumResult:
     """Run rounds 0-4 of a sealed session; ``begin(node, session)`` builds each node's round-0
     request (``HeQueryBegin``). ``ProtocolAborted`` (with ``node_errors``: round-0 errors, which
-    may depend on a node's data) when fewer than t remain."""
-    n = len(participants)
-    neighbours = default_neighbours(n) if n > 40 else None
+    may depend on a node's data) when fewer than t remain. ``threshold`` and ``neighbours`` (the
+    SecAgg+ degree, None for the complete graph) come from the plan, as in ``secure_sum``."""
     config = SecAggConfig(session_id=session_id, participants=participants, vector_length=vector_length,
                           threshold=threshold, neighbours=neighbours)
     session = SecAggSession(session_id=session_id, participants=participants, vector_length=vector_length,

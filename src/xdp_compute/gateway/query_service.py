@@ -16,7 +16,8 @@ import numpy as np
 
 from xdp_compute.contract import HeQueryBegin, NoiseBasis, QueryBegin
 from xdp_compute.crypto.paillier import PaillierPublic, ring_scheme
-from xdp_compute.crypto.secagg import default_threshold
+from xdp_compute.crypto.secagg import SecAggParameters, default_threshold
+from xdp_compute.crypto.secagg.config import COMPLETE_GRAPH_MAX_NODES
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import (
     Decision,
@@ -27,6 +28,7 @@ from xdp_compute.domain.policy import (
     evaluate,
     members_taking_part,
     noise_shares,
+    parties_spanned,
     secagg_node_threshold,
 )
 from xdp_compute.errors import (
@@ -46,7 +48,7 @@ from xdp_compute.gateway.release import (
     SealedCells,
     digest,
 )
-from xdp_compute.gateway.secure_sum import secure_sum
+from xdp_compute.gateway.secure_sum import secure_sum, session_parameters
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView, ReservationRequest, node_parts
 from xdp_compute.privacy import Measurement, NoisePlan, expected_error, plan_noise
@@ -80,6 +82,9 @@ class Prepared:
     spec_digest: str
     operation: str = "query"
     public_key: dict[str, Any] | None = None  # the analyst's Paillier key (encrypted delivery)
+    neighbours: int | None = None  # SecAgg+ degree k (None: complete graph), from ``secagg_plan``
+    secagg: dict[str, Any] | None = None  # the session parameters and their failure bounds, for dry runs
+    parties_needed: int | None = None  # parties any release sums (None: a majority of the parties)
 
     @property
     def node_names(self) -> list[str]:
@@ -92,7 +97,10 @@ class Prepared:
 
     @property
     def party_threshold(self) -> int:
-        """Parties that must be among the survivors for a release (a majority of the parties)."""
+        """Parties that must be among the survivors for a release: a majority of the parties with
+        the complete graph; with SecAgg+ the fewest parties t nodes can belong to (``secagg_plan``)."""
+        if self.parties_needed is not None:
+            return self.parties_needed
         return default_threshold(len(self.parties))
 
     def cost(self) -> dict[str, float]:
@@ -117,9 +125,25 @@ def sigmas_sent(noise: NoisePlan) -> dict[str, Fraction]:
 def noise_basis(p: Prepared) -> NoiseBasis:
     """What the job's noise was calibrated from, for each node to recompute it (issue #12)."""
     parties = {x["node_id"]: str(x.get("holder_id") or x["node_id"]) for x in p.parts}
-    colluding = max(default_threshold(len(set(parties.values()))) - p.noise.parties_threshold, 0)
+    colluding = max(p.party_threshold - p.noise.parties_threshold, 0)
     return NoiseBasis(epsilon=p.noise.requested_epsilon, delta=p.noise.delta,
                       honest_shares=p.noise.parties_threshold, colluding=colluding, parties=parties)
+
+
+def secagg_decision(params: SecAggParameters) -> Decision:
+    """The plan's secure-aggregation session, as a decision the dry run and the log show."""
+    d = params.to_dict()
+    if params.sparse:
+        why = (f"SecAgg+ over {params.n} nodes: {params.neighbours} neighbours each, threshold {params.threshold} "
+               f"per neighbourhood of {params.neighbourhood_size} (Bell et al. 2020), chosen for "
+               f"{params.dropout_rate:g} drop-out and {params.corrupt_rate:g} corrupt nodes: privacy failure "
+               f"<= {params.privacy_failure:.2g}, abort <= {params.correctness_failure:.2g} at those rates")
+    else:
+        why = (f"complete graph over {params.n} nodes, threshold {params.threshold}: tolerates any "
+               f"{d['guaranteed_dropout_tolerance']} drop-outs; at {params.dropout_rate:g} drop-out and "
+               f"{params.corrupt_rate:g} corrupt nodes, privacy failure {params.privacy_failure:g}, "
+               f"abort {params.correctness_failure:g} (nodes enforce their own 2t > n + c)")
+    return Decision("secure_aggregation", True, why)
 
 
 def declared_max_rows(parts: list[dict[str, Any]]) -> int:
@@ -178,16 +202,19 @@ class QueryService:
         # The worst case is sized by the largest max_rows any participating holder declared.
         plan = plan_query(sql_text(stmt) if hidden else sql, spec, statement=stmt,
                           max_rows_per_node=declared_max_rows(parts))
-        shares = self.noise_shares(len({x["holder_id"] for x in parts}))
+        # The secure-aggregation session is fixed here, before anything is reserved: a job no
+        # graph and threshold fit at the stated rates is refused now (409), charging nothing.
+        secagg, shares = self.secagg_plan(parts)
         measurements = [Measurement(name=mm.key, l2_sensitivity=mm.sensitivity, dim=len(plan.cells),
                                     l1_sensitivity=mm.sensitivity) for mm in plan.measurements]
         enforce([shares.decision()])
         noise = plan_noise(eps, dlt, measurements, shares.honest)
-        t = self.node_threshold(parts, shares)
+        t = secagg.threshold
         decisions = evaluate(node_parts(parts), requester, noise.epsilon,
                              noise.delta, restricted_categories=self.svc.settings.restricted_categories,
                              output=operation)
         decisions.append(shares.decision())
+        decisions.append(secagg_decision(secagg))
         decisions += left_out
         offline = [p["node"] for p in all_parts if not p["online"]]
         if offline:
@@ -201,7 +228,34 @@ class QueryService:
                                                            "measurement) and blanks cells below min_group_size in "
                                                            "the ciphertext before release"))
         return Prepared(who, plan.dataset, parts, plan, hidden, noise, t, decisions, eps, dlt, level, spec_digest,
-                        operation, public_key)
+                        operation, public_key, neighbours=secagg.neighbours, secagg=secagg.to_dict(),
+                        parties_needed=shares.threshold if secagg.sparse else None)
+
+    def secagg_plan(self, parts: list[dict[str, Any]]) -> tuple[SecAggParameters, NoiseShares]:
+        """The session's graph and threshold, and the parties' shares its noise counts on.
+
+        Up to 40 nodes, the complete graph with the parties' threshold (``node_threshold``), as
+        before. Above, SecAgg+ with Bell et al.'s k and t at the gateway's stated drop-out and
+        corruption rates (``crypto.secagg.secagg_plus_parameters``; 409 when none fits). Its t is
+        per neighbourhood: a release is then guaranteed to sum t nodes, not a majority, so the
+        noise counts on the parties any t nodes span (``parties_spanned``) less the collusion
+        margin — the conservative calibration each node recomputes for itself
+        (``node.policy.own_noise_shares``), at the price of more noise in the total
+        (about n / (t - c) shares' worth when all n nodes answer).
+        """
+        settings = self.svc.settings
+        per_party: dict[str, int] = {}
+        for x in parts:
+            per_party[x["holder_id"]] = per_party.get(x["holder_id"], 0) + 1
+        shares = self.noise_shares(len(per_party))
+        complete_t = self.node_threshold(parts, shares) if len(parts) <= COMPLETE_GRAPH_MAX_NODES else 0
+        params = session_parameters(len(parts), complete_threshold=complete_t,
+                                    dropout_rate=settings.secagg_dropout_rate,
+                                    corrupt_rate=settings.secagg_corrupt_rate, colluding=shares.colluding)
+        if params.sparse:
+            shares = NoiseShares(len(per_party), parties_spanned(list(per_party.values()), params.threshold),
+                                 shares.colluding)
+        return params, shares
 
     def noise_shares(self, parties: int) -> NoiseShares:
         """Threshold in parties (a majority; at least 2 once there are >= 2) and the collusion
@@ -253,7 +307,8 @@ class QueryService:
                      "nodes": p.node_names, "parties": len(p.parties), "threshold": p.party_threshold,
                      "secagg_threshold_nodes": p.threshold, "digest": p.plan.digest(),
                      "noise_shares": p.noise.parties_threshold,
-                     "colluding_tolerated": p.party_threshold - p.noise.parties_threshold},
+                     "colluding_tolerated": p.party_threshold - p.noise.parties_threshold,
+                     "secure_aggregation": p.secagg},
             "cost": p.cost(), "level": p.level, "expected_error": per_output,
             "decisions": [d.to_dict() for d in p.decisions],
             "allowed": all(d.allowed for d in p.decisions),
@@ -279,6 +334,7 @@ class QueryService:
             kind=p.operation, principal=p.principal, parts=p.parts, decisions=p.decisions,
             spec_digest=p.spec_digest, spec=spec, cost=p.cost(), refusal=self.outcome_for(p),
             plan={"plan": p.plan.to_dict(), "noise": p.noise.to_dict(), "threshold": p.threshold,
+                  "neighbours": p.neighbours, "secagg": p.secagg, "parties_needed": p.parties_needed,
                   "hidden_count": p.hidden_count, "nodes": [x["node_id"] for x in p.parts], "level": p.level},
             holds=[ReservationRequest(x["ledger_id"], p.noise.epsilon, p.noise.delta) for x in p.parts],
             analyst_hold=(p.noise.epsilon, p.noise.delta))
@@ -328,7 +384,7 @@ class QueryService:
             res = await secure_sum(self.svc.hub, job_id, f"{job_id}:sum", ids, p.plan.vector_length,
                                    lambda node, session: QueryBegin(plan=plan, sigma_node2=sigmas, secagg=session,
                                                                     noise_basis=basis, principal=who),
-                                   threshold=p.threshold,
+                                   threshold=p.threshold, neighbours=p.neighbours,
                                    round_timeout=self.svc.settings.round_timeout_seconds,
                                    begin_timeout=self.svc.settings.round_timeout_seconds * 6)
         except ProtocolAborted as e:
@@ -377,7 +433,8 @@ class QueryService:
                 lambda node, session: HeQueryBegin(plan=plan, sigma_node2=sigmas, public_key=public.to_dict(),
                                                    scheme=scheme.to_dict(), secagg=session,
                                                    noise_basis=basis, principal=who),
-                threshold=p.threshold, round_timeout=self.svc.settings.round_timeout_seconds,
+                threshold=p.threshold, neighbours=p.neighbours,
+                round_timeout=self.svc.settings.round_timeout_seconds,
                 begin_timeout=self.svc.settings.round_timeout_seconds * 6)
         except ProtocolAborted as e:
             raise await self.aborted(job_id, p, e) from None
@@ -431,4 +488,5 @@ def prepared_from_job(qs: QueryService, job: m.Job) -> Prepared:
     decisions = [Decision(**d) for d in stored["decisions"]]
     return Prepared(who, plan.dataset, parts, plan, stored["hidden_count"], NoisePlan.from_dict(stored["noise"]),
                     stored["threshold"], decisions, spec["epsilon"], spec["delta"], stored["level"],
-                    spec["digest"], job.kind, spec.get("public_key"))
+                    spec["digest"], job.kind, spec.get("public_key"), neighbours=stored.get("neighbours"),
+                    secagg=stored.get("secagg"), parties_needed=stored.get("parties_needed"))

@@ -37,9 +37,12 @@ from xdp_compute.crypto.secagg import (
     NodeKeys,
     Phase,
     SecAggConfig,
+    SecAggParameters,
     SecAggServer,
-    default_neighbours,
+    complete_graph_parameters,
+    secagg_plus_parameters,
 )
+from xdp_compute.crypto.secagg.config import COMPLETE_GRAPH_MAX_NODES
 from xdp_compute.errors import BadRequest, ProtocolAborted, XdpError
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed, TaskHub
 
@@ -53,6 +56,22 @@ class SecureSumResult:
     first_replies: dict[str, Any] = field(default_factory=dict)  # round-0 replies (QueryBegun, TrainRoundBegun)
     dropped: dict[str, str] = field(default_factory=dict)   # node id -> phase where it dropped
     refused: dict[str, str] = field(default_factory=dict)   # node id -> its error, if it answered round 0 with one
+
+
+def session_parameters(n: int, *, complete_threshold: int, dropout_rate: float, corrupt_rate: float,
+                       colluding: int) -> SecAggParameters:
+    """The graph and threshold of a session over ``n`` nodes, decided at planning.
+
+    Up to ``COMPLETE_GRAPH_MAX_NODES`` nodes: the complete graph (Bonawitz et al. 2017) with
+    ``complete_threshold`` (the caller's rule, e.g. the parties' majority), judged at the rates.
+    Above: SecAgg+ with the k and t of ``secagg_plus_parameters`` (Bell et al. 2020) at the
+    gateway's stated drop-out and corruption rates, honouring the absolute collusion margin
+    ``colluding`` too; raises ``SecAggUnconfigurable`` (409) when none fits.
+    """
+    if n <= COMPLETE_GRAPH_MAX_NODES:
+        return complete_graph_parameters(n, complete_threshold, dropout_rate=dropout_rate,
+                                         corrupt_rate=corrupt_rate, colluding=colluding)
+    return secagg_plus_parameters(n, dropout_rate=dropout_rate, corrupt_rate=corrupt_rate, colluding=colluding)
 
 
 def deviating_roster(roster: KeyRoster, recipient: str) -> KeyRoster:
@@ -103,11 +122,12 @@ async def _gather(hub: TaskHub, job_id: str, requests: dict[str, Record], timeou
 
 async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: list[str], vector_length: int,
                      begin: Callable[[str, SecAggSession], Record], *, threshold: int | None,
-                     round_timeout: float, begin_timeout: float) -> SecureSumResult:
+                     neighbours: int | None = None, round_timeout: float,
+                     begin_timeout: float) -> SecureSumResult:
     """Run rounds 0-4; ``begin(node, session)`` builds each node's round-0 request (the node
-    computes its input then), which carries the session configuration."""
-    n = len(participants)
-    neighbours = default_neighbours(n) if n > 40 else None
+    computes its input then), which carries the session configuration. ``threshold`` and
+    ``neighbours`` (SecAgg+ degree k, None for the complete graph) come from the plan
+    (``session_parameters``); nodes check them against their own rule before computing."""
     config = SecAggConfig(session_id=session_id, participants=participants, vector_length=vector_length,
                           threshold=threshold, neighbours=neighbours)
     session = SecAggSession(session_id=session_id, participants=participants, vector_length=vector_length,

@@ -36,15 +36,15 @@ import numpy as np
 
 from xdp_compute.contract import Record, TrainBegin, TrainEval, TrainEvaluated, TrainPrepare, TrainPrepared
 from xdp_compute.crypto.fixedpoint import decode as fp_decode
-from xdp_compute.crypto.secagg import default_threshold
-from xdp_compute.domain.policy import Decision, Requester, evaluate
+from xdp_compute.crypto.secagg import SecAggParameters, default_threshold
+from xdp_compute.domain.policy import Decision, Requester, evaluate, noise_shares
 from xdp_compute.errors import Conflict, ProtocolAborted, XdpError
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed
 from xdp_compute.gateway.lifecycle import JobDraft, JobLifecycle
 from xdp_compute.gateway.query_service import DEFAULT_DELTA_FRACTION, QueryService
 from xdp_compute.gateway.release import FAILED, Outcome, PolicyContext, digest
-from xdp_compute.gateway.secure_sum import secure_sum
+from xdp_compute.gateway.secure_sum import secure_sum, session_parameters
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView, ReservationRequest, node_parts
 
@@ -80,6 +80,14 @@ def _spec_and_shape(qs: QueryService, body: dict[str, Any]
         where_plan = plan_query(f"SELECT COUNT(*) FROM {ds_spec.name} WHERE {where_condition(spec.where)}",
                                 ds_spec).to_dict()
     return spec, parts, n_features, n_classes, where_plan
+
+
+def training_secagg(settings: Any, n: int) -> SecAggParameters:
+    """A training round's session over ``n`` nodes: the complete graph with a majority up to 40
+    nodes, SecAgg+ (Bell et al. 2020) at the gateway's stated rates above; 409 when none fits."""
+    return session_parameters(n, complete_threshold=default_threshold(n), dropout_rate=settings.secagg_dropout_rate,
+                              corrupt_rate=settings.secagg_corrupt_rate,
+                              colluding=noise_shares(n, default_threshold(n), settings.max_colluding_nodes).colluding)
 
 
 def max_rows_of(part: dict[str, Any]) -> int:
@@ -128,6 +136,8 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
                                      restricted_categories=svc.settings.restricted_categories,
                                      output="trained model") if d.rule not in ("budget", "epsilon_cap")]
     decisions += training_decisions(parts, target, delta)
+    # Refused here, before anything is held, when no secure-aggregation session fits (409).
+    training_secagg(svc.settings, len(parts))
     spec_digest = digest({"operation": "training", "spec": spec.to_dict(), "delta": delta})
     refusal = Outcome(operation="training", payload={}, datasets=[spec.dataset], nodes=[p["node"] for p in parts],
                       spec_digest=spec_digest, cost={"epsilon": float(spec.target_epsilon), "delta": delta},
@@ -293,13 +303,19 @@ class TrainingRun:
         # would cost more (its accountant follows the same public plan, so it never does).
         left = {n: max(self.target - self.spent[n], 0.0) for n in active}
         g_bytes = self.global_flat.astype("<f8").tobytes()
+        # Complete graph with a majority up to 40 nodes, SecAgg+ (Bell et al. 2020) above. Each node
+        # adds its own full DP noise here, so the threshold guards the updates, not the noise.
+        try:
+            params = training_secagg(settings, len(active))
+        except XdpError as e:
+            return f"round {rnd}: {e.detail}"
         self.began = True
         try:
             res = await secure_sum(self.svc.hub, self.job_id, f"{self.job_id}:round{rnd}", active,
                                    self.global_flat.size + 1,
                                    lambda node, session: TrainBegin(round=rnd, epsilon_reserved=left[node],
                                                                     params=g_bytes, secagg=session),
-                                   threshold=default_threshold(len(active)),
+                                   threshold=params.threshold, neighbours=params.neighbours,
                                    round_timeout=settings.round_timeout_seconds,
                                    begin_timeout=settings.round_timeout_seconds * 10)
         except ProtocolAborted as e:

@@ -36,8 +36,12 @@ from xdp_compute.crypto.secagg.config import (
     Phase,
     RoundConflict,
     SecAggConfig,
+    SecAggParameters,
+    SecAggUnconfigurable,
+    complete_graph_parameters,
     default_neighbours,
     default_threshold,
+    secagg_plus_parameters,
 )
 from xdp_compute.crypto.secagg.identity import NodeSigner, PeerVerifier
 from xdp_compute.crypto.secagg.keys import SHARE_CIPHERTEXT_BYTES
@@ -79,12 +83,16 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggMessage",
+    "SecAggParameters",
     "SecAggServer",
+    "SecAggUnconfigurable",
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
+    "complete_graph_parameters",
     "decode_message",
     "default_neighbours",
     "default_threshold",
     "run_local_session",
+    "secagg_plus_parameters",
 ]

@@ -8,6 +8,7 @@ neighbour graph (Bell et al., CCS 2020), so the graph needs no message of its ow
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import math
@@ -71,16 +72,225 @@ def default_threshold(n: int) -> int:
 
 
 def default_neighbours(n: int) -> int | None:
-    """A SecAgg+ degree for n nodes: the even number >= 2*ceil(log2 n), or None (complete graph)
-    when that would not be sparser than n-1 anyway.
+    """The old SecAgg+ degree heuristic: the even number >= 2*ceil(log2 n), or None (complete
+    graph) when that would not be sparser than n-1 anyway.
 
-    Per-node cost then grows like log n instead of n; see :class:`SecAggConfig` for what the
-    graph costs in drop-out and collusion tolerance.
+    Enough for the random graph to stay connected under a few random drop-outs, but not chosen
+    for collusion: at n = 1000 (k = 20) about 24 nodes would have a threshold's worth of corrupt
+    neighbours when a third of all nodes collude (issue #13). Sessions the gateway runs take
+    their parameters from :func:`secagg_plus_parameters` instead; this stays for benchmarks that
+    compare against it.
     """
     if not isinstance(n, int) or n < 1:
         raise InvalidSpec(f"participant count must be a positive int, got {n!r}")
     k = 2 * math.ceil(math.log2(n)) if n > 1 else 2
     return k if k < n - 1 else None
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing (k, t) from stated drop-out and corruption rates (Bell et al., CCS 2020)
+
+#: Statistical security: the chance that the server learns more than the sum is < 2^-40.
+SECURITY_BITS = 40
+#: Correctness: the chance that a session aborts with no more drop-outs than stated is < 2^-20.
+CORRECTNESS_BITS = 20
+#: Up to this many nodes the gateway runs the complete graph (Bonawitz et al. 2017): there the
+#: per-node cost is small anyway, and the threshold follows the parties (``domain.policy``).
+COMPLETE_GRAPH_MAX_NODES = 40
+#: Absorbs float rounding in rate * n, so that 0.3 * 10 counts 3 nodes, not 2.
+_RATE_SLACK = 1e-9
+
+
+class SecAggUnconfigurable(Conflict):
+    """No secure-aggregation session meets the stated drop-out and corruption rates."""
+
+    slug, title = "secagg-unconfigurable", "Secure aggregation cannot be configured"
+
+
+@dataclass(frozen=True)
+class SecAggParameters:
+    """A session's graph and threshold, with the failure bounds they give at the stated rates.
+
+    ``neighbours`` k is None for the complete graph. ``corrupt_nodes`` C and ``dropout_nodes``
+    D are the counts the bounds assume (floor of rate * n; C is at least the absolute collusion
+    margin ``colluding``). Bounds are probabilities over the session's random graph (its ring
+    order is a hash of the session id): ``privacy_failure`` that the server, with C corrupt
+    nodes, can learn more than the sum of >= t inputs; ``correctness_failure`` that D drop-outs
+    abort the session. For the complete graph both are 0 or 1 (no randomness).
+    """
+
+    n: int
+    neighbours: int | None
+    threshold: int
+    dropout_rate: float
+    corrupt_rate: float
+    colluding: int
+    corrupt_nodes: int
+    dropout_nodes: int
+    privacy_failure: float
+    correctness_failure: float
+    security_bits: int = SECURITY_BITS
+    correctness_bits: int = CORRECTNESS_BITS
+
+    @property
+    def sparse(self) -> bool:
+        return self.neighbours is not None
+
+    @property
+    def neighbourhood_size(self) -> int:
+        """Share holders per node: k+1 in SecAgg+, n with the complete graph."""
+        return self.neighbours + 1 if self.neighbours is not None else self.n
+
+    def to_dict(self) -> dict[str, object]:
+        def log2(p: float) -> float | None:
+            return round(math.log2(p), 1) if p > 0 else None
+
+        return {
+            "graph": "secagg+ random Harary graph (Bell et al. 2020)" if self.sparse
+            else "complete (Bonawitz et al. 2017)",
+            "nodes": self.n, "neighbours": self.neighbours if self.sparse else self.n - 1,
+            "threshold": self.threshold, "share_holders": self.neighbourhood_size,
+            "dropout_rate": self.dropout_rate, "corrupt_rate": self.corrupt_rate,
+            "dropouts_assumed": self.dropout_nodes, "corrupt_assumed": self.corrupt_nodes,
+            "colluding_margin": self.colluding,
+            "guaranteed_dropout_tolerance": self.neighbourhood_size - self.threshold,
+            "privacy_failure_bound": self.privacy_failure, "log2_privacy_failure": log2(self.privacy_failure),
+            "correctness_failure_bound": self.correctness_failure,
+            "log2_correctness_failure": log2(self.correctness_failure),
+            "targets": {"privacy": 2.0 ** -self.security_bits, "correctness": 2.0 ** -self.correctness_bits},
+        }
+
+
+def _check_rate(name: str, rate: float) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+        raise InvalidSpec(f"{name} must be a number in [0, 1), got {rate!r}")
+    return float(rate)
+
+
+def _counts(n: int, dropout_rate: float, corrupt_rate: float, colluding: int) -> tuple[int, int]:
+    """(C, D): corrupt and dropped nodes at the stated rates (Bell et al.: at most gamma*n, delta*n)."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_PARTICIPANTS:
+        raise InvalidSpec(f"participant count must be an int in [1, {MAX_PARTICIPANTS}], got {n!r}")
+    if isinstance(colluding, bool) or not isinstance(colluding, int) or colluding < 0:
+        raise InvalidSpec(f"colluding must be a non-negative int, got {colluding!r}")
+    gamma = _check_rate("corrupt_rate", corrupt_rate)
+    delta = _check_rate("dropout_rate", dropout_rate)
+    return max(math.floor(gamma * n + _RATE_SLACK), colluding), math.floor(delta * n + _RATE_SLACK)
+
+
+def _log_comb(a: int, b: int) -> float:
+    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+
+def _hypergeometric_upper_tails(population: int, marked: int, draws: int) -> list[float]:
+    """tail[a] = P[X >= a] for a = 0..draws+1, X ~ Hypergeometric(population, marked, draws):
+    how many of a node's k neighbours (drawn without replacement from the other n-1) are marked."""
+    pmf = [0.0] * (draws + 2)
+    lo, hi = max(0, draws - (population - marked)), min(marked, draws)
+    denom = _log_comb(population, draws)
+    for x in range(lo, hi + 1):
+        pmf[x] = math.exp(_log_comb(marked, x) + _log_comb(population - marked, draws - x) - denom)
+    tail = [0.0] * (draws + 2)
+    for a in range(draws, -1, -1):  # summed from the far end: small tails keep their precision
+        tail[a] = tail[a + 1] + pmf[a]
+    return [min(x, 1.0) for x in tail]
+
+
+def _disconnection_bound(n: int, k: int, bad: int) -> float:
+    """P[the random Harary graph H_{k,n} minus ``bad`` random nodes is disconnected], bounded.
+
+    Cutting the ring of H_{k,n} takes two runs of k/2 consecutive removed nodes (Bell et al.
+    2020, §3: the graph is k-connected and its cuts are pairs of gaps); there are at most
+    n(n-k-1)/2 such pairs, and each is all bad with probability (bad)_k / (n)_k (falling
+    factorials: k given positions among n, filled from ``bad`` removed nodes). Union bound.
+    """
+    if k > bad:
+        return 0.0
+    log_p = (math.log(n) + math.log(max(n - k - 1, 1)) - math.log(2)
+             + math.lgamma(bad + 1) - math.lgamma(bad - k + 1)
+             + math.lgamma(n - k + 1) - math.lgamma(n + 1))
+    return min(1.0, math.exp(log_p))
+
+
+@functools.lru_cache(maxsize=256)
+def secagg_plus_parameters(n: int, *, dropout_rate: float, corrupt_rate: float, colluding: int = 0,
+                           security_bits: int = SECURITY_BITS,
+                           correctness_bits: int = CORRECTNESS_BITS) -> SecAggParameters:
+    """The sparsest SecAgg+ graph (smallest even k < n-1) and a threshold t meeting both targets.
+
+    Bell et al., CCS 2020 (random Harary graph, semi-malicious server): the server and C corrupt
+    nodes (C = max(floor(corrupt_rate*n), colluding)) may deviate; D = floor(dropout_rate*n) nodes
+    may drop out over the session; the graph is drawn after both sets are fixed (from the session
+    id). For each k the conditions, each bounded over the random graph and unioned over all n
+    nodes, are:
+
+    privacy (< 2^-security_bits together):
+      1. the graph minus the corrupt and dropped nodes stays connected (else the server learns
+         partial sums) — :func:`_disconnection_bound` with C + D removed nodes;
+      2. every honest node u has fewer than 2t - (k+1) corrupt neighbours, X ~ Hyp(n-1, C, k):
+         then two survivor sets each signed by t of H(u) (k+1 holders) share an honest signer,
+         so the server cannot show u two different sets in Round 3 (this node rule's "2t > h + c"
+         with c = the corrupt neighbours), and as 2t - (k+1) <= t, fewer than t corrupt holders
+         can rebuild neither of u's secrets;
+      and deterministically 2t > k + 1 + colluding (the node rule for the absolute margin);
+    correctness (< 2^-correctness_bits):
+      3. every node keeps >= t of its k neighbours, Y ~ Hyp(n-1, D, k) dropped: Y <= k - t
+         (self masks of survivors and keys of the dropped can be rebuilt), plus condition 1 with
+         the D dropped nodes alone (U3 connected).
+
+    Condition 2 wants t large, 3 wants it small; the first k where they meet is returned, with
+    the largest t condition 3 allows (the honest-share count the noise may count on grows with t;
+    at the smallest feasible k the two usually coincide). Raises :class:`SecAggUnconfigurable`
+    when no k < n-1 fits (few nodes, or rates too high: roughly corrupt + 2 * dropout must stay
+    well below 1). Cached: the search is O(k^2) log-gamma calls.
+    """
+    corrupt, dropped = _counts(n, dropout_rate, corrupt_rate, colluding)
+    privacy_target, correct_target = 2.0 ** -(security_bits + 1), 2.0 ** -correctness_bits
+    for k in range(2, n - 1, 2):
+        disconnect = _disconnection_bound(n, k, corrupt + dropped)
+        if disconnect >= privacy_target:  # half of the privacy target for each of conditions 1, 2
+            continue
+        corrupt_tail = _hypergeometric_upper_tails(n - 1, corrupt, k)
+        dropped_tail = _hypergeometric_upper_tails(n - 1, dropped, k)
+        # t_high: the largest t with n * P[Y >= k - t + 1] < target.
+        t_high = next((t for t in range(k + 1, 1, -1) if n * dropped_tail[k - t + 1] < correct_target), None)
+        # t_low: the smallest t with 2t > k+1+colluding and n * P[X >= 2t-k-1] < target.
+        t_low = next((t for t in range(2, k + 2)
+                      if 2 * t > k + 1 + colluding and n * corrupt_tail[max(2 * t - k - 1, 0)] < privacy_target),
+                     None)
+        if t_high is None or t_low is None or t_low > t_high:
+            continue
+        t = t_high
+        return SecAggParameters(
+            n=n, neighbours=k, threshold=t, dropout_rate=float(dropout_rate), corrupt_rate=float(corrupt_rate),
+            colluding=colluding, corrupt_nodes=corrupt, dropout_nodes=dropped,
+            privacy_failure=min(1.0, disconnect + n * corrupt_tail[max(2 * t - k - 1, 0)]),
+            correctness_failure=min(1.0, n * dropped_tail[k - t + 1] + _disconnection_bound(n, k, dropped)),
+            security_bits=security_bits, correctness_bits=correctness_bits)
+    raise SecAggUnconfigurable(
+        f"no SecAgg+ neighbour graph over {n} nodes meets the stated rates ({dropout_rate:g} drop-out, "
+        f"{corrupt_rate:g} corrupt: {dropped} drop-outs and {corrupt} colluding nodes) with privacy failure "
+        f"< 2^-{security_bits} and correctness failure < 2^-{correctness_bits} (Bell et al. 2020); "
+        "lower XDP_SECAGG_DROPOUT_RATE or XDP_SECAGG_CORRUPT_RATE, or add nodes")
+
+
+def complete_graph_parameters(n: int, threshold: int, *, dropout_rate: float, corrupt_rate: float,
+                              colluding: int = 0) -> SecAggParameters:
+    """The complete graph (Bonawitz et al. 2017) with threshold t, judged at the stated rates.
+
+    No randomness: privacy fails (bound 1) iff C >= 2t - n (two survivor sets signed by t of the
+    n holders then need not share an honest signer, Round 3) or C >= t; correctness fails iff
+    D > n - t. The threshold itself comes from the caller (the parties rule); nodes enforce
+    their own 2t > n + c.
+    """
+    corrupt, dropped = _counts(n, dropout_rate, corrupt_rate, colluding)
+    if not isinstance(threshold, int) or not 1 <= threshold <= n:
+        raise InvalidSpec(f"threshold must be an int in [1, {n}], got {threshold!r}")
+    safe = corrupt < min(2 * threshold - n, threshold)
+    return SecAggParameters(
+        n=n, neighbours=None, threshold=threshold, dropout_rate=float(dropout_rate),
+        corrupt_rate=float(corrupt_rate), colluding=colluding, corrupt_nodes=corrupt, dropout_nodes=dropped,
+        privacy_failure=0.0 if safe else 1.0, correctness_failure=0.0 if dropped <= n - threshold else 1.0)
 
 
 def _check_id(kind: str, value: str) -> None:
