@@ -7,6 +7,7 @@ own rule (2t > h + c) and the session configuration; then monotonicity in the ra
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -107,8 +108,8 @@ def test_bounds_are_monotone_in_the_rates(n: int) -> None:
     k = p.neighbours
     priv = [n * hypergeom.sf(2 * t - k - 2, n - 1, p.corrupt_nodes, k) for t in range(k // 2 + 1, k + 2)]
     abort = [n * hypergeom.sf(k - t, n - 1, p.dropout_nodes, k) for t in range(k // 2 + 1, k + 2)]
-    assert all(a >= b - 1e-300 for a, b in zip(priv, priv[1:], strict=False))
-    assert all(a <= b + 1e-300 for a, b in zip(abort, abort[1:], strict=False))
+    assert all(a >= b - 1e-300 for a, b in itertools.pairwise(priv))
+    assert all(a <= b + 1e-300 for a, b in itertools.pairwise(abort))
 
 
 @pytest.mark.parametrize(("n", "dropout", "corrupt"), [
