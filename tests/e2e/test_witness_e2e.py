@@ -145,7 +145,9 @@ def test_truncated_log_with_resigned_heads_fails(tmp_path: Path) -> None:
         bad = xdp(h, "verify", "--witnesses", str(pins), "--wait", "0")
         assert bad.returncode == 1 and "truncated tail" in bad.stderr and "first bad index: 3" in bad.stderr, \
             bad.stderr
-        # Roll the cosignatures back to the size-3 ones, restart, and reuse index 3.
+        # Roll the cosignatures back to the size-3 ones, restart, and reuse index 3. The gateway is
+        # stopped first: a witness's cosignature still in flight must not land after the rollback.
+        h.cluster.stop("gateway")
         sql(h, "DELETE FROM witness_cosignatures")
         with sqlite3.connect(h.cluster.root / "gateway.db") as c:
             c.executemany("INSERT INTO witness_cosignatures VALUES (?, ?, ?, ?, ?, ?, ?)", old_rows)
