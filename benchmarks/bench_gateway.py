@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 SQL = "SELECT clinic, COUNT(*) AS n FROM visits GROUP BY clinic"
 EPS = 0.01
+# An explicit small delta: the default (0.1% of the nodes' 1e-5 budget) would exhaust the delta
+# ledgers after 1,000 queries, well within one throughput run.
+DELTA = 1e-10
 
 
 def baseline_src(rev: str) -> Path:
@@ -78,20 +81,25 @@ def batch(h: Any, client: Any, queries: int, idle: float) -> tuple[float, float,
     rate = (gateway_cpu(h) - c0) / (time.perf_counter() - t0)
     c1, t1 = gateway_cpu(h), time.perf_counter()
     for _ in range(queries):
-        client.query(SQL, epsilon=EPS)
+        client.query(SQL, epsilon=EPS, delta=DELTA)
     wall = time.perf_counter() - t1
     cpu = gateway_cpu(h) - c1
     return cpu, cpu - rate * wall, wall
 
 
-def profile(h: Any, client: Any, queries: int, py_spy: str, out: Path) -> None:
+def record(h: Any, py_spy: str, out: Path) -> subprocess.Popen[bytes]:
+    """Start py-spy on the gateway (stop it with SIGINT: it then writes ``out``)."""
     pid = h.cluster.procs["gateway"].popen.pid
-    rec = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-                            "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def profile(h: Any, client: Any, queries: int, py_spy: str, out: Path) -> None:
+    rec = record(h, py_spy, out)
     time.sleep(1.0)
     for _ in range(queries):
-        client.query(SQL, epsilon=EPS)
+        client.query(SQL, epsilon=EPS, delta=DELTA)
     rec.send_signal(2)  # SIGINT: py-spy writes its output and exits
     rec.wait(30)
 
@@ -128,7 +136,7 @@ def part_a(args: argparse.Namespace, base: Path) -> None:
             clients = {v: h.cluster.client(h.tokens["analyst"]) for v, h in clusters.items()}
             for c in clients.values():
                 for _ in range(3):
-                    c.query(SQL, epsilon=EPS)  # warm-up
+                    c.query(SQL, epsilon=EPS, delta=DELTA)  # warm-up
             res: dict[str, list[tuple[float, float, float]]] = {v: [] for v in clusters}
             for r in range(args.repeat):
                 order = list(clusters) if r % 2 == 0 else list(reversed(clusters))
@@ -152,7 +160,7 @@ def part_a(args: argparse.Namespace, base: Path) -> None:
                 h.cluster.close()
 
 
-def load(h: Any, analysts: int, seconds: float) -> dict[str, Any]:
+def load(h: Any, analysts: int, seconds: float, prof: tuple[str, Path] | None = None) -> dict[str, Any]:
     tokens = [h.cluster.token("analyst", f"load-{time.monotonic_ns()}-{i}") for i in range(analysts)]
     lat: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
@@ -164,7 +172,7 @@ def load(h: Any, analysts: int, seconds: float) -> dict[str, Any]:
             while time.perf_counter() < stop:
                 t = time.perf_counter()
                 try:
-                    c.query(SQL, epsilon=EPS)
+                    c.query(SQL, epsilon=EPS, delta=DELTA)
                 except Exception as e:  # noqa: BLE001 - counted and reported, not hidden
                     with lock:
                         errors[f"{type(e).__name__}: {str(e)[:80]}"] += 1
@@ -172,6 +180,7 @@ def load(h: Any, analysts: int, seconds: float) -> dict[str, Any]:
                 with lock:
                     lat.append(time.perf_counter() - t)
 
+    rec = record(h, *prof) if prof else None
     t0 = time.perf_counter()
     threads = [threading.Thread(target=analyst, args=(tok,)) for tok in tokens]
     for t in threads:
@@ -179,6 +188,10 @@ def load(h: Any, analysts: int, seconds: float) -> dict[str, Any]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    if rec is not None:
+        rec.send_signal(2)
+        rec.wait(30)
+        print(f"  py-spy profile under load ({analysts} analysts, {prof[1]}):\n{summarize(prof[1])}", flush=True)
     q = statistics.quantiles(lat, n=20) if len(lat) >= 2 else [float("nan")] * 19
     return {"qps": len(lat) / wall, "errors": sum(errors.values()), "kinds": dict(errors),
             "p50": statistics.median(lat) if lat else float("nan"), "p95": q[18]}
@@ -192,13 +205,17 @@ def part_b(args: argparse.Namespace, base: Path) -> None:
         for h in clusters.values():
             with h.cluster.client(h.tokens["analyst"]) as c:
                 for _ in range(3):
-                    c.query(SQL, epsilon=EPS)
+                    c.query(SQL, epsilon=EPS, delta=DELTA)
         for a in args.analysts:
             res: dict[str, list[dict[str, Any]]] = {v: [] for v in clusters}
             for r in range(args.repeat):
                 order = list(clusters) if r % 2 == 0 else list(reversed(clusters))
                 for v in order:
-                    res[v].append(load(clusters[v], a, args.seconds))
+                    prof = None
+                    if args.profile and r == 0 and a == max(args.analysts):
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                        prof = (args.py_spy, args.profile / f"gateway-{v}-load{a}.txt")
+                    res[v].append(load(clusters[v], a, args.seconds, prof))
             for v, rs in res.items():
                 kinds: collections.Counter[str] = collections.Counter()
                 for x in rs:

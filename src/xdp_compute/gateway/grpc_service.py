@@ -108,7 +108,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
             node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
                                               [d.to_dict() for d in decls],
                                               max_nodes_per_holder=self.limits.max_nodes_per_holder)
-            self.store.remember_owner(node_id, p.id)
+            self.store.remember_owner(node_id, p.id, request.node_name)
             sid = self.hub.new_session(node_id)
             self.hub.registered(node_id)
             log.info("node %s registered (%d datasets)", request.node_name, len(decls))
@@ -181,7 +181,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
             if lg is None:
                 return pb.CosignatureResponse(accepted=False)
             def cosign() -> None:  # one thread hop for the node's row and the cosignature's write
-                node = self.store.node_for(p, request.node_id)
+                node = self.store.node_ref(p, request.node_id)
                 accept_cosignature(lg, node, bytes(request.witness_public_key), request.checkpoint,
                                    request.cosignature)
 

@@ -133,6 +133,12 @@ class TaskHub:
 
     async def pull(self, node_id: str, wait: float) -> Task | None:
         q = self._queue(node_id)
+        # A task already queued is taken without wait_for's timer and wrapper task (issue #13:
+        # event-loop plumbing was a third of the gateway's time with many nodes).
+        while not q.empty():
+            task = q.get_nowait()
+            if task.task_id in self._waiting:
+                return task
         while True:
             try:
                 task = await asyncio.wait_for(q.get(), wait)

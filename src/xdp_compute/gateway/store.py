@@ -123,8 +123,9 @@ class Store:
         # Read-side caches (issue #13): a node's gRPC calls authenticated through the ORM cost
         # ~1.6 ms of CPU per lookup and there are several calls per node per query.
         #   token digest -> (principal, expires_at), valid while the auth epoch is unchanged;
-        #   node id -> holder id (a node's holder never changes and nodes are never deleted;
-        #   anything that ever moves or deletes a node must call ``forget_node``).
+        #   node id -> (holder id, node name) (neither ever changes for a node id and nodes are
+        #   never deleted; anything that ever moves, renames or deletes a node must call
+        #   ``forget_node``).
         # Both live in this process only. The epoch row makes revocation and rotation by another
         # process (``xdp admin revoke-token`` writes the database directly) take effect on the very
         # next call here; a gateway replica (issue #18) needs nothing more than that row as long
@@ -132,7 +133,7 @@ class Store:
         # immutable (like node ownership) or be keyed to that epoch too.
         self._tokens: dict[str, tuple[PrincipalView, float | None, bytes | None]] = {}
         self._tokens_epoch: bytes | None = None
-        self._owners: dict[str, str] = {}
+        self._owners: dict[str, tuple[str, str]] = {}
         self._epoch_lock = threading.Lock()
         self._epoch_conn: Any = None  # a dedicated SQLite connection, outside the pool
 
@@ -272,7 +273,7 @@ class Store:
     def owns_node_cached(self, holder: PrincipalView, node_id: str) -> bool | None:
         """True/False if this process knows ``node_id``'s holder; None: ask ``check_node_owner``."""
         owner = self._owners.get(node_id)
-        return None if owner is None else owner == holder.id
+        return None if owner is None else owner[0] == holder.id
 
     def check_node_owner(self, holder: PrincipalView, node_id: str) -> None:
         """``node_for`` without returning the row: Unauthorized unless ``holder`` owns ``node_id``."""
@@ -282,8 +283,18 @@ class Store:
         elif not known:
             raise Unauthorized("this token does not own that node")
 
-    def remember_owner(self, node_id: str, holder_id: str) -> None:
-        self._owners[node_id] = holder_id
+    def node_ref(self, holder: PrincipalView, node_id: str) -> m.Node:
+        """``node_for`` from the cache when it can: a detached row with the node's id, name and
+        holder only (enough for witnessing); Unauthorized unless ``holder`` owns ``node_id``."""
+        owner = self._owners.get(node_id)
+        if owner is None:
+            return self.node_for(holder, node_id)
+        if owner[0] != holder.id:
+            raise Unauthorized("this token does not own that node")
+        return m.Node(id=node_id, name=owner[1], holder_id=owner[0])
+
+    def remember_owner(self, node_id: str, holder_id: str, node_name: str) -> None:
+        self._owners[node_id] = (holder_id, node_name)
 
     def forget_node(self, node_id: str) -> None:
         self._owners.pop(node_id, None)
@@ -375,7 +386,7 @@ class Store:
             node = s.get(m.Node, node_id)
             if node is None or node.holder_id != holder.id:
                 raise Unauthorized("this token does not own that node")
-            self._owners[node.id] = node.holder_id
+            self._owners[node.id] = (node.holder_id, node.name)
             return node
 
     def touch_node(self, node_id: str) -> bool:
