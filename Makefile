@@ -39,6 +39,9 @@ bench: install
 	$(PY) benchmarks/bench_he.py
 	$(PY) benchmarks/bench_dpsgd.py
 	$(PY) benchmarks/bench_tls.py
+	$(PY) benchmarks/bench_gateway.py
+	$(PY) benchmarks/bench_secagg_scale.py
+	$(PY) benchmarks/bench_train_round.py
 
 protos: install
 	$(PY) scripts/gen_protos.py
