@@ -137,17 +137,19 @@ def bench_masking(m: int, repeats: int) -> dict[str, Any]:
 # -- (c) whole protocol -------------------------------------------------------------------------
 
 
-def _run_protocol(n: int, m: int, k: int | None, seed: int) -> dict[str, float]:
-    parts = [f"node-{i:03d}" for i in range(n)]
-    cfg = SecAggConfig(
-        session_id=f"bench-c/{n}/{k}/{seed}", participants=parts, vector_length=m, neighbours=k
-    )
-    rng = np.random.default_rng(seed)
-    inputs = {u: rng.integers(0, 2**64, m, dtype=np.uint64) for u in parts}
-    dropped = set(parts[::10])  # 10%, spread over the roster; they vanish after sharing keys
+def timed_session(cfg: SecAggConfig, inputs: dict[str, np.ndarray], drop: dict[str, Phase]) -> dict[str, float]:
+    """One whole session through the wire forms; ``drop[u] = phase``: u goes silent from that phase on.
+
+    Returns the mean client ms over the nodes that never dropped (encoding what a client sends and
+    decoding what it gets included) and the server's total ms; checks the sum.
+    """
+    parts = list(cfg.participants)
     client_s = dict.fromkeys(parts, 0.0)
     server_s = 0.0
     clock = time.perf_counter
+
+    def active(u: str, phase: Phase) -> bool:
+        return u not in drop or phase < drop[u]
 
     def as_client(u: str, fn: Callable[[], Any]) -> Any:
         t0 = clock()
@@ -164,43 +166,50 @@ def _run_protocol(n: int, m: int, k: int | None, seed: int) -> dict[str, float]:
 
     server = SecAggServer(cfg)
     clients = {u: SecAggClient(u, cfg) for u in parts}
-    # Client cost includes encoding what it sends and decoding what it gets; server likewise.
     for u in parts:
-        raw = as_client(u, lambda c=clients[u]: c.advertise_keys().encode())
-        as_server(lambda u=u, raw=raw: server.receive(u, raw))
+        if active(u, Phase.ADVERTISE_KEYS):
+            raw = as_client(u, lambda c=clients[u]: c.advertise_keys().encode())
+            as_server(lambda u=u, raw=raw: server.receive(u, raw))
     as_server(server.close_advertise_keys)
-    for u in parts:
-        roster = as_server(lambda u=u: server.roster_for(u).encode())
-        raw = as_client(u, lambda u=u, r=roster: clients[u].share_keys(KeyRoster.decode(r)).encode())
-        as_server(lambda u=u, raw=raw: server.receive(u, raw))
+    for u in server.survivors(Phase.ADVERTISE_KEYS):
+        if active(u, Phase.SHARE_KEYS):
+            roster = as_server(lambda u=u: server.roster_for(u).encode())
+            raw = as_client(u, lambda u=u, r=roster: clients[u].share_keys(KeyRoster.decode(r)).encode())
+            as_server(lambda u=u, raw=raw: server.receive(u, raw))
     as_server(server.close_share_keys)
-    for u in parts:
-        if u in dropped:
-            continue
-        es = as_server(lambda u=u: server.shares_for(u).encode())
-        raw = as_client(
-            u, lambda u=u, es=es: clients[u].masked_input(inputs[u], EncryptedShares.decode(es)).encode()
-        )
-        as_server(lambda u=u, raw=raw: server.receive(u, raw))
+    for u in server.survivors(Phase.SHARE_KEYS):
+        if active(u, Phase.MASKED_INPUT):
+            es = as_server(lambda u=u: server.shares_for(u).encode())
+            raw = as_client(u, lambda u=u, es=es: clients[u].masked_input(inputs[u],
+                                                                          EncryptedShares.decode(es)).encode())
+            as_server(lambda u=u, raw=raw: server.receive(u, raw))
     check = as_server(lambda: server.close_masked_input().encode())
     for u in server.survivors(Phase.MASKED_INPUT):
-        raw = as_client(u, lambda u=u: clients[u].consistency_check(ConsistencyCheck.decode(check)).encode())
-        as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
+        if active(u, Phase.CONSISTENCY):
+            raw = as_client(u, lambda u=u: clients[u].consistency_check(ConsistencyCheck.decode(check)).encode())
+            as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
     req = as_server(lambda: server.close_consistency().encode())
     for u in server.survivors(Phase.CONSISTENCY):
-        raw = as_client(u, lambda u=u: clients[u].unmask(UnmaskRequest.decode(req)).encode())
-        as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
+        if active(u, Phase.UNMASK):
+            raw = as_client(u, lambda u=u: clients[u].unmask(UnmaskRequest.decode(req)).encode())
+            as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
     total = as_server(server.close_unmask)
-    expect = np.zeros(m, dtype=np.uint64)
+    expect = np.zeros(cfg.vector_length, dtype=np.uint64)
     for u in parts:
-        if u not in dropped:
+        if u not in drop or drop[u] >= Phase.CONSISTENCY:  # in U3: its masked input is in the sum
             expect += inputs[u]
     assert np.array_equal(total, expect), "wrong sum"
-    survivors = [u for u in parts if u not in dropped]
-    return {
-        "client_ms": statistics.mean(client_s[u] for u in survivors) * 1e3,
-        "server_ms": server_s * 1e3,
-    }
+    survivors = [u for u in parts if u not in drop]
+    return {"client_ms": statistics.mean(client_s[u] for u in survivors) * 1e3, "server_ms": server_s * 1e3}
+
+
+def _run_protocol(n: int, m: int, k: int | None, seed: int) -> dict[str, float]:
+    parts = [f"node-{i:03d}" for i in range(n)]
+    cfg = SecAggConfig(session_id=f"bench-c/{n}/{k}/{seed}", participants=parts, vector_length=m, neighbours=k)
+    rng = np.random.default_rng(seed)
+    inputs = {u: rng.integers(0, 2**64, m, dtype=np.uint64) for u in parts}
+    # 10%, spread over the roster; they vanish after sharing keys.
+    return timed_session(cfg, inputs, dict.fromkeys(parts[::10], Phase.MASKED_INPUT))
 
 
 def bench_protocol(sizes: list[int], m: int, repeats: int) -> list[dict[str, Any]]:

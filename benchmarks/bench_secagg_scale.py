@@ -16,25 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from bench_secagg import timed_session  # the one timed session driver (benchmarks/ is on sys.path)
 
-from xdp_compute.crypto.secagg import (
-    ConsistencyCheck,
-    EncryptedShares,
-    KeyRoster,
-    Phase,
-    SecAggClient,
-    SecAggConfig,
-    SecAggServer,
-    UnmaskRequest,
-    decode_message,
-    default_threshold,
-    secagg_plus_parameters,
-)
+from xdp_compute.crypto.secagg import Phase, SecAggConfig, default_threshold, secagg_plus_parameters
 
 PHASES = [Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK]
 
@@ -48,63 +35,7 @@ def run_session(n: int, m: int, k: int | None, t: int, dropout: float, seed: int
     inputs = {u: rng.integers(0, 2**64, m, dtype=np.uint64) for u in parts}
     chosen = rng.choice(n, math.floor(dropout * n + 1e-9), replace=False)
     drop = {parts[i]: PHASES[j % len(PHASES)] for j, i in enumerate(chosen)}
-    client_s = dict.fromkeys(parts, 0.0)
-    server_s = 0.0
-    clock = time.perf_counter
-
-    def active(u: str, phase: Phase) -> bool:
-        return u not in drop or phase < drop[u]
-
-    def as_client(u: str, fn: Callable[[], Any]) -> Any:
-        t0 = clock()
-        out = fn()
-        client_s[u] += clock() - t0
-        return out
-
-    def as_server(fn: Callable[[], Any]) -> Any:
-        nonlocal server_s
-        t0 = clock()
-        out = fn()
-        server_s += clock() - t0
-        return out
-
-    server = SecAggServer(cfg)
-    clients = {u: SecAggClient(u, cfg) for u in parts}
-    for u in parts:
-        if active(u, Phase.ADVERTISE_KEYS):
-            raw = as_client(u, lambda c=clients[u]: c.advertise_keys().encode())
-            as_server(lambda u=u, raw=raw: server.receive(u, raw))
-    as_server(server.close_advertise_keys)
-    for u in server.survivors(Phase.ADVERTISE_KEYS):
-        if active(u, Phase.SHARE_KEYS):
-            roster = as_server(lambda u=u: server.roster_for(u).encode())
-            raw = as_client(u, lambda u=u, r=roster: clients[u].share_keys(KeyRoster.decode(r)).encode())
-            as_server(lambda u=u, raw=raw: server.receive(u, raw))
-    as_server(server.close_share_keys)
-    for u in server.survivors(Phase.SHARE_KEYS):
-        if active(u, Phase.MASKED_INPUT):
-            es = as_server(lambda u=u: server.shares_for(u).encode())
-            raw = as_client(u, lambda u=u, es=es: clients[u].masked_input(inputs[u],
-                                                                          EncryptedShares.decode(es)).encode())
-            as_server(lambda u=u, raw=raw: server.receive(u, raw))
-    check = as_server(lambda: server.close_masked_input().encode())
-    for u in server.survivors(Phase.MASKED_INPUT):
-        if active(u, Phase.CONSISTENCY):
-            raw = as_client(u, lambda u=u: clients[u].consistency_check(ConsistencyCheck.decode(check)).encode())
-            as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
-    req = as_server(lambda: server.close_consistency().encode())
-    for u in server.survivors(Phase.CONSISTENCY):
-        if active(u, Phase.UNMASK):
-            raw = as_client(u, lambda u=u: clients[u].unmask(UnmaskRequest.decode(req)).encode())
-            as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
-    total = as_server(server.close_unmask)
-    u3 = [u for u in parts if u not in drop or drop[u] >= Phase.CONSISTENCY]
-    expect = np.zeros(m, dtype=np.uint64)
-    for u in u3:
-        expect += inputs[u]
-    assert np.array_equal(total, expect), "wrong sum"
-    survivors = [u for u in parts if u not in drop]
-    return {"client_ms": float(np.mean([client_s[u] for u in survivors])) * 1e3, "server_ms": server_s * 1e3}
+    return timed_session(cfg, inputs, drop)
 
 
 def main() -> None:
