@@ -30,6 +30,8 @@ AGENT_VERSION = "0.1.0"
 _FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
           grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 MAX_MESSAGE = 64 << 20
+# How long a preloading node waits for its task worker before it registers anyway.
+PRELOAD_WAIT_SECONDS = 120.0
 
 
 class NodeFatal(XdpError):
@@ -204,7 +206,15 @@ class NodeAgent:
 
     def run(self) -> None:
         """Serve until ``stop_event`` is set; raise NodeFatal if the gateway refuses this node."""
-        _ = self.worker  # start the task worker (and its preloading) before the first task arrives
+        worker = self.worker  # start the task worker (and its preloading) before the first task arrives
+        if self.options.preload:
+            # Register once the heavy libraries are loaded: a node that is "up" can run its first
+            # training round at once (issue #13: the first round used to wait ~5 s for imports).
+            started = time.monotonic()
+            if worker.ready.wait(PRELOAD_WAIT_SECONDS):
+                log.info("task worker ready in %.1fs", time.monotonic() - started)
+            else:
+                log.warning("task worker still loading after %.0fs; registering anyway", PRELOAD_WAIT_SECONDS)
         backoff = 0.5
         try:
             while not self.stop_event.is_set():

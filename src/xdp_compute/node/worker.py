@@ -49,6 +49,10 @@ class WorkerOptions:
     identity: NodeIdentity | None = None
 
 
+#: The message id a worker sends, unasked, once its preloading is done (task ids start at 1).
+READY = 0
+
+
 class WorkerLost(Exception):
     """The task worker process ended while a task was pending."""
 
@@ -103,6 +107,8 @@ class TaskWorker:
         self._pending: dict[int, Future[TaskOutcome]] = {}
         self._ids = itertools.count(1)
         self._closing = False
+        #: Set once the worker process has loaded what it preloads (at once without preloading).
+        self.ready = threading.Event()
         self._conn: Connection | None = None
         self._proc: Any = None
         self.restarts = 0
@@ -110,6 +116,7 @@ class TaskWorker:
 
     # ------------------------------------------------------------------ lifecycle
     def _start(self) -> None:
+        self.ready.clear()
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, args=(child, self.manifest, self.options),
                                  name="xdp-task-worker", daemon=False)  # it may start helpers of its own
@@ -126,6 +133,9 @@ class TaskWorker:
             except (EOFError, OSError):
                 break
             ident, ok, header, blobs, error = msg
+            if ident == READY:
+                self.ready.set()
+                continue
             with self._lock:
                 fut = self._pending.pop(ident, None)
             if fut is not None and not fut.done():
@@ -207,11 +217,21 @@ def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -
     from xdp_compute.node.executors import TaskExecutor
 
     executor = TaskExecutor(manifest, identity=options.identity)
+    send_lock = threading.Lock()
+
+    def signal_ready() -> None:
+        with contextlib.suppress(OSError, ValueError), send_lock:
+            conn.send((READY, True, {}, {}, None))
+
     if options.preload:
-        threading.Thread(target=_preload, args=(options.threads,), name="preload", daemon=True).start()
+        def preload() -> None:
+            _preload(options.threads)
+            signal_ready()
+
+        threading.Thread(target=preload, name="preload", daemon=True).start()
     else:
         _limit_torch_threads_when_loaded(options.threads)
-    send_lock = threading.Lock()
+        signal_ready()
     pool = ThreadPoolExecutor(max_workers=max(options.concurrency, 1), thread_name_prefix="task")
 
     def run(ident: int, node_id: str, kind: str, job_id: str, header: dict[str, Any],
