@@ -106,7 +106,8 @@ def node(
                                      "process may use, by affinity and cgroup quota; several nodes on one "
                                      "machine: give each its share)"),
     preload: bool = typer.Option(True, envvar="XDP_NODE_PRELOAD",
-                                 help="Load the training libraries when the node starts, not at the first round"),
+                                 help="Load the training libraries when the node starts (it registers once they "
+                                      "are loaded), not at the first round"),
 ) -> None:
     """Run a holder's node: dials out to the gateway; opens no port."""
 
