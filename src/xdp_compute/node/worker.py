@@ -78,11 +78,9 @@ def _cgroup_cpu_quota() -> float | None:
     """CPUs granted by the cgroup (v2 ``cpu.max``, v1 ``cfs_quota_us / cfs_period_us``); None if unlimited."""
     import pathlib
 
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no cgroup v2 file: try v1 below
         quota, period = pathlib.Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
     try:
         q = int(pathlib.Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
         p = int(pathlib.Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
