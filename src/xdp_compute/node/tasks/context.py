@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from xdp_compute.domain.manifest import Manifest
 from xdp_compute.node.ledger import NodeLedger
+from xdp_compute.node.sources import SourceCache
 
 
 @dataclass
@@ -23,6 +24,9 @@ class NodeContext:
     _noisy_tasks: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _ledger: NodeLedger | None = field(default=None, repr=False)
     _ledger_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: The node's open DuckDB sources, kept across queries (issue #13: a fresh sandboxed DuckDB and a
+    #: DESCRIBE cost 20-40 ms a query); each reloads itself when its file changes (``SourceCache``).
+    sources: SourceCache = field(default_factory=SourceCache, repr=False)
 
     def next_noisy_task(self) -> int:
         """0, 1, 2, ... — the n-th task on this node that draws noise (keys test-only seeded noise)."""

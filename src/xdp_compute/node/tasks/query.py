@@ -18,14 +18,13 @@ import os
 import time
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 
 from xdp_compute.contract import HeQueryBegin, QueryBegin, QueryBegun
 from xdp_compute.errors import BadRequest
 from xdp_compute.node.policy import check_query_task
-from xdp_compute.node.sources import SourceCache, run_local_query
+from xdp_compute.node.sources import run_local_query
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.privacy import sample_discrete_gaussian_vector
@@ -34,10 +33,6 @@ from xdp_compute.query import QueryPlan, validate_plan_for
 
 log = logging.getLogger("xdp.node.query")
 
-# The task worker's open sources, kept across queries (issue #13: a fresh sandboxed DuckDB and a
-# DESCRIBE cost 20-40 ms a query). One per process: the worker is one long-lived process that
-# runs every task of its node; each source reloads itself when its file changes.
-_SOURCES = SourceCache()
 
 
 def noise_source(node: NodeContext) -> RandomnessSource:
@@ -106,7 +101,7 @@ def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: Query
                            node.manifest.max_colluding_nodes)
     node.ledger.charge(ds, job_id=job_id, kind=kind, principal=request.principal, plan_digest=plan.digest(),
                        epsilon=own.epsilon, delta=own.delta)
-    vec = run_local_query(plan, node.manifest, ds, sources=_SOURCES)
+    vec = run_local_query(plan, node.manifest, ds, sources=node.sources)
     _test_only_slowdown()
     return plan, add_noise(vec, plan, request.sigma_node2, noise_source(node))
 
