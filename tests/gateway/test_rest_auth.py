@@ -31,6 +31,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/metering"): {"holder", "auditor"},
     ("POST", "/v1/approvals/{job_id}/approve"): {"holder"},
     ("POST", "/v1/approvals/{job_id}/deny"): {"holder"},
+    ("GET", "/v1/jobs"): {"admin", "holder", "analyst", "auditor"},
     ("GET", "/v1/jobs/{job_id}"): {"admin", "holder", "analyst", "auditor"},
     ("GET", "/v1/budget/{dataset}"): {"analyst"},
     ("GET", "/v1/audit/public-key"): {"admin", "holder", "analyst", "auditor"},
@@ -88,6 +89,7 @@ def test_no_token_is_401_and_problem_json(api: Any, world: dict[str, Any], route
         assert r.status_code == 401, (route, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["status"] == 401 and r.json()["type"].endswith("/unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")  # RFC 6750 §3
 
 
 @pytest.mark.parametrize("route", sorted(ALLOWED))

@@ -97,6 +97,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(members.router)
     app.include_router(jobs.router)
     app.include_router(metering.router)
+    from xdp_compute.gateway import openapi  # operation ids, bearer scheme, problem responses, 401 challenge
+
+    openapi.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
                        timeout=settings.body_timeout_seconds)
     return app

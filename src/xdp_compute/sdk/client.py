@@ -193,6 +193,13 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._get(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
 
+    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50,
+             before: str | None = None) -> dict[str, Any]:
+        """The caller's own jobs, newest first: ``{"jobs": [...], "next_before": cursor or None}``."""
+        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit, "before": before}.items()
+                  if v is not None}
+        return self._get("/v1/jobs", params=params)  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ holders
     def approvals(self) -> list[dict[str, Any]]:
         """Holders: jobs on your datasets awaiting (or past) your decision."""
@@ -242,6 +249,14 @@ class Client:
         return verify_receipt(entry, receipt["log_index"], receipt["tree_size"],
                               [bytes.fromhex(h) for h in receipt["inclusion_proof"]],
                               SignedTreeHead.from_dict(receipt["signed_tree_head"]), bytes.fromhex(key))
+
+    def audit_entries(self, dataset: str | None = None, principal: str | None = None, kind: str | None = None,
+                      since: float | None = None, until: float | None = None, start: int = 0,
+                      limit: int = 1000) -> list[dict[str, Any]]:
+        """Auditors: release-log entries (digests, costs and decisions, never values), filtered."""
+        params = {k: v for k, v in {"dataset": dataset, "principal": principal, "kind": kind, "since": since,
+                                    "until": until, "start": start, "limit": limit}.items() if v is not None}
+        return self._get("/v1/audit/entries", params=params)  # type: ignore[no-any-return]
 
     def metering(self) -> dict[str, Any]:
         """Auditors (all) and holders (their datasets): jobs, epsilon spent, cells, compute seconds."""

@@ -6,11 +6,12 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, or_, select
 
-from xdp_compute.errors import NotFound
+from xdp_compute.errors import BadRequest, NotFound
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc, body_openapi, json_body
 from xdp_compute.gateway.query_service import QueryService
@@ -95,6 +96,42 @@ async def submit_training(who: Analyst, svc: Svc, body: Annotated[TrainBody, Dep
 
     status, out = await run(svc, service(svc), who, body.model_dump())
     return JSONResponse(out, status_code=status)
+
+
+JOB_STATUSES = ("awaiting_approval", "reserved", "running", "released", "denied", "failed")
+MAX_JOBS_PAGE = 500
+
+
+@router.get("/jobs")
+def list_jobs(svc: Svc, who: CurrentPrincipal,
+              status: Annotated[str | None, Query(description="Only jobs in this status",
+                                                  pattern="^(" + "|".join(JOB_STATUSES) + ")$")] = None,
+              kind: Annotated[str | None, Query(max_length=32, description="Only jobs of this operation "
+                                                "(e.g. query, he_query, training)")] = None,
+              limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = 50,
+              before: Annotated[str | None, Query(max_length=64, description="Cursor: the `next_before` of "
+                                                  "the previous page (a job id)")] = None) -> dict[str, Any]:
+    """The caller's own jobs, newest first: status, operation, cost and times (never a result).
+
+    Every role sees only the jobs it submitted: jobs are submitted by analysts; holders see jobs
+    on their datasets under ``/v1/approvals`` and auditors every decision under ``/v1/audit/entries``.
+    """
+    with svc.store.read() as s:
+        q = select(m.Job).where(m.Job.principal_id == who.id)
+        if before is not None:
+            cursor = s.get(m.Job, before)
+            if cursor is None or cursor.principal_id != who.id:
+                raise BadRequest(f"before: no job {before!r} of yours to page from")
+            q = q.where(or_(m.Job.created_at < cursor.created_at,
+                            and_(m.Job.created_at == cursor.created_at, m.Job.id < cursor.id)))
+        if status is not None:
+            q = q.where(m.Job.status == status)
+        if kind is not None:
+            q = q.where(m.Job.kind == kind)
+        rows = s.scalars(q.order_by(m.Job.created_at.desc(), m.Job.id.desc()).limit(limit + 1)).all()
+    page = [{"job_id": j.id, "status": j.status, "operation": j.kind, "created_at": j.created_at,
+             "updated_at": j.updated_at, "cost": json.loads(j.cost_json)} for j in rows[:limit]]
+    return {"jobs": page, "next_before": page[-1]["job_id"] if len(rows) > limit else None}
 
 
 @router.get("/jobs/{job_id}")
