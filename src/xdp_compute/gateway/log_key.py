@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -86,7 +85,7 @@ def load_log_signer(settings: Settings, store: Store) -> TreeHeadSigner:
     a *different* key than the one configured (someone must decide which key is the log's).
     """
     legacy = _legacy_key(store)
-    env = os.environ.get(ENV_SECRET)
+    env = settings.log_key  # XDP_LOG_KEY
     path = key_file_path(settings)
     if env:
         signer, where = _from_env(env), ENV_SECRET

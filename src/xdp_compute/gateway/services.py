@@ -11,7 +11,7 @@ from typing import Any
 from xdp_compute.audit import TreeHeadSigner
 from xdp_compute.config import Settings
 from xdp_compute.gateway.hub import TaskHub
-from xdp_compute.gateway.log_key import ENV_SECRET, load_log_signer
+from xdp_compute.gateway.log_key import load_log_signer
 from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
 from xdp_compute.gateway.store import Store
 
@@ -38,9 +38,7 @@ class Services:
 
 def _log_signer(settings: Settings, store: Store) -> TreeHeadSigner:
     """The release log's key from outside the database; an in-memory database gets an in-memory key."""
-    import os
-
     if settings.db_url in ("sqlite://", "sqlite:///:memory:") and settings.log_key_path is None \
-            and not os.environ.get(ENV_SECRET):
+            and not settings.log_key:
         return TreeHeadSigner.generate()  # the log dies with the process; so may its key
     return load_log_signer(settings, store)
