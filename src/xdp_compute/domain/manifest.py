@@ -18,6 +18,80 @@ from typing import Any
 from xdp_compute.domain.names import NODE_NAME, REGION
 from xdp_compute.errors import ManifestError
 
+# -- sources ---------------------------------------------------------------------------------------
+# One vocabulary for both sides (issue #14): the node opens these kinds of source, tells the gateway
+# the kind of each dataset at Register (never its path or URL), and both refuse any other kind.
+SOURCE_KINDS = ("csv", "parquet", "postgresql")
+SUPPORTED_SOURCES = ("a .csv file, a .parquet file, a folder of .parquet files (\"data/sales/\", hive partitions "
+                     "too), a glob of .parquet files (\"data/sales/*.parquet\"), or postgresql://... with table")
+_SQL_SCHEMES = ("postgresql", "postgres")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+# Why a scheme someone is likely to try is refused, in the holder's words.
+_REFUSED_SCHEMES = {
+    "mysql": "MySQL and MariaDB are not supported",
+    "mariadb": "MySQL and MariaDB are not supported",
+    "s3": "the node reads local files only; copy the objects next to the node",
+    "gs": "the node reads local files only; copy the objects next to the node",
+    "gcs": "the node reads local files only; copy the objects next to the node",
+    "az": "the node reads local files only; copy the objects next to the node",
+    "abfss": "the node reads local files only; copy the objects next to the node",
+    "http": "the node reads local files only; download the file next to the node",
+    "https": "the node reads local files only; download the file next to the node",
+    "file": "write the path without file://",
+}
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """What a dataset's ``source`` names: its ``kind`` (one of ``SOURCE_KINDS``) and ``layout``.
+
+    ``layout`` is ``file`` (one .csv or .parquet file), ``folder`` (every .parquet file under
+    ``root``, hive partition folders included), ``glob`` (the .parquet files ``pattern`` matches
+    under ``root``, the part of the path before the first wildcard) or ``database``.
+    """
+
+    kind: str
+    layout: str
+    root: str = ""
+    pattern: str = ""
+
+
+def parse_source(source: str, *, is_dir: bool = False) -> SourceRef:
+    """Classify a manifest's ``source``; ``ValueError`` with a one-line reason naming what is supported.
+
+    ``is_dir``: the path is an existing folder (a folder source need not end in ``/`` then).
+    A URL's user, password and host are never quoted back: only its scheme.
+    """
+    m = _SCHEME.match(source)
+    if m:
+        scheme = m.group(1).lower()
+        if scheme in _SQL_SCHEMES:
+            return SourceRef("postgresql", "database")
+        why = _REFUSED_SCHEMES.get(scheme, "unknown scheme")
+        raise ValueError(f"unsupported source '{scheme}://' ({why}); supported: {SUPPORTED_SOURCES}")
+    if "://" in source:
+        raise ValueError(f"unsupported source (a URL needs a scheme such as postgresql://); "
+                         f"supported: {SUPPORTED_SOURCES}")
+    parts = Path(source).parts
+    wild = next((i for i, part in enumerate(parts) if _GLOB_CHARS.search(part)), None)
+    if wild is not None:
+        # The root (before the first wildcard) is the holder's path, '..' and all, as for a single
+        # file; after a wildcard, '..' could climb out of what the root declares.
+        if ".." in parts[wild:]:
+            raise ValueError("'..' may not follow a wildcard: a glob matches files under the folder before it")
+        if not parts[-1].lower().endswith(".parquet"):
+            raise ValueError(f"a glob must match .parquet files (end in .parquet); supported: {SUPPORTED_SOURCES}")
+        root = str(Path(*parts[:wild])) if wild else "."
+        return SourceRef("parquet", "glob", root=root, pattern=str(Path(*parts[wild:])))
+    if source.endswith(("/", "\\")) or is_dir:
+        return SourceRef("parquet", "folder", root=source.rstrip("/\\") or "/")
+    suffix = Path(source).suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"unsupported file type {suffix or '(none)'!r}; supported: {SUPPORTED_SOURCES}")
+    return SourceRef(suffix[1:], "file", root=source)
+
+
 COLUMN_TYPES = ("int", "float", "category", "text", "bool")
 NUMERIC_TYPES = ("int", "float")
 USES = ("aggregate", "filter", "group")
@@ -101,6 +175,16 @@ class DatasetSpec:
     def is_sql(self) -> bool:
         return "://" in self.source
 
+    @property
+    def source_ref(self) -> SourceRef:
+        """What ``source`` names (``parse_source``); the manifest loader has already accepted it."""
+        return parse_source(self.source)
+
+    @property
+    def source_kind(self) -> str:
+        """csv, parquet or postgresql: what the node tells the gateway about its source."""
+        return self.source_ref.kind
+
     def schema(self) -> dict[str, Any]:
         """The part that must agree between nodes forming one partitioned dataset."""
         return {
@@ -124,6 +208,10 @@ class DatasetSpec:
             "max_rows": self.max_rows,
             "columns": [c.to_dict() for c in self.columns],
         }
+        if self.source:
+            # The kind only (csv, parquet, postgresql): the gateway refuses an unsupported one at
+            # Register; the path or URL never leaves the node.
+            d["source_kind"] = self.source_kind
         if with_source:
             d["source"] = self.source
             d["table"] = self.table
@@ -274,20 +362,26 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
     _take(ctx, raw, _DS_KEYS, where)
     source = raw.get("source")
     if not isinstance(source, str) or not source:
-        raise ctx.fail(f"{where}.source", "required: a CSV/Parquet path or a SQL URL")
+        raise ctx.fail(f"{where}.source", f"required; one of {SUPPORTED_SOURCES}")
     table = raw.get("table")
-    if "://" in source:
+    p = Path(source) if Path(source).is_absolute() else base_dir / source
+    try:
+        ref = parse_source(source, is_dir=check_files and "://" not in source and p.is_dir())
+    except ValueError as e:
+        raise ctx.fail(f"{where}.source", str(e)) from None
+    if ref.layout == "folder" and not source.endswith(("/", "\\")):
+        source += "/"  # spelled as a folder from here on, whether or not it exists where it is read
+    if ref.layout == "database":
         if not isinstance(table, str) or not _NAME.match(table):
             raise ctx.fail(f"{where}.table", "a SQL source needs table = \"<identifier>\"")
     else:
         if table is not None:
             raise ctx.fail(f"{where}.table", "only a SQL URL source takes a table")
-        suffix = Path(source).suffix.lower()
-        if suffix not in (".csv", ".parquet"):
-            raise ctx.fail(f"{where}.source", f"unsupported file type {suffix or '(none)'!r}: use .csv or .parquet")
-        p = Path(source) if Path(source).is_absolute() else base_dir / source
-        if check_files and not p.is_file():
+        root = Path(ref.root) if Path(ref.root).is_absolute() else base_dir / ref.root
+        if check_files and ref.layout == "file" and not p.is_file():
             raise ctx.fail(f"{where}.source", f"file not found: {p}")
+        if check_files and ref.layout != "file" and not root.is_dir():
+            raise ctx.fail(f"{where}.source", f"folder not found: {root}")
     classification = raw.get("classification")
     if classification not in CLASSIFICATIONS:
         raise ctx.fail(f"{where}.classification", f"must be one of {', '.join(CLASSIFICATIONS)}")
@@ -406,7 +500,15 @@ def parse_declaration(d: Any, *, origin: str = "registration") -> DatasetSpec:
     ctx = _Ctx(origin)
     if not isinstance(d, dict):
         raise ctx.fail("datasets", "each declaration must be an object")
-    raw = {k: v for k, v in d.items() if k not in ("columns", "source", "table")}
+    raw = {k: v for k, v in d.items() if k not in ("columns", "source", "table", "source_kind")}
+    kind = d.get("source_kind")
+    if kind not in SOURCE_KINDS:
+        # A node of this package always says; anything else is refused here, before a query could
+        # be planned against a source no node can open (issue #14: mysql:// failed at query time).
+        shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "missing"
+        raise ctx.fail(f"datasets[{d.get('name')}].source_kind",
+                       f"unsupported source kind {shown} (supported: {', '.join(SOURCE_KINDS)}; "
+                       f"in a manifest: {SUPPORTED_SOURCES})")
     cols = d.get("columns")
     if not isinstance(cols, list):
         raise ctx.fail(f"datasets[{d.get('name')}].columns", "must be a list of column declarations")

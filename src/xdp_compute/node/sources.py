@@ -4,7 +4,11 @@
 
 * CSV / Parquet: an in-process DuckDB sandboxed to that one file (``allowed_paths`` +
   ``enable_external_access = false`` + ``lock_configuration``), extension auto-install and
-  auto-load off — nothing is downloaded at run time. CSV is read with ``all_varchar``: a holder's
+  auto-load off — nothing is downloaded at run time.
+* A folder or glob of Parquet files (``ParquetFiles``): the node lists the files itself (never
+  DuckDB's own globbing, which the sandbox forbids), checks each resolves inside the folder the
+  manifest declares, and sandboxes the engine to exactly those files. Hive partition folders
+  (``year=2024/month=01/part-0.parquet``) become text columns, spelled as in the folder names. CSV is read with ``all_varchar``: a holder's
   file may hold bad values, and the generated SQL casts with TRY_CAST so a bad value is a NULL
   (and is counted by ``validate_source``) instead of failing the whole query.
 * PostgreSQL (``source = "postgresql://..."`` plus ``table``): psycopg 3, read-only transactions.
@@ -13,7 +17,9 @@
 does not pay for a fresh engine (~20 ms) and a DESCRIBE each time (issue #13). A CSV file is
 loaded once into a table of that same sandboxed engine, its declared numeric and bool columns
 converted with the TRY_CAST the pushdown SQL applies anyway (a bad cell is a NULL, as before),
-and reloaded when the file changes (``FileState``: device, inode, size, mtime, ctime).
+and reloaded when the file changes (``FileState``: device, inode, size, mtime, ctime). A folder or
+glob source has changed when its set of files or any file's ``FileState`` has: a new engine is
+sandboxed to the new set (the old one closes once its last query is done).
 
 ``run_local_query(plan, manifest, dataset)`` re-validates the plan against this node's manifest,
 runs the pushdown SQL and returns the node's fixed-point vector (cell-major, uint64 two's
@@ -26,8 +32,10 @@ Engine error messages are never passed on: DuckDB's CSV errors quote the offendi
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +48,7 @@ import numpy as np
 from sqlglot import exp
 
 from xdp_compute.crypto.fixedpoint import FixedPointOverflow
-from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec, Manifest
+from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec, Manifest, SourceRef
 from xdp_compute.errors import XdpError
 from xdp_compute.query.plan import (
     HEADROOM_BITS,
@@ -88,6 +96,96 @@ class FileState:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+# What a source's files were when last looked at: (path, FileState) per file, sorted by path.
+SourceState = tuple[tuple[str, FileState], ...]
+_HIVE_PART = re.compile(r"^([^=]+)=([^=]*)$")
+
+
+@dataclass(frozen=True)
+class ParquetFiles:
+    """The Parquet files a folder or glob source names now: sorted, each resolving inside ``root``.
+
+    ``files`` are spelled under the resolved ``root`` (hive partition values are read from those
+    spellings); ``hive_keys`` are the partition columns when every file sits in ``key=value``
+    folders with the same keys, else ().
+    """
+
+    root: Path
+    files: tuple[Path, ...]
+    hive_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def listing(cls, root: Path, ref: SourceRef, dataset: str) -> ParquetFiles:
+        """List ``ref``'s files under ``root`` (the folder, or the glob's folder); ``SourceError``
+        if there are none, one escapes ``root`` (a symbolic link), or partition layouts differ.
+
+        A folder source takes every ``*.parquet`` below it, skipping names that begin with '.' or
+        '_' (Hive's and Spark's metadata and temporary files); a glob takes what it matches
+        (``**`` spans folders), hidden names excepted.
+        """
+        try:
+            base = root.resolve(strict=True)
+        except OSError:
+            raise SourceError(f"dataset '{dataset}': source folder not found") from None
+        if not base.is_dir():
+            raise SourceError(f"dataset '{dataset}': source folder not found")
+        rel: list[str] = []
+        if ref.layout == "folder":
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+                sub = os.path.relpath(dirpath, base)
+                rel += [os.path.normpath(os.path.join(sub, f)) for f in filenames
+                        if f.lower().endswith(".parquet") and not f.startswith((".", "_"))]
+        else:
+            rel = [r for r in glob.glob(ref.pattern, root_dir=base, recursive=True)
+                   if r.lower().endswith(".parquet")]
+        files = []
+        for r in sorted(set(rel)):
+            f = base / r
+            if not f.is_file():
+                continue
+            # The manifest declares a folder: no match may read outside it, whatever a link says.
+            if not f.resolve().is_relative_to(base):
+                raise SourceError(f"dataset '{dataset}': a file of the source resolves outside its folder "
+                                  "(a symbolic link?); the node reads only files inside the declared folder")
+            files.append(f)
+        if not files:
+            what = "in the source folder" if ref.layout == "folder" else "match the source glob"
+            raise SourceError(f"dataset '{dataset}': no .parquet files {what}")
+        return cls(base, tuple(files), _hive_keys(base, files, dataset))
+
+    def state(self) -> SourceState | None:
+        """Each file's ``FileState`` now, or None if one is gone."""
+        out = []
+        for f in self.files:
+            st = FileState.of(f)
+            if st is None:
+                return None
+            out.append((str(f), st))
+        return tuple(out)
+
+
+def _hive_keys(base: Path, files: Sequence[Path], dataset: str) -> tuple[str, ...]:
+    """The partition keys every file's folders spell (``year=2024/month=01``), or () if none do."""
+    layouts = set()
+    for f in files:
+        parts = f.relative_to(base).parts[:-1]
+        matches = [_HIVE_PART.match(p) for p in parts]
+        if any(matches) and not all(matches):
+            layouts.add(None)
+        else:
+            layouts.add(tuple(m.group(1) for m in matches if m))
+    if len(layouts) == 1:
+        (keys,) = layouts
+        if keys is not None and len({k.lower() for k in keys}) == len(keys):
+            return keys
+    if layouts == {()}:
+        return ()
+    # Keys only: the folder names' values are the holder's data.
+    raise SourceError(f"dataset '{dataset}': the Parquet files are not all in one partition layout "
+                      "(the same key=value folders, each key once, for every file)")
+
+
 class LocalSource(ABC):
     """One dataset's relation on the holder's engine."""
 
@@ -117,7 +215,7 @@ class LocalSource(ABC):
 
 
 class DuckDBSource(LocalSource):
-    """CSV or Parquet file read by an in-process, sandboxed DuckDB.
+    """CSV or Parquet file, or a set of Parquet files (``files``), read by an in-process, sandboxed DuckDB.
 
     Safe to share between threads: ``execute`` serialises statements on the connection (DuckDB
     connections must not be used by two threads at once), and a ``snapshot`` runs each on a
@@ -129,12 +227,13 @@ class DuckDBSource(LocalSource):
     dialect = "duckdb"
 
     def __init__(self, path: Path, dataset: str, *, skip_malformed_lines: bool = False,
-                 materialise_max_bytes: int = 0) -> None:
+                 materialise_max_bytes: int = 0, files: ParquetFiles | None = None) -> None:
         import duckdb
 
-        self.path = Path(path).resolve()
+        self.files = files
+        self.path = files.root if files is not None else Path(path).resolve()
         self.dataset = dataset
-        suffix = self.path.suffix.lower()
+        suffix = ".parquet" if files is not None else self.path.suffix.lower()
         if suffix not in (".csv", ".parquet"):
             raise SourceError(f"dataset '{dataset}': unsupported source file type {suffix or '(none)'!r}")
         self.kind = suffix[1:]
@@ -143,10 +242,12 @@ class DuckDBSource(LocalSource):
         self._duckdb = duckdb
         self._lock = threading.Lock()  # the cached names and tables
         self._exec_lock = threading.Lock()  # the connection itself
-        self._names: tuple[FileState, list[str]] | None = None
+        self._names: tuple[SourceState, list[str]] | None = None
         self._table: _LoadedTable | None = None
         self._retired: list[_LoadedTable] = []
         self._generations = itertools.count(1)
+        self._users = 0  # open snapshots, and a SourceCache's hold while it takes one
+        self._retired_source = False  # superseded by a new set of files: close at the last release
         self._con = duckdb.connect(":memory:", config={
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
@@ -157,16 +258,24 @@ class DuckDBSource(LocalSource):
             self._con.execute("SET disabled_optimizers = 'type_pushdown'")
         except duckdb.Error:  # older DuckDB: no such optimizer, and no such bug
             pass
-        # Sandbox: this connection may read the one declared file and nothing else. The
-        # settings are the database's, so every cursor of this connection has them too.
-        self._con.execute("SET allowed_paths = ?", [[str(self.path)]])
+        # Sandbox: this connection may read the declared file (or the listed files) and nothing
+        # else. The settings are the database's, so every cursor of this connection has them too.
+        allowed = [str(f) for f in files.files] if files is not None else [str(self.path)]
+        self._con.execute("SET allowed_paths = ?", [allowed])
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")
 
     def relation_sql(self, *, extra: dict[str, bool] | None = None) -> str:
         path = exp.Literal.string(str(self.path))
-        if self.kind == "parquet":
-            node: exp.Expression = exp.Anonymous(this="read_parquet", expressions=[path])
+        if self.files is not None:
+            # Named files, never a glob: the sandbox allows exactly these. Partition values stay
+            # text as the folder names spell them ('01' is not 1), as CSV cells do (all_varchar).
+            listed = exp.Array(expressions=[exp.Literal.string(str(f)) for f in self.files.files])
+            hive = {"hive_partitioning": bool(self.files.hive_keys), "hive_types_autocast": False}
+            node: exp.Expression = exp.Anonymous(this="read_parquet", expressions=[listed] + [
+                exp.EQ(this=exp.column(k), expression=exp.Boolean(this=v)) for k, v in hive.items()])
+        elif self.kind == "parquet":
+            node = exp.Anonymous(this="read_parquet", expressions=[path])
         else:
             # A fixed dialect (RFC 4180: comma, double quote) instead of sniffing: on a small or
             # damaged file the sniffer can silently pick another delimiter and read one column.
@@ -197,8 +306,21 @@ class DuckDBSource(LocalSource):
         finally:
             cur.close()
 
+    def state(self) -> SourceState | None:
+        """The source's file(s) as the OS reports them now; None if one is gone."""
+        if self.files is not None:
+            return self.files.state()
+        st = FileState.of(self.path)
+        return None if st is None else ((str(self.path), st),)
+
+    def present(self) -> bool:
+        """Every file this engine reads is still there."""
+        if self.files is not None:
+            return all(f.is_file() for f in self.files.files)
+        return self.path.is_file()
+
     def _run(self, con: Any, sql: str) -> list[tuple[Any, ...]]:
-        if not self.path.is_file():
+        if not self.present():
             raise SourceError(f"dataset '{self.dataset}': source file not found")
         try:
             return list(con.execute(sql).fetchall())
@@ -210,7 +332,7 @@ class DuckDBSource(LocalSource):
     def column_names(self) -> list[str]:
         # The file's state is taken before DESCRIBE: if the file changes in between, the names
         # are filed under the older state and the next call describes the file again.
-        state = FileState.of(self.path)
+        state = self.state()
         with self._lock:
             if state is not None and self._names is not None and self._names[0] == state:
                 return list(self._names[1])
@@ -228,10 +350,10 @@ class DuckDBSource(LocalSource):
         bool as BOOLEAN, each by TRY_CAST; the rest as text). The pushdown SQL applies the very
         same TRY_CAST to them, so the result is the one a scan of the file would give.
         """
-        state = FileState.of(self.path)
+        state = self.state()
         if state is None:
             raise SourceError(f"dataset '{self.dataset}': source file not found")
-        if self.kind != "csv" or state.size > self.materialise_max_bytes:
+        if self.kind != "csv" or sum(st.size for _, st in state) > self.materialise_max_bytes:
             return _Snapshot(self, self.relation_sql(), self.column_names(), lambda: None)
         with self._lock:
             table = self._table if self._table is not None and self._table.state == state else None
@@ -245,7 +367,7 @@ class DuckDBSource(LocalSource):
             table.users += 1
         return _Snapshot(self, table.relation, list(table.columns), lambda: self._release(table))
 
-    def _load(self, state: FileState, columns: Sequence[ColumnSpec]) -> _LoadedTable:
+    def _load(self, state: SourceState, columns: Sequence[ColumnSpec]) -> _LoadedTable:
         """CREATE TABLE from the file (caller holds ``_lock``); ``state`` was taken before reading."""
         names = [str(r[0]) for r in self.execute(f"DESCRIBE SELECT * FROM {self.relation_sql()}")]
         actual = {n.lower(): n for n in names}  # the spelling ``column_map_for`` would pick
@@ -281,6 +403,26 @@ class DuckDBSource(LocalSource):
             with contextlib.suppress(SourceError):
                 self.execute(f"DROP TABLE IF EXISTS {t.relation}")
 
+    def hold(self) -> None:
+        """Keep this engine open until the matching ``release_hold`` (a query is about to use it)."""
+        with self._lock:
+            self._users += 1
+
+    def release_hold(self) -> None:
+        with self._lock:
+            self._users -= 1
+            close = self._retired_source and self._users == 0
+        if close:
+            self.close()
+
+    def retire(self) -> None:
+        """Close once no query holds this engine (its set of files was superseded)."""
+        with self._lock:
+            self._retired_source = True
+            close = self._users == 0
+        if close:
+            self.close()
+
     def close(self) -> None:
         self._con.close()
 
@@ -290,7 +432,7 @@ class _LoadedTable:
     """One version of a CSV file loaded into the source's engine, and how many queries read it."""
 
     relation: str
-    state: FileState
+    state: SourceState
     columns: tuple[str, ...]
     users: int = 0
 
@@ -420,7 +562,18 @@ def open_source(manifest: Manifest, dataset: DatasetSpec, *, skip_malformed_line
         scheme = dataset.source.split("://", 1)[0]
         raise SourceError(f"dataset '{dataset.name}': unsupported database URL scheme '{scheme}' "
                           "(use postgresql://)")
-    return DuckDBSource(manifest.source_path(dataset), dataset.name, skip_malformed_lines=skip_malformed_lines)
+    files = parquet_files(manifest, dataset)
+    return DuckDBSource(manifest.source_path(dataset), dataset.name, skip_malformed_lines=skip_malformed_lines,
+                        files=files)
+
+
+def parquet_files(manifest: Manifest, dataset: DatasetSpec) -> ParquetFiles | None:
+    """The files of a folder or glob source as they are now (None for one file); ``SourceError``."""
+    ref = dataset.source_ref
+    if ref.layout not in ("folder", "glob"):
+        return None
+    root = Path(ref.root)
+    return ParquetFiles.listing(root if root.is_absolute() else manifest.base_dir / root, ref, dataset.name)
 
 
 # A CSV file up to this size is loaded into the node's engine once per version of the file; a
@@ -432,8 +585,10 @@ class SourceCache:
     """The node's open DuckDB sources, one per dataset file, kept across queries.
 
     Keyed by the file's resolved path (a re-pointed symlink is a new entry, sandboxed to its new
-    target), the dataset's declared columns and ``skip_malformed_lines``. A PostgreSQL source is
-    not kept: each ``open`` connects afresh, as ``open_source`` does. Thread-safe.
+    target), the dataset's declared columns and ``skip_malformed_lines``. A folder or glob source is
+    keyed by its resolved folder and pattern; each ``open`` lists its files, and a new set of files
+    gets a new engine sandboxed to it (the old one closes after its last query). A PostgreSQL
+    source is not kept: each ``open`` connects afresh, as ``open_source`` does. Thread-safe.
     """
 
     def __init__(self, *, materialise_max_bytes: int = DEFAULT_MATERIALISE_MAX_BYTES) -> None:
@@ -449,26 +604,39 @@ class SourceCache:
             with open_source(manifest, dataset, skip_malformed_lines=skip_malformed_lines) as src:
                 yield src
             return
-        path = manifest.source_path(dataset).resolve()
-        key = (str(path), tuple((c.name.lower(), c.type) for c in dataset.columns), skip_malformed_lines)
+        files = parquet_files(manifest, dataset)
+        if files is None:
+            path = manifest.source_path(dataset).resolve()
+            where = str(path)
+        else:
+            path = files.root
+            where = f"{files.root}{os.sep}{dataset.source_ref.pattern or '**'}"
+        key = (where, tuple((c.name.lower(), c.type) for c in dataset.columns), skip_malformed_lines)
         with self._lock:
             shared = self._sources.get(key)
+            if shared is not None and shared.files != files:
+                shared.retire()  # another set of files: its sandbox does not cover the new set
+                shared = None
             if shared is None:
                 shared = DuckDBSource(path, dataset.name, skip_malformed_lines=skip_malformed_lines,
-                                      materialise_max_bytes=self.materialise_max_bytes)
+                                      materialise_max_bytes=self.materialise_max_bytes, files=files)
                 self._sources[key] = shared
-        snap = shared.snapshot(dataset.columns)
+            shared.hold()
         try:
-            yield snap
+            snap = shared.snapshot(dataset.columns)
+            try:
+                yield snap
+            finally:
+                snap.close()
         finally:
-            snap.close()
+            shared.release_hold()
 
     def close(self) -> None:
         """Close every kept engine (in-flight queries must have finished)."""
         with self._lock:
             sources, self._sources = list(self._sources.values()), {}
         for src in sources:
-            src.close()
+            src.retire()
 
 
 def column_map_for(plan: QueryPlan, source: LocalSource) -> dict[str, str]:

@@ -8,7 +8,7 @@ are not passed on, because DuckDB quotes the offending line of a CSV in them.
 Report shape::
 
     {"dataset": "people", "source_kind": "csv" | "parquet" | "postgresql", "ok": bool,
-     "rows": int | None, "malformed_lines": int (CSV only),
+     "rows": int | None, "malformed_lines": int (CSV only), "files": int (folder or glob only),
      "problems": ["column 'age' missing", ...],
      "warnings": ["the database role can INSERT on the table; ...", ...],  (do not affect ok)
      "columns": {"age": {"present": bool, "nulls": n, "type_violations": n,
@@ -116,7 +116,9 @@ def _duck_checks(spec: ColumnSpec, actual: str) -> list[exp.Expression]:
 
 
 def _validate_duckdb(src: DuckDBSource, dataset: DatasetSpec, report: dict[str, Any]) -> None:
-    if not src.path.is_file():
+    if src.files is not None:
+        report["files"] = len(src.files.files)
+    if not src.present():
         report["problems"].append("source file not found")
         return
     # CSV: lines DuckDB cannot parse go to its reject_errors table, so one bad line does not hide
@@ -250,14 +252,20 @@ def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
     Never raises on bad data, a missing file or an unreachable database: each is a reported
     problem (``ok`` false).
     """
-    kind = "postgresql" if "://" in dataset.source else (
-        "parquet" if dataset.source.lower().endswith(".parquet") else "csv")
+    ref = dataset.source_ref
+    kind = ref.kind
     report = _report(dataset, kind)
     try:
         src = open_source(manifest, dataset)
     except SourceError as e:
-        report["problems"].append("source could not be opened" if kind != "postgresql" else
-                                  ("table not found" if "not found" in e.detail else "database unreachable"))
+        if kind == "postgresql":
+            report["problems"].append("table not found" if "not found" in e.detail else "database unreachable")
+        elif ref.layout in ("folder", "glob"):
+            # Listing problems (no files, a link out of the folder, mixed partition layouts) name
+            # no value; say which.
+            report["problems"].append(e.detail.split(": ", 1)[-1])
+        else:
+            report["problems"].append("source could not be opened")
         return _finish(report)
     try:
         if isinstance(src, DuckDBSource):
