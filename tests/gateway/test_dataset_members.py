@@ -157,6 +157,9 @@ def test_migration_gives_existing_datasets_to_their_first_holder(tmp_path: Path)
                               " eps_spent, delta_spent, eps_reserved, delta_reserved) VALUES"
                               " (:n, 'patients', '{}', 1, 1, 0, 0, 0, 0)"), {"n": "n" + pid})
     engine.dispose()
+    from xdp_compute.gateway.store import upgrade_database
+
+    upgrade_database(f"sqlite:///{tmp_path / 'old.db'}")  # `xdp db upgrade`: Store.open migrates nothing
     store = Store.open(f"sqlite:///{tmp_path / 'old.db'}")
     try:
         info = store.dataset_membership("patients")

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from xdp_compute.domain.manifest import DatasetSpec
@@ -34,6 +34,18 @@ from xdp_compute.domain.policy import NodePart, owner_policy, under_owner_policy
 from xdp_compute.errors import BadRequest, BudgetExhausted, NotFound, SchemaConflict, Unauthorized
 from xdp_compute.gateway import membership
 from xdp_compute.gateway import models as m
+from xdp_compute.gateway.migrations import (
+    DatabaseUnavailable,
+    SchemaOutdated,
+    check_schema,
+    migrate,
+    schema_head,
+    schema_revisions,
+    schema_state,
+)
+
+# Where the store is opened, these are the failures to catch; ``migrate`` for ``xdp db upgrade``.
+__all__ = ["DatabaseUnavailable", "SchemaOutdated", "Store", "make_engine", "migrate", "upgrade_database"]
 
 ROLES = ("admin", "holder", "analyst", "auditor")
 EPS_TOLERANCE = 1e-9
@@ -55,12 +67,34 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE for write sessions."""
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None for in-memory databases and other dialects)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[1] if "///" in url else ""
+    return path if path and path != ":memory:" else None
+
+
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE for write sessions.
+
+    A SQLite file's directory must exist (a typo must not start an empty database elsewhere);
+    with ``create=False`` the file itself must exist too. Raises ``DatabaseUnavailable``.
+    """
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise DatabaseUnavailable(f"not a database URL: {url!r} (sqlite:///PATH or "
+                                  "postgresql://USER@HOST/DB)") from None
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_path(url)
+        if path:
+            if not Path(path).parent.is_dir():
+                raise DatabaseUnavailable(f"the directory of the SQLite database {path} does not exist "
+                                          f"({Path(path).parent}); create it or fix the URL")
+            if not create and not Path(path).exists():
+                raise DatabaseUnavailable(f"no database at {path}: start the gateway on it once, or run "
+                                          f"`xdp db upgrade --db {url}`")
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -82,19 +116,25 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A server that does not answer must fail the start in seconds, not hang it.
+    connect_args = {} if "connect_timeout" in url else {"connect_timeout": 10}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+def upgrade_database(url: str) -> tuple[str | None, str]:
+    """Run the migrations up to the head (``xdp db upgrade``); returns (revision before, after).
+    Creates a SQLite file whose directory exists; raises ``DatabaseUnavailable`` otherwise."""
+    engine = make_engine(url)
+    try:
+        before, _ = schema_state(engine)
+        known = schema_revisions()
+        if before is not None and before not in known:
+            raise SchemaOutdated(f"database at revision {before}, unknown to this code (expects "
+                                 f"{schema_head()}): a newer release wrote it")
+        migrate(engine)
+        return before, schema_state(engine)[0] or schema_head()
+    finally:
+        engine.dispose()
 
 
 @dataclass(frozen=True)
@@ -138,9 +178,20 @@ class Store:
         self._epoch_conn: Any = None  # a dedicated SQLite connection, outside the pool
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        engine = make_engine(url)
-        migrate(engine)
+    def open(cls, url: str, *, create: bool = True) -> Store:
+        """Open the database at ``url`` at the schema this code expects.
+
+        Nothing is migrated here: a database at an older revision raises ``SchemaOutdated``
+        (``xdp db upgrade``). A brand-new empty database is initialised when ``create`` (the
+        gateway's first start); with ``create=False`` (``xdp admin``) it must already exist.
+        Raises ``DatabaseUnavailable`` with one line when it cannot be reached.
+        """
+        engine = make_engine(url, create=create)
+        try:
+            check_schema(engine, initialise=create)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine)
 
     def close(self) -> None:
