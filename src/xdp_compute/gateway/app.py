@@ -9,16 +9,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xdp_compute.config import Settings
 from xdp_compute.errors import PROBLEM_BASE, XdpError
+from xdp_compute.gateway import health
+from xdp_compute.gateway.deps import Svc, require_role
+from xdp_compute.gateway.docs import install_docs
 from xdp_compute.gateway.limits import BodyLimit
+from xdp_compute.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from xdp_compute.gateway.observability import AccessLog
 from xdp_compute.gateway.services import Services
-from xdp_compute.gateway.store import Store
+from xdp_compute.gateway.store import PrincipalView, Store, hash_token
 
 log = logging.getLogger("xdp.gateway")
 PROBLEM = "application/problem+json"
@@ -48,13 +53,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         from xdp_compute.gateway.runtime import start_runtime
 
         stop = await start_runtime(svc)
+        scheme = "https" if settings.tls_cert else "http"
+        log.info("REST API on %s://%s:%d (docs at /docs)", scheme, settings.http_host, settings.http_port,
+                 extra={"rest_address": f"{scheme}://{settings.http_host}:{settings.http_port}"})
         try:
             yield
         finally:
             await stop()
             store.close()
 
-    app = FastAPI(title="xdp-compute gateway", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="xdp-compute gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Data usable but not visible: catalog, joint statistics, HE queries, DP "
                               "training and a verifiable release log.")
     if services is not None:
@@ -86,7 +94,30 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
+        """Liveness: the process answers. Checks nothing else (that is ``/readyz``)."""
         return {"status": "ok", "time": time.time()}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(svc: Svc) -> JSONResponse:
+        """Readiness: the database answers, the gRPC port accepts connections, the release log in
+        memory matches the store's last signed head, and at least one node is online. 503 with
+        the failing checks otherwise. No token needed; it names no principal and reads no data."""
+        checks = await health.readiness(svc)
+        body = {name: c.to_dict() for name, c in checks.items()}
+        failing = [name for name, c in checks.items() if not c.ok]
+        if not failing:
+            return JSONResponse({"status": "ready", "checks": body})
+        return problem_response(503, "not-ready", "Gateway not ready", f"failing checks: {', '.join(failing)}",
+                                instance="/readyz", checks=body)
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             dependencies=[Depends(require_role("auditor", "admin"))])
+    def metrics(svc: Svc) -> Response:
+        """Prometheus text format; needs an auditor or admin token (``bearer_token_file`` in the
+        scrape config). Labels are kinds, outcomes, phases and dataset names — never a principal."""
+        return Response(svc.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    install_docs(app)
 
     from xdp_compute.gateway.routers import approvals, audit, catalog, jobs, members, metering, nodes
 
@@ -102,4 +133,19 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     openapi.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
                        timeout=settings.body_timeout_seconds)
+    # Outermost: every answer, BodyLimit's 413/408 included, gets a request id and an access line.
+    app.add_middleware(AccessLog, principal_of=lambda token: _principal_of(app, token),  # type: ignore[arg-type]
+                       metrics_of=lambda: getattr(_services(app), "metrics", None))
     return app
+
+
+def _services(app: FastAPI) -> Services | None:
+    return getattr(app.state, "services", None)
+
+
+def _principal_of(app: FastAPI, token: str) -> PrincipalView | None:
+    """Who sent ``token``, for the access log, from what authenticating the request cached (no
+    database read per log line; None for a token that did not authenticate)."""
+    svc = _services(app)
+    hit = svc.store._tokens.get(hash_token(token)) if svc is not None else None
+    return hit[0] if hit is not None else None

@@ -98,6 +98,9 @@ class TaskHub:
         cutoff = time.monotonic() - seconds
         return [n for n, t in self._heard.items() if t < cutoff and n not in self._offline]
 
+    def online_count(self) -> int:
+        return sum(1 for n in self._heard if n not in self._offline)
+
     def is_online(self, node_id: str) -> bool:
         return node_id in self._heard and node_id not in self._offline
 

@@ -178,8 +178,10 @@ class JobLifecycle:
     async def release(self, job_id: str, principal: str, outcome: Outcome, started: float) -> dict[str, Any]:
         """Record compute time, then pass the outcome through the one ReleaseGate with its approvers."""
         await asyncio.to_thread(self._record_compute, job_id, time.time() - started)
+        self.svc.metrics.observe_phase(outcome.operation, "rounds", time.time() - started)
         approvers = await asyncio.to_thread(self.approvers, job_id)
-        return await asyncio.to_thread(self.gate.release, job_id, principal, outcome, approvers)
+        with self.svc.metrics.phase(outcome.operation, "release"):
+            return await asyncio.to_thread(self.gate.release, job_id, principal, outcome, approvers)
 
     def hand_over(self, job_id: str, delivery: dict[str, Any], background: bool) -> dict[str, Any]:
         """An encrypted answer that nobody is waiting for is held in memory until fetched once."""

@@ -341,8 +341,9 @@ class QueryService:
 
     async def submit(self, who: PrincipalView, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle POST /v1/queries. Returns (HTTP status, body)."""
-        p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
-                                    body.get("level", 0.95), "query", body.get("public_key"))
+        with self.svc.metrics.phase("he_query" if body.get("public_key") else "query", "plan"):
+            p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
+                                        body.get("level", 0.95), "query", body.get("public_key"))
         if body.get("dry_run"):
             return 200, self.dry_run(p)
         return await self.submit_prepared(who, p, body.get("idempotency_key"),
@@ -394,6 +395,7 @@ class QueryService:
         # Which node dropped out, and in which phase, is logged for the operator only: a phase
         # or an error could depend on a node's data, and the analyst sees only who contributed.
         payload["nodes"] = survivors
+        self.svc.metrics.dropped(res.dropped.values())
         if res.dropped:
             log.info("job %s: %d node(s) dropped out: %s", job_id, len(res.dropped),
                      {names[u]: ph for u, ph in res.dropped.items()})
@@ -439,6 +441,7 @@ class QueryService:
         except ProtocolAborted as e:
             raise await self.aborted(job_id, p, e) from None
         survivors = [names[u] for u in res.survivors]
+        self.svc.metrics.dropped(res.dropped.values())
         if res.dropped:
             log.info("job %s: %d node(s) dropped out: %s", job_id, len(res.dropped),
                      {names[u]: ph for u, ph in res.dropped.items()})

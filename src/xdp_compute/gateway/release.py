@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,6 +279,8 @@ class ReleaseGate:
     def __init__(self, store: Store, release_log: ReleaseLog, settings: Settings | None = None) -> None:
         self.store, self.log = store, release_log
         self.settings = settings or Settings()
+        # Told each committed decision (outcome, entry kind) for metrics; it changes nothing.
+        self.on_decision: Callable[[Outcome | None, str], None] = lambda outcome, kind: None
 
     # ------------------------------------------------------------------ the gate's own cases
     def recheck(self, outcome: Outcome) -> list[dict[str, Any]]:
@@ -364,6 +366,7 @@ class ReleaseGate:
                 job.status = "released"
                 job.result_json = json.dumps({**delivery, "result": self.kept(outcome)})
                 job.updated_at = time.time()
+        self.on_decision(outcome, RELEASED)
         delivery["receipt"] = self.log.receipt(stored["index"])
         return delivery
 
@@ -391,6 +394,7 @@ class ReleaseGate:
                                       APPROVAL_REFUSED: "denied"}.get(kind, "failed")
                         job.error_json = json.dumps({"detail": reason, "log_index": stored["index"]})
                         job.updated_at = time.time()
+        self.on_decision(outcome, kind)
         return stored
 
     def record(self, entry: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,8 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     # (before serving, so a node that registers at once is not marked offline after it).
     await asyncio.to_thread(svc.store.mark_offline_stale, float("inf"))
     await server.start()
-    log.info("gRPC for nodes on %s:%d", s.grpc_host, bound)
+    svc.grpc_address = (s.grpc_host, bound)
+    log.info("gRPC for nodes on %s:%d", s.grpc_host, bound, extra={"grpc_address": f"{s.grpc_host}:{bound}"})
 
     await asyncio.to_thread(recover_interrupted_jobs, svc)
 

@@ -12,6 +12,7 @@ from xdp_compute.audit import TreeHeadSigner
 from xdp_compute.config import Settings
 from xdp_compute.gateway.hub import TaskHub
 from xdp_compute.gateway.log_key import load_log_signer
+from xdp_compute.gateway.metrics import GatewayMetrics
 from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
 from xdp_compute.gateway.store import Store
 
@@ -28,12 +29,16 @@ class Services:
     # Encrypted answers of approved jobs that nobody waited for: handed over once, then dropped
     # (the gateway keeps only their digest).
     undelivered: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    grpc_address: tuple[str, int] | None = None  # (host, bound port) once the node server is serving
     release_log: ReleaseLog = field(init=False)
     gate: ReleaseGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.release_log = ReleaseLog(self.store, _log_signer(self.settings, self.store))
         self.gate = ReleaseGate(self.store, self.release_log, self.settings)
+        self.gate.on_decision = self.metrics.gate_decision
+        self.metrics.count_nodes_online(self.hub.online_count)
 
 
 def _log_signer(settings: Settings, store: Store) -> TreeHeadSigner:

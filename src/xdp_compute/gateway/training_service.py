@@ -323,6 +323,7 @@ class TrainingRun:
                 raise NodeAbort(_ABORTED) from None
             # Too few nodes answered in time: liveness, not data. The hold stays charged.
             return f"round {rnd}: secure aggregation aborted (too few nodes answered in time)"
+        self.svc.metrics.dropped(res.dropped.values())
         if res.refused:
             for n, err in res.refused.items():
                 _warn(self.names.get(n, n), "train_begin", err)
