@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     # A request body must have arrived in full within this many seconds (else 408).
     body_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("BODY_TIMEOUT"),
                                         description="Seconds a request body may take to arrive (else 408)")
+    log_format: Literal["json", "text"] = Field("json", description="Gateway log lines: json (one object per "
+                                                                    "line, with request_id) or text")
 
     def __init__(self, **kw: Any) -> None:
         try:

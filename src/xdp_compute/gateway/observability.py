@@ -110,6 +110,7 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin at start
 
 
 def incoming_request_id(value: str | None) -> str:
