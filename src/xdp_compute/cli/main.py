@@ -14,6 +14,7 @@ import typer
 
 from xdp_compute.cli import tokens
 from xdp_compute.cli.datasets import datasets_app as _datasets_app
+from xdp_compute.cli.db import register as _register_db
 from xdp_compute.cli.node_audit import NodeCommand
 from xdp_compute.errors import XdpError
 
@@ -56,8 +57,10 @@ def _hostport(value: str, default_port: int, what: str) -> tuple[str, int]:
 @friendly
 def gateway(
     db: str = typer.Option(None, help="SQLAlchemy URL; default sqlite:///./.xdp/gateway.db"),
-    http: str = typer.Option("127.0.0.1:8000", help="REST listen address HOST:PORT"),
-    grpc: str = typer.Option("127.0.0.1:50051", help="gRPC listen address for nodes HOST:PORT"),
+    http: str = typer.Option(None, help="REST listen address HOST:PORT (default XDP_HTTP_HOST:XDP_HTTP_PORT, "
+                                        "127.0.0.1:8000)"),
+    grpc: str = typer.Option(None, help="gRPC listen address for nodes HOST:PORT (default "
+                                        "XDP_GRPC_HOST:XDP_GRPC_PORT, 127.0.0.1:50051)"),
     region: str = typer.Option(None, help="The gateway's region (default XDP_REGION or CN-FJ)"),
     tls_cert: Path = typer.Option(None, envvar="XDP_TLS_CERT", help="The gateway's certificate (HTTPS and gRPC)"),
     tls_key: Path = typer.Option(None, envvar="XDP_TLS_KEY", help="The gateway's private key"),
@@ -71,10 +74,13 @@ def gateway(
     from xdp_compute.config import Settings
     from xdp_compute.gateway.server import run_gateway
 
-    settings = Settings()
-    h, hp = _hostport(http, 8000, "--http")
-    g, gp = _hostport(grpc, 50051, "--grpc")
-    settings = settings.with_(http_host=h, http_port=hp, grpc_host=g, grpc_port=gp)
+    settings = Settings()  # XDP_* variables, validated (InvalidSetting names the variable)
+    if http:
+        h, hp = _hostport(http, settings.http_port, "--http")
+        settings = settings.with_(http_host=h, http_port=hp)
+    if grpc:
+        g, gp = _hostport(grpc, settings.grpc_port, "--grpc")
+        settings = settings.with_(grpc_host=g, grpc_port=gp)
     if db:
         settings = settings.with_(db_url=db)
     if region:
@@ -154,7 +160,7 @@ def create_token(
     from xdp_compute.gateway.tokens import issue_token
 
     settings = Settings()
-    store = Store.open(db or settings.db_url)
+    store = Store.open(db or settings.db_url, create=False)  # a typo'd URL must not start a new database
     try:
         token = issue_token(store, role, name, region or settings.region, expires_days=expires_days,
                             ttl_seconds=ttl)
@@ -328,3 +334,4 @@ def _add_pki() -> None:
 
 
 _add_pki()
+app.add_typer(_register_db(friendly), name="db")

@@ -71,7 +71,7 @@ def register(admin_app: typer.Typer, friendly: Any) -> None:
         from xdp_compute.config import Settings
         from xdp_compute.gateway.store import Store
 
-        return Store.open(db or Settings().db_url)
+        return Store.open(db or Settings().db_url, create=False)  # never starts a new database
 
     @admin_app.command("list-tokens")
     @friendly

@@ -33,7 +33,7 @@ class SchemaOutdated(XdpError):
 def safe_url(url: str) -> str:
     """The URL without its password (for messages and logs)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return make_url(url).render_as_string(hide_password=True).replace("+psycopg://", "://", 1)
     except ArgumentError:
         return "<unparseable database URL>"
 
