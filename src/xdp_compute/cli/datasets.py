@@ -1,74 +1,67 @@
-"""``xdp datasets``: the owner of a dataset invites, lists and revokes the holders who add rows to it."""
+"""``xdp datasets``: the catalog (``list``); the owner of a dataset invites, lists and revokes the
+holders who add rows to it."""
 
 from __future__ import annotations
 
-import functools
-import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from xdp_compute.errors import XdpError
+from xdp_compute.cli.exit_codes import friendly
+from xdp_compute.cli.options import CA, JSON, TIMEOUT, TOKEN, TOKEN_FILE, URL, gateway_client
+from xdp_compute.cli.output import as_data, print_json, print_table
 
-datasets_app = typer.Typer(no_args_is_help=True, help="Dataset owners: invite, list and revoke members.")
-
-URL = typer.Option(..., envvar="XDP_URL", help="Gateway REST URL")
-TOKEN = typer.Option(None, envvar="XDP_TOKEN", help="Your holder token (prefer XDP_TOKEN or --token-file)")
-TOKEN_FILE = typer.Option(None, envvar="XDP_TOKEN_FILE", help="A file holding your token")
-CA = typer.Option(None, envvar="XDP_CA", help="The deployment's CA certificate (https:// gateways)")
-
-
-def _client(url: str, token: str | None, token_file: Path | None, ca: str | None) -> Any:
-    from xdp_compute import Client
-
-    if token is None and token_file is not None:
-        token = token_file.read_text().strip()
-    if not token:
-        raise typer.BadParameter("give a token: XDP_TOKEN, --token-file or --token")
-    return Client(url, token, **({"ca": ca} if ca else {}))
-
-
-def _friendly(fn: Any) -> Any:
-    """As ``cli.main.friendly`` (not imported: main imports this module): one line, exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except XdpError as e:
-            typer.echo(f"error: {e.detail}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+datasets_app = typer.Typer(no_args_is_help=True, help="The catalog, and dataset owners: invite, list and revoke "
+                                                      "members.")
 
 
 @datasets_app.command("invite")
-@_friendly
+@friendly
 def invite(dataset: str = typer.Argument(..., help="Your dataset"),
            holder: str = typer.Argument(..., help="The holder (principal name) to invite"),
-           url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA) -> None:
+           url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA,
+           timeout: float = TIMEOUT) -> None:
     """Let HOLDER's nodes add their rows to DATASET (under your policy; their budgets stay theirs)."""
-    with _client(url, token, token_file, ca) as c:
+    with gateway_client(url, token, token_file, ca, timeout) as c:
         c.invite(dataset, holder)
     typer.echo(f"invited {holder} to {dataset}: its nodes may now declare {dataset}")
 
 
 @datasets_app.command("members")
-@_friendly
+@friendly
 def members(dataset: str = typer.Argument(...), url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE,
-            ca: str = CA) -> None:
+            ca: str = CA, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
     """The owner and members of DATASET."""
-    with _client(url, token, token_file, ca) as c:
-        info = {"owner": c.dataset(dataset).get("owner"), "members": c.members(dataset)}
-    typer.echo(json.dumps(info, indent=2))
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        info = {"owner": as_data(c.dataset(dataset)).get("owner"), "members": as_data(c.members(dataset))}
+    if as_json:
+        print_json(info)
+        return
+    typer.echo(f"owner: {info['owner']}")
+    print_table(info["members"], sorted({k for m in info["members"] for k in m}), empty="(no members)")
+
+
+@datasets_app.command("list")
+@friendly
+def datasets_list(url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA,
+                  timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    """The catalog: datasets, their classification, nodes and columns (metadata only)."""
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        catalog = as_data(c.datasets())
+    if as_json:
+        print_json(catalog)
+        return
+    rows = [{"dataset": d.get("name"), "owner": d.get("owner"), "classification": d.get("classification"),
+             "nodes": [n["name"] + ("" if n.get("online") else " (offline)") for n in d.get("nodes") or []],
+             "columns": [c["name"] for c in d.get("columns") or []]} for d in catalog]
+    print_table(rows, ["dataset", "owner", "classification", "nodes", "columns"], empty="(no datasets)")
 
 
 @datasets_app.command("revoke")
-@_friendly
+@friendly
 def revoke(dataset: str = typer.Argument(...), holder: str = typer.Argument(...), url: str = URL,
-           token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA) -> None:
+           token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA, timeout: float = TIMEOUT) -> None:
     """Remove HOLDER from DATASET: its nodes take part in no further job on it (its ledger stays)."""
-    with _client(url, token, token_file, ca) as c:
+    with gateway_client(url, token, token_file, ca, timeout) as c:
         c.revoke(dataset, holder)
     typer.echo(f"revoked {holder} from {dataset}")

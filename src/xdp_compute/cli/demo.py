@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xdp_compute.cli.cluster import LocalCluster
+from xdp_compute.cli.output import as_data
 
 DISTRICTS = ["Siming", "Huli", "Jimei"]
 HOSPITALS = {"Siming": "siming-hospital", "Huli": "huli-hospital", "Jimei": "jimei-hospital"}
@@ -124,22 +125,22 @@ def run_demo(console: Console | None = None) -> int:
         console.rule("[bold]1. Data holders: nodes dial out, register and validate their sources")
         for node in HOSPITALS.values():
             with cluster.client(tokens[node]) as holder:
-                mine = holder.nodes()
-                report = holder.validate_node(node)
+                mine = as_data(holder.nodes())
+                report = as_data(holder.validate_node(node))
                 for ds in report["datasets"]:
                     console.print(f"  {node}: online={mine[0]['online']} dataset {ds['dataset']!r} "
                                   f"valid={ds['ok']} violations={ds.get('violations_total', 0)}")
         # Analyst catalog
         console.rule("[bold]2. Analyst: catalog (metadata only) and a mock preview")
         with cluster.client(tokens["analyst"], key_dir=str(cluster.root / "analyst-keys")) as analyst:
-            for ds in analyst.datasets():
+            for ds in as_data(analyst.datasets()):
                 console.print(f"  dataset {ds['name']!r} ({ds['classification']}, categories {ds['categories']}) "
                               f"on {', '.join(n['name'] + (' (online)' if n['online'] else ' (offline)') for n in ds['nodes'])}")
                 console.print(_table("  columns", [{"column": c["name"], "type": c["type"],
                                                     "bounds/values": c["values"] or f"[{c['min']:g}, {c['max']:g}]"
                                                     if c["type"] != "text" else "-",
                                                     "uses": ",".join(c["uses"]) or "none"} for c in ds["columns"]]))
-            console.print(_table("  mock preview (synthetic, from metadata alone)", analyst.mock("patients", rows=5)))
+            console.print(_table("  mock preview (synthetic, from metadata alone)", as_data(analyst.mock("patients", rows=5))))
             from xdp_compute.cli import demo_steps
 
             demo_steps.run_all(console, cluster, tokens, analyst)

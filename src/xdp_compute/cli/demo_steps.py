@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 
 from xdp_compute.cli.cluster import LocalCluster
+from xdp_compute.cli.output import as_data
 
 JOINT_SQL = ("SELECT district, COUNT(*) AS patients, AVG(cost) AS avg_cost, AVG(stay_days) AS avg_stay "
              "FROM patients WHERE age > 60 GROUP BY district")
@@ -15,7 +16,7 @@ JOINT_SQL = ("SELECT district, COUNT(*) AS patients, AVG(cost) AS avg_cost, AVG(
 def joint_statistics(console: Console, analyst: Any) -> None:
     console.rule("[bold]3. Analyst: joint statistics over three hospitals (DP + secure aggregation)")
     console.print(f"  SQL: {JOINT_SQL}")
-    plan = analyst.query(JOINT_SQL, epsilon=1.0, dry_run=True)
+    plan = as_data(analyst.query(JOINT_SQL, epsilon=1.0, dry_run=True))
     console.print(f"  dry run: cost epsilon={plan['cost']['epsilon']:.4g}, delta={plan['cost']['delta']:.2g}; "
                   f"decisions: {', '.join(sorted({d['rule'] for d in plan['decisions']}))} -> "
                   f"{'allowed' if plan['allowed'] else 'denied'}")
@@ -58,7 +59,7 @@ def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str])
 
     console.rule("[bold]6. Auditor: the release log, verified")
     with cluster.client(tokens["auditor"]) as auditor:
-        entries = auditor._get("/v1/audit/entries")
+        entries = as_data(auditor.audit_entries())
         for e in entries:
             cost = (e.get("privacy_cost") or {}).get("epsilon")
             console.print(f"  #{e['index']:<3} {e['kind']:<17} {e.get('operation') or '':<10} "
@@ -79,7 +80,7 @@ def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str])
                       f"of {len(pinned)} node witnesses; checkpoint saved")
         for problem in report.problems:
             console.print(f"  [red]{problem}[/red]")
-        meter = auditor.metering()
+        meter = as_data(auditor.metering())
         for who, m in meter["per_analyst"].items():
             console.print(f"  metering {who}: {int(m['jobs'])} jobs, epsilon {m['epsilon_spent']:.3g}, "
                           f"{int(m['cells_released'])} cells, {m['compute_seconds']:.2f}s compute")

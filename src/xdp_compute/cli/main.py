@@ -1,47 +1,55 @@
-"""The ``xdp`` command: gateway | node | admin | query | train | audit | demo."""
+"""The ``xdp`` command: gateway | node | admin | query | train | jobs | budget | audit | approvals | demo.
+
+Exit codes are one table (``cli/exit_codes.py``); client commands share their options
+(``cli/options.py``: ``--url``/``XDP_URL``, ``--token``/``--token-file``, ``--ca``, ``--timeout``,
+``--json``).
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import typer
 
 from xdp_compute.cli import tokens
 from xdp_compute.cli.datasets import datasets_app as _datasets_app
 from xdp_compute.cli.db import register as _register_db
+from xdp_compute.cli.exit_codes import friendly
+from xdp_compute.cli.jobs import budget as _budget
+from xdp_compute.cli.jobs import jobs_app as _jobs_app
+from xdp_compute.cli.jobs import nodes_app as _nodes_app
 from xdp_compute.cli.node_audit import NodeCommand
-from xdp_compute.errors import XdpError
+from xdp_compute.cli.options import CA, JSON, TIMEOUT, TOKEN, TOKEN_FILE, URL, gateway_client
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="xdp-compute: data usable but not visible.")
+EPILOG = ("Client commands read XDP_URL, XDP_TOKEN or XDP_TOKEN_FILE, and XDP_CA; --json prints one JSON document. "
+          "Exit codes: 0 ok, 1 failed, 2 usage, 3 auth, 4 denied, 5 budget exhausted, 6 unreachable or timed out, "
+          "7 not found, 8 invalid request, 9 conflict.")
+app = typer.Typer(add_completion=True, no_args_is_help=True, help="xdp-compute: data usable but not visible.",
+                  epilog=EPILOG)
 admin_app = typer.Typer(no_args_is_help=True, help="Administration: tokens and certificates.")
-audit_app = typer.Typer(no_args_is_help=True, help="Auditors: verify the release log.")
+audit_app = typer.Typer(no_args_is_help=True, help="Auditors: the release log (entries, verification).")
 app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
 app.add_typer(_datasets_app, name="datasets")
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["app", "friendly"]
 
 
-def friendly(fn: F) -> F:
-    """Turn expected failures into a one-line message and a non-zero exit (no traceback)."""
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except XdpError as e:
-            typer.echo(f"error: {e.detail}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
+        typer.echo(f"xdp {version('xdp-compute')}")
+        raise typer.Exit()
 
-    return wrapper  # type: ignore[return-value]
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit")) -> None:
+    """xdp-compute: data usable but not visible."""
 
 
 def _hostport(value: str, default_port: int, what: str) -> tuple[str, int]:
@@ -186,102 +194,163 @@ def demo() -> None:
 @friendly
 def query(
     sql: str = typer.Argument(..., help="SELECT ... FROM dataset [WHERE ...] [GROUP BY ...]"),
-    url: str = typer.Option(..., help="Gateway REST URL, e.g. http://127.0.0.1:8000"),
-    token: str = tokens.token_option(),
-    token_file: Path = tokens.token_file_option(),
-    ca: str = tokens.ca_option(),
-    epsilon: float = typer.Option(..., help="Privacy cost to spend on this query"),
-    delta: float = typer.Option(None, help="Delta (default: 1% of the dataset's delta budget)"),
+    url: str = URL,
+    token: str = TOKEN,
+    token_file: Path = TOKEN_FILE,
+    ca: str = CA,
+    epsilon: float = typer.Option(..., help="Privacy cost to spend on this query (at most; a note says when "
+                                            "less is spent)"),
+    delta: float = typer.Option(None, help="Delta (default: 0.1% of the smallest delta budget among the "
+                                           "dataset's owner's nodes)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show plan, cost, expected error; charge nothing"),
     encrypt: bool = typer.Option(False, "--encrypt", help="Paillier encrypted delivery (key kept locally)"),
     idempotency_key: str = typer.Option(None, help="Retry-safe key: the same key returns the same answer"),
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
 ) -> None:
-    """Run a federated DP SQL query and print the table with 95% intervals."""
-    import json as _json
+    """Run a federated DP SQL query and print the table with 95% intervals.
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
-        r = c.query(sql, epsilon=epsilon, delta=delta, dry_run=dry_run, idempotency_key=idempotency_key,
-                    encrypt=encrypt)
-    if dry_run:
-        typer.echo(_json.dumps(r, indent=2))
-        return
-    typer.echo(r.table())
-    typer.echo(f"\nspent epsilon={r.epsilon:.6g} delta={r.delta:.3g}; intervals are {r.level:.0%}; "
-               f"budget left: " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(r.remaining.items())))
+    While the job waits (for the holders' approval or for its nodes) a `waiting:` line says so on
+    stderr; whatever the gateway changed (a lower epsilon, nodes left out or dropped) is a `note:`."""
+    from xdp_compute.cli.query import run_query
+
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        run_query(c, sql, epsilon=epsilon, delta=delta, dry_run=dry_run, encrypt=encrypt,
+                  idempotency_key=idempotency_key, timeout=timeout, as_json=as_json)
 
 
 @audit_app.command("verify")
 @friendly
 def audit_verify(
-    url: str = typer.Option(..., help="Gateway REST URL"),
-    token: str = tokens.token_option(),
-    token_file: Path = tokens.token_file_option(),
-    ca: str = tokens.ca_option(),
+    url: str = URL,
+    token: str = TOKEN,
+    token_file: Path = TOKEN_FILE,
+    ca: str = CA,
     checkpoint: Path = typer.Option(None, help="Checkpoint file: checked against, then updated on success"),
     witnesses: Path = typer.Option(None, envvar="XDP_WITNESSES",
                                    help="Pinned witness keys (C2SP vkeys, one a line; see `xdp audit witnesses`)"),
     quorum: int = typer.Option(None, min=1, help="Witness cosignatures required (default: a majority)"),
     max_age: float = typer.Option(600.0, min=0, help="Newest quorum of cosignatures may be this old, s (0: any)"),
     wait: float = typer.Option(15.0, min=0, help="Seconds to wait for witnesses to cosign the newest entries"),
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
 ) -> None:
     """Download the release log, recompute the Merkle tree, check every signed head, the consistency
     with the saved checkpoint and a quorum of the pinned witnesses' cosignatures; exit non-zero
     naming the problems (and the first bad index) on tampering."""
     from xdp_compute.cli.audit import verify_and_report
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
-        verify_and_report(c, checkpoint, witnesses, quorum, max_age, wait)
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        verify_and_report(c, checkpoint, witnesses, quorum, max_age, wait, as_json)
 
 
 @audit_app.command("witnesses")
 @friendly
 def audit_witnesses(
-    url: str = typer.Option(..., help="Gateway REST URL"),
-    token: str = tokens.token_option(),
-    token_file: Path = tokens.token_file_option(),
-    ca: str = tokens.ca_option(),
+    url: str = URL,
+    token: str = TOKEN,
+    token_file: Path = TOKEN_FILE,
+    ca: str = CA,
     save: Path = typer.Option(..., help="File to pin the witnesses' keys in (for --witnesses)"),
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
 ) -> None:
     """Fetch the nodes' witness keys once and save them for pinning (check them with the holders)."""
     from xdp_compute.cli.audit import fetch_and_pin
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
-        fetch_and_pin(c, save)
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        fetch_and_pin(c, save, as_json)
 
 
+@audit_app.command("entries")
+@friendly
+def audit_entries(
+    dataset: str = typer.Option(None, help="Only entries about this dataset"),
+    principal: str = typer.Option(None, help="Only entries of this principal (e.g. an analyst's name)"),
+    kind: str = typer.Option(None, help="Only this kind: released, refused, denied, aborted, ..."),
+    since: float = typer.Option(None, help="Only entries at or after this Unix time (seconds)"),
+    until: float = typer.Option(None, help="Only entries at or before this Unix time (seconds)"),
+    start: int = typer.Option(0, min=0, help="First log index to read from (paging)"),
+    limit: int = typer.Option(1000, min=1, help="At most this many entries"),
+    url: str = URL,
+    token: str = TOKEN,
+    token_file: Path = TOKEN_FILE,
+    ca: str = CA,
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
+) -> None:
+    """Release-log entries (auditors): who ran what, at what cost, under which decisions; digests, no values."""
+    from xdp_compute.cli.audit import print_entries
+    from xdp_compute.cli.output import as_data
+
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        entries = as_data(c.audit_entries(dataset=dataset, principal=principal, kind=kind, since=since,
+                                          until=until, start=start, limit=limit))
+    print_entries(entries, as_json)
+
+
+app.add_typer(_jobs_app, name="jobs")
+app.command("budget")(_budget)
 approvals_app = typer.Typer(no_args_is_help=True, help="Holders: approve or deny jobs on your datasets.")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(_nodes_app, name="nodes")
 
 
 @approvals_app.command("list")
 @friendly
-def approvals_list(url: str = typer.Option(...), token: str = tokens.token_option(),
-                   token_file: Path = tokens.token_file_option(), ca: str = tokens.ca_option()) -> None:
-    """Jobs awaiting your decision: plan, principal, cost and policy decisions."""
-    import json as _json
+def approvals_list(url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA,
+                   timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    """Jobs on your datasets awaiting (or past) your decision: plan, principal, cost, policy decisions."""
+    from xdp_compute.cli.output import as_data, print_json
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
-        typer.echo(_json.dumps(c.approvals(), indent=2))
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        items = as_data(c.approvals())
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        typer.echo("(no jobs await your decision)")
+    for a in items:
+        cost = a.get("cost") or {}
+        sql = (a.get("plan_summary") or {}).get("sql") or (a.get("request") or {}).get("sql")
+        typer.echo(f"job {a.get('job_id')}  {a.get('status')}  your decision: {a.get('your_decision')}  "
+                   f"{a.get('operation') or ''} by {a.get('principal')}  "
+                   f"epsilon={cost.get('epsilon', float('nan')):.6g} delta={cost.get('delta', float('nan')):.3g}")
+        if sql:
+            typer.echo(f"  sql: {sql}")
+        for d in a.get("decisions") or []:
+            where = f" [{d['node']}]" if d.get("node") else ""
+            typer.echo(f"  {'ok    ' if d.get('allowed') else 'DENIED'} {d.get('rule')}{where}: {d.get('reason')}")
 
 
 @approvals_app.command("approve")
 @friendly
-def approvals_approve(job_id: str, url: str = typer.Option(...), token: str = tokens.token_option(),
-                      token_file: Path = tokens.token_file_option(), ca: str = tokens.ca_option()) -> None:
+def approvals_approve(job_id: str, url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA,
+                      timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    """Approve a job on your datasets; it runs once every holder asked has approved."""
+    from xdp_compute.cli.output import as_data, print_json
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
-        r = c.approve(job_id)
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        r = as_data(c.approve(job_id)) or {}
+    if as_json:
+        print_json(r)
+        return
     typer.echo(f"approved {job_id}" + ("; the job runs now" if r.get("job_runs") else "; waiting for others"))
 
 
 @approvals_app.command("deny")
 @friendly
-def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logged)"), url: str = typer.Option(...),
-                   token: str = tokens.token_option(), token_file: Path = tokens.token_file_option(),
-                   ca: str = tokens.ca_option()) -> None:
+def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logged)"), url: str = URL,
+                   token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA, timeout: float = TIMEOUT,
+                   as_json: bool = JSON) -> None:
+    """Deny a job on your datasets: nothing is computed and its reservation is refunded."""
+    from xdp_compute.cli.output import as_data, print_json
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
-        c.deny(job_id, reason)
+    with gateway_client(url, token, token_file, ca, timeout) as c:
+        r = as_data(c.deny(job_id, reason)) or {}
+    if as_json:
+        print_json(r)
+        return
     typer.echo(f"denied {job_id}; nothing was computed and the reservation was refunded")
 
 
@@ -289,10 +358,10 @@ def approvals_deny(job_id: str, reason: str = typer.Option(..., help="Why (logge
 @friendly
 def train(
     dataset: str = typer.Argument(..., help="Dataset to train on"),
-    url: str = typer.Option(..., help="Gateway REST URL"),
-    token: str = tokens.token_option(),
-    token_file: Path = tokens.token_file_option(),
-    ca: str = tokens.ca_option(),
+    url: str = URL,
+    token: str = TOKEN,
+    token_file: Path = TOKEN_FILE,
+    ca: str = CA,
     model: str = typer.Option("logreg", help="logreg | softmax | linreg | mlp"),
     features: str = typer.Option(..., help="Comma-separated declared columns"),
     label: str = typer.Option(..., help="Declared label column"),
@@ -305,21 +374,29 @@ def train(
     max_grad_norm: float = typer.Option(None),
     hidden: str = typer.Option(None, help="MLP hidden sizes, e.g. 64,32"),
     save: Path = typer.Option(None, help="Save the released model's state_dict here (torch.save)"),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for each call to the gateway"),
+    as_json: bool = JSON,
 ) -> None:
     """DP federated training with a progress bar; prints the model card when released."""
+    from xdp_compute.cli.output import as_data, print_json
     from xdp_compute.sdk.training import print_card
 
-    with tokens.gateway_client(url, token, token_file, ca) as c:
+    with gateway_client(url, token, token_file, ca, timeout) as c:
         job = c.train(dataset, model=model, features=[f.strip() for f in features.split(",") if f.strip()],
                       label=label, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
                       target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
                       hidden=[int(h) for h in hidden.split(",")] if hidden else None)
-        job.wait(progress=True)
-        print_card(job.model_card())
+        job.wait(progress=not as_json)
+        card = job.model_card()
         if save:
             import torch
 
             torch.save(job.model().state_dict(), save)
+        if as_json:
+            print_json({"job_id": job.job_id, "model_card": as_data(card), "saved": str(save) if save else None})
+            return
+        print_card(card)
+        if save:
             typer.echo(f"model saved to {save}")
 
 

@@ -29,6 +29,8 @@ def audit(
 ) -> None:
     """Check that every task in this node's journal appears in the gateway's release log; exit 1 naming
     each one that is missing (or logged at a lower cost than this node charged)."""
+    from xdp_compute.cli.exit_codes import exit_code_for
+    from xdp_compute.cli.output import as_data
     from xdp_compute.domain.manifest import load_manifest
     from xdp_compute.errors import XdpError
     from xdp_compute.node.audit import audit_journal
@@ -39,11 +41,14 @@ def audit(
         journal = read_journal(m.state_path)
         with tokens.gateway_client(url, token, token_file, ca) as c:
             # Holders read the entries about their own datasets; auditors read the whole log.
-            path = "/v1/audit/entries" if c.me().get("role") == "auditor" else "/v1/nodes/log-entries"
-            entries = c._get(path, params={"limit": 100_000})
+            # (No SDK method reads /v1/nodes/log-entries yet, hence the plumbing call for holders.)
+            if as_data(c.me()).get("role") == "auditor":
+                entries = as_data(c.audit_entries(limit=100_000))
+            else:
+                entries = c._get("/v1/nodes/log-entries", params={"limit": 100_000})
     except XdpError as e:
-        typer.echo(f"error: {e.detail}", err=True)
-        raise typer.Exit(2) from None
+        typer.echo(f"error: {' '.join(e.detail.split())}", err=True)
+        raise typer.Exit(exit_code_for(e)) from None
     report = audit_journal(journal, entries)
     if report.ok:
         typer.echo(f"node {m.node_name}: all {report.checked} journal entr{'y' if report.checked == 1 else 'ies'} "

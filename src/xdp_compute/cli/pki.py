@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from xdp_compute.errors import BadRequest
+from xdp_compute.cli.exit_codes import UsageProblem
 
 pki_app = typer.Typer(no_args_is_help=True, help="The deployment's certificates (TLS, node identity).")
 
@@ -52,21 +52,21 @@ def node_credentials(gateway: str, ca: Path | None, cert: Path | None, key: Path
 
     if insecure:
         if ca or cert or key:
-            raise BadRequest("--insecure cannot be combined with --ca/--cert/--key")
+            raise UsageProblem("--insecure cannot be combined with --ca/--cert/--key")
         host, _ = parse_hostport(gateway, 50051)
         if not is_loopback(host):
-            raise BadRequest(f"--insecure dials plaintext on loopback only, and {host} is not a loopback "
+            raise UsageProblem(f"--insecure dials plaintext on loopback only, and {host} is not a loopback "
                              "address: use --ca, --cert and --key")
         return None
     missing = [flag for flag, v in (("--ca", ca), ("--cert", cert), ("--key", key)) if not v]
     if missing:
-        raise BadRequest(f"the node needs {', '.join(missing)} (from `xdp admin pki issue`) to verify the gateway "
+        raise UsageProblem(f"the node needs {', '.join(missing)} (from `xdp admin pki issue`) to verify the gateway "
                          "and prove its identity, or --insecure for plaintext on loopback")
     import grpc
 
     for p in (ca, cert, key):
         if not Path(str(p)).is_file():
-            raise BadRequest(f"{p}: no such file")
+            raise UsageProblem(f"{p}: no such file")
     return grpc.ssl_channel_credentials(root_certificates=Path(str(ca)).read_bytes(),
                                         private_key=Path(str(key)).read_bytes(),
                                         certificate_chain=Path(str(cert)).read_bytes())

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from xdp_compute.errors import BadRequest
+from xdp_compute.cli.exit_codes import UsageProblem
 
 TOKEN_HELP = ("Bearer token. Prefer --token-file or XDP_TOKEN: a command line is visible to every "
               "user of the machine (ps, /proc)")
@@ -35,16 +35,16 @@ def resolve_token(token: str | None, token_file: Path | None) -> str:
     from xdp_compute.sdk._tls import read_token_file
 
     if token and token_file:
-        raise BadRequest("give --token (XDP_TOKEN) or --token-file (XDP_TOKEN_FILE), not both")
+        raise UsageProblem("give --token (XDP_TOKEN) or --token-file (XDP_TOKEN_FILE), not both")
     if token_file:
         return read_token_file(Path(token_file))
     if token:
         return token.strip()
-    raise BadRequest("no token: use --token-file FILE or set XDP_TOKEN (or XDP_TOKEN_FILE)")
+    raise UsageProblem("no token: use --token-file FILE or set XDP_TOKEN (or XDP_TOKEN_FILE)")
 
 
 def gateway_client(url: str, token: str | None, token_file: Path | None, ca: str | None, **kw: Any) -> Any:
-    """An SDK ``Client`` for a CLI command."""
+    """An SDK ``Client`` for a CLI command (``cli.options.gateway_client`` adds the timeout)."""
     from xdp_compute import Client
 
     return Client(url, resolve_token(token, token_file), ca=ca, **kw)
