@@ -32,6 +32,8 @@ _FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
 MAX_MESSAGE = 64 << 20
 # How long a preloading node waits for its task worker before it registers anyway.
 PRELOAD_WAIT_SECONDS = 120.0
+# An HTTP/1.1 server (e.g. the gateway's REST port) answering this many dials in a row stops the node.
+HTTP_REPLIES_FATAL = 3
 
 
 class NodeFatal(XdpError):
@@ -73,6 +75,7 @@ class NodeAgent:
         self._pool = ThreadPoolExecutor(max_workers=max(self.options.concurrency, 1) * 2,
                                         thread_name_prefix="task")
         self.stop_event = threading.Event()
+        self._http_replies = 0
         self._session: Session | None = None
         self._stub: pb_grpc.NodeServiceStub | None = None
         self._connected = threading.Condition()
@@ -249,6 +252,13 @@ class NodeAgent:
             if code in _FATAL:
                 detail = e.details() if hasattr(e, "details") else str(e)
                 raise NodeFatal(f"gateway refused node {self.manifest.node_name!r}: {detail}") from None
+            details = e.details() if hasattr(e, "details") else ""
+            # grpc-core names an HTTP/1.x answer ("Trying to connect an http1.x server"), or over TLS the
+            # missing h2 ALPN: retrying an HTTP port never helps, so stop with the fix after a few dials.
+            self._http_replies = self._http_replies + 1 if "http1" in str(details) or "ALPN" in str(details) else 0
+            if self._http_replies >= HTTP_REPLIES_FATAL:
+                raise NodeFatal(f"{self.gateway} looks like an HTTP server ({details}); --gateway takes the "
+                                "gateway's gRPC address, default port 50051") from None
             log.warning("gateway unreachable (%s: %s); retrying", code,
                         e.details() if hasattr(e, "details") else "")  # e.g. a failed TLS handshake
         except _Reconnect as e:
