@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import OperationalError
 
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.metrics import GatewayMetrics
@@ -80,16 +81,21 @@ def test_readyz_ready_with_grpc_and_a_node_then_unready_on_a_foreign_head(
     assert api.get("/readyz").json()["checks"]["nodes"]["ok"] is False
 
 
-def test_readyz_unready_when_the_database_fails(api: Any, services: Any, listening: tuple[str, int]) -> None:
+def test_readyz_unready_when_the_database_fails(api: Any, services: Any, listening: tuple[str, int],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     services.grpc_address = listening
     services.hub.registered("node-1")
     assert api.get("/readyz").status_code == 200
-    services.store.engine.dispose()
-    services.store.engine.pool._creator = lambda *a: (_ for _ in ()).throw(OSError("gone"))  # noqa: SLF001
+
+    def down() -> Any:
+        raise OperationalError("SELECT 1", {}, Exception("postgresql://u:hunter2@db/x refused"))
+
+    monkeypatch.setattr(services.store, "read", down)
     r = api.get("/readyz")
     assert r.status_code == 503
-    db = r.json()["checks"]["database"]
-    assert db["ok"] is False and "gone" not in db["detail"]  # the exception type, never its message
+    checks = r.json()["checks"]
+    assert checks["database"]["ok"] is False and checks["release_log"]["ok"] is False
+    assert "hunter2" not in r.text  # the exception's type, never its message
 
 
 # ---------------------------------------------------------------------- metrics
