@@ -121,7 +121,8 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
                           ) -> tuple[int, dict[str, Any]]:
     from xdp_compute.errors import InvalidSpec
 
-    spec, parts, n_features, n_classes, where_plan = await asyncio.to_thread(_spec_and_shape, qs, body)
+    with svc.metrics.phase("training", "plan"):
+        spec, parts, n_features, n_classes, where_plan = await asyncio.to_thread(_spec_and_shape, qs, body)
     delta = float(spec.delta) if spec.delta is not None else \
         min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
     target = float(spec.target_epsilon)
