@@ -202,7 +202,10 @@ def file_capture(path: str) -> Callable[[str, bytes], None]:
 
 
 def build_server(service: NodeService, max_message_bytes: int) -> grpc.aio.Server:
+    # grpc.so_reuseport=0: gRPC sets SO_REUSEPORT by default, which lets a second gateway bind the
+    # same port and take half of the nodes' connections; a busy port must be an error instead.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                      ("grpc.max_send_message_length", max_message_bytes)])
+                                      ("grpc.max_send_message_length", max_message_bytes),
+                                      ("grpc.so_reuseport", 0)])
     pb_grpc.add_NodeServiceServicer_to_server(service, server)
     return server

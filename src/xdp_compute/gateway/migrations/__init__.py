@@ -7,6 +7,7 @@ empty database is initialised in place, on the gateway's first start.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ def schema_state(engine: Engine) -> tuple[str | None, bool]:
     ``DatabaseUnavailable`` with one line when the database cannot be reached."""
     from alembic.runtime.migration import MigrationContext
 
+    # Alembic logs its dialect at INFO on every configure: noise for a check that changes nothing.
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         with engine.connect() as conn:
             revision = MigrationContext.configure(conn).get_current_revision()
@@ -84,6 +89,8 @@ def schema_state(engine: Engine) -> tuple[str | None, bool]:
     except (SQLAlchemyError, sqlite3.Error, OSError) as e:
         raise DatabaseUnavailable(f"cannot reach the database {safe_url(str(engine.url))}: "
                                   f"{_first_line(e)}") from None
+    finally:
+        quiet.setLevel(level)
     return revision, tables
 
 
