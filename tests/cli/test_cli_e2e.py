@@ -194,3 +194,18 @@ def test_a_job_waiting_for_approval_says_so_and_a_holders_denial_exits_denied(ap
     r = run(h, "analyst", "query", "--epsilon", "0.5", "--timeout", "1", SQL)
     assert r.returncode == ExitCode.UNREACHABLE and "xdp jobs show" in r.stderr, r.stderr
     assert "waiting: job" in r.stderr
+
+
+def test_demo_audit_step_lists_entries_through_the_public_sdk(h: Hospitals) -> None:
+    import io
+
+    from rich.console import Console
+
+    from xdp_compute.cli import demo_steps
+
+    run(h, "analyst", "query", "--epsilon", "0.5", SQL)  # at least one released entry to list
+    out = io.StringIO()
+    demo_steps.audit_steps(Console(file=out, width=200), h.cluster, {"auditor": h.tokens["auditor"]})
+    text = out.getvalue()
+    assert "released" in text and "query" in text and "verified: True" in text, text
+    assert "_get" not in Path(demo_steps.__file__).read_text()

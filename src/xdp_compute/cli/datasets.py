@@ -37,8 +37,11 @@ def members(dataset: str = typer.Argument(...), url: str = URL, token: str = TOK
     if as_json:
         print_json(info)
         return
+    from xdp_compute.cli.jobs import when
+
     typer.echo(f"owner: {info['owner']}")
-    print_table(info["members"], sorted({k for m in info["members"] for k in m}), empty="(no members)")
+    print_table([{**m, "invited (UTC)": when(m.get("invited_at"))} for m in info["members"]],
+                ["holder", "invited (UTC)", "invited_by"], empty="(no members)")
 
 
 @datasets_app.command("list")
