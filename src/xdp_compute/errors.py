@@ -12,6 +12,17 @@ from typing import Any
 PROBLEM_BASE = "https://xdp-compute.dev/problems/"
 
 
+class Problem(dict[str, Any]):
+    """An error's RFC 9457 members, read as a dict (``err.problem["detail"]``).
+
+    Calling it, ``err.problem(instance=path)``, gives the body of one answer with ``instance`` set
+    (the form the gateway's handlers use).
+    """
+
+    def __call__(self, instance: str | None = None) -> dict[str, Any]:
+        return {**self, "instance": instance} if instance else dict(self)
+
+
 class XdpError(Exception):
     """Base of every expected failure; carries what problem+json needs."""
 
@@ -23,22 +34,25 @@ class XdpError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self._problem: dict[str, Any] | None = None
 
     @property
     def type_uri(self) -> str:
         return PROBLEM_BASE + self.slug
 
-    def problem(self, instance: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": self.type_uri,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance:
-            body["instance"] = instance
+    @property
+    def problem(self) -> Problem:
+        """The problem+json members: as the gateway answered them (SDK), else built from this error."""
+        wire = getattr(self, "_problem", None)
+        if wire is not None:
+            return Problem(wire)
+        body = Problem(type=self.type_uri, title=self.title, status=self.status, detail=self.detail)
         body.update(self.extra)
         return body
+
+    @problem.setter
+    def problem(self, body: dict[str, Any]) -> None:
+        self._problem = dict(body)
 
 
 class BadRequest(XdpError):
@@ -101,6 +115,24 @@ class ProtocolAborted(XdpError):
     """A multi-party protocol could not finish (e.g. fewer than t survivors)."""
 
     status, slug, title = 503, "protocol-aborted", "Protocol aborted"
+
+
+class InvalidArgument(BadRequest, ValueError):
+    """An SDK call's argument is invalid; raised before anything is sent."""
+
+    slug, title = "invalid-argument", "Invalid argument"
+
+
+class GatewayUnreachable(XdpError):
+    """The gateway could not be reached (refused, DNS, TLS): nothing was sent or nothing answered."""
+
+    status, slug, title = 503, "gateway-unreachable", "Gateway unreachable"
+
+
+class GatewayTimeout(GatewayUnreachable):
+    """The gateway accepted the connection but did not answer in time; the request may have run."""
+
+    status, slug, title = 504, "gateway-timeout", "Gateway timeout"
 
 
 class WrongKey(XdpError):

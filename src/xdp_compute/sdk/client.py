@@ -1,14 +1,32 @@
-"""The Python SDK: ``Client(url, token)`` over httpx (transport injectable for tests)."""
+"""The Python SDK: ``Client`` and ``AsyncClient`` over httpx, on one description of every call.
+
+httpx's ``_client.py`` shape: ``BaseClient`` builds requests and reads answers; ``Client`` and
+``AsyncClient`` only do I/O. Each API call is described once, as an ``endpoint`` that returns a
+``Call`` (one request) or a flow (a generator yielding ``Call``s and ``Pause``s, e.g. a query
+that waits for approval); ``Client`` runs it blocking, ``AsyncClient`` awaits it. Answers are
+read into the typed records of ``xdp_compute.contract.api``, the same the gateway declares.
+
+Arguments are checked before anything is sent (``InvalidArgument``); a gateway that cannot be
+reached raises ``GatewayUnreachable`` (``GatewayTimeout`` when it stops answering); every error
+answer raises the ``XdpError`` subclass its problem ``type`` names, with ``.problem`` as sent.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import os
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
 
 from xdp_compute import errors as E
+from xdp_compute.contract import api as A
+from xdp_compute.sdk import _args
 from xdp_compute.sdk._tls import token_from_env, verify_for
 from xdp_compute.sdk.results import QueryResult, query_result
 
@@ -18,7 +36,11 @@ for _cls in list(vars(E).values()):
         _BY_SLUG.setdefault(_cls.slug, _cls)
 _BY_STATUS: dict[int, type[E.XdpError]] = {400: E.BadRequest, 401: E.Unauthorized, 403: E.Forbidden,
                                            404: E.NotFound, 409: E.Conflict, 413: E.PayloadTooLarge,
-                                           422: E.BadRequest}
+                                           422: E.BadRequest, 503: E.ProtocolAborted}
+DEFAULT_TIMEOUT = 120.0
+POLL_SECONDS = 0.25
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ApiError(E.XdpError):
@@ -26,7 +48,7 @@ class ApiError(E.XdpError):
 
 
 def raise_for_problem(resp: httpx.Response) -> None:
-    """Raise the typed XdpError subclass for an RFC 9457 problem answer; carries ``.problem``."""
+    """Raise the typed XdpError subclass for an RFC 9457 problem answer; ``.problem`` is its body."""
     if resp.status_code < 400:
         return
     try:
@@ -39,22 +61,316 @@ def raise_for_problem(resp: httpx.Response) -> None:
     cls = _BY_SLUG.get(slug) or _BY_STATUS.get(resp.status_code) or ApiError
     err = cls(str(problem.get("detail") or problem.get("title") or resp.reason_phrase))
     err.status = resp.status_code
-    err.problem = problem  # type: ignore[attr-defined]
+    err.problem = problem
     raise err
 
 
-class Client:
-    """Talk to a gateway as one principal. Every method raises a typed ``XdpError`` on failure."""
+# ---------------------------------------------------------------------- call descriptions
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and how to read its answer's JSON body."""
 
-    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 120.0, key_dir: str | None = None, ca: str | None = None) -> None:
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A flow waits this long before its next call (polling a job)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SyncOnly(Generic[T]):
+    """A step only the blocking client runs (e.g. Paillier decryption of an encrypted answer)."""
+
+    run: Callable[[Client], T]
+    what: str
+
+
+Flow = Generator[Call[Any] | Pause | SyncOnly[Any], Any, T]
+
+
+class endpoint(Generic[P, T]):  # noqa: N801 - used as a decorator, like property
+    """Decorate a ``BaseClient`` method that describes a call; ``Client`` runs it, ``AsyncClient`` awaits it."""
+
+    def __init__(self, build: Callable[Concatenate[Any, P], Call[T] | Flow[T]]) -> None:
+        self.build = build
+        functools.update_wrapper(self, build)  # type: ignore[arg-type]
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> endpoint[P, T]: ...
+    @overload
+    def __get__(self, obj: Client, owner: type) -> Callable[P, T]: ...
+    @overload
+    def __get__(self, obj: AsyncClient, owner: type) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __get__(self, obj: BaseClient, owner: type) -> Callable[P, Any]: ...
+
+    def __get__(self, obj: BaseClient | None, owner: type) -> Any:
+        if obj is None:
+            return self
+        build = self.build
+
+        @functools.wraps(build)
+        def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return obj._run(build(obj, *args, **kwargs))
+
+        return bound
+
+
+def _list_of(model: type[A.ApiModel]) -> Callable[[Any], list[Any]]:
+    def parse(data: Any) -> list[Any]:
+        return [model.model_validate(x) for x in data]
+
+    return parse
+
+
+def _seg(value: str) -> str:
+    """A path segment: a name or an id, escaped so it stays one segment."""
+    return quote(_args.text("path segment", value, max_len=200), safe="")
+
+
+def _params(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _delivery_or_accepted(data: Any) -> A.Delivery | A.Accepted:
+    return A.Delivery.model_validate(data) if data.get("status") == "released" else A.Accepted.model_validate(data)
+
+
+# ---------------------------------------------------------------------- the shared client
+class BaseClient:
+    """Builds requests and reads answers for one principal; ``Client``/``AsyncClient`` do the I/O."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 key_dir: str | None = None, ca: str | None = None, injected_transport: bool = False) -> None:
         """``token``: default ``XDP_TOKEN`` / ``XDP_TOKEN_FILE``; ``ca``: the deployment's CA certificate
         (default ``XDP_CA``) that the gateway's https:// certificate must chain to."""
-        self.url = url.rstrip("/")
+        self.url = _args.text("url", url, max_len=2000).rstrip("/")
         self.key_dir = key_dir
-        verify = verify_for(self.url, ca, transport is not None)
-        self._http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token or token_from_env()}"},
-                                  transport=transport, timeout=timeout, verify=verify)
+        self.timeout = _args.positive("timeout", timeout)
+        self._verify = verify_for(self.url, ca, injected_transport)
+        self._headers = {"authorization": f"Bearer {token or token_from_env()}"}
+
+    @classmethod
+    def from_env(cls: type[C], **kwargs: Any) -> C:
+        """A client for ``XDP_URL`` with the token of ``XDP_TOKEN`` / ``XDP_TOKEN_FILE`` and the CA of ``XDP_CA``."""
+        url = os.environ.get("XDP_URL", "").strip()
+        if not url:
+            raise E.InvalidArgument("XDP_URL is not set: the gateway's URL, e.g. https://gateway.example:8000")
+        return cls(url, **kwargs)
+
+    # -------------------------------------------------------------- reading answers
+    def _read(self, call: Call[T], resp: httpx.Response) -> T:
+        raise_for_problem(resp)
+        try:
+            data = resp.json() if resp.content else None
+        except ValueError:
+            raise ApiError(f"the gateway answered {resp.status_code} with a body that is not JSON") from None
+        try:
+            return call.parse(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ApiError(f"the gateway's answer to {call.method} {call.path} is not what this SDK reads: "
+                           f"{str(e).splitlines()[0]}") from None
+
+    def _unreachable(self, e: httpx.TransportError) -> E.XdpError:
+        if isinstance(e, httpx.TimeoutException):
+            return E.GatewayTimeout(f"the gateway at {self.url} did not answer within {self.timeout:g}s "
+                                    f"({type(e).__name__}); the request may still run: retry with the same "
+                                    "idempotency_key", url=self.url)
+        hint = (" (is --ca / XDP_CA the deployment's CA certificate?)"
+                if "CERTIFICATE_VERIFY_FAILED" in str(e) else "")
+        return E.GatewayUnreachable(f"cannot reach the gateway at {self.url}: {e or type(e).__name__}{hint}",
+                                    url=self.url)
+
+    def _run(self, step: Call[Any] | Flow[Any]) -> Any:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- catalog and nodes
+    @endpoint
+    def me(self) -> Call[A.Me]:
+        """Who the token belongs to: id, name, role, region."""
+        return Call("GET", "/v1/me", A.Me.model_validate)
+
+    @endpoint
+    def datasets(self) -> Call[list[A.Dataset]]:
+        """Catalog: datasets with nodes, columns, classification and policy (no data-derived figures)."""
+        return Call("GET", "/v1/datasets", _list_of(A.Dataset))
+
+    @endpoint
+    def dataset(self, name: str) -> Call[A.Dataset]:
+        return Call("GET", f"/v1/datasets/{_seg(name)}", A.Dataset.model_validate)
+
+    @endpoint
+    def mock(self, name: str, rows: int = 10) -> Call[list[dict[str, Any]]]:
+        """Synthetic rows drawn from the dataset's declared metadata alone."""
+        return Call("GET", f"/v1/datasets/{_seg(name)}/mock", lambda d: A.MockPreview.model_validate(d).rows,
+                    params={"rows": _args.count("rows", rows, low=1, high=1000)})
+
+    @endpoint
+    def nodes(self) -> Call[list[A.Node]]:
+        return Call("GET", "/v1/nodes", _list_of(A.Node))
+
+    @endpoint
+    def node(self, node: str) -> Call[A.Node]:
+        return Call("GET", f"/v1/nodes/{_seg(node)}", A.Node.model_validate)
+
+    @endpoint
+    def validate_node(self, node: str) -> Call[A.NodeValidation]:
+        """Holders: ask one's own node to check its sources against its manifest (counts only)."""
+        return Call("POST", f"/v1/nodes/{_seg(node)}/validate", A.NodeValidation.model_validate)
+
+    # -------------------------------------------------------------- dataset owners
+    @endpoint
+    def invite(self, dataset: str, holder: str) -> Call[A.MemberChange]:
+        """Owners: let the holder named ``holder`` add its nodes' rows to ``dataset``."""
+        return Call("POST", f"/v1/datasets/{_seg(dataset)}/members", A.MemberChange.model_validate,
+                    json={"holder": _args.text("holder", holder, max_len=200)})
+
+    @endpoint
+    def members(self, dataset: str) -> Call[list[A.Member]]:
+        """The invited holders of ``dataset`` (owner and members may ask; the owner is ``dataset().owner``)."""
+        return Call("GET", f"/v1/datasets/{_seg(dataset)}/members", lambda d: A.Membership.model_validate(d).members)
+
+    @endpoint
+    def revoke(self, dataset: str, holder: str) -> Call[A.MemberChange]:
+        """Owners: remove a member; its nodes take part in no further job on ``dataset``."""
+        return Call("DELETE", f"/v1/datasets/{_seg(dataset)}/members/{_seg(holder)}", A.MemberChange.model_validate)
+
+    # -------------------------------------------------------------- analysts
+    @endpoint
+    def query(self, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
+              idempotency_key: str | None = None, *, level: float = 0.95, encrypt: bool = False,
+              wait: float = 600.0) -> Flow[QueryResult | A.DryRun]:
+        """Run a federated DP SQL query; returns a QueryResult (the plan, a ``DryRun``, when ``dry_run``).
+
+        Waits up to ``wait`` seconds for a job that needs its holders' approval. ``encrypt=True``
+        asks for Paillier encrypted delivery that only this client can decrypt (``Client`` only).
+        """
+        body = _args.query_body(sql, epsilon, delta, dry_run, idempotency_key, level)
+        wait = _args.positive("wait", wait)
+        if encrypt:
+            from xdp_compute.sdk.he import encrypted_query
+
+            return (yield SyncOnly(lambda c: encrypted_query(c, sql, epsilon, delta, idempotency_key=idempotency_key,
+                                                             level=level, wait=wait, dry_run=dry_run),
+                                   "encrypted delivery (encrypt=True)"))
+        out = yield Call("POST", "/v1/queries", lambda d: d, json=body)
+        if dry_run:
+            return A.DryRun.model_validate(out)
+        job = yield from self._wait_flow(out, wait)
+        return query_result(job)
+
+    @endpoint
+    def submit_query(self, sql: str, epsilon: float, delta: float | None = None,
+                     idempotency_key: str | None = None, *, level: float = 0.95) -> Call[A.Delivery | A.Accepted]:
+        """Submit; a job that needs approval answers at once (``Accepted``: job_id, status)."""
+        body = _args.query_body(sql, epsilon, delta, False, idempotency_key, level)
+        return Call("POST", "/v1/queries", _delivery_or_accepted, json=body)
+
+    @endpoint
+    def result(self, job_id: str, wait: float = 600.0) -> Flow[QueryResult]:
+        """Wait for a submitted query's release and return it."""
+        wait = _args.positive("wait", wait)
+        out = yield Call("GET", f"/v1/jobs/{_seg(job_id)}", lambda d: d)
+        return query_result((yield from self._wait_flow(out, wait)))
+
+    def _wait_flow(self, out: dict[str, Any], timeout: float) -> Flow[dict[str, Any]]:
+        """Poll a job that waits (e.g. for approval) until it is released, denied or failed."""
+        deadline = time.monotonic() + timeout
+        while out.get("status") not in ("released", "denied", "failed"):
+            if time.monotonic() > deadline:
+                raise E.Conflict(f"job {out.get('job_id')} still {out.get('status')} after {timeout:g}s",
+                                 job_id=out.get("job_id"))
+            yield Pause(POLL_SECONDS)
+            out = yield Call("GET", f"/v1/jobs/{_seg(out['job_id'])}", lambda d: d)
+        if out["status"] != "released":
+            err = out.get("error") or {}
+            cls = E.PolicyDenied if out["status"] == "denied" else E.ProtocolAborted
+            raise cls(f"job {out['job_id']} {out['status']}: {err.get('detail', '')}", job_id=out["job_id"])
+        return out
+
+    @endpoint
+    def job(self, job_id: str) -> Call[A.Job]:
+        """A job's status and, once released, its delivery with a fresh receipt (own jobs only)."""
+        return Call("GET", f"/v1/jobs/{_seg(job_id)}", A.Job.model_validate)
+
+    @endpoint
+    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50,
+             before: str | None = None) -> Call[A.JobPage]:
+        """The caller's own jobs, newest first; pass ``page.next_before`` as ``before`` for the next page."""
+        if status is not None and status not in A.JOB_STATUSES:
+            raise E.InvalidArgument(f"status must be one of {', '.join(A.JOB_STATUSES)}, not {status!r}")
+        return Call("GET", "/v1/jobs", A.JobPage.model_validate,
+                    params=_params(status=status, kind=kind, limit=_args.count("limit", limit, low=1, high=500),
+                                   before=before))
+
+    @endpoint
+    def budget(self, dataset: str) -> Call[A.Budget]:
+        """Budget left per node of ``dataset`` and the analyst's own."""
+        return Call("GET", f"/v1/budget/{_seg(dataset)}", A.Budget.model_validate)
+
+    # -------------------------------------------------------------- holders
+    @endpoint
+    def approvals(self) -> Call[list[A.Approval]]:
+        """Holders: jobs on your datasets awaiting (or past) your decision."""
+        return Call("GET", "/v1/approvals", _list_of(A.Approval))
+
+    @endpoint
+    def approve(self, job_id: str) -> Call[A.ApprovalDecision]:
+        return Call("POST", f"/v1/approvals/{_seg(job_id)}/approve", A.ApprovalDecision.model_validate)
+
+    @endpoint
+    def deny(self, job_id: str, reason: str) -> Call[A.ApprovalDecision]:
+        return Call("POST", f"/v1/approvals/{_seg(job_id)}/deny", A.ApprovalDecision.model_validate,
+                    json={"reason": _args.text("reason", reason, max_len=2000)})
+
+    # -------------------------------------------------------------- release log and metering
+    @endpoint
+    def public_key(self) -> Call[str]:
+        """The hex Ed25519 key that signs the release log's tree heads."""
+        return Call("GET", "/v1/audit/public-key", lambda d: A.PublicKey.model_validate(d).public_key)
+
+    @endpoint
+    def log_head(self) -> Call[A.LogHead]:
+        """Auditors: the latest signed tree head and any integrity problem the gateway found."""
+        return Call("GET", "/v1/audit/head", A.LogHead.model_validate)
+
+    @endpoint
+    def audit_entries(self, dataset: str | None = None, principal: str | None = None, kind: str | None = None,
+                      since: float | None = None, until: float | None = None, start: int = 0,
+                      limit: int = 1000) -> Call[list[A.LogEntry]]:
+        """Auditors: release-log entries (digests, costs and decisions, never values), filtered."""
+        return Call("GET", "/v1/audit/entries", _list_of(A.LogEntry),
+                    params=_params(dataset=dataset, principal=principal, kind=kind,
+                                   since=None if since is None else _args.real("since", since),
+                                   until=None if until is None else _args.real("until", until),
+                                   start=_args.count("start", start, low=0, high=2**62),
+                                   limit=_args.count("limit", limit, low=1, high=100_000)))
+
+    @endpoint
+    def metering(self) -> Call[A.Metering]:
+        """Auditors (all) and holders (their datasets): jobs, epsilon spent, cells, compute seconds."""
+        return Call("GET", "/v1/metering", A.Metering.model_validate)
+
+
+C = TypeVar("C", bound=BaseClient)
+
+
+# ---------------------------------------------------------------------- blocking I/O
+class Client(BaseClient):
+    """Talk to a gateway as one principal, blocking. Every method raises a typed ``XdpError`` on failure."""
+
+    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, key_dir: str | None = None, ca: str | None = None) -> None:
+        super().__init__(url, token, timeout=timeout, key_dir=key_dir, ca=ca, injected_transport=transport is not None)
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, transport=transport, timeout=timeout,
+                                  verify=self._verify)
 
     def close(self) -> None:
         self._http.close()
@@ -65,19 +381,34 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ plumbing
-    def _request(self, method: str, path: str, **kw: Any) -> Any:
+    def _send(self, call: Call[T]) -> T:
         try:
-            resp = self._http.request(method, path, **kw)
+            resp = self._http.request(call.method, call.path, params=call.params, json=call.json)
         except httpx.TransportError as e:
-            hint = (" (is --ca / XDP_CA the deployment's CA certificate?)"
-                    if "CERTIFICATE_VERIFY_FAILED" in str(e) else "")
-            raise ApiError(f"cannot reach the gateway at {self.url}: {e}{hint}") from None
-        raise_for_problem(resp)
+            raise self._unreachable(e) from None
+        return self._read(call, resp)
+
+    def _run(self, step: Call[Any] | Flow[Any]) -> Any:
+        if isinstance(step, Call):
+            return self._send(step)
         try:
-            return resp.json() if resp.content else None
-        except ValueError:
-            raise ApiError(f"the gateway answered {resp.status_code} with a body that is not JSON") from None
+            item = next(step)
+            while True:
+                if isinstance(item, Pause):
+                    time.sleep(item.seconds)
+                    item = step.send(None)
+                elif isinstance(item, SyncOnly):
+                    result = item.run(self)
+                    step.close()
+                    return result
+                else:
+                    item = step.send(self._send(item))
+        except StopIteration as done:
+            return done.value
+
+    # Raw JSON for the SDK's own helpers (he, scoring, audit) that read undeclared detail.
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        return self._send(Call(method, path, lambda d: d, params=kw.get("params"), json=kw.get("json")))
 
     def _get(self, path: str, **kw: Any) -> Any:
         return self._request("GET", path, **kw)
@@ -85,77 +416,10 @@ class Client:
     def _post(self, path: str, json: Any = None, **kw: Any) -> Any:
         return self._request("POST", path, json=json, **kw)
 
-    # ------------------------------------------------------------------ catalog
-    def me(self) -> dict[str, Any]:
-        return self._get("/v1/me")  # type: ignore[no-any-return]
-
-    def datasets(self) -> list[dict[str, Any]]:
-        """Catalog: datasets with nodes, columns, classification and policy (no data-derived figures)."""
-        return self._get("/v1/datasets")  # type: ignore[no-any-return]
-
-    def dataset(self, name: str) -> dict[str, Any]:
-        return self._get(f"/v1/datasets/{quote(name, safe='')}")  # type: ignore[no-any-return]
-
-    def mock(self, name: str, rows: int = 10) -> list[dict[str, Any]]:
-        """Synthetic rows drawn from the dataset's declared metadata alone."""
-        return self._get(f"/v1/datasets/{quote(name, safe='')}/mock", params={"rows": rows})["rows"]  # type: ignore[no-any-return]
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return self._get("/v1/nodes")  # type: ignore[no-any-return]
-
-    def validate_node(self, node: str) -> dict[str, Any]:
-        """Holders: ask one's own node to check its sources against its manifest (counts only)."""
-        return self._post(f"/v1/nodes/{node}/validate")  # type: ignore[no-any-return]
-
-    # ------------------------------------------------------------------ dataset owners
-    def invite(self, dataset: str, holder: str) -> dict[str, Any]:
-        """Owners: let the holder named ``holder`` add its nodes' rows to ``dataset``."""
-        return self._post(f"/v1/datasets/{quote(dataset, safe='')}/members",  # type: ignore[no-any-return]
-                          json={"holder": holder})
-
-    def members(self, dataset: str) -> list[dict[str, Any]]:
-        """The invited holders of ``dataset`` (owner and members may ask; the owner is ``dataset()['owner']``)."""
-        return self._get(f"/v1/datasets/{quote(dataset, safe='')}/members")["members"]  # type: ignore[no-any-return]
-
-    def revoke(self, dataset: str, holder: str) -> dict[str, Any]:
-        """Owners: remove a member; its nodes take part in no further job on ``dataset``."""
-        return self._request("DELETE", f"/v1/datasets/{quote(dataset, safe='')}/members/"  # type: ignore[no-any-return]
-                                       f"{quote(holder, safe='')}")
-
-    # ------------------------------------------------------------------ analysts
     def _wait(self, out: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Poll a job that waits (e.g. for approval) until it is released, denied or failed."""
-        deadline = time.time() + timeout
-        while out.get("status") not in ("released", "denied", "failed"):
-            if time.time() > deadline:
-                raise ApiError(f"job {out.get('job_id')} still {out.get('status')} after {timeout:g}s", job=out)
-            time.sleep(0.25)
-            out = self._get(f"/v1/jobs/{out['job_id']}")
-        if out["status"] != "released":
-            err = out.get("error") or {}
-            cls = E.PolicyDenied if out["status"] == "denied" else E.ProtocolAborted
-            raise cls(f"job {out['job_id']} {out['status']}: {err.get('detail', '')}", job_id=out["job_id"])
-        return out
+        return self._run(self._wait_flow(out, timeout))  # type: ignore[no-any-return]
 
-    def query(self, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
-              idempotency_key: str | None = None, *, level: float = 0.95, encrypt: bool = False,
-              wait: float = 600.0) -> Any:
-        """Run a federated DP SQL query; returns a QueryResult (a dict of the plan when ``dry_run``).
-
-        ``encrypt=True`` asks for Paillier encrypted delivery: only this client can decrypt.
-        """
-        if encrypt:
-            from xdp_compute.sdk.he import encrypted_query
-
-            return encrypted_query(self, sql, epsilon, delta, idempotency_key=idempotency_key, level=level,
-                                   wait=wait, dry_run=dry_run)
-        body = {"sql": sql, "epsilon": epsilon, "delta": delta, "dry_run": dry_run,
-                "idempotency_key": idempotency_key, "level": level}
-        out = self._post("/v1/queries", json=body)
-        if dry_run:
-            return out
-        return query_result(self._wait(out, wait) if out.get("status") != "released" else out)
-
+    # -------------------------------------------------------------- blocking-only helpers
     def score(self, dataset: str, features: list[str], weights: list[float], bias: float = 0.0,
               where: str | None = None, group_by: list[str] | None = None, *, epsilon: float,
               delta: float | None = None, level: float = 0.95, idempotency_key: str | None = None,
@@ -168,6 +432,7 @@ class Client:
         """
         from xdp_compute.sdk.scoring import linear_score
 
+        _args.query_body("SELECT 1", epsilon, delta, False, idempotency_key, level)
         return linear_score(self, dataset, features, weights, bias, where, group_by, epsilon, delta, level,
                             idempotency_key, wait)
 
@@ -181,83 +446,77 @@ class Client:
 
         body = {"dataset": dataset, "model": model, "features": list(features or []), "label": label,
                 "rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
-                "target_epsilon": target_epsilon, "delta": delta, "max_grad_norm": max_grad_norm, "where": where,
-                "hidden": hidden, "idempotency_key": idempotency_key}
+                "target_epsilon": _args.epsilon(target_epsilon, "target_epsilon"),
+                "delta": None if delta is None else _args.delta(delta), "max_grad_norm": max_grad_norm,
+                "where": where, "hidden": hidden, "idempotency_key": idempotency_key}
         out = self._post("/v1/trainings", json=body)
         return TrainingJob(self, out["job_id"])
-
-    def budget(self, dataset: str) -> dict[str, Any]:
-        """Budget left per node of ``dataset`` and the analyst's own."""
-        return self._get(f"/v1/budget/{quote(dataset, safe='')}")  # type: ignore[no-any-return]
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._get(f"/v1/jobs/{job_id}")  # type: ignore[no-any-return]
-
-    def jobs(self, status: str | None = None, kind: str | None = None, limit: int = 50,
-             before: str | None = None) -> dict[str, Any]:
-        """The caller's own jobs, newest first: ``{"jobs": [...], "next_before": cursor or None}``."""
-        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit, "before": before}.items()
-                  if v is not None}
-        return self._get("/v1/jobs", params=params)  # type: ignore[no-any-return]
-
-    # ------------------------------------------------------------------ holders
-    def approvals(self) -> list[dict[str, Any]]:
-        """Holders: jobs on your datasets awaiting (or past) your decision."""
-        return self._get("/v1/approvals")  # type: ignore[no-any-return]
-
-    def approve(self, job_id: str) -> dict[str, Any]:
-        return self._post(f"/v1/approvals/{job_id}/approve")  # type: ignore[no-any-return]
-
-    def deny(self, job_id: str, reason: str) -> dict[str, Any]:
-        return self._post(f"/v1/approvals/{job_id}/deny", json={"reason": reason})  # type: ignore[no-any-return]
-
-    def submit_query(self, sql: str, epsilon: float, delta: float | None = None,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
-        """Submit without waiting (e.g. a job that needs approval): returns {job_id, status}."""
-        return self._post("/v1/queries", json={"sql": sql, "epsilon": epsilon, "delta": delta,  # type: ignore[no-any-return]
-                                               "idempotency_key": idempotency_key})
-
-    def result(self, job_id: str, wait: float = 600.0) -> QueryResult:
-        """Wait for a submitted query's release and return it."""
-        return query_result(self._wait(self.job(job_id), wait))
-
-    # ------------------------------------------------------------------ receipts and audit
-    def public_key(self) -> str:
-        return self._get("/v1/audit/public-key")["public_key"]  # type: ignore[no-any-return]
 
     def verify_receipt(self, result: Any, public_key: str | None = None) -> bool:
         """Check a delivered result's receipt: its payload digest is the logged one, the entry is in
         the log (RFC 9162 inclusion proof) under a head signed by the log's key. Raises on failure."""
         import hashlib
 
-        from xdp_compute.audit import canonical_json, verify_receipt
-        from xdp_compute.errors import ProofError
+        from xdp_compute.audit import SignedTreeHead, canonical_json, verify_receipt
 
         delivery = result.delivery if hasattr(result, "delivery") else result
         receipt = delivery.get("receipt")
         if not receipt:
-            raise ProofError("this result carries no receipt")
+            raise E.ProofError("this result carries no receipt")
         key = public_key or self.public_key()
         if receipt["public_key"] != key:
-            raise ProofError("the receipt was signed by a key other than the log's published key")
+            raise E.ProofError("the receipt was signed by a key other than the log's published key")
         entry = receipt["entry"]
         payload = delivery["result"]
         if entry.get("payload_digest") != hashlib.sha256(canonical_json(payload)).hexdigest():
-            raise ProofError("the delivered payload does not match the digest in the release log")
-        from xdp_compute.audit import SignedTreeHead
-
+            raise E.ProofError("the delivered payload does not match the digest in the release log")
         return verify_receipt(entry, receipt["log_index"], receipt["tree_size"],
                               [bytes.fromhex(h) for h in receipt["inclusion_proof"]],
                               SignedTreeHead.from_dict(receipt["signed_tree_head"]), bytes.fromhex(key))
 
-    def audit_entries(self, dataset: str | None = None, principal: str | None = None, kind: str | None = None,
-                      since: float | None = None, until: float | None = None, start: int = 0,
-                      limit: int = 1000) -> list[dict[str, Any]]:
-        """Auditors: release-log entries (digests, costs and decisions, never values), filtered."""
-        params = {k: v for k, v in {"dataset": dataset, "principal": principal, "kind": kind, "since": since,
-                                    "until": until, "start": start, "limit": limit}.items() if v is not None}
-        return self._get("/v1/audit/entries", params=params)  # type: ignore[no-any-return]
 
-    def metering(self) -> dict[str, Any]:
-        """Auditors (all) and holders (their datasets): jobs, epsilon spent, cells, compute seconds."""
-        return self._get("/v1/metering")  # type: ignore[no-any-return]
+# ---------------------------------------------------------------------- asyncio I/O
+class AsyncClient(BaseClient):
+    """The same calls as ``Client``, awaited: ``async with AsyncClient(url, token) as c: await c.query(...)``."""
+
+    def __init__(self, url: str, token: str | None = None, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, key_dir: str | None = None, ca: str | None = None) -> None:
+        super().__init__(url, token, timeout=timeout, key_dir=key_dir, ca=ca, injected_transport=transport is not None)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, transport=transport,
+                                       timeout=timeout, verify=self._verify)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _send(self, call: Call[T]) -> T:
+        try:
+            resp = await self._http.request(call.method, call.path, params=call.params, json=call.json)
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from None
+        return self._read(call, resp)
+
+    def _run(self, step: Call[Any] | Flow[Any]) -> Awaitable[Any]:
+        return self._drive(step)
+
+    async def _drive(self, step: Call[Any] | Flow[Any]) -> Any:
+        if isinstance(step, Call):
+            return await self._send(step)
+        try:
+            item = next(step)
+            while True:
+                if isinstance(item, Pause):
+                    await asyncio.sleep(item.seconds)
+                    item = step.send(None)
+                elif isinstance(item, SyncOnly):
+                    step.close()
+                    raise E.InvalidArgument(f"{item.what} is offered on the blocking Client only")
+                else:
+                    item = step.send(await self._send(item))
+        except StopIteration as done:
+            return done.value

@@ -23,6 +23,31 @@ class QueryResult:
     receipt: dict[str, Any] | None = None
     delivery: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def to_pandas(self, intervals: bool = False) -> Any:
+        """The rows as a ``pandas.DataFrame`` (suppressed cells are missing values).
+
+        ``intervals=True`` adds ``<column>_low`` and ``<column>_high`` for every column that has a
+        confidence interval at ``level``. Needs pandas: ``pip install 'xdp-compute[pandas]'``.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("QueryResult.to_pandas() needs pandas, which the SDK does not install by default: "
+                              "pip install 'xdp-compute[pandas]'") from None
+        cols = self.columns or (list(self.rows[0]) if self.rows else [])
+        records: list[dict[str, Any]] = []
+        for row, iv in zip(self.rows, self.intervals or [{}] * len(self.rows), strict=False):
+            rec = {c: row.get(c) for c in cols}
+            if intervals:
+                for c in cols:
+                    if c in (iv or {}):
+                        pair = (iv or {}).get(c)
+                        rec[f"{c}_low"], rec[f"{c}_high"] = pair if pair is not None else (None, None)
+            records.append(rec)
+        frame = pd.DataFrame.from_records(records, columns=None if intervals else cols)
+        frame.attrs.update(epsilon=self.epsilon, delta=self.delta, level=self.level, job_id=self.job_id)
+        return frame
+
     def table(self, digits: int = 2) -> str:
         """A plain-text table with intervals."""
         cols = self.columns or (list(self.rows[0]) if self.rows else [])
@@ -51,6 +76,7 @@ class QueryResult:
 
 
 def query_result(delivery: dict[str, Any]) -> QueryResult:
+    """A QueryResult from a released delivery (``POST /v1/queries`` or ``GET /v1/jobs/{id}``)."""
     res = delivery["result"]
     intervals = [{k: (tuple(v) if v is not None else None) for k, v in iv.items()} for iv in res["intervals"]]
     cols = res.get("columns") or []

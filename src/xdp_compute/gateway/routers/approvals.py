@@ -7,29 +7,32 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from xdp_compute.contract import api as A
 from xdp_compute.gateway import approvals
 from xdp_compute.gateway.deps import Holder, Svc, body_openapi, json_body
+from xdp_compute.gateway.openapi import operation_id, problems
 
-router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
+router = APIRouter(prefix="/v1/approvals", tags=["approvals"], generate_unique_id_function=operation_id)
 
 
 class DenyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "not for marketing"}]})
     reason: str = Field(..., min_length=1, max_length=2000)
 
 
-@router.get("")
+@router.get("", response_model=list[A.Approval])
 def list_approvals(svc: Svc, who: Holder) -> list[dict[str, Any]]:
     """Jobs on your datasets with their plan, principal, cost and policy decisions (never data)."""
     return approvals.pending_for(svc, who)
 
 
-@router.post("/{job_id}/approve")
+@router.post("/{job_id}/approve", response_model=A.ApprovalDecision, responses=problems(404, 409, 503))
 async def approve(job_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
     return await approvals.approve(svc, who, job_id)
 
 
-@router.post("/{job_id}/deny", openapi_extra=body_openapi(DenyBody))
+@router.post("/{job_id}/deny", openapi_extra=body_openapi(DenyBody), response_model=A.ApprovalDecision,
+             responses=problems(404, 409, 413, 503))
 async def deny(job_id: str, who: Holder, svc: Svc, body: Annotated[DenyBody, Depends(json_body(DenyBody))]
                ) -> dict[str, Any]:
     return await approvals.deny(svc, who, job_id, body.reason)

@@ -7,15 +7,17 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from xdp_compute.contract import api as A
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.errors import NotFound
 from xdp_compute.gateway.catalog import MAX_MOCK_ROWS, dataset_view, mock_rows, visible_parts
 from xdp_compute.gateway.deps import CatalogReader, NodeReader, Svc
+from xdp_compute.gateway.openapi import operation_id, problems
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], generate_unique_id_function=operation_id)
 
 
-@router.get("/datasets")
+@router.get("/datasets", response_model=list[A.Dataset])
 def list_datasets(svc: Svc, who: CatalogReader) -> list[dict[str, Any]]:
     out = []
     for n in svc.store.dataset_names(who.id if who.role == "holder" else None):
@@ -24,13 +26,13 @@ def list_datasets(svc: Svc, who: CatalogReader) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/datasets/{name}")
+@router.get("/datasets/{name}", response_model=A.Dataset, responses=problems(404))
 def get_dataset(name: str, svc: Svc, who: CatalogReader) -> dict[str, Any]:
     parts = visible_parts(svc.store, name, who)
     return dataset_view(parts, svc.store.dataset_membership(parts[0]["spec"]["name"]))
 
 
-@router.get("/datasets/{name}/mock")
+@router.get("/datasets/{name}/mock", response_model=A.MockPreview, responses=problems(400, 404))
 def mock_dataset(name: str, svc: Svc, who: CatalogReader,
                  rows: int = Query(10, ge=1, le=MAX_MOCK_ROWS)) -> dict[str, Any]:
     parts = visible_parts(svc.store, name, who)
@@ -39,11 +41,11 @@ def mock_dataset(name: str, svc: Svc, who: CatalogReader,
             "rows": mock_rows(spec, rows)}
 
 
-@router.get("/nodes")
+@router.get("/nodes", response_model=list[A.Node])
 def list_nodes(svc: Svc, who: NodeReader) -> list[dict[str, Any]]:
     return svc.store.list_nodes(who.id if who.role == "holder" else None)
 
 
-@router.get("/nodes/{node_id}")
+@router.get("/nodes/{node_id}", response_model=A.Node, responses=problems(404))
 def get_node(node_id: str, svc: Svc, who: NodeReader) -> dict[str, Any]:
     return svc.store.get_node(node_id, who.id if who.role == "holder" else None)

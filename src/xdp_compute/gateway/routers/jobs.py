@@ -11,16 +11,29 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 
+from xdp_compute.contract import api as A
 from xdp_compute.errors import BadRequest, NotFound
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.deps import Analyst, CurrentPrincipal, Svc, body_openapi, json_body
+from xdp_compute.gateway.openapi import operation_id, problems
 from xdp_compute.gateway.query_service import QueryService
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], generate_unique_id_function=operation_id)
+
+
+# Answers of the three submission routes: released (200), a dry run's plan (200) or waiting (202).
+SUBMIT_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"model": A.Delivery | A.DryRun, "description": "Released (with its receipt), or a dry run's plan"},
+    202: {"model": A.Accepted, "description": "Accepted: waits for the holders' approval or runs in the background"},
+    **problems(400, 403, 404, 409, 413, 503),
+}
 
 
 class QueryBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # "1" and true are not numbers
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"sql": "SELECT district, COUNT(*), AVG(age) FROM patients GROUP BY district", "epsilon": 1.0},
+        {"sql": "SELECT COUNT(*) FROM patients WHERE age >= 65", "epsilon": 0.5, "delta": 1e-6, "dry_run": True,
+         "idempotency_key": "report-2026-q4"}]})  # "1" and true are not numbers (strict)
     sql: str = Field(..., max_length=20000)
     epsilon: float
     delta: float | None = None
@@ -34,7 +47,7 @@ def service(svc: Svc) -> QueryService:
     return QueryService(svc)
 
 
-@router.post("/queries", openapi_extra=body_openapi(QueryBody))
+@router.post("/queries", openapi_extra=body_openapi(QueryBody), response_model=None, responses=SUBMIT_ANSWERS)
 async def submit_query(who: Analyst, svc: Svc, body: Annotated[QueryBody, Depends(json_body(QueryBody))]
                        ) -> JSONResponse:
     """Run a federated DP SQL query; waits for the answer (or 202 when approval is required)."""
@@ -43,7 +56,8 @@ async def submit_query(who: Analyst, svc: Svc, body: Annotated[QueryBody, Depend
 
 
 class ScoreBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # "1" and true are not numbers
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"dataset": "patients", "features": ["age", "income"], "group_by": ["district"], "epsilon": 1.0}]})
     dataset: str = Field(..., max_length=64)
     features: list[str] = Field(..., min_length=1, max_length=64)
     where: str | None = Field(None, max_length=10000)
@@ -59,7 +73,7 @@ class ScoreBody(BaseModel):
     weights: str | None = Field(None, description="not offered: refused")
 
 
-@router.post("/scores", openapi_extra=body_openapi(ScoreBody))
+@router.post("/scores", openapi_extra=body_openapi(ScoreBody), response_model=None, responses=SUBMIT_ANSWERS)
 async def submit_score(who: Analyst, svc: Svc, body: Annotated[ScoreBody, Depends(json_body(ScoreBody))]
                        ) -> JSONResponse:
     """DP per-group feature sums for a linear score the analyst applies itself (the weights never
@@ -71,7 +85,9 @@ async def submit_score(who: Analyst, svc: Svc, body: Annotated[ScoreBody, Depend
 
 
 class TrainBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # "1" and true are not numbers
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"dataset": "patients", "model": "logreg", "features": ["age", "income"], "label": "readmitted",
+         "rounds": 10, "target_epsilon": 3.0}]})
     dataset: str = Field(..., max_length=64)
     model: str = "logreg"
     features: list[str] = Field(..., max_length=256)
@@ -88,7 +104,7 @@ class TrainBody(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
 
 
-@router.post("/trainings", openapi_extra=body_openapi(TrainBody))
+@router.post("/trainings", openapi_extra=body_openapi(TrainBody), response_model=None, responses=SUBMIT_ANSWERS)
 async def submit_training(who: Analyst, svc: Svc, body: Annotated[TrainBody, Depends(json_body(TrainBody))]
                           ) -> JSONResponse:
     """Start DP federated training; poll GET /v1/jobs/{id} for progress and, once released, the model."""
@@ -98,14 +114,13 @@ async def submit_training(who: Analyst, svc: Svc, body: Annotated[TrainBody, Dep
     return JSONResponse(out, status_code=status)
 
 
-JOB_STATUSES = ("awaiting_approval", "reserved", "running", "released", "denied", "failed")
 MAX_JOBS_PAGE = 500
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=A.JobPage, responses=problems(400))
 def list_jobs(svc: Svc, who: CurrentPrincipal,
               status: Annotated[str | None, Query(description="Only jobs in this status",
-                                                  pattern="^(" + "|".join(JOB_STATUSES) + ")$")] = None,
+                                                  pattern="^(" + "|".join(A.JOB_STATUSES) + ")$")] = None,
               kind: Annotated[str | None, Query(max_length=32, description="Only jobs of this operation "
                                                 "(e.g. query, he_query, training)")] = None,
               limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = 50,
@@ -134,7 +149,7 @@ def list_jobs(svc: Svc, who: CurrentPrincipal,
     return {"jobs": page, "next_before": page[-1]["job_id"] if len(rows) > limit else None}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=A.Job, responses=problems(404, 503))
 def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     """A job's status and, once released, its delivery with a fresh receipt (owner only)."""
     with svc.store.read() as s:
@@ -157,7 +172,7 @@ def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     return out
 
 
-@router.get("/budget/{dataset}")
+@router.get("/budget/{dataset}", response_model=A.Budget, responses=problems(404))
 async def budget(dataset: str, svc: Svc, who: Analyst) -> dict[str, Any]:
     """Budget left on each node holding ``dataset``, and the analyst's own budget."""
     parts = await asyncio.to_thread(service(svc).lookup, dataset)

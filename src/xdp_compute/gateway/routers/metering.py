@@ -9,14 +9,16 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from xdp_compute.contract import api as A
 from xdp_compute.errors import Forbidden
 from xdp_compute.gateway import models as m
 from xdp_compute.gateway.deps import CurrentPrincipal, Svc
+from xdp_compute.gateway.openapi import operation_id, problems
 
-router = APIRouter(prefix="/v1", tags=["metering"])
+router = APIRouter(prefix="/v1", tags=["metering"], generate_unique_id_function=operation_id)
 
 
-@router.get("/metering")
+@router.get("/metering", response_model=A.Metering, responses=problems(403))
 def metering(svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     """Auditors see everything; holders see their own datasets only."""
     if who.role not in ("auditor", "holder"):

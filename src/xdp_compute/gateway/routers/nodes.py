@@ -8,19 +8,21 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from xdp_compute.contract import Validate, Validated
+from xdp_compute.contract import api as A
 from xdp_compute.errors import Conflict, XdpError
 from xdp_compute.gateway.deps import CurrentPrincipal, Holder, Svc
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed
+from xdp_compute.gateway.openapi import operation_id, problems
 
-router = APIRouter(prefix="/v1", tags=["nodes"])
+router = APIRouter(prefix="/v1", tags=["nodes"], generate_unique_id_function=operation_id)
 
 
-@router.get("/me")
+@router.get("/me", response_model=A.Me)
 def me(who: CurrentPrincipal) -> dict[str, Any]:
     return {"id": who.id, "name": who.name, "role": who.role, "region": who.region}
 
 
-@router.post("/nodes/{node_id}/validate")
+@router.post("/nodes/{node_id}/validate", response_model=A.NodeValidation, responses=problems(404, 409))
 async def validate_node(node_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
     """Ask the holder's own node to check its sources against its manifest (counts only)."""
     node = await asyncio.to_thread(svc.store.get_node, node_id, who.id)
@@ -38,7 +40,7 @@ async def validate_node(node_id: str, svc: Svc, who: Holder) -> dict[str, Any]:
     return {"node": node["name"], "datasets": reply.datasets, "ok": reply.ok}
 
 
-@router.get("/nodes/log-entries")
+@router.get("/nodes/log-entries", response_model=list[A.LogEntry])
 def holder_log_entries(svc: Svc, who: Holder, start: int = Query(0, ge=0, le=2**62),
                        limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
     """The release log's entries about the calling holder's own datasets (as ``/v1/audit/entries``

@@ -1,0 +1,322 @@
+"""The REST contract: every answer of the gateway's ``/v1`` API as a typed record.
+
+One vocabulary for both sides, like ``contract.tasks`` for gateway and node: the routers declare
+these as ``response_model`` (so the OpenAPI document shows them and the gateway cannot answer
+outside them), and the SDK reads answers with ``model_validate``. Nothing here imports FastAPI,
+SQLAlchemy or httpx (tests/test_architecture.py).
+
+Wire rules:
+- Fields may be added, never renamed or retyped. Every record allows members it does not
+  declare (``extra="allow"``) so an older SDK reads a newer gateway, and the gateway's own
+  additions (e.g. ``score_sql`` on a score) pass through unchanged.
+- Results, plans, receipts and log entries are nested JSON the release gate and the release log
+  define (``gateway/release.py``); they stay ``dict`` here, byte for byte as the gateway builds
+  them, so a receipt's payload digest still matches what the SDK recomputes.
+- Records read like the dicts the SDK used to return (``ds["name"]``, ``job.get("error")``), so
+  scripts written against that SDK keep working; attribute access is the typed way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["awaiting_approval", "reserved", "running", "released", "denied", "failed"]
+JOB_STATUSES: tuple[str, ...] = JobStatus.__args__  # type: ignore[attr-defined]
+
+
+class ApiModel(BaseModel):
+    """Base of every REST answer: unknown members kept; read like a dict as well as by attribute."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and getattr(self, key, None) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``dict.get``: the member ``key`` or ``default`` when absent."""
+        return getattr(self, key, default)
+
+    def keys(self) -> Iterator[str]:
+        return (k for k, _ in self)
+
+
+class Problem(ApiModel):
+    """RFC 9457 problem details: every error answer (``application/problem+json``)."""
+
+    type: str = Field(description="Stable URI naming the failure, e.g. .../problems/budget-exhausted")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "type": "https://xdp-compute.dev/problems/budget-exhausted", "title": "Privacy budget exhausted",
+        "status": 403, "detail": "dataset 'patients' on node 'siming-hospital' has epsilon 0.2 left; "
+                                 "the query needs 1.0", "instance": "/v1/queries"}]})
+
+
+# ---------------------------------------------------------------- principals, catalog, nodes
+class Me(ApiModel):
+    id: str
+    name: str
+    role: Literal["admin", "holder", "analyst", "auditor"]
+    region: str
+
+
+class DatasetPolicy(ApiModel):
+    min_group_size: int
+    require_approval: bool
+    allowed_analysts: list[str] | None = None
+    allowed_regions: list[str] | None = None
+
+
+class DatasetNode(ApiModel):
+    name: str
+    region: str
+    online: bool
+    role: str
+    epsilon_budget: float
+    delta: float
+
+
+class Dataset(ApiModel):
+    """A catalog entry: schema, classification, the owner's policy and the nodes; no data-derived figure."""
+
+    name: str
+    owner: str | None = None
+    members: list[str] = []
+    classification: str
+    categories: list[str] = []
+    columns: list[dict[str, Any]]
+    policy: DatasetPolicy
+    nodes: list[DatasetNode]
+
+
+class MockPreview(ApiModel):
+    dataset: str
+    synthetic: bool
+    note: str
+    rows: list[dict[str, Any]]
+
+
+class Node(ApiModel):
+    id: str
+    name: str
+    region: str
+    online: bool
+    last_seen: float
+    datasets: list[str]
+
+
+class NodeValidation(ApiModel):
+    node: str
+    datasets: list[dict[str, Any]]
+    ok: bool
+
+
+class Member(ApiModel):
+    holder: str
+    invited_by: str
+    invited_at: float
+
+
+class Membership(ApiModel):
+    dataset: str
+    owner: str | None = None
+    members: list[Member]
+
+
+class MemberChange(ApiModel):
+    dataset: str
+    holder: str
+    member: bool
+
+
+# ---------------------------------------------------------------- jobs
+class Accepted(ApiModel):
+    """202: the job exists and waits (for its holders' approval, or runs in the background)."""
+
+    job_id: str
+    status: JobStatus
+    detail: str | None = None
+
+
+class Delivery(ApiModel):
+    """A released answer: the result as the release gate passed it, its cost, the budget left and a receipt."""
+
+    job_id: str
+    status: Literal["released"]
+    operation: str
+    result: dict[str, Any]
+    log_index: int
+    budget_left: dict[str, Any] = {}
+    cost: dict[str, Any] = {}
+    receipt: dict[str, Any] | None = None
+
+
+class DryRun(ApiModel):
+    """What a query would cost and how precise it would be; nothing computed, nothing charged."""
+
+    dry_run: Literal[True]
+    dataset: str
+    operation: str
+    plan: dict[str, Any]
+    cost: dict[str, Any]
+    level: float
+    expected_error: dict[str, Any]
+    decisions: list[dict[str, Any]]
+    allowed: bool
+
+
+class Job(ApiModel):
+    """A job's status; once released also its delivery (``result``, ``log_index``, ``receipt``)."""
+
+    job_id: str
+    status: JobStatus
+    operation: str
+    created_at: float
+    cost: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+    log_index: int | None = None
+    budget_left: dict[str, Any] | None = None
+    receipt: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+
+
+class JobSummary(ApiModel):
+    job_id: str
+    status: JobStatus
+    operation: str
+    created_at: float
+    updated_at: float
+    cost: dict[str, Any] = {}
+
+
+class JobPage(ApiModel):
+    """One page of the caller's jobs, newest first; pass ``next_before`` as ``before`` for the next."""
+
+    jobs: list[JobSummary]
+    next_before: str | None = None
+
+
+class NodeBudget(ApiModel):
+    node: str
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_reserved: float
+    epsilon_left: float
+    delta_budget: float
+    delta_spent: float
+
+
+class AnalystBudget(ApiModel):
+    """The analyst's own budget (empty before its first job)."""
+
+    epsilon_budget: float | None = None
+    epsilon_spent: float | None = None
+    epsilon_reserved: float | None = None
+    delta_budget: float | None = None
+    delta_spent: float | None = None
+
+
+class Budget(ApiModel):
+    dataset: str
+    nodes: list[NodeBudget]
+    analyst: AnalystBudget
+
+
+class Approval(ApiModel):
+    """A job on the holder's dataset with its plan, principal, cost and policy decisions (never data)."""
+
+    job_id: str
+    status: JobStatus
+    your_decision: str
+    reason: str | None = None
+    principal: str
+    operation: str
+    request: dict[str, Any]
+    cost: dict[str, Any]
+    decisions: list[dict[str, Any]]
+    plan_summary: dict[str, Any]
+    created_at: float
+
+
+class ApprovalDecision(ApiModel):
+    job_id: str
+    decision: Literal["approved", "denied"]
+    job_runs: bool | None = None
+
+
+# ---------------------------------------------------------------- release log
+class PublicKey(ApiModel):
+    algorithm: str
+    public_key: str
+    key_id: str
+
+
+class SignedTreeHead(ApiModel):
+    tree_size: int
+    root_hash: str
+    timestamp_ms: int
+    signature: str
+    key_id: str
+
+
+class LogHead(ApiModel):
+    tree_size: int
+    signed_tree_head: SignedTreeHead | None = None
+    integrity_problem: str | None = None
+
+
+class LogEntry(ApiModel):
+    """One release-log entry: who, what, which datasets, the decision and its cost; digests, never values."""
+
+    index: int
+    time: float
+    kind: str
+    job_id: str | None = None
+    principal: str | None = None
+    operation: str | None = None
+    datasets: list[str] | None = None
+
+
+class InclusionProof(ApiModel):
+    index: int
+    tree_size: int
+    proof: list[str]
+
+
+class ConsistencyProof(ApiModel):
+    first: int
+    second: int
+    proof: list[str]
+
+
+class Cosigned(ApiModel):
+    origin: str
+    log_vkey: str
+    checkpoints: list[Any]
+
+
+class Witness(ApiModel):
+    name: str
+    vkey: str
+    tree_size: int | None = None
+    cosigned_at: float | None = None
+
+
+class Metering(ApiModel):
+    """Per analyst and per dataset: jobs, released, refused, epsilon spent, cells released, compute seconds."""
+
+    per_analyst: dict[str, dict[str, float]]
+    per_dataset: dict[str, dict[str, float]]
