@@ -27,7 +27,7 @@ OLD = "0002"
 
 def xdp(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
-    return subprocess.run([sys.executable, "-m", "xdp_compute", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "xdp_compute", *args], capture_output=True, text=True, check=False,
                           timeout=120, cwd=cwd, env=env)
 
 

@@ -25,7 +25,7 @@ def gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     """Run ``xdp gateway --insecure ARGS`` to completion (it must fail to start)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
     return subprocess.run([sys.executable, "-m", "xdp_compute", "gateway", "--insecure", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path, check=False,
                           env={**base, **(env or {})})
 
 

@@ -1,0 +1,96 @@
+"""Settings (issue #14): every XDP_* variable declared once, typed and described, validated with a
+message that names the variable; ``Settings()`` / ``.with_`` keep working as before.
+
+Processes that fail on a bad value are in tests/gateway/test_gateway_start.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from xdp_compute.config import CLIENT_VARIABLES, TEST_VARIABLES, InvalidSetting, Settings, env_name
+
+SRC = Path(__file__).parents[1] / "src" / "xdp_compute"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("XDP_"):
+            monkeypatch.delenv(k)
+
+
+def declared() -> set[str]:
+    fields = {env_name(f) for f in Settings.model_fields}
+    return {v for v in fields if v} | set(CLIENT_VARIABLES) | set(TEST_VARIABLES)
+
+
+def test_every_xdp_variable_the_code_names_is_declared_once() -> None:
+    """Any XDP_* name in the source is a Settings field, a client variable or a test switch."""
+    named: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        named |= set(re.findall(r"\bXDP_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    named -= {"XDP_TEST"}  # the prefix itself, in prose
+    assert named - declared() == set(), "undeclared XDP_* variables"
+    fields = [env_name(f) for f in Settings.model_fields if env_name(f)]
+    assert len(fields) == len(set(fields))
+    assert not set(fields) & set(CLIENT_VARIABLES) and not set(fields) & set(TEST_VARIABLES)
+
+
+def test_every_setting_has_a_type_and_a_description() -> None:
+    for name, info in Settings.model_fields.items():
+        assert info.annotation is not None, name
+        assert info.description and len(info.description) > 10, name
+
+
+def test_environment_values_are_read_and_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDP_ROUND_TIMEOUT", "7.5")
+    monkeypatch.setenv("XDP_DB", "sqlite:///x.db")
+    monkeypatch.setenv("XDP_HTTP_PORT", "9001")
+    monkeypatch.setenv("XDP_RESTRICTED_CATEGORIES", "health, finance")
+    monkeypatch.setenv("XDP_MAX_COLLUDING_NODES", "")
+    s = Settings()
+    assert s.round_timeout_seconds == 7.5 and s.db_url == "sqlite:///x.db" and s.http_port == 9001
+    assert s.restricted_categories == ("health", "finance") and s.max_colluding_nodes is None
+
+
+def test_plaintext_is_never_an_environment_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("INSECURE", "insecure", "XDP_INSECURE"):
+        monkeypatch.setenv(name, "1")
+    assert Settings().insecure is False
+    assert Settings().with_(insecure=True).insecure is True
+
+
+@pytest.mark.parametrize(("var", "value"), [("XDP_ROUND_TIMEOUT", "abc"), ("XDP_HTTP_PORT", "70000"),
+                                            ("XDP_SECAGG_CORRUPT_RATE", "1"), ("XDP_MAX_COLLUDING_NODES", "-2"),
+                                            ("XDP_HEARTBEAT_SECONDS", "0")])
+def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(InvalidSetting) as e:
+        Settings()
+    assert e.value.detail.startswith(f"{var}: ") and repr(value) in e.value.detail
+    assert "\n" not in e.value.detail
+
+
+def test_the_log_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDP_LOG_KEY", "c2VjcmV0LXNlZWQ=")
+    s = Settings()
+    assert s.log_key == "c2VjcmV0LXNlZWQ=" and "c2VjcmV0" not in repr(s) and "c2VjcmV0" not in str(s)
+
+
+def test_keywords_win_and_with_derives_a_validated_frozen_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDP_REGION", "CN-GD")
+    s = Settings(db_url="sqlite://", max_body_bytes=1 << 20)
+    assert s.region == "CN-GD" and s.db_url == "sqlite://" and s.max_body_bytes == 1 << 20
+    t = s.with_(http_host="0.0.0.0", http_port=8443, log_key_path=Path("k.pem"))
+    assert (t.http_host, t.http_port, t.log_key_path, t.db_url) == ("0.0.0.0", 8443, Path("k.pem"), "sqlite://")
+    assert s.http_port == 8000  # unchanged
+    with pytest.raises(Exception):  # noqa: B017 (pydantic's frozen-instance error)
+        s.http_port = 1  # type: ignore[misc]
+    with pytest.raises(InvalidSetting, match=r"^http_port: "):  # a flag's value: named by its field
+        s.with_(http_port=0)
