@@ -97,7 +97,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         """Liveness: the process answers. Checks nothing else (that is ``/readyz``)."""
         return {"status": "ok", "time": time.time()}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={200: {"model": health.Readiness}})
     async def readyz(svc: Svc) -> JSONResponse:
         """Readiness: the database answers, the gRPC port accepts connections, the release log in
         memory matches the store's last signed head, and at least one node is online. 503 with
@@ -111,6 +111,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                                 instance="/readyz", checks=body)
 
     @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"description": "Prometheus text exposition format 0.0.4",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}},
              dependencies=[Depends(require_role("auditor", "admin"))])
     def metrics(svc: Svc) -> Response:
         """Prometheus text format; needs an auditor or admin token (``bearer_token_file`` in the

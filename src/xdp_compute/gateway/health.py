@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, text
 
 from xdp_compute.audit import SignedTreeHead, verify_tree_head
@@ -35,6 +36,21 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "detail": self.detail, **self.extra}
+
+
+class CheckResult(BaseModel):
+    """One readiness check as ``/readyz`` shows it."""
+
+    model_config = ConfigDict(extra="allow")
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    """``/readyz`` when every check passed (503 problem+json with the same ``checks`` otherwise)."""
+
+    status: str = "ready"
+    checks: dict[str, CheckResult]
 
 
 def database(svc: Services) -> Check:
