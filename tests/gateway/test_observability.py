@@ -81,6 +81,20 @@ def test_readyz_ready_with_grpc_and_a_node_then_unready_on_a_foreign_head(
     assert api.get("/readyz").json()["checks"]["nodes"]["ok"] is False
 
 
+def test_readyz_unready_when_the_stored_head_does_not_verify(api: Any, services: Any,
+                                                              listening: tuple[str, int]) -> None:
+    services.grpc_address = listening
+    services.hub.registered("node-1")
+    services.gate.record({"kind": "approval_given", "job_id": None})
+    assert api.get("/readyz").json()["checks"]["release_log"] == {"ok": True,
+                                                                  "detail": "last signed head verifies"}
+    with services.store.write() as s:  # same size and root, another signature
+        head = s.get(m.TreeHead, 1)
+        head.signature = "11" * 64
+    r = api.get("/readyz")
+    assert r.status_code == 503 and "does not verify" in r.json()["checks"]["release_log"]["detail"]
+
+
 def test_readyz_unready_when_the_database_fails(api: Any, services: Any, listening: tuple[str, int],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     services.grpc_address = listening
