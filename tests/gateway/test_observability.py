@@ -238,3 +238,34 @@ def test_docs_pages_load_only_local_assets(api: Any, page: str) -> None:
         asset = api.get(url)
         assert asset.status_code == 200 and len(asset.content) > 1000, url
     assert api.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_configure_logging_routes_uvicorn_through_one_formatter(fmt: str, capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    from xdp_compute.gateway.observability import configure_logging, request_id_var
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging(fmt)
+        token = request_id_var.set("rid-7")
+        try:
+            logging.getLogger("uvicorn.error").warning("bind failed for xdp_%s", "Z" * 43)
+        finally:
+            request_id_var.reset(token)
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "Z" * 43 not in err and "xdp_[redacted]" in err
+        if fmt == "json":
+            line = json.loads(err)
+            assert line["logger"] == "uvicorn.error" and line["request_id"] == "rid-7"
+        else:
+            assert err.endswith("[request_id=rid-7]") and "WARNING uvicorn.error" in err
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    with pytest.raises(ValueError, match="json"):
+        configure_logging("xml")
