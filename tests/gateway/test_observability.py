@@ -269,3 +269,24 @@ def test_configure_logging_routes_uvicorn_through_one_formatter(fmt: str, capsys
         root.setLevel(saved[1])
     with pytest.raises(ValueError, match="json"):
         configure_logging("xml")
+
+
+def test_an_unexpected_error_is_logged_with_the_request_id(services: Any, json_lines: Lines) -> None:
+    from fastapi.testclient import TestClient
+
+    from xdp_compute.gateway.app import create_app
+
+    app = create_app(services.settings, services)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom", headers={"x-request-id": "req-500"})
+    assert r.status_code == 500 and r.json()["type"].endswith("/internal")
+    records = [json.loads(x) for x in json_lines.lines]
+    errors = [x for x in records if x["level"] == "error" and x["logger"] == "xdp.gateway"]
+    assert errors and errors[0]["request_id"] == "req-500" and "RuntimeError" in errors[0]["exception"]
+    access = [x for x in records if x["logger"] == "xdp.access"]
+    assert access[-1]["status"] == 500 and access[-1]["route"] == "/boom"

@@ -145,7 +145,10 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         rid = incoming_request_id(_header(scope, REQUEST_ID_HEADER.encode()))
-        token = request_id_var.set(rid)
+        # Not reset on the way out: the server runs each request in its own task (its own copy of
+        # the context), and the app's handler of unexpected errors logs *after* this returns, from
+        # the middleware outside this one — its line must still carry the id.
+        request_id_var.set(rid)
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before answering
 
@@ -160,7 +163,6 @@ class AccessLog:
             await self.app(scope, receive, send_with_id)
         finally:
             self._log(scope, status, time.perf_counter() - started, rid)
-            request_id_var.reset(token)
 
     def _log(self, scope: Scope, status: int, seconds: float, rid: str) -> None:
         route = scope.get("route")
