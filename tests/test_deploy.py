@@ -1,0 +1,398 @@
+"""Deployment (issue #14): compose.yaml, the per-role images of the Dockerfile, the one-shot
+set-up script and the image's entrypoint and HEALTHCHECK, checked without a Docker daemon.
+
+compose.yaml is parsed (with Compose's variable interpolation) and every reference in it is
+checked against the Dockerfile, the repository and the other services; the Dockerfile is read
+stage by stage (hadolint runs in tests/test_repo_layout.py); docker/xdp-init.sh and the gateway
+image's CMD and HEALTHCHECK run here as real processes, outside Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from xdp_compute.cli.cluster import free_port
+from xdp_compute.config import CLIENT_VARIABLES, Settings, env_name
+from xdp_compute.domain.manifest import load_manifest
+
+ROOT = Path(__file__).parents[1]
+VENV_BIN = Path(sys.executable).parent
+ENV = {"POSTGRES_PASSWORD": "s3cret-for-tests"}
+
+
+# ------------------------------------------------------------------ the Dockerfile, by stage
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, op: str) -> list[str]:
+        return [a for o, a in self.instructions if o == op]
+
+    def env(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for a in self.args("ENV"):
+            for tok in shlex.split(a):
+                k, _, v = tok.partition("=")
+                out[k] = v
+        return out
+
+
+def dockerfile_stages() -> dict[str, Stage]:
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, rest = line.partition(" ")
+        op = op.upper()
+        if op == "FROM":
+            m = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.IGNORECASE)
+            assert m, line
+            current = Stage(m.group(2) or f"stage{len(stages)}", m.group(1))
+            stages[current.name] = current
+        elif current is not None:
+            current.instructions.append((op, rest.strip()))
+    return stages
+
+
+def inherited(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and the stages it is built FROM, nearest first."""
+    chain = [stages[name]]
+    while chain[-1].base in stages:
+        chain.append(stages[chain[-1].base])
+    return chain
+
+
+def final_env(stages: dict[str, Stage], name: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for s in reversed(inherited(stages, name)):
+        env.update(s.env())
+    return env
+
+
+def installs(stages: dict[str, Stage], name: str) -> str:
+    """Every RUN line of the stages whose /opt/venv the target stage copies (its packages)."""
+    copied = [re.search(r"--from=(\S+)", a).group(1)  # type: ignore[union-attr]
+              for s in inherited(stages, name) for a in s.args("COPY") if "--from=" in a]
+    return " ".join(a for c in copied for s in inherited(stages, c) for a in s.args("RUN"))
+
+
+def exec_form(arg: str) -> list[str]:
+    import json
+
+    return [str(x) for x in json.loads(arg)]
+
+
+def test_each_role_has_an_image_with_only_what_it_needs() -> None:
+    stages = dockerfile_stages()
+    assert {"gateway", "node"} <= set(stages)
+    gateway, node = installs(stages, "gateway"), installs(stages, "node")
+    # The gateway sums Paillier ciphertexts and never trains: no torch, no Opacus, no TenSEAL.
+    for absent in ("torch", "tenseal", "opacus", "train", "[he"):
+        assert absent not in gateway.lower(), absent
+    assert "postgres" in gateway and "phe" in gateway and "gmpy2" in gateway
+    assert "torch" in node and re.search(r"\.\[[^\]]*\bhe\b[^\]]*\btrain\b", node)
+    # The gateway's Paillier pins are the `he` extra's (pyproject.toml).
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["he"]
+    for pin in re.findall(r'"((?:phe|gmpy2)[^"]*)"', gateway):
+        assert pin in extra, pin
+
+
+def test_images_keep_state_in_a_volume_and_run_unprivileged() -> None:
+    stages = dockerfile_stages()
+    for target in ("gateway", "node"):
+        chain = inherited(stages, target)
+        assert any('"/data"' in a or a == "/data" for s in chain for a in s.args("VOLUME")), target
+        assert chain[0].args("USER") == ["10001:10001"], target
+        assert final_env(stages, target)["XDP_DATA_DIR"] == "/data"
+    assert stages[list(stages)[-1]].name == "gateway"  # `docker build .` builds the gateway
+
+
+def test_healthcheck_reads_the_port_from_the_settings() -> None:
+    stages = dockerfile_stages()
+    (check,) = stages["gateway"].args("HEALTHCHECK")
+    cmd = exec_form(check.split("CMD", 1)[1].strip())
+    assert cmd == ["python", "-m", "xdp_compute.gateway.server", "healthcheck"]
+    assert not re.search(r"\b\d{4,5}\b", check), "a port number written into the HEALTHCHECK"
+    env = final_env(stages, "gateway")
+    assert int(env["XDP_HTTP_PORT"]) > 0 and env["XDP_HTTP_HOST"] == "0.0.0.0"
+    assert stages["node"].args("HEALTHCHECK") == ["NONE"]  # a node opens no port
+
+
+def test_every_variable_the_images_set_is_a_declared_setting() -> None:
+    stages = dockerfile_stages()
+    declared = {env_name(f) for f in Settings.model_fields} | set(CLIENT_VARIABLES)
+    for target in ("gateway", "node"):
+        for var in final_env(stages, target):
+            if var.startswith("XDP_"):
+                assert var in declared, (target, var)
+    env = {k: v for k, v in final_env(stages, "gateway").items() if k.startswith("XDP_")}
+    s = Settings(**{f: env[env_name(f) or ""] for f in Settings.model_fields if env_name(f) in env})
+    assert s.db_url == "sqlite:////data/gateway.db" and s.tls_cert == "/data/pki/gateway.pem"
+
+
+# ------------------------------------------------------------------ compose.yaml
+_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+                  r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        have = env.get(name)
+        if op in (":?", "?") and (have is None or (op == ":?" and have == "")):
+            raise ValueError(f"required variable {name} is missing a value: {arg}")
+        if op in (":-", "-") and (have is None or (op == ":-" and have == "")):
+            return arg
+        return have or ""
+
+    return _VAR.sub(sub, value)
+
+
+def compose(env: dict[str, str] = ENV) -> dict[str, Any]:
+    raw = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return dict(interpolate(raw, env))
+
+
+SERVICE_KEYS = {"build", "image", "restart", "depends_on", "environment", "command", "entrypoint", "user",
+                "volumes", "ports", "healthcheck", "pull_policy"}
+
+
+def test_compose_interpolates_and_requires_the_database_password() -> None:
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        compose({})
+    c = compose()
+    assert {k for k in c if not k.startswith("x-")} <= {"name", "services", "volumes"}  # x-*: extensions
+    assert c["name"] == "xdp-compute"
+    for name, svc in c["services"].items():
+        assert set(svc) <= SERVICE_KEYS, (name, set(svc) - SERVICE_KEYS)
+
+
+def test_compose_services_build_targets_the_dockerfile_has() -> None:
+    stages = dockerfile_stages()
+    for name, svc in compose()["services"].items():
+        assert "image" in svc or "build" in svc, name
+        if "build" in svc:
+            assert (ROOT / svc["build"]["context"] / "Dockerfile").exists()
+            assert svc["build"]["target"] in stages, name
+    by_role = {n: s["build"]["target"] for n, s in compose()["services"].items() if "build" in s}
+    assert by_role["gateway"] == "gateway" and {by_role[f"clinic-{i}"] for i in (1, 2, 3)} == {"node"}
+
+
+def test_compose_references_resolve() -> None:
+    c = compose()
+    services, declared = c["services"], set(c["volumes"])
+    used: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        for dep, how in (svc.get("depends_on") or {}).items():
+            assert dep in services and dep != name, (name, dep)
+            assert how["condition"] in ("service_started", "service_healthy", "service_completed_successfully")
+            if how["condition"] == "service_completed_successfully":
+                assert services[dep].get("restart") == "no", dep  # a one-shot
+            if how["condition"] == "service_healthy":
+                target = services[dep]
+                assert "healthcheck" in target or target.get("build", {}).get("target") == "gateway", dep
+        for vol in svc.get("volumes") or []:
+            source, target = vol.split(":")[:2]
+            assert target.startswith("/"), vol
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), (name, source)  # bind mounts exist in the repository
+            else:
+                assert source in declared, (name, source)
+                used.setdefault(source, []).append(name)
+    assert set(used) == declared  # no declared volume unused
+
+
+def test_compose_runs_the_gateway_on_postgresql_with_its_ports_as_configured() -> None:
+    c = compose()
+    services = c["services"]
+    pg = services["postgres"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"]) and "healthcheck" in pg
+    gw = services["gateway"]
+    env = {**final_env(dockerfile_stages(), "gateway"), **gw["environment"]}
+    db = env["XDP_DB"]
+    assert db.startswith("postgresql://xdp:s3cret-for-tests@postgres:5432/xdp")
+    assert gw["depends_on"]["postgres"]["condition"] == "service_healthy"
+    published = {int(p.split(":")[1]) for p in gw["ports"]}
+    assert published == {int(env["XDP_HTTP_PORT"]), int(env["XDP_GRPC_PORT"])}
+    assert gw["command"] == ["gateway"]  # listen addresses come from the settings, as the probe's do
+    nodes = [n for n in services if n.startswith("clinic-")]
+    assert len(nodes) == 3
+    for n in nodes:
+        cmd = services[n]["command"]
+        host, port = cmd[cmd.index("--gateway") + 1].split(":")
+        assert host == "gateway" and int(port) == int(env["XDP_GRPC_PORT"])
+        url = services[n]["environment"]["XDP_URL"]
+        assert url == f"https://gateway:{env['XDP_HTTP_PORT']}"
+
+
+def test_compose_nodes_have_their_own_volume_manifest_and_credentials() -> None:
+    c = compose()
+    services = c["services"]
+    nodes = sorted(n for n in services if n.startswith("clinic-"))
+    data_volumes = set()
+    for n in nodes:
+        vols = dict(v.split(":")[:2][::-1] for v in services[n]["volumes"])
+        data_volumes.add(vols["/data"])
+        manifest = load_manifest(ROOT / vols["/data/input"] / "node.toml")  # validates it
+        assert manifest.node_name == n and str(manifest.state_path).startswith("/data/")
+        assert not any(v.startswith("ca:") for v in services[n]["volumes"])  # never the CA key
+    assert len(data_volumes) == 3
+    # The one-shots issue certificates and tokens for exactly these nodes, into their volumes.
+    pki, tokens = services["pki"], services["tokens"]
+    assert pki["command"][:5] == ["pki", "/ca", "/gateway", "/nodes", "gateway"] and sorted(pki["command"][5:]) == nodes
+    assert tokens["command"][:2] == ["tokens", "/nodes"] and sorted(tokens["command"][2:]) == nodes
+    for one_shot in (pki, tokens):
+        mounted = dict(v.split(":")[:2][::-1] for v in one_shot["volumes"])
+        for n in nodes:
+            assert mounted[f"/nodes/{n}"] == dict(v.split(":")[:2][::-1] for v in services[n]["volumes"])["/data"]
+    assert "ca:/ca" in pki["volumes"] and [s for s in services if "ca:/ca" in services[s].get("volumes", [])] == ["pki"]
+
+
+# ------------------------------------------------------------------ outside Docker: xdp-init, CMD, HEALTHCHECK
+def init(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    return subprocess.run(["sh", str(ROOT / "docker" / "xdp-init.sh"), *args], capture_output=True, text=True,
+                          check=False, timeout=120,
+                          env={**base, "PATH": f"{VENV_BIN}:{base.get('PATH', '')}", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("deploy")
+    r = init("pki", str(root / "ca"), str(root / "gateway"), str(root / "nodes"), "gateway", "clinic-1", "clinic-2")
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def test_init_pki_writes_each_role_only_its_own_material(deployment: Path) -> None:
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((deployment / "ca" / "ca.pem").read_bytes())
+    gw = deployment / "gateway" / "pki"
+    assert sorted(p.name for p in gw.iterdir()) == ["ca.pem", "gateway.key", "gateway.pem"]
+    cert = x509.load_pem_x509_certificate((gw / "gateway.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "gateway" in names and cert.issuer == ca.subject
+    for n in ("clinic-1", "clinic-2"):
+        d = deployment / "nodes" / n / "pki"
+        assert sorted(p.name for p in d.iterdir()) == ["ca.pem", "node.key", "node.pem"]
+        node_cert = x509.load_pem_x509_certificate((d / "node.pem").read_bytes())
+        node_cert.verify_directly_issued_by(ca)
+        assert n in node_cert.subject.rfc4514_string()
+        assert (d / "node.key").stat().st_mode & 0o077 == 0
+    # Idempotent: a second run keeps every file.
+    before = {p: p.read_bytes() for p in deployment.rglob("*") if p.is_file()}
+    r = init("pki", str(deployment / "ca"), str(deployment / "gateway"), str(deployment / "nodes"), "gateway",
+             "clinic-1", "clinic-2")
+    assert r.returncode == 0, r.stderr
+    assert {p: p.read_bytes() for p in deployment.rglob("*") if p.is_file()} == before
+
+
+def test_init_tokens_gives_each_node_a_holder_token(deployment: Path, tmp_path: Path) -> None:
+    from xdp_compute.gateway.store import Store
+
+    db = f"sqlite:///{tmp_path / 'gw.db'}"
+    r = init("tokens", str(deployment / "nodes"), "clinic-1", env={"XDP_DB": db})
+    assert r.returncode != 0 and "no database at" in r.stderr  # the gateway initialises it first
+    Store.open(db).close()
+    r = init("tokens", str(deployment / "nodes"), "clinic-1", "clinic-2", env={"XDP_DB": db})
+    assert r.returncode == 0, r.stderr
+    store = Store.open(db, create=False)
+    try:
+        for n in ("clinic-1", "clinic-2"):
+            token = deployment / "nodes" / n / "holder.token"
+            assert token.stat().st_mode & 0o077 == 0
+            p = store.authenticate(token.read_text().strip())
+            assert (p.name, p.role) == (f"{n}-holder", "holder")
+    finally:
+        store.close()
+    assert init("tokens", str(deployment / "nodes"), "clinic-1", env={"XDP_DB": db}).returncode == 0  # kept
+
+
+@pytest.fixture
+def image_gateway(deployment: Path) -> Iterator[tuple[dict[str, str], int]]:
+    """The gateway image's CMD with its ENV (paths under /data moved to a folder here, addresses
+    on loopback), started as a process; yields the environment and the HTTP port."""
+    stages = dockerfile_stages()
+    data = deployment / "gateway"
+    env = {k: v.replace("/data", str(data)) for k, v in final_env(stages, "gateway").items() if k.startswith("XDP_")}
+    port = free_port()
+    env.update(XDP_HTTP_HOST="127.0.0.1", XDP_GRPC_HOST="127.0.0.1", XDP_HTTP_PORT=str(port),
+               XDP_GRPC_PORT=str(free_port()))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    (entrypoint,) = stages["runtime"].args("ENTRYPOINT")
+    (cmd,) = stages["gateway"].args("CMD")
+    argv = exec_form(entrypoint) + exec_form(cmd)
+    assert argv == ["xdp", "gateway"]
+    log = open(deployment / "gateway.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], cwd=data, env={**base, **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield env, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (check,) = dockerfile_stages()["gateway"].args("HEALTHCHECK")
+    cmd = exec_form(check.split("CMD", 1)[1].strip())
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    return subprocess.run([sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]], capture_output=True,
+                          text=True, check=False, timeout=30, env={**base, **env})
+
+
+@pytest.mark.slow
+def test_the_image_command_serves_tls_and_its_healthcheck_follows_the_port(
+        image_gateway: tuple[dict[str, str], int], deployment: Path) -> None:
+    env, port = image_gateway
+    deadline = time.monotonic() + 90
+    r = healthcheck(env)
+    while r.returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        r = healthcheck(env)
+    assert r.returncode == 0, r.stderr + (deployment / "gateway.log").read_text()[-2000:]
+    # The same probe pointed at another port (as XDP_HTTP_PORT would say) finds nothing there.
+    other = healthcheck({**env, "XDP_HTTP_PORT": str(free_port())})
+    assert other.returncode == 1 and "unhealthy" in other.stderr and f"{port}" not in other.stderr
+    # HTTPS, verified against the deployment CA: plaintext gets no answer on that port.
+    import httpx
+
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
