@@ -176,3 +176,20 @@ def test_a_stalled_gateway_times_out_with_one_line(stalled_gateway: str) -> None
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
     r = xdp("jobs", "list", "--json", "--timeout", "1", env={"XDP_URL": stalled_gateway, "XDP_TOKEN": "t"})
     assert r.returncode == ExitCode.UNREACHABLE and r.stdout == "", r
+
+
+def test_nodes_left_out_or_dropped_and_a_lower_epsilon_are_stated() -> None:
+    from types import SimpleNamespace
+
+    from xdp_compute.cli.query import result_notes
+
+    decisions = [{"rule": "budget", "allowed": True, "node": n, "reason": "ok"} for n in ("a", "b", "c")]
+    decisions.append({"rule": "participation", "allowed": True, "node": "d",
+                      "reason": "member node 'd' does not take part: its budget is spent"})
+    r = SimpleNamespace(epsilon=0.5, nodes=["a", "c"], receipt={"entry": {"policy_decisions": decisions}})
+    notes = result_notes(r, 0.5)
+    assert any("'d' does not take part" in n for n in notes)
+    assert any(n.startswith("node(s) b dropped out of secure aggregation") for n in notes), notes
+    assert not any("ε lowered" in n for n in notes)
+    r = SimpleNamespace(epsilon=13.5, nodes=["a", "b", "c"], receipt={"entry": {"policy_decisions": decisions[:3]}})
+    assert result_notes(r, 100.0) == [result_notes(r, 100.0)[0]] and "from 100 to 13.5" in result_notes(r, 100.0)[0]

@@ -48,8 +48,9 @@ def parsed(r: subprocess.CompletedProcess[str]) -> object:
 def h(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospitals]:
     # No colluding parties tolerated: both nodes' noise shares count, which puts the per-node noise
     # floor within reach (a count's ε cannot exceed ~18 here, whatever is asked).
+    # Each analyst may spend ε=3 in all, so one test can exhaust a fresh analyst's budget.
     hs = start_hospitals(tmp_path_factory.mktemp("cli"), n=2, rows=200,
-                         gateway_env={"XDP_MAX_COLLUDING_NODES": "0"})
+                         gateway_env={"XDP_MAX_COLLUDING_NODES": "0", "XDP_ANALYST_EPSILON_BUDGET": "3"})
     yield hs
     hs.cluster.close()
 
@@ -115,6 +116,14 @@ def test_exit_codes_tell_failures_apart(h: Hospitals) -> None:
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
     assert "epsilon_cap" in denied.stderr and "SELECT *" in bad_sql.stderr
+
+
+def test_an_exhausted_budget_exits_with_its_own_code(h: Hospitals) -> None:
+    h.tokens["frugal"] = h.cluster.token("analyst", "frugal")
+    assert run(h, "frugal", "query", "--epsilon", "2", SQL).returncode == 0
+    r = run(h, "frugal", "query", "--epsilon", "2", SQL)  # 1 of the analyst's 3 left
+    assert r.returncode == ExitCode.BUDGET and r.stderr.startswith("error: "), (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_epsilon_lowered_by_the_noise_floor_is_stated(h: Hospitals) -> None:
