@@ -140,6 +140,15 @@ def test_metrics_follow_the_release_gate_and_name_no_principal(api: Any, service
     assert "secret-analyst-name" not in text and "aud" not in re.sub(r"#.*", "", text)
 
 
+def test_request_metrics_have_bounded_labels(api: Any, services: Any) -> None:
+    for i in range(3):
+        api.request(f"BREW{i}", f"/v1/random-{i}")
+    auditor = services.store.create_principal("auditor", "aud", "CN-FJ")
+    text = api.get("/metrics", headers=bearer(auditor)).text
+    assert sample(text, "xdp_http_requests_total", method="OTHER", route="(unmatched)") == 3
+    assert "BREW" not in text and "random" not in text
+
+
 def test_each_gateway_has_its_own_registry() -> None:
     a, b = GatewayMetrics(), GatewayMetrics()
     a.job_ended("query", "released", ["visits"], 1.5)

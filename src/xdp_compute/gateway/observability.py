@@ -30,6 +30,7 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("xdp_request_id", default=None)
 
 access_log = logging.getLogger("xdp.access")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # LogRecord attributes that are the record's own, not fields passed with ``extra=``.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -177,7 +178,10 @@ class AccessLog:
             fields["client"] = client[0]
         metrics = self.metrics_of() if self.metrics_of is not None else None
         if metrics is not None:
-            metrics.request(fields["method"], template, status)
+            # Label values stay a bounded set whatever clients send: a method outside the standard
+            # ones, like a path no route matches, is one series, not one per spelling.
+            method = fields["method"] if fields["method"] in _METHODS else "OTHER"
+            metrics.request(method, template, status)
         access_log.info("%s %s %d", fields["method"], template, status, extra=fields)
 
     def _principal(self, scope: Scope) -> Any:
