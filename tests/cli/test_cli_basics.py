@@ -193,3 +193,12 @@ def test_nodes_left_out_or_dropped_and_a_lower_epsilon_are_stated() -> None:
     assert not any("ε lowered" in n for n in notes)
     r = SimpleNamespace(epsilon=13.5, nodes=["a", "b", "c"], receipt={"entry": {"policy_decisions": decisions[:3]}})
     assert result_notes(r, 100.0) == [result_notes(r, 100.0)[0]] and "from 100 to 13.5" in result_notes(r, 100.0)[0]
+
+
+def test_an_invalid_epsilon_is_refused_before_anything_is_sent() -> None:
+    url = f"http://127.0.0.1:{closed_port()}"  # nothing listens: a request would exit UNREACHABLE
+    r = xdp("query", "--url", url, "--token", "t", "--epsilon", "nan", "SELECT COUNT(*) AS n FROM visits")
+    assert r.returncode == ExitCode.INVALID and "epsilon" in r.stderr, r
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = xdp("query", "--url", url, "--token", "t", "--epsilon", "abc", "SELECT COUNT(*) AS n FROM visits")
+    assert r.returncode == ExitCode.USAGE, r

@@ -26,6 +26,8 @@ def audit(
     token: str = tokens.token_option(),
     token_file: Path = tokens.token_file_option(),
     ca: str = tokens.ca_option(),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for each call to the gateway"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of lines"),
 ) -> None:
     """Check that every task in this node's journal appears in the gateway's release log; exit 1 naming
     each one that is missing (or logged at a lower cost than this node charged)."""
@@ -39,7 +41,7 @@ def audit(
     try:
         m = load_manifest(manifest)
         journal = read_journal(m.state_path)
-        with tokens.gateway_client(url, token, token_file, ca) as c:
+        with tokens.gateway_client(url, token, token_file, ca, timeout=timeout) as c:
             # Holders read the entries about their own datasets; auditors read the whole log.
             # (No SDK method reads /v1/nodes/log-entries yet, hence the plumbing call for holders.)
             if as_data(c.me()).get("role") == "auditor":
@@ -50,6 +52,14 @@ def audit(
         typer.echo(f"error: {' '.join(e.detail.split())}", err=True)
         raise typer.Exit(exit_code_for(e)) from None
     report = audit_journal(journal, entries)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"node": m.node_name, "ok": report.ok, "checked": report.checked,
+                               "problems": list(report.lines())}, indent=2))
+        if not report.ok:
+            raise typer.Exit(1)
+        return
     if report.ok:
         typer.echo(f"node {m.node_name}: all {report.checked} journal entr{'y' if report.checked == 1 else 'ies'} "
                    "appear in the release log")
