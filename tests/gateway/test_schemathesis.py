@@ -15,18 +15,18 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 
-from conftest import example_manifest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import (  # noqa: E402
+from conftest import example_manifest
+from hypothesis import HealthCheck, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from xdp_compute.domain.manifest import parse_manifest_text  # noqa: E402
+from xdp_compute.domain.manifest import parse_manifest_text
 
 ROLES = ("analyst", "holder", "auditor", "admin")
 # /readyz answers 503 by design while no node is online (none is here): its contract, not a fault.
@@ -68,7 +68,7 @@ def problems_of(world: dict[str, Any], role: str) -> list[str]:
                 run()
             except Unsatisfiable:
                 continue  # nothing to make invalid (no parameters, no body): the positive run covers it
-            except (Exception, BaseExceptionGroup) as e:  # checks' failures, reported per operation
+            except (Exception, BaseExceptionGroup) as e:  # noqa: BLE001 - any check failure, reported per operation
                 found.append(f"{operation.label} ({mode.value}): {str(e).strip()[:2000]}")
     return found
 

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -95,7 +95,7 @@ class SyncOnly(Generic[T]):
 Flow = Generator[Call[Any] | Pause | SyncOnly[Any], Any, T]
 
 
-class endpoint(Generic[P, T]):  # noqa: N801 - used as a decorator, like property
+class endpoint(Generic[P, T]):
     """Decorate a ``BaseClient`` method that describes a call; ``Client`` runs it, ``AsyncClient`` awaits it."""
 
     def __init__(self, build: Callable[Concatenate[Any, P], Call[T] | Flow[T]]) -> None:
@@ -158,7 +158,7 @@ class BaseClient:
         self._headers = {"authorization": f"Bearer {token or token_from_env()}"}
 
     @classmethod
-    def from_env(cls: type[C], **kwargs: Any) -> C:
+    def from_env(cls, **kwargs: Any) -> Self:
         """A client for ``XDP_URL`` with the token of ``XDP_TOKEN`` / ``XDP_TOKEN_FILE`` and the CA of ``XDP_CA``."""
         url = os.environ.get("XDP_URL", "").strip()
         if not url:
@@ -358,8 +358,6 @@ class BaseClient:
         """Auditors (all) and holders (their datasets): jobs, epsilon spent, cells, compute seconds."""
         return Call("GET", "/v1/metering", A.Metering.model_validate)
 
-
-C = TypeVar("C", bound=BaseClient)
 
 
 # ---------------------------------------------------------------------- blocking I/O
