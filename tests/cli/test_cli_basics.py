@@ -35,7 +35,7 @@ LOCAL_COMMANDS = {"gateway", "node", "demo", "admin create-token", "admin list-t
 def xdp(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
     return subprocess.run([XDP, *args], capture_output=True, text=True, env={**clean, **(env or {})},
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def leaf_commands() -> dict[str, Any]:

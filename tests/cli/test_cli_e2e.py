@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_helpers import Hospitals, start_hospitals  # noqa: E402
+from e2e_helpers import Hospitals, start_hospitals
 
-from xdp_compute.cli.exit_codes import ExitCode  # noqa: E402
+from xdp_compute.cli.exit_codes import ExitCode
 
 pytestmark = pytest.mark.slow
 XDP = str(Path(sys.executable).with_name("xdp"))
@@ -34,7 +34,7 @@ def run(h: Hospitals, who: str, *args: str, env: dict[str, str] | None = None,
     """``xdp ARGS`` as principal ``who``: the URL and token from the environment, as scripts set them."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
     base = {"XDP_URL": h.cluster.url, "XDP_TOKEN": h.tokens[who]} if who else {}
-    return subprocess.run([XDP, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([XDP, *args], capture_output=True, text=True, timeout=timeout, check=False,
                           env={**clean, **base, **(env or {})})
 
 
@@ -147,7 +147,7 @@ def test_a_node_dialling_the_rest_port_gives_up_with_a_hint(h: Hospitals, tmp_pa
     manifest.write_text((src / "node.toml").read_text().replace('name = "clinic-0"', 'name = "stray"'))
     rest = h.cluster.url.split("://", 1)[1]
     r = subprocess.run([XDP, "node", "--gateway", rest, "--manifest", str(manifest), "--insecure",
-                        "--no-preload"], capture_output=True, text=True, timeout=120,
+                        "--no-preload"], capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "XDP_TOKEN": h.tokens["clinic-0"]})
     assert r.returncode != 0 and "looks like an HTTP server" in r.stderr and "50051" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
