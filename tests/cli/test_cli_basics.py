@@ -26,7 +26,7 @@ CLIENT_OPTIONS = {"--url", "--token", "--token-file", "--ca", "--timeout"}
 # Commands that print data take --json; the rest only say what they did.
 DATA_COMMANDS = {"query", "train", "budget", "jobs list", "jobs show", "audit verify", "audit witnesses",
                  "audit entries", "approvals list", "approvals approve", "approvals deny", "datasets members",
-                 "datasets list", "nodes list", "admin list-tokens"}
+                 "datasets list", "nodes list", "admin list-tokens", "admin create-token"}
 # Commands that run a process or act on the gateway's database rather than call its REST API.
 LOCAL_COMMANDS = {"gateway", "node", "demo", "admin create-token", "admin list-tokens", "admin revoke-token",
                   "admin rotate-token", "admin pki init", "admin pki issue", "db upgrade", "db current", "db status"}

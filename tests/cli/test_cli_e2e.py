@@ -88,6 +88,9 @@ def test_json_output_of_every_data_command_parses(h: Hospitals, tmp_path: Path) 
     tokens = parsed(run(h, "", "admin", "list-tokens", "--db", h.cluster.db_url, "--json"))
     assert isinstance(tokens, list) and "analyst" in {t["name"] for t in tokens}
     assert all("token" not in t for t in tokens)
+    created = parsed(run(h, "", "admin", "create-token", "--role", "auditor", "--name", "json-auditor",
+                         "--db", h.cluster.db_url, "--json"))
+    assert isinstance(created, dict) and created["name"] == "json-auditor" and created["token"]
 
 
 def test_human_output_is_tables_not_json(h: Hospitals) -> None:

@@ -161,6 +161,7 @@ def create_token(
     expires_days: float = typer.Option(None, help="Expire after this many days (0: never; default 90 for "
                                                   "analysts, never for other roles)"),
     out: Path = typer.Option(None, help="Write the token to this file (0600) instead of printing it"),
+    as_json: bool = typer.Option(False, "--json", help="Print {name, role, region, token | file} as JSON"),
 ) -> None:
     """Create a principal and print its new bearer token (only a hash is stored)."""
     from xdp_compute.config import Settings
@@ -176,6 +177,12 @@ def create_token(
         store.close()
     if out:
         tokens.write_secret(out, token)
+    if as_json:
+        from xdp_compute.cli.output import print_json
+
+        print_json({"name": name, "role": role, "region": region or settings.region,
+                    **({"file": str(out)} if out else {"token": token})})
+    elif out:
         typer.echo(f"token of {name!r} written to {out}")
     else:
         typer.echo(token)
