@@ -359,7 +359,6 @@ class BaseClient:
         return Call("GET", "/v1/metering", A.Metering.model_validate)
 
 
-
 # ---------------------------------------------------------------------- blocking I/O
 class Client(BaseClient):
     """Talk to a gateway as one principal, blocking. Every method raises a typed ``XdpError`` on failure."""
