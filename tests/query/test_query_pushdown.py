@@ -103,3 +103,25 @@ def test_column_map_renames_to_source_spelling() -> None:
     sql = local_sql(p, "t", "duckdb", column_map={"v": "V"})
     assert '"V"' in sql
     assert c.execute(sql).fetchall() == [(5.0,)]
+
+
+def test_memoised_sql_is_the_generated_sql_and_keys_on_the_canonical_plan() -> None:
+    import dataclasses
+
+    from xdp_compute.query import pushdown
+
+    ds = _ds()
+    one = plan_query("SELECT g, SUM(v) FROM t WHERE v > 1 GROUP BY g", ds)
+    # Equal as objects (1 == 1.0, same hash), different plans on the wire: each gets its own SQL.
+    one_f = dataclasses.replace(plan_query("SELECT g, SUM(v) FROM t WHERE v > 1.0 GROUP BY g", ds), sql=one.sql)
+    assert one == one_f and one.to_json() != one_f.to_json()
+    for plan in (one, one_f, one, one_f):
+        for rel, cmap in (('"t"', None), ('"t"', {"v": "V"}), ("read_parquet('/x.parquet')", None)):
+            got = local_sql(plan, rel, "duckdb", column_map=cmap)
+            assert got == pushdown._generate_local_sql(plan, rel, "duckdb", cmap)
+    assert local_sql(one, '"t"', "duckdb") != local_sql(one_f, '"t"', "duckdb")
+    assert local_sql(one, '"t"', "duckdb") != local_sql(one, '"t"', "postgres")
+    memo = pushdown._SqlMemo(size=2)
+    for rel in ('"a"', '"b"', '"c"'):
+        memo.get(one, rel, "duckdb", None)
+    assert [k[1] for k in memo._entries] == ['"b"', '"c"']  # bounded: the oldest went first

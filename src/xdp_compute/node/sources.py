@@ -14,7 +14,8 @@
 * PostgreSQL (``source = "postgresql://..."`` plus ``table``): psycopg 3, read-only transactions.
 
 ``SourceCache`` keeps one sandboxed DuckDB per dataset file in the node's task worker, so a query
-does not pay for a fresh engine (~20 ms) and a DESCRIBE each time (issue #13). A CSV file is
+does not pay for a fresh engine (~20 ms) and a DESCRIBE each time (issue #13). A CSV file (and a
+small Parquet file or set: a quarter of the CSV limit, as Parquet expands in memory) is
 loaded once into a table of that same sandboxed engine, its declared numeric and bool columns
 converted with the TRY_CAST the pushdown SQL applies anyway (a bad cell is a NULL, as before),
 and reloaded when the file changes (``FileState``: device, inode, size, mtime, ctime). A folder or
@@ -95,9 +96,9 @@ class DuckDBSource(LocalSource):
 
     Safe to share between threads: ``execute`` serialises statements on the connection (DuckDB
     connections must not be used by two threads at once), and a ``snapshot`` runs each on a
-    cursor of its own (which shares the database and its locked sandbox settings). ``snapshot`` gives one query a consistent relation to read; for a CSV
-    file no larger than ``materialise_max_bytes`` that relation is a table loaded once per
-    version of the file (``FileState``).
+    cursor of its own (which shares the database and its locked sandbox settings). ``snapshot`` gives one query a consistent relation to read; for a
+    source no larger than ``materialise_limit`` that relation is a table loaded once per
+    version of its file(s) (``FileState``).
     """
 
     dialect = "duckdb"
@@ -218,18 +219,24 @@ class DuckDBSource(LocalSource):
                 self._names = (state, names)
         return list(names)
 
+    @property
+    def materialise_limit(self) -> int:
+        """Largest source (bytes on disk) served from a loaded table. Parquet is compressed: a
+        file expands several times in memory, so it gets a quarter of the CSV limit."""
+        return self.materialise_max_bytes if self.kind == "csv" else self.materialise_max_bytes // 4
+
     def snapshot(self, columns: Sequence[ColumnSpec]) -> LocalSource:
         """A view of the file as it is now, for one query; close it when the query is done.
 
-        A CSV file of at most ``materialise_max_bytes`` is served from a table loaded once per
-        version of the file, holding the declared ``columns`` the file has (numeric as DOUBLE,
+        A source of at most ``materialise_limit`` bytes is served from a table loaded once per
+        version of its file(s), holding the declared ``columns`` the file has (numeric as DOUBLE,
         bool as BOOLEAN, each by TRY_CAST; the rest as text). The pushdown SQL applies the very
         same TRY_CAST to them, so the result is the one a scan of the file would give.
         """
         state = self.state()
         if state is None:
             raise SourceError(f"dataset '{self.dataset}': source file not found")
-        if self.kind != "csv" or sum(st.size for _, st in state) > self.materialise_max_bytes:
+        if sum(st.size for _, st in state) > self.materialise_limit:
             return _Snapshot(self, self.relation_sql(), self.column_names(), lambda: None)
         with self._lock:
             table = self._table if self._table is not None and self._table.state == state else None
