@@ -264,3 +264,12 @@ def test_validate_counts_partition_values_like_columns(tmp_path: Path) -> None:
     assert report["columns"]["year"]["out_of_bounds"] == 3
     assert report["columns"]["month"]["undeclared_values"] == 5
     assert "2031" not in str(report) and "13" not in str(report)
+
+
+def test_a_file_name_duckdb_would_read_as_a_wildcard_is_refused(tmp_path: Path) -> None:
+    # DuckDB expands each listed path as a glob: 'part?.parquet' would read 'part1.parquet' twice.
+    _write(tmp_path / "flat" / "part1.parquet", [(1.0, "north")])
+    _write(tmp_path / "flat" / "part?.parquet", [(1.0, "north")])
+    m, ds = _load(tmp_path, "flat/")
+    with pytest.raises(SourceError, match="reads as a wildcard"):
+        open_source(m, ds)

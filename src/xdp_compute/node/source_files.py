@@ -53,6 +53,7 @@ class FileState:
 # What a source's files were when last looked at: (path, FileState) per file, sorted by path.
 SourceState = tuple[tuple[str, FileState], ...]
 _HIVE_PART = re.compile(r"^([^=]+)=([^=]*)$")
+_DUCKDB_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class ParquetFiles:
             if not f.resolve().is_relative_to(base):
                 raise SourceError(f"dataset '{dataset}': a file of the source resolves outside its folder "
                                   "(a symbolic link?); the node reads only files inside the declared folder")
+            if _DUCKDB_GLOB.search(str(f)):
+                # DuckDB expands every path it is given as a glob: 'part?.parquet' would also read
+                # 'part1.parquet', a second time.
+                raise SourceError(f"dataset '{dataset}': a path of the source contains *, ? or [, which DuckDB "
+                                  "reads as a wildcard; rename the file or folder")
             files.append(f)
         if not files:
             what = "in the source folder" if ref.layout == "folder" else "match the source glob"
