@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from xdp_compute.config import CLIENT_VARIABLES, TEST_VARIABLES, InvalidSetting, Settings, env_name
+from xdp_compute.config import (
+    CLIENT_VARIABLES,
+    TEST_VARIABLES,
+    InvalidSetting,
+    NodeSettings,
+    Settings,
+    env_name,
+)
 
 SRC = Path(__file__).parents[1] / "src" / "xdp_compute"
 
@@ -26,7 +33,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def declared() -> set[str]:
-    fields = {env_name(f) for f in Settings.model_fields}
+    fields = {env_name(f) for f in Settings.model_fields} | {env_name(f, NodeSettings) for f in NodeSettings.model_fields}
     return {v for v in fields if v} | set(CLIENT_VARIABLES) | set(TEST_VARIABLES)
 
 
@@ -38,14 +45,22 @@ def test_every_xdp_variable_the_code_names_is_declared_once() -> None:
     named -= {"XDP_TEST"}  # the prefix itself, in prose
     assert named - declared() == set(), "undeclared XDP_* variables"
     fields = [env_name(f) for f in Settings.model_fields if env_name(f)]
+    fields += [env_name(f, NodeSettings) for f in NodeSettings.model_fields]
     assert len(fields) == len(set(fields))
     assert not set(fields) & set(CLIENT_VARIABLES) and not set(fields) & set(TEST_VARIABLES)
 
 
 def test_every_setting_has_a_type_and_a_description() -> None:
-    for name, info in Settings.model_fields.items():
+    for name, info in [*Settings.model_fields.items(), *NodeSettings.model_fields.items()]:
         assert info.annotation is not None, name
         assert info.description and len(info.description) > 10, name
+
+
+def test_node_settings_are_validated_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert NodeSettings().witness_refresh_seconds == 30.0
+    monkeypatch.setenv("XDP_WITNESS_REFRESH", "soon")
+    with pytest.raises(InvalidSetting, match=r"^XDP_WITNESS_REFRESH: .*'soon'"):
+        NodeSettings()
 
 
 def test_environment_values_are_read_and_typed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,3 +109,23 @@ def test_keywords_win_and_with_derives_a_validated_frozen_copy(monkeypatch: pyte
         s.http_port = 1  # type: ignore[misc]
     with pytest.raises(InvalidSetting, match=r"^http_port: "):  # a flag's value: named by its field
         s.with_(http_port=0)
+
+
+def test_a_node_with_a_bad_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    example = Path(__file__).parents[1] / "docker" / "nodes" / "clinic-1"
+    shutil.copy(example / "visits.csv", tmp_path)
+    (tmp_path / "node.toml").write_text((example / "node.toml").read_text().replace('"/data/state"', '"state"'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    r = subprocess.run([sys.executable, "-m", "xdp_compute", "node", "--gateway", "127.0.0.1:1", "--insecure",
+                        "--no-preload", "--manifest", str(tmp_path / "node.toml")], capture_output=True, text=True,
+                       check=False, timeout=60, cwd=tmp_path,
+                       env={**env, "XDP_TOKEN": "xdp_unused", "XDP_WITNESS_REFRESH": "soon"})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: XDP_WITNESS_REFRESH: Input should be a valid number, unable to parse string as a number, got 'soon'"]
+    assert not (tmp_path / "state").exists()  # stopped before writing anything

@@ -156,6 +156,29 @@ class Settings(BaseSettings):
         return {name: getattr(self, name) for name in type(self).model_fields}
 
 
+class NodeSettings(BaseSettings):
+    """What ``xdp node`` reads from XDP_* variables beyond its command-line options (which carry
+    their own ``envvar``s: XDP_TOKEN, XDP_CA, XDP_NODE_CERT, ...). Validated like ``Settings``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, populate_by_name=True,
+                                      extra="forbid", case_sensitive=False, validate_default=True)
+
+    witness_refresh_seconds: float = Field(30.0, gt=0, validation_alias=_env("WITNESS_REFRESH"),
+                                           description="Seconds between the node's cosignatures of the "
+                                                       "release log (as a witness)")
+
+    def __init__(self, **kw: Any) -> None:
+        try:
+            super().__init__(**kw)
+        except ValidationError as e:
+            raise InvalidSetting(describe_error(e, type(self), given=kw)) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        return init_settings, env_settings
+
+
 class _PrefixedOnly:
     """The environment source, limited to ``XDP_*`` names: a field whose alias is not prefixed
     (``insecure``) is never read from the environment."""
@@ -209,7 +232,6 @@ CLIENT_VARIABLES: dict[str, str] = {
     "XDP_NODE_KEY": "xdp node: the node's private key",
     "XDP_NODE_THREADS": "xdp node: compute threads of the task worker (0: the CPUs it may use)",
     "XDP_NODE_PRELOAD": "xdp node: load the training libraries at start",
-    "XDP_WITNESS_REFRESH": "xdp node: seconds between witness cosignatures of the release log",
 }
 # Read where they act; never set in production.
 TEST_VARIABLES: tuple[str, ...] = (

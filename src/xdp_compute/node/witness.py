@@ -37,6 +37,7 @@ from xdp_compute.audit.witness import (
     witness_checkpoint,
     witness_name,
 )
+from xdp_compute.config import NodeSettings
 from xdp_compute.crypto._keyfile import read_secret_file, write_secret_file
 from xdp_compute.errors import InvalidKey, ProofError
 from xdp_compute.v1 import node_pb2 as pb
@@ -63,12 +64,13 @@ class NodeWitness:
     """This node's witness key and view of the release log, and the exchange with the gateway."""
 
     def __init__(self, state_dir: Path, node_name: str, refresh: float | None = None) -> None:
+        # XDP_WITNESS_REFRESH, validated before anything is written (InvalidSetting names it)
+        self.refresh = NodeSettings().witness_refresh_seconds if refresh is None else refresh
         self.dir = Path(state_dir)
         self.name = witness_name(node_name)
         self.key = _load_or_create_key(self.dir / KEY_FILE)
         self.public_key = self.key.public_key().public_bytes(serialization.Encoding.Raw,
                                                              serialization.PublicFormat.Raw)
-        self.refresh = float(os.environ.get("XDP_WITNESS_REFRESH", "30")) if refresh is None else refresh
         self.view = self._load_view()
         self._last_refusal: tuple[str, float] = ("", 0.0)
         self._pending_note = ""
