@@ -48,7 +48,7 @@ CMD ["node", "--gateway", "gateway:50051", "--manifest", "/data/input/node.toml"
 
 FROM runtime AS gateway
 COPY --from=build-gateway /opt/venv /opt/venv
-COPY docker/xdp-init.sh /usr/local/bin/xdp-init
+COPY --chmod=0755 docker/xdp-init.sh /usr/local/bin/xdp-init
 # Listen addresses, database and TLS as settings: `xdp gateway` and the HEALTHCHECK read the same
 # variables, so the probe follows XDP_HTTP_PORT when an operator changes it. TLS on every port
 # (plaintext is refused off loopback): create the certificates into the volume first, e.g.

@@ -126,6 +126,25 @@ def test_images_keep_state_in_a_volume_and_run_unprivileged() -> None:
     assert stages[list(stages)[-1]].name == "gateway"  # `docker build .` builds the gateway
 
 
+def test_the_build_context_keeps_what_the_dockerfile_copies() -> None:
+    from fnmatch import fnmatch
+
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    copied = 0
+    for stage in dockerfile_stages().values():
+        for arg in stage.args("COPY"):
+            if "--from=" in arg:
+                continue
+            for src in [t for t in shlex.split(arg) if not t.startswith("--")][:-1]:
+                copied += 1
+                assert (ROOT / src).exists(), src
+                for pattern in ignored:
+                    bare = pattern.removeprefix("**/").rstrip("/")
+                    assert not fnmatch(src, bare) and not src.startswith(bare + "/"), (src, pattern)
+    assert copied >= 4  # pyproject.toml, README.md, src, docker/xdp-init.sh
+
+
 def test_healthcheck_reads_the_port_from_the_settings() -> None:
     stages = dockerfile_stages()
     (check,) = stages["gateway"].args("HEALTHCHECK")
