@@ -22,9 +22,10 @@ from cryptography.x509.oid import NameOID
 from e2e_helpers import MANIFEST, Hospitals, start_hospitals, truth, visits_csv
 from tls_relay import TcpRelay
 
-from xdp_compute import ApiError, Client, XdpError
+from xdp_compute import Client, XdpError
 from xdp_compute.cli.cluster import LocalCluster
 from xdp_compute.crypto.pki import holder_uri, init_pki, issue_node_certificate
+from xdp_compute.errors import GatewayUnreachable
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
 
@@ -59,7 +60,7 @@ def test_a_tls_gateway_refuses_plaintext_and_unverified_clients(tls: Hospitals) 
     # HTTPS without the deployment's CA: the gateway's certificate is not trusted.
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(c.url + "/healthz", timeout=5)
-    with pytest.raises(ApiError, match="certificate"), Client(c.url, tls.tokens["analyst"]) as untrusting:
+    with pytest.raises(GatewayUnreachable, match="certificate"), Client(c.url, tls.tokens["analyst"]) as untrusting:
         untrusting.datasets()
     with Client(c.url, tls.tokens["analyst"], ca=str(c.ca)) as analyst:
         assert analyst.datasets()[0]["name"] == "visits"
