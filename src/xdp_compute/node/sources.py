@@ -4,13 +4,13 @@
 
 * CSV / Parquet: an in-process DuckDB sandboxed to that one file (``allowed_paths`` +
   ``enable_external_access = false`` + ``lock_configuration``), extension auto-install and
-  auto-load off — nothing is downloaded at run time.
+  auto-load off — nothing is downloaded at run time. CSV is read with ``all_varchar``: a holder's
+  file may hold bad values, and the generated SQL casts with TRY_CAST so a bad value is a NULL
+  (and is counted by ``validate_source``) instead of failing the whole query.
 * A folder or glob of Parquet files (``ParquetFiles``): the node lists the files itself (never
   DuckDB's own globbing, which the sandbox forbids), checks each resolves inside the folder the
   manifest declares, and sandboxes the engine to exactly those files. Hive partition folders
-  (``year=2024/month=01/part-0.parquet``) become text columns, spelled as in the folder names. CSV is read with ``all_varchar``: a holder's
-  file may hold bad values, and the generated SQL casts with TRY_CAST so a bad value is a NULL
-  (and is counted by ``validate_source``) instead of failing the whole query.
+  (``year=2024/month=01/part-0.parquet``) become text columns, spelled as in the folder names.
 * PostgreSQL (``source = "postgresql://..."`` plus ``table``): psycopg 3, read-only transactions.
 
 ``SourceCache`` keeps one sandboxed DuckDB per dataset file in the node's task worker, so a query
@@ -123,7 +123,7 @@ class DuckDBSource(LocalSource):
         self._table: _LoadedTable | None = None
         self._retired: list[_LoadedTable] = []
         self._generations = itertools.count(1)
-        self._users = 0  # open snapshots, and a SourceCache's hold while it takes one
+        self._users = 0  # queries a SourceCache has handed this engine to and not yet got back
         self._retired_source = False  # superseded by a new set of files: close at the last release
         self._con = duckdb.connect(":memory:", config={
             "autoinstall_known_extensions": False,
