@@ -107,7 +107,7 @@ def _document(app: FastAPI) -> dict[str, Any]:
         "type": "http", "scheme": "bearer",
         "description": "An access token from `xdp admin create-token`: `Authorization: Bearer xdp_...`"}
     for r in routes:
-        for method in r.methods:
+        for method in r.methods or ():
             op = doc["paths"].get(r.path_format, {}).get(method.lower())
             if op is None:
                 continue

@@ -257,9 +257,10 @@ class BaseClient:
         if encrypt:
             from xdp_compute.sdk.he import encrypted_query
 
-            return (yield SyncOnly(lambda c: encrypted_query(c, sql, epsilon, delta, idempotency_key=idempotency_key,
-                                                             level=level, wait=wait, dry_run=dry_run),
-                                   "encrypted delivery (encrypt=True)"))
+            decrypted: QueryResult | A.DryRun = yield SyncOnly(
+                lambda c: encrypted_query(c, sql, epsilon, delta, idempotency_key=idempotency_key, level=level,
+                                          wait=wait, dry_run=dry_run), "encrypted delivery (encrypt=True)")
+            return decrypted
         out = yield Call("POST", "/v1/queries", lambda d: d, json=body)
         if dry_run:
             return A.DryRun.model_validate(out)

@@ -30,7 +30,7 @@ class QueryResult:
         confidence interval at ``level``. Needs pandas: ``pip install 'xdp-compute[pandas]'``.
         """
         try:
-            import pandas as pd
+            import pandas as pd  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             raise ImportError("QueryResult.to_pandas() needs pandas, which the SDK does not install by default: "
                               "pip install 'xdp-compute[pandas]'") from None
