@@ -358,35 +358,73 @@ def test_init_tokens_gives_each_node_a_holder_token(deployment: Path, tmp_path: 
     assert init("tokens", str(deployment / "nodes"), "clinic-1", env={"XDP_DB": db}).returncode == 0  # kept
 
 
+@dataclass
+class Container:
+    """An image's ENTRYPOINT + CMD with its ENV run as a local process: ``/data`` moved to a
+    folder here and compose's service names replaced by loopback addresses."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def run_image(target: str, data: Path, rename: dict[str, str], **env_over: str) -> Container:
+    stages = dockerfile_stages()
+
+    def local(v: str) -> str:
+        for old, new in {"/data": str(data), **rename}.items():
+            v = v.replace(old, new)
+        return v
+
+    env = {k: local(v) for k, v in final_env(stages, target).items() if k.startswith("XDP_")} | env_over
+    (entrypoint,) = stages["runtime"].args("ENTRYPOINT")
+    (cmd,) = stages[target].args("CMD")
+    argv = [local(a) for a in exec_form(entrypoint) + exec_form(cmd)]
+    assert argv[0] == "xdp"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    log = data.parent / f"{data.name}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], cwd=data, env={**base, **env}, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return Container(proc, env, log)
+
+
+def loopback_gateway_env() -> dict[str, str]:
+    return {"XDP_HTTP_HOST": "127.0.0.1", "XDP_GRPC_HOST": "127.0.0.1", "XDP_HTTP_PORT": str(free_port()),
+            "XDP_GRPC_PORT": str(free_port()), "XDP_HEARTBEAT_SECONDS": "0.5"}
+
+
 @pytest.fixture
 def image_gateway(deployment: Path) -> Iterator[tuple[dict[str, str], int]]:
-    """The gateway image's CMD with its ENV (paths under /data moved to a folder here, addresses
-    on loopback), started as a process; yields the environment and the HTTP port."""
-    stages = dockerfile_stages()
-    data = deployment / "gateway"
-    env = {k: v.replace("/data", str(data)) for k, v in final_env(stages, "gateway").items() if k.startswith("XDP_")}
-    port = free_port()
-    env.update(XDP_HTTP_HOST="127.0.0.1", XDP_GRPC_HOST="127.0.0.1", XDP_HTTP_PORT=str(port),
-               XDP_GRPC_PORT=str(free_port()))
-    base = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
-    (entrypoint,) = stages["runtime"].args("ENTRYPOINT")
-    (cmd,) = stages["gateway"].args("CMD")
-    argv = exec_form(entrypoint) + exec_form(cmd)
-    assert argv == ["xdp", "gateway"]
-    log = open(deployment / "gateway.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([str(VENV_BIN / argv[0]), *argv[1:]], cwd=data, env={**base, **env}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    """The gateway image's CMD and ENV as a process (addresses on loopback); yields its
+    environment and HTTP port."""
+    c = run_image("gateway", deployment / "gateway", {}, **loopback_gateway_env())
     try:
-        yield env, port
+        yield c.env, int(c.env["XDP_HTTP_PORT"])
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+        c.stop()
+
+
+def wait_healthy(env: dict[str, str], what: Container | None = None, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    r = healthcheck(env)
+    while r.returncode != 0 and time.monotonic() < deadline:
+        assert what is None or what.proc.poll() is None, what.tail()
+        time.sleep(0.5)
+        r = healthcheck(env)
+    assert r.returncode == 0, r.stderr + (what.tail() if what else "")
 
 
 def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -399,19 +437,64 @@ def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_the_image_command_serves_tls_and_its_healthcheck_follows_the_port(
-        image_gateway: tuple[dict[str, str], int], deployment: Path) -> None:
+        image_gateway: tuple[dict[str, str], int]) -> None:
     env, port = image_gateway
-    deadline = time.monotonic() + 90
-    r = healthcheck(env)
-    while r.returncode != 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        r = healthcheck(env)
-    assert r.returncode == 0, r.stderr + (deployment / "gateway.log").read_text()[-2000:]
+    wait_healthy(env)
     # The same probe pointed at another port (as XDP_HTTP_PORT would say) finds nothing there.
     other = healthcheck({**env, "XDP_HTTP_PORT": str(free_port())})
     assert other.returncode == 1 and "unhealthy" in other.stderr and f"{port}" not in other.stderr
-    # HTTPS, verified against the deployment CA: plaintext gets no answer on that port.
+    # HTTPS only: plaintext gets no answer on that port.
     import httpx
 
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+@pytest.mark.slow
+def test_the_compose_recipe_runs_outside_docker(tmp_path: Path) -> None:
+    """compose.yaml's steps as local processes: pki, the gateway image, tokens, two node images
+    (their CMD and ENV, with the example manifests), the owner's invitation, a query."""
+    from xdp_compute import Client
+
+    services = compose()["services"]
+    nodes = ["clinic-1", "clinic-2"]
+    pki = services["pki"]["command"]
+    r = init("pki", str(tmp_path / "ca"), str(tmp_path / "gateway"), str(tmp_path / "nodes"), pki[4], *nodes)
+    assert r.returncode == 0, r.stderr
+    gw = run_image("gateway", tmp_path / "gateway", {}, **loopback_gateway_env())
+    running = [gw]
+    try:
+        wait_healthy(gw.env, gw)
+        r = init("tokens", str(tmp_path / "nodes"), *nodes, env={"XDP_DB": gw.env["XDP_DB"]})
+        assert r.returncode == 0, r.stderr
+        url, ca = f"https://127.0.0.1:{gw.env['XDP_HTTP_PORT']}", str(tmp_path / "gateway" / "pki" / "ca.pem")
+        tokens = {n: (tmp_path / "nodes" / n / "holder.token").read_text().strip() for n in nodes}
+        grpc = f"127.0.0.1:{gw.env['XDP_GRPC_PORT']}"
+        for i, n in enumerate(nodes):
+            data = tmp_path / "nodes" / n
+            (data / "input").mkdir()
+            example = ROOT / "docker" / "nodes" / n
+            (data / "input" / "visits.csv").write_bytes((example / "visits.csv").read_bytes())
+            (data / "input" / "node.toml").write_text((example / "node.toml").read_text()
+                                                       .replace("/data", str(data)))
+            running.append(run_image("node", data, {"gateway:50051": grpc}, XDP_NODE_PRELOAD="false",
+                                     XDP_NODE_THREADS="1"))
+            with Client(url, tokens[n], ca=ca) as holder:  # a holder sees its own nodes
+                deadline = time.monotonic() + 60
+                while not any(x.name == n and x.online for x in holder.nodes()):
+                    assert running[-1].proc.poll() is None and time.monotonic() < deadline, running[-1].tail()
+                    time.sleep(0.25)
+            if i + 1 < len(nodes):
+                with Client(url, tokens[nodes[0]], ca=ca) as owner:  # the owner lets the next holder in
+                    owner.invite("visits", f"{nodes[i + 1]}-holder")
+        analyst = subprocess.run([str(VENV_BIN / "xdp"), "admin", "create-token", "--role", "analyst", "--name",
+                                  "ana", "--db", gw.env["XDP_DB"]], capture_output=True, text=True, check=True,
+                                 env={k: v for k, v in os.environ.items() if not k.startswith("XDP_")})
+        token = analyst.stdout.strip().split()[-1].strip('"')
+        with Client(url, token, ca=ca) as a:
+            res = a.query("SELECT clinic, COUNT(*) AS n FROM visits GROUP BY clinic", epsilon=1.0)
+        assert sorted(row["clinic"] for row in res.rows) == ["east", "north", "south"]
+        assert abs(sum(row["n"] for row in res.rows) - 400) < 60  # 200 example rows per node
+    finally:
+        for c in reversed(running):
+            c.stop()
