@@ -92,10 +92,21 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, var: st
     assert "\n" not in e.value.detail
 
 
-def test_the_log_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDP_LOG_KEY", "c2VjcmV0LXNlZWQ=")
+    monkeypatch.setenv("XDP_DB", "postgresql://xdp:hunter2@db/xdp")
     s = Settings()
-    assert s.log_key == "c2VjcmV0LXNlZWQ=" and "c2VjcmV0" not in repr(s) and "c2VjcmV0" not in str(s)
+    assert s.log_key == "c2VjcmV0LXNlZWQ=" and s.db_url.endswith("hunter2@db/xdp")
+    for shown in (repr(s), str(s)):
+        assert "c2VjcmV0" not in shown and "hunter2" not in shown
+    monkeypatch.setenv("XDP_HTTP_PORT", "x")
+    with pytest.raises(InvalidSetting) as e:  # another variable's error does not show them either
+        Settings()
+    assert "hunter2" not in e.value.detail and "c2VjcmV0" not in e.value.detail
+    monkeypatch.delenv("XDP_HTTP_PORT")
+    monkeypatch.setenv("XDP_DB", "")
+    with pytest.raises(InvalidSetting, match="^XDP_DB: "):
+        Settings()
 
 
 def test_keywords_win_and_with_derives_a_validated_frozen_copy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, populate_by_name=True,
                                       extra="forbid", case_sensitive=False, validate_default=True)
 
-    db_url: str = Field(default_factory=default_db_url, validation_alias=_env("DB"),
+    # repr=False: the URL may carry the database password.
+    db_url: str = Field(default_factory=default_db_url, validation_alias=_env("DB"), repr=False, min_length=1,
                         description="SQLAlchemy URL of the gateway's database (sqlite:///PATH or "
                                     "postgresql://USER:PASSWORD@HOST/DB); --db overrides")
     http_host: str = Field("127.0.0.1", description="REST listen host; --http overrides")

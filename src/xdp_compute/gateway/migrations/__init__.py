@@ -18,6 +18,8 @@ from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLA
 
 from xdp_compute.errors import XdpError
 
+log = logging.getLogger("xdp.gateway.db")
+
 
 class DatabaseUnavailable(XdpError):
     """The database cannot be reached or opened (server down, missing directory, no database)."""
@@ -128,6 +130,7 @@ def check_schema(engine: Engine, *, initialise: bool) -> str:
             raise DatabaseUnavailable(f"the database {url} is empty: start the gateway on it once, or run "
                                       "`xdp db upgrade`")
         migrate(engine)
+        log.info("initialised the empty database %s at schema revision %s", url, head)
         return head
     if revision is None:
         raise SchemaOutdated(f"the database {url} holds tables but no xdp schema revision: it is not an "
