@@ -23,7 +23,7 @@ from xdp_compute.gateway.limits import BodyLimit
 from xdp_compute.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from xdp_compute.gateway.observability import AccessLog
 from xdp_compute.gateway.services import Services
-from xdp_compute.gateway.store import PrincipalView, Store, hash_token
+from xdp_compute.gateway.store import Store
 
 log = logging.getLogger("xdp.gateway")
 PROBLEM = "application/problem+json"
@@ -136,18 +136,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,  # type: ignore[arg-type]
                        timeout=settings.body_timeout_seconds)
     # Outermost: every answer, BodyLimit's 413/408 included, gets a request id and an access line.
-    app.add_middleware(AccessLog, principal_of=lambda token: _principal_of(app, token),  # type: ignore[arg-type]
-                       metrics_of=lambda: getattr(_services(app), "metrics", None))
+    app.add_middleware(AccessLog, metrics_of=lambda: getattr(_services(app), "metrics", None))
     return app
 
 
 def _services(app: FastAPI) -> Services | None:
     return getattr(app.state, "services", None)
-
-
-def _principal_of(app: FastAPI, token: str) -> PrincipalView | None:
-    """Who sent ``token``, for the access log, from what authenticating the request cached (no
-    database read per log line; None for a token that did not authenticate)."""
-    svc = _services(app)
-    hit = svc.store._tokens.get(hash_token(token)) if svc is not None else None
-    return hit[0] if hit is not None else None

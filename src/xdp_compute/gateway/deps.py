@@ -27,7 +27,10 @@ def current_principal(request: Request, svc: Svc) -> PrincipalView:
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
     # Cached per token until it expires or any token is revoked or rotated (Store.cached_principal).
-    return svc.store.authenticate_cached(token)
+    principal = svc.store.authenticate_cached(token)
+    # For the access log (gateway/observability.py), which runs outside the route.
+    request.state.principal = principal
+    return principal
 
 
 CurrentPrincipal = Annotated[PrincipalView, Depends(current_principal)]
