@@ -1,4 +1,4 @@
-"""Alembic environment: run programmatically by ``xdp_compute.gateway.store.migrate``."""
+"""Alembic environment: run programmatically by ``xdp_compute.gateway.migrations.migrate`` (``xdp db upgrade``; no alembic.ini)."""
 
 from alembic import context
 from sqlalchemy import create_engine
