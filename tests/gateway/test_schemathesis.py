@@ -42,7 +42,24 @@ def world(services: Any, store: Any) -> Iterator[dict[str, Any]]:
     holder = store.authenticate(tokens["holder"])
     ds = parse_manifest_text(example_manifest(approval=True), check_files=False).datasets[0]
     store.register_node(holder, "siming-hospital", "CN-FJ", [ds.to_dict()])
-    yield {"app": create_app(services.settings, services), "tokens": tokens}
+    store.create_principal("holder", "holder-2", "CN-FJ")
+    app = create_app(services.settings, services)
+    # Something on every list, so answers with items are checked too: a job awaiting approval, a
+    # job the holder denied (a release-log entry, metering), an invited member.
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        auth = {role: {"authorization": f"Bearer {t}"} for role, t in tokens.items()}
+        r = client.post("/v1/queries", headers=auth["analyst"],
+                        json={"sql": "SELECT district, COUNT(*) FROM patients GROUP BY district", "epsilon": 0.5})
+        assert r.status_code == 202, r.text
+        denied = client.post("/v1/queries", headers=auth["analyst"],
+                             json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.5}).json()["job_id"]
+        assert client.post(f"/v1/approvals/{denied}/deny", headers=auth["holder"],
+                           json={"reason": "not now"}).status_code == 200
+        assert client.post("/v1/datasets/patients/members", headers=auth["holder"],
+                           json={"holder": "holder-2"}).status_code == 201
+    yield {"app": app, "tokens": tokens}
 
 
 def problems_of(world: dict[str, Any], role: str) -> list[str]:
