@@ -43,7 +43,8 @@ CORE_PACKAGES = (
     "xdp_compute.training",
     "xdp_compute.audit",
 )
-CORE_MODULES = ("xdp_compute.errors", "xdp_compute.config")
+# contract.api: the REST records both the gateway's routers and the SDK import (issue #14).
+CORE_MODULES = ("xdp_compute.errors", "xdp_compute.config", "xdp_compute.contract.api")
 
 
 def _core_modules() -> list[str]:
