@@ -105,10 +105,14 @@ def test_core_walk_covers_every_core_file() -> None:
 
 PUBLIC_NAMES = [
     "ApiError",
+    "AsyncClient",
     "BadRequest",
     "BudgetExhausted",
     "Client",
     "Forbidden",
+    "GatewayTimeout",
+    "GatewayUnreachable",
+    "InvalidArgument",
     "NotFound",
     "PayloadTooLarge",
     "PolicyDenied",

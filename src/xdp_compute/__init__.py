@@ -16,21 +16,28 @@ if TYPE_CHECKING:
         BadRequest,
         BudgetExhausted,
         Forbidden,
+        GatewayTimeout,
+        GatewayUnreachable,
+        InvalidArgument,
         NotFound,
         PayloadTooLarge,
         PolicyDenied,
         Unauthorized,
         XdpError,
     )
-    from xdp_compute.sdk.client import ApiError, Client
+    from xdp_compute.sdk.client import ApiError, AsyncClient, Client
     from xdp_compute.sdk.results import QueryResult
 
 __all__ = [
     "ApiError",
+    "AsyncClient",
     "BadRequest",
     "BudgetExhausted",
     "Client",
     "Forbidden",
+    "GatewayTimeout",
+    "GatewayUnreachable",
+    "InvalidArgument",
     "NotFound",
     "PayloadTooLarge",
     "PolicyDenied",
@@ -44,10 +51,14 @@ __version__ = "0.1.0"
 # tests/test_architecture.py checks they name the same things.
 _EXPORTS: dict[str, str] = {
     "ApiError": "xdp_compute.sdk.client",
+    "AsyncClient": "xdp_compute.sdk.client",
     "BadRequest": "xdp_compute.errors",
     "BudgetExhausted": "xdp_compute.errors",
     "Client": "xdp_compute.sdk.client",
     "Forbidden": "xdp_compute.errors",
+    "GatewayTimeout": "xdp_compute.errors",
+    "GatewayUnreachable": "xdp_compute.errors",
+    "InvalidArgument": "xdp_compute.errors",
     "NotFound": "xdp_compute.errors",
     "PayloadTooLarge": "xdp_compute.errors",
     "PolicyDenied": "xdp_compute.errors",
