@@ -39,15 +39,33 @@ def _env(name: str) -> Any:
     return AliasChoices(ENV_PREFIX + name)
 
 
-class Settings(BaseSettings):
+class _XdpSettings(BaseSettings):
+    """What ``Settings`` and ``NodeSettings`` share: XDP_* variables only, frozen, validated, and a
+    bad value raised as one ``InvalidSetting`` line naming its variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, populate_by_name=True,
+                                      extra="forbid", case_sensitive=False, validate_default=True)
+
+    def __init__(self, **kw: Any) -> None:
+        try:
+            super().__init__(**kw)
+        except ValidationError as e:
+            raise InvalidSetting(describe_error(e, type(self), given=kw)) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        # Keyword arguments, then XDP_* variables; no .env file or secrets directory is read
+        # implicitly (what configures a process is its environment and its flags).
+        return init_settings, _PrefixedOnly(env_settings)
+
+
+class Settings(_XdpSettings):
     """Everything the gateway needs to start; built once and passed down (no module globals).
 
     Each field reads ``XDP_<NAME>`` (``XDP_<FIELD>`` unless an alias is given); keyword arguments
     win over the environment. Frozen: derive a changed copy with ``with_``.
     """
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, populate_by_name=True,
-                                      extra="forbid", case_sensitive=False, validate_default=True)
 
     # repr=False: the URL may carry the database password.
     db_url: str = Field(default_factory=default_db_url, validation_alias=_env("DB"), repr=False, min_length=1,
@@ -122,19 +140,6 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="Gateway log lines: json (one object per "
                                                                     "line, with request_id) or text")
 
-    def __init__(self, **kw: Any) -> None:
-        try:
-            super().__init__(**kw)
-        except ValidationError as e:
-            raise InvalidSetting(describe_error(e, type(self), given=kw)) from None
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
-                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
-        # Keyword arguments, then XDP_* variables; no .env file or secrets directory is read
-        # implicitly (what configures a gateway is its environment and its flags).
-        return init_settings, _PrefixedOnly(env_settings)
-
     @field_validator("restricted_categories", mode="before")
     @classmethod
     def _comma_list(cls, v: Any) -> Any:
@@ -157,27 +162,14 @@ class Settings(BaseSettings):
         return {name: getattr(self, name) for name in type(self).model_fields}
 
 
-class NodeSettings(BaseSettings):
+class NodeSettings(_XdpSettings):
     """What ``xdp node`` reads from XDP_* variables beyond its command-line options (which carry
     their own ``envvar``s: XDP_TOKEN, XDP_CA, XDP_NODE_CERT, ...). Validated like ``Settings``."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, populate_by_name=True,
-                                      extra="forbid", case_sensitive=False, validate_default=True)
 
     witness_refresh_seconds: float = Field(30.0, gt=0, validation_alias=_env("WITNESS_REFRESH"),
                                            description="Seconds between the node's cosignatures of the "
                                                        "release log (as a witness)")
 
-    def __init__(self, **kw: Any) -> None:
-        try:
-            super().__init__(**kw)
-        except ValidationError as e:
-            raise InvalidSetting(describe_error(e, type(self), given=kw)) from None
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
-                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
-        return init_settings, env_settings
 
 
 class _PrefixedOnly:
