@@ -67,7 +67,7 @@ def api(services: object) -> Iterator[object]:
         yield c
 
 
-def _pg_bin() -> "Path | None":
+def _pg_bin() -> Path | None:
     import glob
     import shutil
 
@@ -141,3 +141,33 @@ def fresh_pg_db(pg_url: str) -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(pg_url, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def stalled_port() -> Iterator[int]:
+    """A loopback TCP port that accepts connections and never answers a byte (a stalled gateway)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(5)
+    for c in held:
+        c.close()
+    srv.close()

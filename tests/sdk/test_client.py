@@ -10,8 +10,7 @@ import json
 import math
 import socket
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,33 +94,6 @@ def test_refused_connection_is_gateway_unreachable_with_problem_attribute() -> N
     problem = err.value.problem  # an attribute holding a dict, not a method
     assert isinstance(problem, dict) and problem["type"].endswith("/gateway-unreachable")
     assert problem["status"] == 503 and problem["detail"] == str(err.value)
-
-
-@pytest.fixture
-def stalled_port() -> Iterator[int]:
-    """A server that accepts connections and never answers."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        srv.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(srv.accept()[0])
-            except OSError:
-                continue
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join()
-    for c in held:
-        c.close()
-    srv.close()
 
 
 def test_a_stalled_gateway_is_gateway_timeout(stalled_port: int) -> None:
