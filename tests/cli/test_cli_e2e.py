@@ -188,7 +188,7 @@ def test_a_job_waiting_for_approval_says_so_and_a_holders_denial_exits_denied(ap
     finally:
         p.kill()
     assert p.returncode == 0, err
-    assert f"waiting: job {job} awaits approval" in err, err
+    assert f"waiting: job {job} awaits approval by clinic-0-holder" in err, err
     assert json.loads(out)["job_id"] == job  # waiting lines stay out of the JSON on stdout
 
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -52,7 +52,7 @@ def waiting_line(job: dict[str, Any]) -> str:
     """What a job waits for, from its status at the gateway (names the holders when it says them)."""
     jid, status = job.get("job_id"), job.get("status")
     if status == "awaiting_approval":
-        holders = job.get("awaiting") or job.get("holders") or job.get("pending_holders")
+        holders = job.get("awaiting")
         who = f" by {', '.join(map(str, holders))}" if holders else " by the dataset's holders"
         return f"job {jid} awaits approval{who} (`xdp approvals approve {jid}`); nothing is computed until then"
     progress = job.get("progress")

@@ -191,6 +191,8 @@ class Job(ApiModel):
     receipt: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     progress: dict[str, Any] | None = None
+    awaiting: list[str] | None = Field(None, description="While awaiting approval: the holders who have not "
+                                                           "decided yet")
 
 
 class JobSummary(ApiModel):

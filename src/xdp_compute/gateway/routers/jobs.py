@@ -154,10 +154,16 @@ def get_job(job_id: str, svc: Svc, who: CurrentPrincipal) -> dict[str, Any]:
     """A job's status and, once released, its delivery with a fresh receipt (owner only)."""
     with svc.store.read() as s:
         job = s.get(m.Job, job_id)
-    if job is None or job.principal_id != who.id:
-        raise NotFound(f"no job {job_id!r}")
+        if job is None or job.principal_id != who.id:
+            raise NotFound(f"no job {job_id!r}")
+        # Who must still decide (the dataset's owner, whom the catalog names anyway).
+        awaiting = list(s.scalars(select(m.Principal.name).join(m.Approval, m.Approval.holder_id == m.Principal.id)
+                                  .where(m.Approval.job_id == job.id, m.Approval.decision == "pending")
+                                  .order_by(m.Principal.name))) if job.status == "awaiting_approval" else []
     out: dict[str, Any] = {"job_id": job.id, "status": job.status, "operation": job.kind,
                            "created_at": job.created_at, "cost": json.loads(job.cost_json)}
+    if awaiting:
+        out["awaiting"] = awaiting
     if job.status == "released" and job.result_json:
         # An encrypted answer not yet fetched (e.g. after approval) is handed over once, then only
         # its digest remains at the gateway.
