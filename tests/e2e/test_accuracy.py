@@ -11,15 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import example_manifest  # noqa: F401 - keeps the shared fixtures importable
 from e2e_helpers import MANIFEST, truth, visits_csv
 
 from xdp_compute.config import Settings
 from xdp_compute.crypto.secagg import SecAggConfig, run_local_session
 from xdp_compute.domain.manifest import load_manifest
-from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.query_service import QueryService
+from xdp_compute.gateway.services import Services
 from xdp_compute.node.sources import run_local_query
 from xdp_compute.node.tasks.query import add_noise
 from xdp_compute.privacy.randomness import SeededRandomness

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from e2e_helpers import Hospitals, start_hospitals
 
-from xdp_compute import Client, Unauthorized
+from xdp_compute import Unauthorized
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
 
