@@ -42,6 +42,7 @@ OPERATION_IDS = {
     ("GET", "/v1/jobs/{job_id}"): "jobs-get-job",
     ("GET", "/v1/budget/{dataset}"): "jobs-budget",
     ("GET", "/v1/metering"): "metering-metering",
+    ("GET", "/v1/metering/series"): "metering-metering-series",
 }
 # Error statuses each kind of route must declare (beyond 401 on all of /v1).
 MUST_DECLARE = {

@@ -29,6 +29,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/trainings"): {"analyst"},
     ("GET", "/v1/approvals"): {"holder"},
     ("GET", "/v1/metering"): {"holder", "auditor"},
+    ("GET", "/v1/metering/series"): {"holder", "auditor"},
     ("POST", "/v1/approvals/{job_id}/approve"): {"holder"},
     ("POST", "/v1/approvals/{job_id}/deny"): {"holder"},
     ("GET", "/v1/jobs"): {"admin", "holder", "analyst", "auditor"},

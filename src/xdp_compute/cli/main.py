@@ -381,6 +381,8 @@ def train(
     max_grad_norm: float = typer.Option(None),
     hidden: str = typer.Option(None, help="MLP hidden sizes, e.g. 64,32"),
     save: Path = typer.Option(None, help="Save the released model's state_dict here (torch.save)"),
+    out: Path = typer.Option(None, "--out", help="Export the released model with its feature encoding as ONNX "
+                             "(a path ending in .onnx); it takes raw values and runs with onnxruntime alone"),
     timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for each call to the gateway"),
     as_json: bool = JSON,
 ) -> None:
@@ -388,6 +390,10 @@ def train(
     from xdp_compute.cli.output import as_data, print_json
     from xdp_compute.sdk.training import print_card
 
+    if out is not None and out.suffix.lower() != ".onnx":
+        from xdp_compute.errors import InvalidArgument
+
+        raise InvalidArgument(f"--out writes ONNX: give a path ending in .onnx, not {out.name!r}")
     with gateway_client(url, token, token_file, ca, timeout) as c:
         job = c.train(dataset, model=model, features=[f.strip() for f in features.split(",") if f.strip()],
                       label=label, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
@@ -399,12 +405,17 @@ def train(
             import torch
 
             torch.save(job.model().state_dict(), save)
+        exported = job.predictor().export(out) if out is not None else None
         if as_json:
-            print_json({"job_id": job.job_id, "model_card": as_data(card), "saved": str(save) if save else None})
+            print_json({"job_id": job.job_id, "model_card": as_data(card), "saved": str(save) if save else None,
+                        "exported": str(exported) if exported else None})
             return
         print_card(card)
         if save:
             typer.echo(f"model saved to {save}")
+        if exported:
+            typer.echo(f"model exported to {exported} (ONNX; input: raw feature values, categories as the index "
+                       "of their declared value; see its metadata)")
 
 
 # Token administration and the PKI live in their own modules (cli/tokens.py, cli/pki.py).

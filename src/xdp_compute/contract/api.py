@@ -322,3 +322,23 @@ class Metering(ApiModel):
 
     per_analyst: dict[str, dict[str, float]]
     per_dataset: dict[str, dict[str, float]]
+
+
+class SpendPoint(ApiModel):
+    """One released entry on a metering track: when, which log entry, and the ε spent so far."""
+
+    time: float
+    index: int
+    epsilon: float = Field(description="Cumulative epsilon released on this track up to this entry")
+
+
+class MeteringTrack(ApiModel):
+    epsilon_over_time: list[SpendPoint]
+    jobs_by_kind: dict[str, int] = Field(description="Metered log entries by kind (released, denied, ...)")
+
+
+class MeteringSeries(ApiModel):
+    """Metering over time, per analyst and per dataset, from the same log entries as ``/v1/metering``."""
+
+    per_analyst: dict[str, MeteringTrack]
+    per_dataset: dict[str, MeteringTrack]

@@ -54,7 +54,7 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 def _spec_and_shape(qs: QueryService, body: dict[str, Any]
-                    ) -> tuple[Any, list[dict[str, Any]], int, int, dict[str, Any] | None]:
+                    ) -> tuple[Any, list[dict[str, Any]], int, int, dict[str, Any] | None, list[dict[str, Any]]]:
     from xdp_compute.domain.manifest import DatasetSpec
     from xdp_compute.training import TrainingSpec
     from xdp_compute.training.features import label_of
@@ -79,7 +79,10 @@ def _spec_and_shape(qs: QueryService, body: dict[str, Any]
         ds_spec = DatasetSpec.from_dict(parts[0]["spec"])
         where_plan = plan_query(f"SELECT COUNT(*) FROM {ds_spec.name} WHERE {where_condition(spec.where)}",
                                 ds_spec).to_dict()
-    return spec, parts, n_features, n_classes, where_plan
+    # The declared columns the model is trained on (public metadata): the released model carries
+    # them, so it can encode raw values as the nodes did (training/predictor.py).
+    used = {f.lower() for f in (*spec.features, spec.label)}
+    return spec, parts, n_features, n_classes, where_plan, [c for c in columns if c["name"].lower() in used]
 
 
 def training_secagg(settings: Any, n: int) -> SecAggParameters:
@@ -122,7 +125,7 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
     from xdp_compute.errors import InvalidSpec
 
     with svc.metrics.phase("training", "plan"):
-        spec, parts, n_features, n_classes, where_plan = await asyncio.to_thread(_spec_and_shape, qs, body)
+        spec, parts, n_features, n_classes, where_plan, columns = await asyncio.to_thread(_spec_and_shape, qs, body)
     delta = float(spec.delta) if spec.delta is not None else \
         min(p["delta_budget"] for p in parts) * DEFAULT_DELTA_FRACTION
     target = float(spec.target_epsilon)
@@ -148,7 +151,8 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
         spec={"spec": spec.to_dict(), "delta": delta}, cost=refusal.cost, refusal=refusal,
         plan={"nodes": [p["node_id"] for p in parts], "n_features": n_features, "n_classes": n_classes,
               "where_plan": where_plan, "plan": {"dataset": spec.dataset, "where": spec.where},
-              "max_rows": {p["node"]: max_rows_of(p) for p in parts}},
+              "max_rows": {p["node"]: max_rows_of(p) for p in parts}, "columns": columns,
+              "parties": len({p["holder_id"] for p in parts})},
         # The whole planned cost, held now on every ledger: nothing about it depends on the rows.
         holds=[ReservationRequest(p["ledger_id"], target, delta) for p in parts], analyst_hold=(target, delta))
     jobs = JobLifecycle(svc)
@@ -247,6 +251,7 @@ class TrainingRun:
         self.rounds_planned = int(spec["rounds"])
         self.target = float(spec["target_epsilon"])
         self.max_rows = dict(plan.get("max_rows") or {})
+        self.columns, self.parties = list(plan.get("columns") or []), plan.get("parties")
         self.prepare_request = TrainPrepare(spec=spec, n_features=self.n_features, n_classes=self.n_classes,
                                             delta=delta, where_plan=plan.get("where_plan"), principal=who.name)
         self.progress: dict[str, Any] = {"round": 0, "rounds": self.rounds_planned, "epsilon": 0.0,
@@ -364,33 +369,41 @@ class TrainingRun:
 
     async def evaluate(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Noisy held-out metrics of the released model, per node and pooled."""
+        from xdp_compute.training.metrics import released_metrics
+        from xdp_compute.training.predictor import label_of_model
+
         in_job = [n for n in self.names if n in self.next_cost]
         final = TrainEval(params=self.released_params.astype("<f8").tobytes())
         timeout = self.svc.settings.round_timeout_seconds * 3
         evals = await asyncio.gather(*(self.call(n, final, timeout) if n in in_job else _absent()
                                        for n in self.names))
-        per_node = {}
-        for n, r in zip(self.names, evals, strict=True):
-            mt = (r.metrics if isinstance(r, TrainEvaluated) else None) or {}
-            c = mt.get("count", 0)
-            per_node[self.names[n]] = {
-                "epsilon": self.eps_node[n], "holdout_rows_noisy": c,
-                "accuracy": (mt["second"] / c) if c and c > 0 and mt.get("kind") == "correct" else None,
-                "loss": (mt["loss_sum"] / c) if c and c > 0 else None}
-        total_c = sum(v["holdout_rows_noisy"] or 0 for v in per_node.values())
-        acc = [v for v in per_node.values() if v["accuracy"] is not None]
-        overall = {"accuracy": (sum(v["accuracy"] * v["holdout_rows_noisy"] for v in acc) / total_c)
-                   if acc and total_c > 0 else None,
-                   "loss": (sum((v["loss"] or 0) * v["holdout_rows_noisy"] for v in per_node.values()) / total_c)
-                   if total_c > 0 else None}
+        replies = {self.names[n]: (r.metrics if isinstance(r, TrainEvaluated) else None) or {}
+                   for n, r in zip(self.names, evals, strict=True)}
+        label = label_of_model({"spec": self.spec, "columns": self.columns}) if self.columns else None
+        span = (label.hi - label.lo) if label is not None and label.lo is not None and label.hi is not None else None
+        # Clamped to each metric's valid range with 95% intervals: post-processing, no privacy cost.
+        per_node, overall = released_metrics(replies, span)
+        for n in self.names:
+            per_node[self.names[n]] = {"epsilon": self.eps_node[n], **per_node[self.names[n]]}
         return per_node, overall
 
     def payload(self, per_node: dict[str, Any], overall: dict[str, Any]) -> dict[str, Any]:
         """The released model, its card and its metrics."""
         from xdp_compute.training.architecture import describe_model
 
+        from xdp_compute.training.features import feature_names
+        from xdp_compute.training.predictor import label_of_model
+
         names, spec = self.names, self.spec
-        card = {"architecture": describe_model(spec, self.n_features, self.n_classes), "dataset": spec["dataset"],
+        label = label_of_model({"spec": spec, "columns": self.columns}) if self.columns else None
+        encoded = feature_names(spec, self.columns) if self.columns else None
+        card = {"architecture": describe_model(spec, self.n_features, self.n_classes, feature_names=encoded,
+                                               label=label.to_dict() if label else None),
+                "dataset": spec["dataset"], "features": list(spec["features"]), "label": spec["label"],
+                "classes": list(label.classes) if label and label.classes else None,
+                "encoding": self.columns or None, "n_nodes": len(names), "parties": self.parties,
+                "sampling_rate": {names[n]: min(1.0, int(spec["batch_size"]) / int(self.max_rows[names[n]]))
+                                  for n in names if names[n] in self.max_rows},
                 "nodes": sorted(names.values()), "rounds_planned": self.rounds_planned,
                 "rounds_done": len(self.rounds_log), "rounds": self.rounds_log,
                 "rounds_missing_nodes": [r for r in self.rounds_log if r["missing"]],
@@ -407,7 +420,7 @@ class TrainingRun:
                            "epsilon reserved at submission and charged"}
         params = self.released_params
         return {"model": {"spec": spec, "n_features": self.n_features, "n_classes": self.n_classes,
-                          "params": [float(x) for x in params]},
+                          "params": [float(x) for x in params], "columns": self.columns},
                 "card": card, "metrics": overall, "cells": int(params.size)}
 
 

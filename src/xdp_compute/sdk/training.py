@@ -74,6 +74,20 @@ class TrainingJob:
         m = self._released()["result"]["model"]
         return model_from_state(m["spec"], int(m["n_features"]), int(m["n_classes"]), m["params"])
 
+    def predictor(self) -> Any:
+        """The released model as a ``Predictor`` that takes raw values (``training/predictor.py``).
+
+        ``predict(rows)`` / ``predict_proba(rows)`` on a list of dicts or a pandas DataFrame of raw
+        values: it applies the dataset's declared encoding itself (numeric rescaled by the declared
+        [min, max] and clipped to it, as training clipped; bool 0/1; category one-hot), refuses a
+        row with a missing feature or an undeclared category (``InvalidRow``, a ``ValueError``
+        naming the feature), and carries ``feature_names``, ``label``, ``classes`` and
+        ``encoding``. ``export("model.onnx")`` writes it to run with onnxruntime alone.
+        """
+        from xdp_compute.training.predictor import Predictor
+
+        return Predictor.from_release(self._released()["result"]["model"])
+
     def metrics(self) -> dict[str, Any]:
         """DP-noised held-out metrics released with the model (overall and per node)."""
         r = self._released()["result"]
@@ -88,18 +102,37 @@ class TrainingJob:
         return self._released()
 
 
+def _metric(m: dict[str, Any], name: str) -> str:
+    v, iv = m.get(name), m.get(f"{name}_interval")
+    if v is None:
+        return f"{name} -"
+    return f"{name} {v:.4f}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")
+
+
 def print_card(card: dict[str, Any], out: Any = sys.stdout) -> None:
+    """The model card in a few lines: model, features and label, nodes and rounds, privacy, metrics."""
     arch = card["architecture"]
     print(f"model card: {arch.get('model', '')} {arch.get('layers', '')} on {card['dataset']!r}", file=out)
-    print(f"  nodes: {', '.join(card['nodes'])}; rounds {card['rounds_done']}/{card['rounds_planned']}"
+    if card.get("features") is not None:
+        classes = f" (classes {', '.join(card['classes'])})" if card.get("classes") else ""
+        print(f"  features: {', '.join(card['features'])}; label {card['label']!r}{classes}", file=out)
+    parties = f", {card['parties']} parties" if card.get("parties") is not None else ""
+    print(f"  nodes ({len(card['nodes'])}{parties}): {', '.join(card['nodes'])}; "
+          f"rounds {card['rounds_done']}/{card['rounds_planned']}"
           + (f" (stopped: {card['stopped_early']})" if card.get("stopped_early") else ""), file=out)
     for r in card["rounds_missing_nodes"]:
         print(f"  round {r['round']} lacked {', '.join(r['missing'])}", file=out)
     if card.get("max_rows"):
         rows = ", ".join(f"{k}={v}" for k, v in card["max_rows"].items())
         print(f"  privacy plan from the declared max_rows ({rows}), not from the rows", file=out)
+    if card.get("sampling_rate"):
+        rates = ", ".join(f"{k}={v:.4g}" for k, v in card["sampling_rate"].items())
+        print(f"  DP-SGD Poisson sampling rate per node: {rates}", file=out)
     eps = ", ".join(f"{k}={v:.4f}" for k, v in card["epsilon_per_node"].items())
     print(f"  epsilon per node: {eps}; delta {card['delta']:.2g}", file=out)
     m = card["metrics"]
-    print(f"  held-out (DP-noised): accuracy {m['accuracy'] if m['accuracy'] is None else round(m['accuracy'], 4)}, "
-          f"loss {m['loss'] if m['loss'] is None else round(m['loss'], 4)}", file=out)
+    level = m.get("confidence_level")
+    names = ["accuracy", "loss"] if "mse" not in m else ["mse", "loss"]
+    print("  held-out (DP-noised, clamped to the valid range"
+          + (f", {level:.0%} intervals" if level else "") + "): "
+          + ", ".join(_metric(m, n) for n in names), file=out)

@@ -172,6 +172,8 @@ def noisy_eval(node: NodeContext, ts: TrainState, flat: np.ndarray, epsilon: flo
         / 2**frac,
         "kind": "correct" if sums.correct is not None else "sq_err",
         "epsilon": plan.epsilon,
+        # The noise variance per unit (public: from the plan), for the released metrics' intervals.
+        "sigma_node2": {name: float(v) for name, v in sig.items()},
     }
 
 
