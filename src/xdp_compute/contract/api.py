@@ -237,6 +237,21 @@ class Budget(ApiModel):
     analyst: AnalystBudget
 
 
+class AnalystSpend(ApiModel):
+    epsilon_spent: float = Field(description="ε of this analyst's released jobs on the dataset (release log)")
+    delta_spent: float
+    released: int
+    refused: int
+
+
+class DatasetSpend(ApiModel):
+    """A dataset's budget per node (the caller's visible parts) and what each analyst spent on it."""
+
+    dataset: str
+    nodes: list[NodeBudget]
+    analysts: dict[str, AnalystSpend]
+
+
 class Approval(ApiModel):
     """A job on the holder's dataset with its plan, principal, cost and policy decisions (never data)."""
 

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xdp_compute.config import Settings
 from xdp_compute.errors import PROBLEM_BASE, XdpError
 from xdp_compute.gateway import health
+from xdp_compute.gateway.console import create_console
 from xdp_compute.gateway.deps import Svc, require_role
 from xdp_compute.gateway.docs import install_docs
 from xdp_compute.gateway.limits import BodyLimit
@@ -130,6 +131,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(members.router)
     app.include_router(jobs.router)
     app.include_router(metering.router)
+    app.mount("/console", create_console(app))  # the web console (issue #15): HTML, outside the OpenAPI document
     from xdp_compute.gateway import openapi  # operation ids, bearer scheme, problem responses, 401 challenge
 
     openapi.install(app)

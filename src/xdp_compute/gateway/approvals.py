@@ -90,13 +90,14 @@ def _refund_if_never_started(svc: Services, job_id: str) -> None:
                     refund=True)
 
 
-async def approve(svc: Services, holder: PrincipalView, job_id: str) -> dict[str, Any]:
+async def approve(svc: Services, holder: PrincipalView, job_id: str,
+                  reason: str | None = None) -> dict[str, Any]:
     job, _ = await asyncio.to_thread(_load, svc, holder, job_id)
 
     def record() -> bool:
         with svc.store.write() as s:
             a, _ = _lock_pending(s, holder, job_id)
-            a.decision, a.decided_at = "approved", time.time()
+            a.decision, a.reason, a.decided_at = "approved", reason, time.time()
             s.flush()
             left = s.scalars(select(m.Approval).where(m.Approval.job_id == job_id,
                                                       m.Approval.decision != "approved")).all()
