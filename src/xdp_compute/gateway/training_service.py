@@ -357,9 +357,13 @@ class TrainingRun:
             self.tail_sum, self.tail_n = self.tail_sum + self.global_flat, self.tail_n + 1
 
     def log_round(self, rnd: int, survivors: list[str], metrics: list[dict[str, Any]]) -> None:
+        from xdp_compute.training.metrics import EVAL_LOSS_BOUND
+
         count = sum(x.get("count", 0) for x in metrics)
+        loss = (sum(x.get("loss_sum", 0) for x in metrics) / count) if count > 0 else None
+        # Clamped to the loss's range (post-processing of noisy sums; no privacy cost).
         self.progress.update({"round": rnd, "epsilon": max(self.spent.values()),
-                              "loss": (sum(x.get("loss_sum", 0) for x in metrics) / count) if count > 0 else None})
+                              "loss": None if loss is None else min(max(loss, 0.0), EVAL_LOSS_BOUND)})
         self.rounds_log.append({"round": rnd, "nodes": sorted(self.names[n] for n in survivors),
                                 "missing": sorted(self.names[n] for n in self.names if n not in survivors)})
 
