@@ -60,11 +60,12 @@ async def jobs_page(request: Request, user: AnalystUser, svc: ConsoleSvc,
 
 def result_table(job: dict[str, Any]) -> dict[str, Any] | None:
     """Released rows with their intervals as the SDK's QueryResult shows them: (value, low, high)."""
-    rows = job.get("rows")
-    if not isinstance(rows, list):
+    res = job.get("result")
+    rows = res.get("rows") if isinstance(res, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return None
-    intervals = job.get("intervals") or [{}] * len(rows)
-    columns = list(job.get("columns") or (list(rows[0]) if rows else []))
+    intervals = res.get("intervals") or [{}] * len(rows)
+    columns = list(res.get("columns") or (list(rows[0]) if rows else []))
     table = []
     for row, iv in zip(rows, intervals, strict=False):
         cells = []
@@ -73,7 +74,7 @@ def result_table(job: dict[str, Any]) -> dict[str, Any] | None:
             cells.append({"value": row.get(c), "low": bounds[0] if bounds else None,
                           "high": bounds[1] if bounds else None})
         table.append(cells)
-    return {"columns": columns, "rows": table, "level": job.get("level")}
+    return {"columns": columns, "rows": table, "level": res.get("level")}
 
 
 @router.get("/jobs/{job_id}")
