@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from xdp_compute.audit.heads import TreeHeadSigner
 from xdp_compute.audit.merkle import MerkleTree, hash_leaf, verify_inclusion
 from xdp_compute.errors import ProofError
@@ -95,7 +93,7 @@ def _vectors() -> tuple[dict[str, Any], list[tuple[bool, str | None]]]:
     return {"inclusion": cases, "heads": [h for h, _ in heads]}, expected + [(s is None, s) for _, s in heads]
 
 
-def test_merkle_js_agrees_with_python(chromium: Any, tmp_path: Path) -> None:
+def test_merkle_js_agrees_with_python(driver: Any, tmp_path: Path) -> None:
     vectors, expected = _vectors()
     page = tmp_path / "merkle-test.html"
     page.write_text(
@@ -104,9 +102,9 @@ def test_merkle_js_agrees_with_python(chromium: Any, tmp_path: Path) -> None:
         f"<script src=\"{MERKLE_JS.as_uri()}\"></script></head><body><main><h1>merkle.js</h1></main></body></html>",
         encoding="utf-8",
     )
-    chromium.get(page.as_uri())
-    chromium.set_script_timeout(60)
-    out = chromium.execute_async_script(RUNNER)
+    driver.get(page.as_uri())
+    driver.set_script_timeout(60)
+    out = driver.execute_async_script(RUNNER)
     assert "error" not in out, out
     assert out["ed25519"] is True, "this Chromium's WebCrypto lacks Ed25519; the entry page would say so"
     got = out["inclusion"] + out["heads"]
@@ -118,17 +116,3 @@ def test_merkle_js_agrees_with_python(chromium: Any, tmp_path: Path) -> None:
             assert result["root"] == vectors["inclusion"][i]["root"]
         if not ok:
             assert result["step"] == step, (i, result)
-
-
-@pytest.fixture
-def chromium() -> Any:  # TEMPORARY until tests/console/conftest.py lands
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--allow-file-access-from-files"):
-        opts.add_argument(a)
-    d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    yield d
-    d.quit()

@@ -79,9 +79,10 @@ def create_console(gateway: FastAPI) -> FastAPI:
 
     console.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    from xdp_compute.gateway.console import analyst, holder, signin
+    from xdp_compute.gateway.console import analyst, audit, holder, signin
 
     console.include_router(signin.router)
     console.include_router(holder.router)
     console.include_router(analyst.router)
+    console.include_router(audit.router)  # auditor pages (console/audit.py)
     return console

@@ -19,7 +19,7 @@ NAV: dict[str, list[tuple[str, str]]] = {
     "holder": [("/holder/approvals", "Approvals"), ("/holder/nodes", "Nodes"),
                ("/holder/budgets", "Budgets"), ("/holder/jobs", "Jobs on my data")],
     "analyst": [("/analyst/catalog", "Catalog"), ("/analyst/budgets", "Budgets"), ("/analyst/jobs", "Jobs")],
-    "auditor": [],
+    "auditor": [("/audit/log", "Release log"), ("/audit/verify", "Verify the log"), ("/audit/metering", "Metering")],
     "admin": [],
 }
 

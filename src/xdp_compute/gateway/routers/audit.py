@@ -114,13 +114,18 @@ def consistency(svc: Svc, who: Auditor, first: int = Query(..., ge=0, le=MAX_IND
     return {"first": first, "second": second, "proof": [h.hex() for h in lg.consistency_proof(first, second)]}
 
 
-@router.get("/entries/{index}", response_model=A.LogEntry, responses=problems(404))
-def entry(svc: Svc, who: Auditor, index: int = FastPath(..., ge=0, le=MAX_INDEX)) -> dict[str, Any]:
+def leaf_bytes(svc: Svc, index: int) -> bytes:
+    """The stored leaf of entry ``index``: its canonical JSON bytes, as the Merkle tree hashed them."""
     with svc.store.read() as s:
         row = s.get(m.LogEntry, index)
     if row is None:
         raise NotFound(f"no log entry {index}")
-    return json.loads(row.entry_json)  # type: ignore[no-any-return]
+    return row.entry_json.encode()
+
+
+@router.get("/entries/{index}", response_model=A.LogEntry, responses=problems(404))
+def entry(svc: Svc, who: Auditor, index: int = FastPath(..., ge=0, le=MAX_INDEX)) -> dict[str, Any]:
+    return json.loads(leaf_bytes(svc, index))  # type: ignore[no-any-return]
 
 
 # -- witnessing (C2SP checkpoints and cosignatures; gateway/witnessing.py) --------------------
