@@ -273,3 +273,34 @@ def test_sign_in_page_is_accessible_and_a_wrong_token_says_so(hs: Hospitals, dri
     field.send_keys("xdp_wrong", Keys.ENTER)
     wait_text(driver, "main", "Not signed in: unknown token.")
     assert "xdp_wrong" not in driver.page_source and "xdp_wrong" not in driver.current_url
+
+
+def test_dataset_spend_is_for_its_owner_members_and_auditors(hs: Hospitals) -> None:
+    """GET /v1/datasets/{name}/spend, which the holder's budgets page shows: the owner sees every
+    node's ledger and each analyst's spend; a member only its own nodes; analysts are refused."""
+    base = hs.cluster.url
+
+    def get(token: str, name: str = "visits") -> httpx.Response:
+        return httpx.get(f"{base}/v1/datasets/{name}/spend", headers={"authorization": f"Bearer {token}"})
+
+    q = Submitted(hs, "ana", epsilon=0.25)  # one released job, approved through the SDK
+    job = pending_job(hs)
+    with hs.cluster.client(hs.tokens["clinic-0"]) as holder:
+        holder.approve(job)
+    q.join()
+    assert q.error is None, q.error
+    owner = get(hs.tokens["clinic-0"])
+    assert owner.status_code == 200, owner.text
+    body = owner.json()
+    assert body["dataset"] == "visits" and {n["node"] for n in body["nodes"]} == {"clinic-0", "clinic-1"}
+    spent = body["analysts"][ANALYST]
+    # The ε the job spent (the noise floor may lower it a hair below the 0.25 asked for).
+    assert spent["released"] >= 1 and spent["epsilon_spent"] > 0.2
+    for n in body["nodes"]:
+        assert n["epsilon_left"] == pytest.approx(n["epsilon_budget"] - n["epsilon_spent"] - n["epsilon_reserved"])
+    member = get(hs.tokens["clinic-1"]).json()
+    assert [n["node"] for n in member["nodes"]] == ["clinic-1"]
+    assert get(hs.tokens["auditor"]).status_code == 200
+    assert get(hs.tokens["analyst"]).status_code == 403
+    missing = get(hs.tokens["clinic-0"], "no-such-dataset")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")

@@ -30,6 +30,7 @@ OPERATION_IDS = {
     ("GET", "/v1/datasets"): "catalog-list-datasets",
     ("GET", "/v1/datasets/{name}"): "catalog-get-dataset",
     ("GET", "/v1/datasets/{name}/mock"): "catalog-mock-dataset",
+    ("GET", "/v1/datasets/{name}/spend"): "catalog-dataset-spend",
     ("GET", "/v1/nodes"): "catalog-list-nodes",
     ("GET", "/v1/nodes/{node_id}"): "catalog-get-node",
     ("GET", "/v1/datasets/{name}/members"): "members-list-members",
