@@ -97,3 +97,28 @@ def test_console_routes_stay_out_of_the_rest_api_document(api: Any) -> None:
     paths = api.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/console")]
     assert "/v1/datasets/{name}/spend" in paths
+
+
+def test_the_console_root_leads_to_sign_in_then_to_the_roles_first_page(api: Any, store: Any) -> None:
+    r = api.get("/console", follow_redirects=True)
+    assert r.status_code == 200 and r.url.path == "/console/sign-in" and 'id="token"' in r.text
+    holder = store.create_principal("holder", "h2", "CN-FJ")
+    sign_in(api, holder)
+    r = api.get("/console/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/holder/approvals"
+    css = api.get("/console/static/console.css")
+    assert css.status_code == 200 and ":focus-visible" in css.text
+
+
+def test_signing_in_again_replaces_the_old_session(api: Any, store: Any, analyst: str) -> None:
+    sign_in(api, analyst)
+    old = api.cookies.get(COOKIE)
+    sign_in(api, analyst)
+    assert api.cookies.get(COOKIE) != old
+    new = api.cookies.get(COOKIE)
+    api.cookies.clear()
+    api.cookies.set(COOKIE, old)
+    assert api.get("/console/analyst/jobs", follow_redirects=False).status_code == 303
+    api.cookies.clear()
+    api.cookies.set(COOKIE, new)
+    assert api.get("/console/analyst/jobs", follow_redirects=False).status_code == 200

@@ -68,7 +68,9 @@ async def sign_in(request: Request) -> Response:
         r.set_cookie(SIGNIN_COOKIE, fresh, httponly=True, samesite="strict", path=COOKIE_PATH,
                      secure=_secure(request))
         return r
-    sid = sessions(request).open(principal, token)
+    table = sessions(request)
+    table.close(request.cookies.get(COOKIE))  # signing in again replaces this browser's old session
+    sid = table.open(principal, token)
     r = RedirectResponse(_home(request, principal.role), status_code=303)
     r.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path=COOKIE_PATH, secure=_secure(request))
     r.delete_cookie(SIGNIN_COOKIE, path=COOKIE_PATH)
