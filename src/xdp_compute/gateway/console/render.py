@@ -44,12 +44,20 @@ def _num(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0"
 
 
+def _flat(v: Any) -> str | None:
+    """A list of plain values as one comma-separated line (None for anything nested)."""
+    if isinstance(v, list | tuple) and all(x is None or isinstance(x, str | int | float | bool) for x in v):
+        return ", ".join("—" if x is None else str(x) for x in v) or "none"
+    return None
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True,  # every value is HTML-escaped unless a template says otherwise
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = _when
     env.filters["num"] = _num
+    env.filters["flat"] = _flat
     return env
 
 
