@@ -151,6 +151,8 @@ def test_verify_with_a_checkpoint_then_an_edited_entry_fails(api: Any, world: di
 def test_verify_refuses_a_malformed_checkpoint_with_a_message(api: Any, world: dict[str, Any]) -> None:
     r = _verify(api, "{not json")
     assert r.status_code == 400 and "checkpoint: not valid JSON" in r.text
+    r = _verify(api, '{"tree_size": 3}')
+    assert r.status_code == 400 and "checkpoint: lacks key_id, public_key, root_hash" in r.text
     r = _verify(api, "hello")
     assert r.status_code == 400 and "neither the JSON" in r.text
     form = api.get("/console/audit/verify")

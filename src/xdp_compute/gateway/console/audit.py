@@ -163,6 +163,10 @@ def _checkpoint_from(text: str, public_key_hex: str) -> dict[str, Any]:
             raise BadRequest(f"checkpoint: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, dict):
             raise BadRequest("checkpoint: a JSON object is expected")
+        missing = {"tree_size", "root_hash", "public_key", "key_id"} - data.keys()
+        if missing:
+            raise BadRequest(f"checkpoint: lacks {', '.join(sorted(missing))} (is it the file `xdp audit verify "
+                             "--checkpoint` saves?)")
         return data
     try:
         body, signatures = parse_note(text + "\n")
@@ -192,6 +196,9 @@ def _run_verifier(svc: Any, who: Any, checkpoint: dict[str, Any] | None) -> dict
         problems = [p for p in problems if p not in found]
         ran = slug != "checkpoint" or checkpoint is not None
         checks.append({"slug": slug, "name": name, "what": what, "ran": ran, "problems": found})
+    # Shown in the verifier's own order (audit/verify.py steps 1-6).
+    order = ["key", "sequence", "signatures", "roots", "coverage", "checkpoint"]
+    checks.sort(key=lambda c: order.index(c["slug"]))
     if problems:  # anything the table above does not name
         checks.append({"slug": "other", "name": "Other", "what": "Further findings", "ran": True,
                        "problems": problems})
