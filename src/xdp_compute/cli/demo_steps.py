@@ -35,7 +35,7 @@ APPROVAL_SQL = ("SELECT drug, COUNT(*) AS prescriptions, AVG(monthly_cost) AS av
 
 def approval_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
     """A job on a dataset that requires approval: it waits, the owner's holder approves it, it runs."""
-    from xdp_compute.cli.demo import DISTRICTS, HOSPITALS
+    from xdp_compute.cli.demo_data import DISTRICTS, HOSPITALS
 
     owner_node = HOSPITALS[DISTRICTS[0]]
     console.rule("[bold]4. Data holder: approving a job on a dataset that requires approval")
@@ -85,7 +85,7 @@ def training_steps(console: Console, cluster: LocalCluster, tokens: dict[str, st
     import csv
     import io
 
-    from xdp_compute.cli.demo import synthetic_patients
+    from xdp_compute.cli.demo_data import synthetic_patients
     from xdp_compute.sdk.training import print_card
 
     console.rule("[bold]6. ML team: differentially private federated training over the three hospitals")
