@@ -115,7 +115,8 @@ def test_metering_charts_have_a_point_per_release_and_a_bar_per_kind(
         hs: Hospitals, driver: Any, signer: Any, shoot: Any, a11y: Any) -> None:
     signer(driver, hs.cluster.url, hs.tokens["auditor"])
     driver.get(hs.cluster.url + "/console/audit/metering")
-    series = rest(hs, "/v1/metering/series")
+    with hs.cluster.client(hs.tokens["auditor"]) as auditor:
+        series = auditor.metering_series()  # the SDK's record of GET /v1/metering/series
     track = driver.find_element(*by('section.track[data-side="analyst"][data-name="analyst"]'))
     assert len(track.find_elements(*by("svg.chart-line circle.point"))) == len(QUERIES)
     assert len(series["per_analyst"]["analyst"]["epsilon_over_time"]) == len(QUERIES)

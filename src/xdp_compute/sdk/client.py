@@ -359,6 +359,11 @@ class BaseClient:
         """Auditors (all) and holders (their datasets): jobs, epsilon spent, cells, compute seconds."""
         return Call("GET", "/v1/metering", A.Metering.model_validate)
 
+    @endpoint
+    def metering_series(self) -> Call[A.MeteringSeries]:
+        """Auditors (all) and holders (their datasets): cumulative ε per release and entries by kind, over time."""
+        return Call("GET", "/v1/metering/series", A.MeteringSeries.model_validate)
+
 
 # ---------------------------------------------------------------------- blocking I/O
 class Client(BaseClient):
