@@ -131,6 +131,34 @@ def test_metering_charts_have_a_point_per_release_and_a_bar_per_kind(
     shoot(driver, "audit-metering")
 
 
+# Makes this browser's WebCrypto refuse Ed25519, as an older browser would.
+NO_ED25519 = """
+const importKey = crypto.subtle.importKey.bind(crypto.subtle);
+crypto.subtle.importKey = function (format, key, algorithm, ...rest) {
+  if ((algorithm && (algorithm.name || algorithm)) === "Ed25519") {
+    return Promise.reject(new DOMException("Ed25519 is not supported", "NotSupportedError"));
+  }
+  return importKey(format, key, algorithm, ...rest);
+};
+"""
+
+
+def test_without_webcrypto_ed25519_the_page_says_the_gateway_checked_the_signature(
+        hs: Hospitals, driver: Any, signer: Any, shoot: Any) -> None:
+    signer(driver, hs.cluster.url, hs.tokens["auditor"])
+    script = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": NO_ED25519})
+    try:
+        driver.get(hs.cluster.url + "/console/audit/entries/0")
+        status = proof_verdict(driver)
+        assert status.get_attribute("data-state") == "verified", status.text
+        assert status.get_attribute("data-signature-checked-by") == "gateway"
+        steps = driver.find_element(*by("#proof-steps")).text
+        assert "checked by the gateway (this browser's WebCrypto has no Ed25519): verified" in steps
+        shoot(driver, "audit-entry-gateway-signature")
+    finally:
+        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+
+
 def test_an_edited_entry_fails_in_the_browser_and_in_the_whole_log_check(
         hs: Hospitals, driver: Any, signer: Any, shoot: Any, a11y: Any, tmp_path: Path) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
