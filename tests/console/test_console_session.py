@@ -122,3 +122,20 @@ def test_signing_in_again_replaces_the_old_session(api: Any, store: Any, analyst
     api.cookies.clear()
     api.cookies.set(COOKIE, new)
     assert api.get("/console/analyst/jobs", follow_redirects=False).status_code == 200
+
+
+def test_the_session_cookie_is_secure_when_the_gateway_serves_tls(store: Any, tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from xdp_compute.config import Settings
+    from xdp_compute.gateway.app import create_app
+    from xdp_compute.gateway.services import Services
+
+    settings = Settings(db_url="sqlite://", tls_cert=str(tmp_path / "gw.pem"), tls_key=str(tmp_path / "gw.key"))
+    svc = Services(settings=settings, store=store)
+    token = store.create_principal("holder", "h-tls", "CN-FJ")
+    # Plain http here: the gateway's own TLS settings alone make the cookie Secure.
+    with TestClient(create_app(settings, svc), base_url="http://testserver") as c:
+        r = sign_in(c, token)
+        cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith(COOKIE + "="))
+        assert "Secure" in cookie
