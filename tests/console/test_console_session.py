@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from xdp_compute.gateway.console.session import COOKIE
+from xdp_compute.gateway.console.session import COOKIE, SIGNIN_COOKIE
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -134,8 +134,11 @@ def test_the_session_cookie_is_secure_when_the_gateway_serves_tls(store: Any, tm
     settings = Settings(db_url="sqlite://", tls_cert=str(tmp_path / "gw.pem"), tls_key=str(tmp_path / "gw.key"))
     svc = Services(settings=settings, store=store)
     token = store.create_principal("holder", "h-tls", "CN-FJ")
-    # Plain http here: the gateway's own TLS settings alone make the cookie Secure.
+    # Plain http here: the gateway's own TLS settings alone make the cookies Secure.
     with TestClient(create_app(settings, svc), base_url="http://testserver") as c:
+        page = c.get("/console/sign-in")
+        assert "Secure" in next(h for h in page.headers.get_list("set-cookie") if h.startswith(SIGNIN_COOKIE))
+    with TestClient(create_app(settings, svc), base_url="https://testserver") as c:
         r = sign_in(c, token)
         cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith(COOKIE + "="))
-        assert "Secure" in cookie
+        assert r.status_code == 303 and "Secure" in cookie and "HttpOnly" in cookie
