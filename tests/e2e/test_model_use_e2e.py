@@ -144,3 +144,13 @@ def test_the_card_states_features_label_privacy_and_clamped_metrics(trained: Any
         assert 0.0 <= lo <= m["accuracy"] <= hi <= 1.0
         lo, hi = m["loss_interval"]
         assert 0.0 <= lo <= m["loss"] <= hi
+
+
+def test_xdp_train_out_must_be_onnx_and_says_so_in_one_line(tmp_path: Path) -> None:
+    # Refused before anything is sent (the gateway address is never dialled).
+    r = subprocess.run([XDP, "train", "patients", "--features", "age", "--label", "readmitted",
+                        "--out", str(tmp_path / "model.pt"), "--url", "http://127.0.0.1:9", "--token", "t"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 8, (r.stdout, r.stderr)  # ExitCode.INVALID
+    assert r.stderr.strip() == "error: --out writes ONNX: give a path ending in .onnx, not 'model.pt'"
+    assert not (tmp_path / "model.pt").exists()
