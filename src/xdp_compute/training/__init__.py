@@ -37,6 +37,9 @@ _LAZY = {
     "epsilon_for_history": "local",
     "plan_privacy": "local",
     "TrainingRandomness": "randomness",
+    "InvalidRow": "predictor",
+    "Predictor": "predictor",
+    "released_metrics": "metrics",
 }
 
 
@@ -51,9 +54,11 @@ __all__ = [
     "MODELS",
     "EncodedData",
     "EvalSums",
+    "InvalidRow",
     "LabelInfo",
     "LocalTrainer",
     "NodePrivacyState",
+    "Predictor",
     "PrivacyPlan",
     "RoundResult",
     "TrainingRandomness",
@@ -78,4 +83,5 @@ __all__ = [
     "node_contribution",
     "plan_privacy",
     "predict",
+    "released_metrics",
 ]
