@@ -77,6 +77,30 @@ def result_table(job: dict[str, Any]) -> dict[str, Any] | None:
     return {"columns": columns, "rows": table, "level": res.get("level")}
 
 
+METRICS = ("accuracy", "loss", "mse")
+
+
+def model_card(job: dict[str, Any]) -> dict[str, Any] | None:
+    """A released model's card as the page shows it: features, label, classes, nodes, ε per node,
+    δ, rounds, and the held-out metrics (already clamped to their range) with their intervals."""
+    res = job.get("result")
+    card = res.get("card") if isinstance(res, dict) else None
+    if not isinstance(card, dict):
+        return None
+    metrics = card.get("metrics") or res.get("metrics") or {}
+    shown = []
+    for name in METRICS:
+        if metrics.get(name) is not None:
+            iv = metrics.get(f"{name}_interval")
+            shown.append({"name": name, "value": metrics[name], "low": iv[0] if iv else None,
+                          "high": iv[1] if iv else None})
+    return {"dataset": card.get("dataset"), "features": card.get("features") or [], "label": card.get("label"),
+            "classes": card.get("classes"), "nodes": card.get("nodes") or [],
+            "epsilon_per_node": card.get("epsilon_per_node") or {}, "delta": card.get("delta"),
+            "rounds_done": card.get("rounds_done"), "rounds_planned": card.get("rounds_planned"),
+            "metrics": shown, "level": metrics.get("confidence_level", 0.95)}
+
+
 @router.get("/jobs/{job_id}")
 async def job_page(job_id: str, request: Request, user: AnalystUser, svc: ConsoleSvc) -> Response:
     if len(job_id) > 64:
@@ -88,7 +112,7 @@ async def job_page(job_id: str, request: Request, user: AnalystUser, svc: Consol
         job = await asyncio.to_thread(jobs.get_job, job_id, svc, user.principal)
         table = result_table(job)
     return pages(request).render(request, "analyst_job.html", user, title=f"Job {job_id}", job=job, table=table,
-                                 encrypted=summary["operation"] in ENCRYPTED)
+                                 card=model_card(job), encrypted=summary["operation"] in ENCRYPTED)
 
 
 def _summary(svc: Any, user: Any, job_id: str) -> dict[str, Any]:
