@@ -140,7 +140,7 @@ class PostgresServer:
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     bindir = _pg_bin()
-    if bindir is None or os.environ.get("XDP_TEST_PG_URL"):
+    if bindir is None:  # CI installs them (.ci/run); this test stops and starts its own server
         pytest.skip("needs local PostgreSQL server binaries to stop and start a server")
     tmp = Path(tempfile.mkdtemp(prefix="xdp-pg-ready-"))
     run_as: dict[str, Any] = {}

@@ -39,11 +39,13 @@ class ApiModel(BaseModel):
             raise KeyError(key) from None
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and getattr(self, key, None) is not None
+        # As for the dict the gateway sent: a member is "in" the record when the answer carried it
+        # (a declared field left at its default was not sent).
+        return isinstance(key, str) and (key in self.model_fields_set or key in (self.model_extra or {}))
 
     def get(self, key: str, default: Any = None) -> Any:
-        """``dict.get``: the member ``key`` or ``default`` when absent."""
-        return getattr(self, key, default)
+        """``dict.get``: the member ``key`` as the gateway sent it, or ``default`` when it sent none."""
+        return getattr(self, key) if key in self else default
 
     def keys(self) -> Iterator[str]:
         return (k for k, _ in self)
