@@ -30,6 +30,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/approvals"): {"holder"},
     ("GET", "/v1/metering"): {"holder", "auditor"},
     ("GET", "/v1/metering/series"): {"holder", "auditor"},
+    ("GET", "/v1/datasets/{name}/spend"): {"holder", "auditor"},
     ("POST", "/v1/approvals/{job_id}/approve"): {"holder"},
     ("POST", "/v1/approvals/{job_id}/deny"): {"holder"},
     ("GET", "/v1/jobs"): {"admin", "holder", "analyst", "auditor"},
@@ -49,6 +50,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
 }
 # Routes whose object belongs to one holder: the other holder gets 404.
 HOLDER_OBJECTS = {("GET", "/v1/datasets/{name}"), ("GET", "/v1/datasets/{name}/mock"),
+                  ("GET", "/v1/datasets/{name}/spend"),
                   ("GET", "/v1/nodes/{node_id}"), ("POST", "/v1/nodes/{node_id}/validate")}
 
 

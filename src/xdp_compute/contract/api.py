@@ -224,7 +224,7 @@ class NodeBudget(ApiModel):
 
 
 class AnalystBudget(ApiModel):
-    """The analyst's own budget (empty before its first job)."""
+    """The analyst's own budget (before its first job: the gateway's default, nothing spent)."""
 
     epsilon_budget: float | None = None
     epsilon_spent: float | None = None

@@ -187,4 +187,7 @@ async def budget(dataset: str, svc: Svc, who: Analyst) -> dict[str, Any]:
                        "epsilon_spent": p["eps_spent"], "epsilon_reserved": p["eps_reserved"],
                        "epsilon_left": p["eps_budget"] - p["eps_spent"] - p["eps_reserved"],
                        "delta_budget": p["delta_budget"], "delta_spent": p["delta_spent"]} for p in parts],
-            "analyst": svc.store.analyst_budget(who.id)}
+            # Before its first job the analyst has the gateway's default budget, nothing spent.
+            "analyst": svc.store.analyst_budget(who.id) or {
+                "epsilon_budget": svc.settings.analyst_epsilon_budget, "epsilon_spent": 0.0, "epsilon_reserved": 0.0,
+                "delta_budget": svc.settings.analyst_delta_budget, "delta_spent": 0.0}}
