@@ -32,3 +32,28 @@ def test_pull_task_with_a_nan_wait_returns_at_once(tmp_path: Path) -> None:
                 assert time.monotonic() - t < 15
     finally:
         cluster.close()
+
+
+def test_the_reported_version_is_checked_and_shown_to_the_holder(tmp_path: Path) -> None:
+    cluster = LocalCluster(root=tmp_path)
+    try:
+        cluster.start_gateway()
+        token = cluster.token("holder", "raw-holder")
+        meta = (("authorization", f"Bearer {token}"),)
+        with grpc.insecure_channel(cluster.grpc_addr) as channel:
+            stub = pb_grpc.NodeServiceStub(channel)
+            for bad in ("v" * 65, "1.0\x1b[31m", "1.0\n<script>"):
+                try:
+                    stub.Register(pb.RegisterRequest(node_name="raw-node", region="CN-FJ", datasets_json="[]",
+                                                     agent_version=bad), metadata=meta, timeout=30)
+                    raise AssertionError(f"agent_version {bad!r} was accepted")
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "agent_version" in (e.details() or "")
+            stub.Register(pb.RegisterRequest(node_name="raw-node", region="CN-FJ", datasets_json="[]",
+                                             agent_version="raw 2.0"), metadata=meta, timeout=30)
+        with cluster.client(token) as holder:
+            (node,) = holder.nodes()
+        # Plaintext on loopback: no certificate to show.
+        assert node.version == "raw 2.0" and node.certificate is None
+    finally:
+        cluster.close()

@@ -74,6 +74,24 @@ def test_a_tls_gateway_refuses_plaintext_and_unverified_clients(tls: Hospitals) 
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_holder_sees_its_nodes_version_and_certificate(tls: Hospitals) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from xdp_compute.crypto.pki import PkiPaths
+    from xdp_compute.node.agent import AGENT_VERSION
+
+    c = tls.cluster
+    with Client(c.url, tls.tokens["clinic-0"], ca=str(c.ca)) as holder:
+        (node,) = holder.nodes()  # a holder sees its own nodes only
+    cert = x509.load_pem_x509_certificate(PkiPaths(c.pki).node_cert(node.name).read_bytes())
+    assert node.version == AGENT_VERSION
+    assert node.certificate is not None
+    assert node.certificate.fingerprint == cert.fingerprint(hashes.SHA256()).hex()
+    assert node.certificate.subject == cert.subject.rfc4514_string()
+    assert node.certificate.not_after == cert.not_valid_after_utc.timestamp()
+
+
 def _self_signed(d: Path, node: str, holder: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)])

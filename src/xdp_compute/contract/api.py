@@ -110,6 +110,12 @@ class MockPreview(ApiModel):
     rows: list[dict[str, Any]]
 
 
+class NodeCertificate(ApiModel):
+    subject: str
+    fingerprint: str = Field(description="SHA-256 of the certificate's DER encoding, hex")
+    not_after: float = Field(description="Expiry, POSIX seconds")
+
+
 class Node(ApiModel):
     id: str
     name: str
@@ -117,6 +123,9 @@ class Node(ApiModel):
     online: bool
     last_seen: float
     datasets: list[str]
+    version: str | None = Field(None, description="The version the node reported when it registered")
+    certificate: NodeCertificate | None = Field(None, description="The node's TLS client certificate "
+                                                                  "(none on a plaintext loopback gateway)")
 
 
 class NodeValidation(ApiModel):

@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from cryptography import x509
@@ -200,3 +201,13 @@ def node_identity(pem: bytes) -> NodeIdentity | None:
     if len(nodes) != 1 or len(holders) != 1:
         return None
     return NodeIdentity(node=nodes[0], holder=holders[0])
+
+
+def certificate_facts(pem: bytes) -> dict[str, Any]:
+    """What a holder's console shows about a node's certificate: subject, SHA-256 fingerprint of
+    the DER encoding (as ``openssl x509 -fingerprint -sha256`` prints it, without colons) and
+    expiry (POSIX seconds)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return {"subject": cert.subject.rfc4514_string(),
+            "fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
+            "not_after": cert.not_valid_after_utc.timestamp()}

@@ -13,13 +13,13 @@ import grpc
 
 from xdp_compute.domain.manifest import parse_declaration
 from xdp_compute.domain.names import check_node_name, check_region
-from xdp_compute.errors import Unauthorized, XdpError
+from xdp_compute.errors import BadRequest, Unauthorized, XdpError
 from xdp_compute.gateway.hub import TaskHub
 from xdp_compute.gateway.registration import RegistrationLimits
 from xdp_compute.gateway.release import ReleaseLog
 from xdp_compute.gateway.serde import parse_json_list, reply_from_proto, task_to_proto
 from xdp_compute.gateway.store import PrincipalView, Store
-from xdp_compute.gateway.tls import check_peer
+from xdp_compute.gateway.tls import check_peer, peer_certificate
 from xdp_compute.gateway.witnessing import accept_cosignature, checkpoint_offer
 from xdp_compute.v1 import node_pb2 as pb
 from xdp_compute.v1 import node_pb2_grpc as pb_grpc
@@ -105,9 +105,10 @@ class NodeService(pb_grpc.NodeServiceServicer):
             check_region(request.region)
             decls = [parse_declaration(d, origin=f"node {request.node_name}")
                      for d in parse_json_list(request.datasets_json, "datasets_json")]
+            facts = {"version": check_agent_version(request.agent_version), "certificate": peer_certificate(context)}
             node_id = await asyncio.to_thread(self.store.register_node, p, request.node_name, request.region,
                                               [d.to_dict() for d in decls],
-                                              max_nodes_per_holder=self.limits.max_nodes_per_holder)
+                                              max_nodes_per_holder=self.limits.max_nodes_per_holder, facts=facts)
             self.store.remember_owner(node_id, p.id, request.node_name)
             sid = self.hub.new_session(node_id)
             self.hub.registered(node_id)
@@ -209,3 +210,13 @@ def build_server(service: NodeService, max_message_bytes: int) -> grpc.aio.Serve
                                       ("grpc.so_reuseport", 0)])
     pb_grpc.add_NodeServiceServicer_to_server(service, server)
     return server
+
+
+def check_agent_version(raw: str) -> str | None:
+    """The version a node reports at Register, shown to its holder: at most 64 printable ASCII
+    characters (None when it reports none)."""
+    if not raw:
+        return None
+    if len(raw) > 64 or not all(" " <= ch <= "~" for ch in raw):
+        raise BadRequest("agent_version must be at most 64 printable ASCII characters")
+    return raw

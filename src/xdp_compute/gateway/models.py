@@ -41,6 +41,11 @@ class Node(Base):
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[float] = mapped_column(Float, default=0.0)
     registered_at: Mapped[float] = mapped_column(Float)
+    # What its holder sees (issue #15): the version the node reports and its TLS client certificate.
+    agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cert_subject: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cert_not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Dataset(Base):

@@ -357,22 +357,25 @@ class Store:
     # ----------------------------------------------------------------- nodes
     def register_node(self, holder: PrincipalView, node_name: str, region: str,
                       datasets: list[dict[str, Any]],
-                      max_nodes_per_holder: int = membership.DEFAULT_MAX_NODES_PER_HOLDER) -> str:
+                      max_nodes_per_holder: int = membership.DEFAULT_MAX_NODES_PER_HOLDER,
+                      facts: dict[str, Any] | None = None) -> str:
         """Register (or re-register) a node and its datasets atomically; clashes refuse all of it.
 
         A dataset name belongs to the first holder that registered it; another holder's node may
         declare it only once invited (``gateway.membership``), and never past the per-holder cap.
+        ``facts``: what the node's holder sees about it — ``version`` (what it reports) and
+        ``certificate`` (subject, fingerprint, not_after of the TLS client certificate).
         """
         specs = [DatasetSpec.from_dict(d) for d in datasets]
         try:
-            return self._register_node(holder, node_name, region, specs, max_nodes_per_holder)
+            return self._register_node(holder, node_name, region, specs, max_nodes_per_holder, facts or {})
         except (IntegrityError, _Raced):
             # Two registrations raced on a new name (a dataset or a node): the database kept one.
             # Run again: the loser now sees the winner's row and gets the ordinary refusal (or joins).
-            return self._register_node(holder, node_name, region, specs, max_nodes_per_holder)
+            return self._register_node(holder, node_name, region, specs, max_nodes_per_holder, facts or {})
 
     def _register_node(self, holder: PrincipalView, node_name: str, region: str, specs: list[DatasetSpec],
-                       max_nodes_per_holder: int) -> str:
+                       max_nodes_per_holder: int, facts: dict[str, Any]) -> str:
         from xdp_compute.domain.manifest import schema_differences
 
         now = time.time()
@@ -407,6 +410,10 @@ class Store:
                 s.flush()
             else:
                 node.region, node.online, node.last_seen = region, True, now
+            cert = facts.get("certificate") or {}
+            node.agent_version = facts.get("version")
+            node.cert_subject, node.cert_fingerprint = cert.get("subject"), cert.get("fingerprint")
+            node.cert_not_after = cert.get("not_after")
             for spec in specs:
                 ds = s.get(m.Dataset, spec.name)
                 if ds is not None and spec.name not in owned:
@@ -470,8 +477,11 @@ class Store:
             out = []
             for n in nodes:
                 dss = s.scalars(select(m.NodeDataset.dataset_name).where(m.NodeDataset.node_id == n.id)).all()
+                cert = ({"subject": n.cert_subject, "fingerprint": n.cert_fingerprint, "not_after": n.cert_not_after}
+                        if n.cert_fingerprint else None)
                 out.append({"id": n.id, "name": n.name, "region": n.region, "online": n.online,
-                            "last_seen": n.last_seen, "datasets": sorted(dss)})
+                            "last_seen": n.last_seen, "datasets": sorted(dss), "version": n.agent_version,
+                            "certificate": cert})
             return out
 
     def get_node(self, node_id: str, holder_id: str | None = None) -> dict[str, Any]:

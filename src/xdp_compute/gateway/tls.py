@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from xdp_compute.config import Settings, is_loopback
-from xdp_compute.crypto.pki import node_identity
+from xdp_compute.crypto.pki import certificate_facts, node_identity
 from xdp_compute.errors import BadRequest, Forbidden, Unauthorized
 from xdp_compute.gateway.store import PrincipalView
 
@@ -73,6 +73,16 @@ def check_peer(context: Any, principal: PrincipalView, node_name: str | None = N
                         f"{principal.name!r}'s")
     if node_name is not None and ident.node != node_name:
         raise Forbidden(f"the client certificate is for node {ident.node!r}, not {node_name!r}")
+
+
+def peer_certificate(context: Any) -> dict[str, Any] | None:
+    """Subject, fingerprint and expiry of the verified client certificate of this call (None on
+    the plaintext loopback server); called after ``check_peer`` accepted it."""
+    auth = context.auth_context() or {}
+    pems = auth.get("x509_pem_cert") or []
+    if b"ssl" not in (auth.get("transport_security_type") or []) or not pems:
+        return None
+    return certificate_facts(pems[0])
 
 
 def require_safe_transport(settings: Settings) -> None:
