@@ -182,12 +182,15 @@ def test_a_job_waiting_for_approval_says_so_and_a_holders_denial_exits_denied(ap
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         job = _pending(h)
-        approve = run(h, "clinic-0", "approvals", "approve", job)
+        approve = run(h, "clinic-0", "approvals", "approve", job, "--reason", "within the research agreement")
         assert approve.returncode == 0, approve.stderr
         out, err = p.communicate(timeout=120)
     finally:
         p.kill()
     assert p.returncode == 0, err
+    with h.cluster.client(h.tokens["clinic-0"]) as holder:  # the approver's reason is kept with the decision
+        (mine,) = [a for a in holder.approvals() if a["job_id"] == job]
+    assert mine["your_decision"] == "approved" and mine["reason"] == "within the research agreement"
     assert f"waiting: job {job} awaits approval by clinic-0-holder" in err, err
     assert json.loads(out)["job_id"] == job  # waiting lines stay out of the JSON on stdout
 

@@ -332,13 +332,15 @@ def approvals_list(url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_
 
 @approvals_app.command("approve")
 @friendly
-def approvals_approve(job_id: str, url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA,
+def approvals_approve(job_id: str,
+                      reason: str = typer.Option(None, help="Why (kept with your decision; optional)"),
+                      url: str = URL, token: str = TOKEN, token_file: Path = TOKEN_FILE, ca: str = CA,
                       timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
     """Approve a job on your datasets; it runs once every holder asked has approved."""
     from xdp_compute.cli.output import as_data, print_json
 
     with gateway_client(url, token, token_file, ca, timeout) as c:
-        r = as_data(c.approve(job_id)) or {}
+        r = as_data(c.approve(job_id, reason=reason)) or {}
     if as_json:
         print_json(r)
         return

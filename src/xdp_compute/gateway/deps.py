@@ -64,11 +64,22 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     principal and its role passed, and it is parsed and validated in a worker thread.
     """
 
+    return _body_parser(model, optional=False)
+
+
+def optional_json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """As ``json_body``, for a body that may be left out: no body reads as ``model()``."""
+    return _body_parser(model, optional=True)
+
+
+def _body_parser(model: type[M], optional: bool) -> Callable[[Request], Awaitable[M]]:
     async def parse(request: Request) -> M:
         try:
             raw = await request.body()
         except ClientDisconnect:
             raise BadRequest("the client went away before the request body arrived") from None
+        if optional and not raw.strip():
+            return model()
         try:
             return await asyncio.to_thread(model.model_validate_json, raw)
         except ValidationError as e:
@@ -78,7 +89,7 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return parse
 
 
-def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting a body read through ``json_body``."""
-    return {"requestBody": {"required": True,
+def body_openapi(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body read through ``json_body`` (or ``optional_json_body``)."""
+    return {"requestBody": {"required": required,
                             "content": {"application/json": {"schema": model.model_json_schema()}}}}

@@ -323,8 +323,9 @@ class BaseClient:
         return Call("GET", "/v1/approvals", _list_of(A.Approval))
 
     @endpoint
-    def approve(self, job_id: str) -> Call[A.ApprovalDecision]:
-        return Call("POST", f"/v1/approvals/{_seg(job_id)}/approve", A.ApprovalDecision.model_validate)
+    def approve(self, job_id: str, reason: str | None = None) -> Call[A.ApprovalDecision]:
+        body = None if reason is None else {"reason": _args.text("reason", reason, max_len=2000)}
+        return Call("POST", f"/v1/approvals/{_seg(job_id)}/approve", A.ApprovalDecision.model_validate, json=body)
 
     @endpoint
     def deny(self, job_id: str, reason: str) -> Call[A.ApprovalDecision]:
