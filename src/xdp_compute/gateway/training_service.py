@@ -394,7 +394,6 @@ class TrainingRun:
     def payload(self, per_node: dict[str, Any], overall: dict[str, Any]) -> dict[str, Any]:
         """The released model, its card and its metrics."""
         from xdp_compute.training.architecture import describe_model
-
         from xdp_compute.training.features import feature_names
         from xdp_compute.training.predictor import label_of_model
 
