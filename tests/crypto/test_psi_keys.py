@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xdp_compute.crypto.psi import JOIN_DOMAIN, normalise_key
+from xdp_compute.crypto.psi import normalise_key
 
 
 def test_every_domain_uses_nfc_and_strips_whitespace() -> None:
@@ -37,13 +37,3 @@ def test_integers_and_text_agree_empty_is_no_key_and_floats_are_refused() -> Non
         normalise_key("citizen-id", 1.0)
     with pytest.raises(TypeError, match="bool"):
         normalise_key("citizen-id", True)
-
-
-@pytest.mark.parametrize("name", ["citizen-id", "phone", "email", "eu.vat_id", "id2"])
-def test_join_domain_names(name: str) -> None:
-    assert JOIN_DOMAIN.fullmatch(name)
-
-
-@pytest.mark.parametrize("name", ["", "Citizen", "-id", "a b", "id-", "a--b", "x" * 0 + "é"])
-def test_bad_join_domain_names(name: str) -> None:
-    assert not JOIN_DOMAIN.fullmatch(name)

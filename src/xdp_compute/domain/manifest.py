@@ -94,7 +94,13 @@ def parse_source(source: str, *, is_dir: bool = False) -> SourceRef:
 
 COLUMN_TYPES = ("int", "float", "category", "text", "bool")
 NUMERIC_TYPES = ("int", "float")
-USES = ("aggregate", "filter", "group")
+USES = ("aggregate", "filter", "group", "join")
+# A join key (issue #16, docs/private-joins.md): its values leave the node only blinded, so it can
+# be nothing else; ``join_domain`` names its identifier space (two datasets join only on keys of
+# the same domain). Text or int columns only: a float or category key would not be an identifier.
+JOIN_TYPES = ("text", "int")
+JOIN_DOMAIN = re.compile(r"^[a-z][a-z0-9]*(?:[-_.][a-z0-9]+)*$")
+MAX_JOIN_DOMAIN_CHARS = 40
 CLASSIFICATIONS = ("public", "internal", "sensitive", "core")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _NODE_NAME = NODE_NAME
@@ -111,6 +117,7 @@ class ColumnSpec:
     max: float | None = None
     values: tuple[str, ...] | None = None
     uses: tuple[str, ...] = ()
+    join_domain: str | None = None  # set exactly when "join" is in uses
 
     @property
     def numeric(self) -> bool:
@@ -120,6 +127,10 @@ class ColumnSpec:
         d = asdict(self)
         d["values"] = list(self.values) if self.values is not None else None
         d["uses"] = list(self.uses)
+        if self.join_domain is None:
+            # Absent, not null: a column declared before joins existed keeps its exact dict, so
+            # schemas registered by older nodes still compare equal.
+            del d["join_domain"]
         return d
 
     @classmethod
@@ -131,6 +142,7 @@ class ColumnSpec:
             max=d.get("max"),
             values=tuple(d["values"]) if d.get("values") is not None else None,
             uses=tuple(d.get("uses") or ()),
+            join_domain=d.get("join_domain"),
         )
 
 
@@ -297,7 +309,7 @@ def _column(ctx: _Ctx, ds: str, name: str, spec: Any) -> ColumnSpec:
         raise ctx.fail(key, "column names must be identifiers (letters, digits, underscore)")
     if not isinstance(spec, dict):
         raise ctx.fail(key, "must be a table like { type = \"int\", min = 0, max = 1, uses = [...] }")
-    _take(ctx, spec, {"type", "min", "max", "values", "uses"}, key)
+    _take(ctx, spec, {"type", "min", "max", "values", "uses", "join_domain"}, key)
     ctype = spec.get("type")
     if ctype not in COLUMN_TYPES:
         raise ctx.fail(f"{key}.type", f"unknown column type {ctype!r} (expected one of {', '.join(COLUMN_TYPES)})")
@@ -305,7 +317,9 @@ def _column(ctx: _Ctx, ds: str, name: str, spec: Any) -> ColumnSpec:
     uses = tuple(u for u in uses if u != "none")
     bad = [u for u in uses if u not in USES]
     if bad:
-        raise ctx.fail(f"{key}.uses", f"unknown use {bad[0]!r} (expected aggregate, filter, group or none)")
+        raise ctx.fail(f"{key}.uses", f"unknown use {bad[0]!r} (expected aggregate, filter, group, join or none)")
+    join_domain = _join_domain(ctx, key, ctype, uses, spec)
+    spec = {k: v for k, v in spec.items() if k != "join_domain"}  # checked; the rest as for any column
     lo = hi = None
     values = None
     if ctype in NUMERIC_TYPES:
@@ -337,11 +351,31 @@ def _column(ctx: _Ctx, ds: str, name: str, spec: Any) -> ColumnSpec:
     else:  # text
         if set(spec) - {"type", "uses"}:
             raise ctx.fail(key, "a text column takes only type and uses")
-        if uses:
-            raise ctx.fail(f"{key}.uses", "a text column cannot be aggregated, filtered or grouped; use []")
+        if uses and join_domain is None:
+            raise ctx.fail(f"{key}.uses", "a text column cannot be aggregated, filtered or grouped; use [] "
+                                          "(or [\"join\"] with a join_domain for a join key)")
     if "aggregate" in uses and ctype == "category" and values is not None and len(values) != 2:
         raise ctx.fail(f"{key}.uses", "only numeric, bool or two-valued category columns can be aggregated")
-    return ColumnSpec(name=name, type=ctype, min=lo, max=hi, values=values, uses=uses)
+    return ColumnSpec(name=name, type=ctype, min=lo, max=hi, values=values, uses=uses, join_domain=join_domain)
+
+
+def _join_domain(ctx: _Ctx, key: str, ctype: str, uses: tuple[str, ...], spec: dict[str, Any]) -> str | None:
+    """The ``join_domain`` of a ``join`` column (docs/private-joins.md); None for any other column."""
+    domain = spec.get("join_domain")
+    if "join" not in uses:
+        if domain is not None:
+            raise ctx.fail(f"{key}.join_domain", "only a column with use \"join\" takes a join_domain")
+        return None
+    if len(uses) > 1:
+        raise ctx.fail(f"{key}.uses", "a join column can have no other use: its values leave the node only "
+                                      "blinded, so it cannot also be aggregated, filtered or grouped")
+    if ctype not in JOIN_TYPES:
+        raise ctx.fail(f"{key}.type", f"a join column is text or int, not {ctype} (a key identifies a person)")
+    if not isinstance(domain, str) or len(domain) > MAX_JOIN_DOMAIN_CHARS or not JOIN_DOMAIN.fullmatch(domain):
+        raise ctx.fail(f"{key}.join_domain", "required for a join column: a short lower-case identifier of the "
+                                             "key's identifier space, e.g. \"citizen-id\" or \"phone\" (two "
+                                             "datasets join only on keys of the same domain)")
+    return domain
 
 
 _DS_KEYS = {
@@ -486,7 +520,7 @@ def schema_differences(existing: dict[str, Any], new: dict[str, Any]) -> list[st
     for col in sorted(set(b) - set(a)):
         out.append(f"column {col!r} is not declared by the other nodes")
     for col in sorted(set(a) & set(b)):
-        for attr in ("type", "min", "max", "values", "uses"):
+        for attr in ("type", "min", "max", "values", "uses", "join_domain"):
             if a[col].get(attr) != b[col].get(attr):
                 out.append(f"column {col!r} {attr}: {b[col].get(attr)!r} here vs {a[col].get(attr)!r} registered")
     return out

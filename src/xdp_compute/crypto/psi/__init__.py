@@ -17,11 +17,10 @@ from xdp_compute.crypto.psi.group import (
     tag,
     tags,
 )
-from xdp_compute.crypto.psi.keys import JOIN_DOMAIN, normalise_key
+from xdp_compute.crypto.psi.keys import normalise_key
 
 __all__ = [
     "GROUP_ORDER",
-    "JOIN_DOMAIN",
     "POINT_BYTES",
     "TAG_BYTES",
     "BlindingScalar",

@@ -17,10 +17,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["JOIN_DOMAIN", "normalise_key"]
+__all__ = ["normalise_key"]
 
-JOIN_DOMAIN = re.compile(r"^[a-z][a-z0-9]*(?:[-_.][a-z0-9]+)*$")
-"""A join domain's name: a short lower-case identifier such as ``citizen-id`` or ``phone``."""
+# Which domain names a manifest may declare is the manifest's business (domain.manifest.JOIN_DOMAIN).
 
 _NOT_PHONE = re.compile(r"[^0-9]")
 
