@@ -13,7 +13,9 @@ sum(x^2)/n - mean^2, and the n-1 correction is meaningless next to DP noise). WH
 column-vs-literal comparisons, IN lists, BETWEEN, IS [NOT] NULL, AND/OR/NOT and parentheses.
 
 Everything else raises ``InvalidQuery`` whose message names the construct, the clause and the
-character offset of the fragment, and says why. Identifiers are case-insensitive (quoted or not);
+character offset of the fragment, and says why. JOIN (issue #16) is refused shape by shape in
+``query.joins``; an inner join of two datasets, until docs/private-joins.md is wired, as not
+available yet. Identifiers are case-insensitive (quoted or not);
 results use the manifest's spelling of column names.
 """
 
@@ -29,6 +31,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec
 from xdp_compute.errors import InvalidQuery
+from xdp_compute.query.joins import refuse_join
 from xdp_compute.query.where import (
     MAX_IN_LIST,
     MAX_PREDICATE_DEPTH,
@@ -67,7 +70,7 @@ _CLAUSE_NAMES = {
     "with_": ("WITH (common table expression)", "queries run directly over one dataset"),
     "distinct": ("DISTINCT", "a set of distinct raw values would reveal rows"),
     "into": ("SELECT INTO", "queries cannot write"),
-    "joins": ("JOIN", "queries run over one dataset only"),
+    "joins": ("JOIN", "queries run over one dataset only"),  # not used: query/joins.py refuses each shape
     "laterals": ("LATERAL", "queries run over one dataset only"),
     "pivots": ("PIVOT", "not in the supported subset"),
     "having": ("HAVING", "filtering on noisy aggregates is done by the analyst after release"),
@@ -184,7 +187,7 @@ def _readable_parse_error(e: ParseError | TokenError) -> InvalidQuery:
 # statement and FROM
 
 
-def _statement(sql: str) -> exp.Select:
+def _statement(sql: str, *, allow_join: bool = False) -> exp.Select:
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidQuery("empty query: expected SELECT ... FROM dataset", construct="syntax")
     if len(sql) > MAX_SQL_CHARS:
@@ -213,6 +216,9 @@ def _statement(sql: str) -> exp.Select:
                            f"(found `{_fragment(stmt)}`)", construct=kind, clause="query")
     for key, value in stmt.args.items():
         if key in _ALLOWED_SELECT_ARGS or value in (None, False, [], ""):
+            continue
+        if key == "joins":
+            refuse_join(stmt, allowed=allow_join)  # every shape refused with its own reason (issue #16)
             continue
         name, why = _CLAUSE_NAMES.get(key, (key.upper().rstrip("_"), "not in the supported subset"))
         node = value[0] if isinstance(value, list) else value
@@ -254,9 +260,12 @@ def _from_table(stmt: exp.Select) -> tuple[str, str | None]:
     return src.this.name, alias_name
 
 
-def parse_statement(sql: str) -> exp.Select:
-    """Parse ``sql`` once into its shape-checked SELECT; every later step takes this tree."""
-    return _statement(sql)
+def parse_statement(sql: str, *, allow_join: bool = False) -> exp.Select:
+    """Parse ``sql`` once into its shape-checked SELECT; every later step takes this tree.
+
+    ``allow_join``: let an inner join of two datasets through, for ``query.joins.check_join``.
+    """
+    return _statement(sql, allow_join=allow_join)
 
 
 def referenced_dataset(sql: str | exp.Select) -> str:
