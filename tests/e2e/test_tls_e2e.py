@@ -90,6 +90,9 @@ def test_a_holder_sees_its_nodes_version_and_certificate(tls: Hospitals) -> None
     assert node.certificate.fingerprint == cert.fingerprint(hashes.SHA256()).hex()
     assert node.certificate.subject == cert.subject.rfc4514_string()
     assert node.certificate.not_after == cert.not_valid_after_utc.timestamp()
+    with Client(c.url, tls.tokens["analyst"], ca=str(c.ca)) as analyst:  # not for anyone else
+        seen = {n.name: n for n in analyst.nodes()}
+    assert seen[node.name].version is None and seen[node.name].certificate is None
 
 
 def _self_signed(d: Path, node: str, holder: str) -> tuple[Path, Path]:

@@ -46,14 +46,20 @@ def mock_dataset(name: str, svc: Svc, who: CatalogReader,
             "rows": mock_rows(spec, rows)}
 
 
+def _as_seen_by(node: dict[str, Any], who: PrincipalView) -> dict[str, Any]:
+    # A node's software version and certificate are for its holder and the operator: to anyone
+    # else a version says which known flaw to try.
+    return node if who.role in ("holder", "admin") else {**node, "version": None, "certificate": None}
+
+
 @router.get("/nodes", response_model=list[A.Node])
 def list_nodes(svc: Svc, who: NodeReader) -> list[dict[str, Any]]:
-    return svc.store.list_nodes(who.id if who.role == "holder" else None)
+    return [_as_seen_by(n, who) for n in svc.store.list_nodes(who.id if who.role == "holder" else None)]
 
 
 @router.get("/nodes/{node_id}", response_model=A.Node, responses=problems(404))
 def get_node(node_id: str, svc: Svc, who: NodeReader) -> dict[str, Any]:
-    return svc.store.get_node(node_id, who.id if who.role == "holder" else None)
+    return _as_seen_by(svc.store.get_node(node_id, who.id if who.role == "holder" else None), who)
 
 
 SPEND_OUTCOMES = ("released", "denied", "budget_exhausted", "failed", "approval_refused")
