@@ -181,3 +181,88 @@ class WitnessCosignature(Base):
     root_hash: Mapped[str] = mapped_column(String(64))
     cosigned_at: Mapped[int] = mapped_column(BigInteger)              # the cosignature's timestamp (s)
     signature_line: Mapped[str] = mapped_column(Text)                 # "— <name> <base64>"
+
+
+# ---------------------------------------------------------------- data exchange (issue #17)
+# Assets, products, subscriptions, metered usage and statements. The release log is the
+# registry: every asset version, product listing, subscription decision and statement is a log
+# entry; these rows index it and hold the counters that must not race (``gateway/exchange.py``).
+class AssetVersion(Base):
+    """One registered version of a dataset as an asset: the log entry that registered it."""
+
+    __tablename__ = "asset_versions"
+    __table_args__ = (UniqueConstraint("dataset_name", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_name: Mapped[str] = mapped_column(ForeignKey("datasets.name"))
+    version: Mapped[int] = mapped_column(Integer)
+    log_index: Mapped[int] = mapped_column(Integer)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    content_commitment: Mapped[str] = mapped_column(String(64))
+    metadata_commitment: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[float] = mapped_column(Float)
+
+
+class Product(Base):
+    """A product an owner lists on its dataset: kind, unit, price per unit, allowance per subscriber."""
+
+    __tablename__ = "products"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_name: Mapped[str] = mapped_column(ForeignKey("datasets.name"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    unit: Mapped[str] = mapped_column(String(16))
+    unit_price: Mapped[float] = mapped_column(Float)
+    allowance: Mapped[float] = mapped_column(Float)
+    terms_json: Mapped[str] = mapped_column(Text, default="{}")
+    log_index: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Subscription(Base):
+    """An analyst's subscription to a product: pending until the owner decides; its counters."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("product_id", "principal_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"))
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    used: Mapped[float] = mapped_column(Float, default=0.0)
+    held: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Usage(Base):
+    """Units of a subscription: held at submission, metered at release (or given back)."""
+
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"))
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"))
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))  # held | metered | returned
+    units: Mapped[float] = mapped_column(Float)
+    amount_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    period: Mapped[str | None] = mapped_column(String(7), nullable=True)
+    parties_json: Mapped[str] = mapped_column(Text, default="[]")
+    log_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    metered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Statement(Base):
+    """A settlement statement issued for one party (subscriber or owner) and one billing period."""
+
+    __tablename__ = "statements"
+    __table_args__ = (UniqueConstraint("period", "party_id", "side"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    period: Mapped[str] = mapped_column(String(7))
+    party_id: Mapped[str] = mapped_column(ForeignKey("principals.id"))
+    side: Mapped[str] = mapped_column(String(16))  # subscriber | owner
+    total_micros: Mapped[int] = mapped_column(BigInteger)
+    log_index: Mapped[int] = mapped_column(Integer)
+    issued_at: Mapped[float] = mapped_column(Float)

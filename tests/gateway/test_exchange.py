@@ -1,0 +1,149 @@
+"""The exchange's service (issue #17): products, subscriptions, ``charge_call`` and the settlement
+rule, on the store directly (the REST, SDK and CLI paths are tests/e2e/test_exchange_e2e.py)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from conftest import example_manifest
+
+from xdp_compute.config import Settings
+from xdp_compute.domain.manifest import parse_manifest_text
+from xdp_compute.errors import BadRequest, Conflict, Forbidden, NotFound
+from xdp_compute.gateway.exchange import (
+    AllowanceUsedUp,
+    ExchangeService,
+    NotSubscribed,
+    check_period,
+    next_period,
+    split_income,
+    to_micros,
+)
+from xdp_compute.gateway.services import Services
+from xdp_compute.gateway.store import PrincipalView, Store
+
+
+def decl() -> dict[str, Any]:
+    return parse_manifest_text(example_manifest(), check_files=False).datasets[0].to_dict()
+
+
+@pytest.fixture
+def ex(store: Store) -> ExchangeService:
+    return ExchangeService(Services(settings=Settings(db_url="sqlite://"), store=store))
+
+
+def principal(store: Store, role: str, name: str) -> PrincipalView:
+    return store.authenticate(store.create_principal(role, name, "CN-FJ"))
+
+
+@pytest.fixture
+def people(store: Store) -> dict[str, PrincipalView]:
+    owner = principal(store, "holder", "siming")
+    store.register_node(owner, "a", "CN-FJ", [decl()])
+    return {"owner": owner, "other": principal(store, "holder", "huli"),
+            "ana": principal(store, "analyst", "ana"), "bob": principal(store, "analyst", "bob")}
+
+
+def query_product(ex: ExchangeService, owner: PrincipalView, **kw: Any) -> dict[str, Any]:
+    body = {"dataset": "patients", "kind": "query", "title": "district counts", "unit_price": 100.0,
+            "allowance": 1.0, "shapes": {"aggregates": ["count"], "group_by": ["district"]}, **kw}
+    return ex.create_product(owner, body)
+
+
+def test_only_the_owner_lists_and_the_listing_is_a_log_entry(ex: ExchangeService, people: dict[str, Any]) -> None:
+    with pytest.raises(Forbidden, match="only the owner"):
+        query_product(ex, people["other"])
+    with pytest.raises(NotFound):
+        ex.create_product(people["owner"], {"dataset": "nope", "kind": "query", "title": "t", "unit_price": 1.0,
+                                            "allowance": 1.0})
+    with pytest.raises(BadRequest, match="group_by.*income|income"):
+        query_product(ex, people["owner"], shapes={"group_by": ["incomes"]})
+    p = query_product(ex, people["owner"])
+    entry = ex.svc.release_log.receipt(p["log_index"])["entry"]
+    assert entry["kind"] == "product_listed" and entry["product_id"] == p["id"]
+    assert entry["unit_price"] == 100.0 and entry["datasets"] == ["patients"]
+    assert [x["id"] for x in ex.products(people["ana"])] == [p["id"]]
+
+
+def test_a_lookup_product_needs_the_datasets_opt_in(ex: ExchangeService, people: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest, match="not open to hidden lookups"):
+        ex.create_product(people["owner"], {"dataset": "patients", "kind": "lookup", "title": "who",
+                                            "unit_price": 2.0, "allowance": 3, "columns": ["age"]})
+
+
+def test_subscribe_approve_and_only_the_owner_decides(ex: ExchangeService, people: dict[str, Any]) -> None:
+    p = query_product(ex, people["owner"])
+    sub = ex.subscribe(people["ana"], p["id"])
+    assert sub["status"] == "pending" and ex.subscribe(people["ana"], p["id"])["id"] == sub["id"]
+    with pytest.raises(Conflict):
+        ex.subscribe(people["owner"], p["id"])
+    with pytest.raises(NotFound):
+        ex.decide(people["other"], sub["id"], True, None)
+    done = ex.decide(people["owner"], sub["id"], True, "ok")
+    assert done["status"] == "approved"
+    with pytest.raises(Conflict, match="already approved"):
+        ex.decide(people["owner"], sub["id"], False, None)
+    assert [s["id"] for s in ex.subscriptions(people["owner"])] == [sub["id"]]
+    assert ex.subscriptions(people["bob"]) == []
+
+
+def lookup_product(ex: ExchangeService, store: Store, owner: PrincipalView, calls: int) -> str:
+    """A lookup product written straight to the store (the opt-in is the lookup part's manifest table)."""
+    import json
+    import time
+
+    from xdp_compute.gateway import models as m
+
+    with store.write() as s:
+        s.add(m.Product(id="lk1", dataset_name="patients", owner_id=owner.id, kind="lookup", title="who",
+                        description="", unit="call", unit_price=2.5, allowance=float(calls),
+                        terms_json=json.dumps({"columns": ["age"]}), log_index=0, created_at=time.time()))
+    return "lk1"
+
+
+def test_charge_call_counts_exactly_the_allowance_under_concurrency(ex: ExchangeService, store: Store,
+                                                                    people: dict[str, Any]) -> None:
+    pid = lookup_product(ex, store, people["owner"], calls=5)
+    with pytest.raises(NotFound):
+        ex.charge_call(people["ana"].id, "nope", "lookup")
+    with pytest.raises(NotFound):
+        ex.charge_call(people["ana"].id, pid, "query")  # a product of another kind
+    with pytest.raises(NotSubscribed):
+        ex.charge_call(people["ana"].id, pid, "lookup")
+    sub = ex.subscribe(people["ana"], pid)
+    with pytest.raises(NotSubscribed, match="pending"):
+        ex.charge_call(people["ana"].name, pid, "lookup")
+    ex.decide(people["owner"], sub["id"], True, None)
+    results: list[Any] = []
+
+    def call() -> None:
+        try:
+            results.append(ex.charge_call(people["ana"].id, pid, "lookup"))
+        except AllowanceUsedUp as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    grants = [r for r in results if not isinstance(r, Exception)]
+    assert len(grants) == 5 and sum(isinstance(r, AllowanceUsedUp) for r in results) == 3
+    g = grants[0]
+    assert (g.dataset, g.columns, g.unit_price, g.subscription_id) == ("patients", ("age",), 2.5, sub["id"])
+    assert AllowanceUsedUp("x").status == 429
+    assert ex.subscription_of(people["ana"], pid)["used"] == 5
+
+
+def test_settlement_rule_splits_exactly_and_periods() -> None:
+    shares = split_income(1_000_001, ["b", "a", "c"])
+    assert shares == {"a": 333_334, "b": 333_334, "c": 333_333} and sum(shares.values()) == 1_000_001
+    assert split_income(10, []) == {}
+    assert to_micros(0.5, 100.0) == 50_000_000 and to_micros(1 / 3, 3.0) == 1_000_000
+    assert next_period("2026-12") == "2027-01" and next_period("2026-01") == "2026-02"
+    with pytest.raises(BadRequest):
+        check_period("2026-13")
+    with pytest.raises(BadRequest):
+        check_period("26-1")
