@@ -139,6 +139,11 @@ class Settings(_XdpSettings):
                                         description="Seconds a request body may take to arrive (else 408)")
     log_format: Literal["json", "text"] = Field("json", description="Gateway log lines: json (one object per "
                                                                     "line, with request_id) or text")
+    # Replicas over PostgreSQL (issue #18): how often each looks for jobs whose replica died.
+    orphan_check_seconds: float = Field(5.0, gt=0, validation_alias=_env("ORPHAN_CHECK_SECONDS"),
+                                        description="Replicas on PostgreSQL: seconds between checks for jobs "
+                                                    "whose gateway replica died (they are failed, charged "
+                                                    "and logged)")
 
     @field_validator("restricted_categories", mode="before")
     @classmethod

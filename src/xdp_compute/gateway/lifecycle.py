@@ -80,6 +80,8 @@ class JobLifecycle:
         if not created:
             return await on_existing(job_id)
         if approvals:
+            # Nothing runs until approved; whichever replica starts it then takes the lease.
+            await asyncio.to_thread(self.svc.leases.give_back, job_id)
             return 202, {"job_id": job_id, "status": "awaiting_approval",
                          "detail": "the dataset's holders must approve this job before anything is computed"}
         return await start(job_id)
@@ -104,9 +106,14 @@ class JobLifecycle:
         return job
 
     def _create(self, d: JobDraft, key: str | None, approvals: list[str]) -> tuple[str, bool]:
-        """The job row, its budget holds and its approval requests, atomically; (job id, created)."""
+        """The job row, its budget holds and its approval requests, atomically; (job id, created).
+
+        The job's lease (``gateway/leases.py``) is taken before the row is committed: no other
+        replica can ever see this job active without a live owner."""
         job_id = new_id()
         now = time.time()
+        if not self.svc.leases.take(job_id):
+            raise Conflict("could not take the lease of a new job; try again")
         try:
             with self.store.write() as s:
                 s.add(m.Job(id=job_id, principal_id=d.principal.id, kind=d.kind,
@@ -124,26 +131,45 @@ class JobLifecycle:
                 for holder_id in approvals:
                     s.add(m.Approval(job_id=job_id, holder_id=holder_id, decision="pending"))
         except IntegrityError:
+            self.svc.leases.give_back(job_id)
             job = self.existing(d.principal, key, d.spec_digest)
             if job is None:
                 raise
             return job.id, False
+        except BaseException:
+            self.svc.leases.give_back(job_id)
+            raise
         return job_id, True
 
     # ------------------------------------------------------------------ approval -> run
     def start(self, job_id: str) -> None:
-        """reserved -> running, and only that: a denied or finished job never starts."""
-        with self.store.write() as s:
-            job = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
-            if job is None or job.status != "reserved":
-                raise Conflict(f"job {job_id} is {job.status if job else 'unknown'}; it cannot start")
-            job.status, job.updated_at = "running", time.time()
+        """reserved -> running, and only that: a denied or finished job never starts. This replica
+        holds the job's lease from here until ``guarded`` ends (another replica may be recovering
+        it: then it does not start)."""
+        if not self.svc.leases.take(job_id):
+            raise Conflict(f"job {job_id} is held by another gateway replica; it cannot start here")
+        try:
+            with self.store.write() as s:
+                job = s.scalar(select(m.Job).where(m.Job.id == job_id).with_for_update())
+                if job is None or job.status != "reserved":
+                    raise Conflict(f"job {job_id} is {job.status if job else 'unknown'}; it cannot start")
+                job.status, job.updated_at = "running", time.time()
+        except BaseException:
+            self.svc.leases.give_back(job_id)
+            raise
 
     async def guarded(self, job_id: str, principal: str, refusal: Outcome,
                       work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         """Run ``work`` (compute through release). A protocol abort before any value exists is
         refunded by its runner; any other failure before release is charged (a noisy value may
-        exist) and logged."""
+        exist) and logged. The job's lease is given back once it has ended, either way."""
+        try:
+            return await self._guarded(job_id, principal, refusal, work)
+        finally:
+            await asyncio.to_thread(self.svc.leases.give_back, job_id)
+
+    async def _guarded(self, job_id: str, principal: str, refusal: Outcome,
+                       work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         try:
             return await work
         except ProtocolAborted:

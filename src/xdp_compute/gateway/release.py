@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
 from xdp_compute.audit import MerkleTree, SignedTreeHead, TreeHeadSigner, canonical_json
@@ -61,11 +62,24 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# PostgreSQL advisory-lock key (two int4 form: class, object) that serialises release-log appends
+# across gateway replicas (issue #18). The two-key space never overlaps the one-bigint space the
+# job leases use (``gateway/leases.py``). 0x58445043 is "XDPC".
+LOG_LOCK_KEY = (0x58445043, 1)
+
+
 class ReleaseLog:
-    """Append-only entries in the store + an in-memory RFC 9162 tree rebuilt at start.
+    """Append-only entries in the store + an in-memory RFC 9162 tree, caught up from the store.
+
+    The store is the authority (issue #18): every append takes the database's log lock (on
+    PostgreSQL ``pg_advisory_xact_lock``, held until the transaction commits; on SQLite the
+    ``BEGIN IMMEDIATE`` write lock), then first appends to the tree in memory whatever other
+    gateway replicas committed since, and only then computes the next index and root. So replicas
+    on one database write one sequence of indices and one signed head per size. Reads of the
+    committed size catch up the same way (without the lock: an entry and its head commit together).
 
     The ``signer`` is kept outside the store (``gateway/log_key.py``): the database holds the
-    log, never the key that signs it.
+    log, never the key that signs it. Replicas are configured with the same key file.
     """
 
     def __init__(self, store: Store, signer: TreeHeadSigner) -> None:
@@ -73,10 +87,56 @@ class ReleaseLog:
         self.signer = signer
         self.origin = log_origin(signer.key_id)
         self.tree = MerkleTree()
-        self.lock = threading.Lock()
+        # Re-entrant: reading ``committed_size`` catches up under it, also from code holding it.
+        self.lock = threading.RLock()
         self.integrity_problem: str | None = None
-        self.committed_size = 0  # the tree size whose entries and head are committed in the store
+        self._committed = 0  # the tree size whose entries and head are committed in the store
         self._rebuild()
+
+    @property
+    def committed_size(self) -> int:
+        """The latest committed tree size, including entries other replicas appended."""
+        with self.lock:
+            self.catch_up()
+            return self._committed
+
+    def catch_up(self) -> int:
+        """Append to the tree in memory the entries committed in the store since it was read
+        (by another replica); returns how many. Checks them against their signed head."""
+        with self.lock:
+            with self.store.read() as s:
+                added = self._catch_up(s)
+            if added:
+                self._committed = self.tree.size
+            return added
+
+    def _catch_up(self, s: Session) -> int:
+        """Inside ``s``: read entries with an index at or past the tree's size and append them; the
+        head of the new size must be stored and match (RFC 9162 §2.1.1: same size, same root)."""
+        if self.integrity_problem:
+            return 0
+        start = self.tree.size
+        rows = s.execute(select(m.LogEntry.idx, m.LogEntry.entry_json).where(m.LogEntry.idx >= start)
+                         .order_by(m.LogEntry.idx)).all()
+        if not rows:
+            return 0
+        for i, (idx, _) in enumerate(rows):
+            if idx != start + i:
+                self.integrity_problem = f"entry index {idx} found at position {start + i}"
+                break
+        else:
+            for _, leaf in rows:
+                self.tree.append(leaf.encode())
+            head = s.get(m.TreeHead, self.tree.size)
+            if head is None:
+                self.integrity_problem = f"no signed head for the {self.tree.size} committed entries"
+            elif head.root_hash != self.tree.root().hex():
+                self.integrity_problem = f"entries do not match the signed head of size {self.tree.size}"
+        if self.integrity_problem:
+            log.error("RELEASE LOG INTEGRITY: %s; releases are refused until an operator repairs it",
+                      self.integrity_problem)
+            return 0
+        return len(rows)
 
     def _rebuild(self) -> None:
         with self.store.read() as s:
@@ -88,7 +148,7 @@ class ReleaseLog:
                 self.integrity_problem = f"entry index {idx} found at position {i}"
             tree.append(text.encode())
         self.tree = tree
-        self.committed_size = tree.size
+        self._committed = tree.size
         if last is not None:
             if last.tree_size > tree.size:
                 self.integrity_problem = (f"last signed head covers {last.tree_size} entries but the store holds "
@@ -127,8 +187,9 @@ class ReleaseLog:
     def checkpoint(self, size: int | None = None) -> tuple[Checkpoint, str]:
         """The C2SP checkpoint of a committed size (default the latest) and its signed note."""
         with self.lock:
-            size = self.committed_size if size is None else size
-            if not 0 <= size <= self.committed_size:
+            committed = self.committed_size
+            size = committed if size is None else size
+            if not 0 <= size <= committed:
                 raise LogIntegrityError(f"no committed tree of size {size}")
             cp = Checkpoint(self.origin, size, self.tree.root(size))
         body = cp.body()
@@ -137,8 +198,9 @@ class ReleaseLog:
     def append(self, s: Session, entry: dict[str, Any]) -> dict[str, Any]:
         """Add an entry and its signed head inside the caller's transaction.
 
-        The caller holds ``self.lock`` and uses ``self.transaction()`` so that a rolled-back
-        transaction also rolls back the in-memory tree.
+        The caller uses ``self.transaction()``: it holds ``self.lock`` and the database's log lock,
+        has caught the tree up with the store, and a rolled-back transaction also rolls back the
+        in-memory tree.
         """
         if self.integrity_problem:
             raise LogIntegrityError(self.integrity_problem)
@@ -157,28 +219,39 @@ class ReleaseLog:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """Serialise appends; on any failure rebuild the tree from the store (nothing half-done)."""
+        """Serialise appends across threads and replicas; on any failure rebuild the tree from the
+        store (nothing half-done)."""
         with self.lock:
             try:
                 with self.store.write() as s:
+                    if s.get_bind().dialect.name == "postgresql":
+                        # Held until commit or rollback: the next appender, on any replica, reads
+                        # this transaction's entry and head before it computes its own.
+                        s.execute(sql_text("SELECT pg_advisory_xact_lock(:k1, :k2)"),
+                                  {"k1": LOG_LOCK_KEY[0], "k2": LOG_LOCK_KEY[1]})
+                    self._catch_up(s)
                     yield s
             except BaseException:
                 self._rebuild()
                 raise
-            self.committed_size = self.tree.size
+            self._committed = self.tree.size
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         with self.lock:  # the tree is not thread-safe; appends hold this lock
+            if size > self._committed:
+                self.catch_up()
             return self.tree.inclusion_proof(index, size)
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
         with self.lock:
+            if second > self._committed:
+                self.catch_up()
             return self.tree.consistency_proof(first, second)
 
     def receipt(self, index: int) -> dict[str, Any]:
         """Log index, inclusion proof and the signed head of the latest committed size."""
         with self.lock:
-            size = self.committed_size
+            size = self.committed_size  # caught up: the entry may come from another replica
             proof = self.tree.inclusion_proof(index, size)
         with self.store.read() as s:
             head = s.get(m.TreeHead, size)

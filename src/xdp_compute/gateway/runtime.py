@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from xdp_compute.gateway.grpc_service import NodeService, build_server, file_capture
+from xdp_compute.gateway.hub import PERSIST_LAST_SEEN_SECONDS
 from xdp_compute.gateway.registration import RegistrationLimits
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.tls import bind_grpc
@@ -27,6 +28,15 @@ def offline_window(heartbeat_seconds: float, missed: int) -> float:
     return max(heartbeat_seconds * missed, 6.0)
 
 
+def stale_before(svc: Services, window: float) -> float:
+    """Nodes last seen before this time are offline. One gateway: every node (no session survives
+    a restart). Replicas on PostgreSQL: a replica stores a live node's last_seen at least every
+    ``PERSIST_LAST_SEEN_SECONDS``, so one not stored for that plus the offline window is gone."""
+    if not svc.leases.enabled:
+        return float("inf")
+    return time.time() - (PERSIST_LAST_SEEN_SECONDS + window)
+
+
 async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     """Start gRPC and monitors; return a coroutine function that stops them."""
     s = svc.settings
@@ -42,18 +52,18 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
     bound = bind_grpc(server, s)  # TLS with required node certificates, or --insecure on loopback
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC to {s.grpc_host}:{s.grpc_port}")
-    from xdp_compute.gateway.recovery import recover_interrupted_jobs
+    from xdp_compute.gateway.recovery import recover_interrupted_jobs, recover_orphaned_jobs
 
+    window = offline_window(s.heartbeat_seconds, s.offline_after_missed)
     # No node has a session with this fresh process: all are offline until they register again
-    # (before serving, so a node that registers at once is not marked offline after it).
-    await asyncio.to_thread(svc.store.mark_offline_stale, float("inf"))
+    # (before serving, so a node that registers at once is not marked offline after it). Replicas
+    # on PostgreSQL (issue #18) share the store: only nodes no replica has heard from lately.
+    await asyncio.to_thread(svc.store.mark_offline_stale, stale_before(svc, window))
     await server.start()
     svc.grpc_address = (s.grpc_host, bound)
     log.info("gRPC for nodes on %s:%d", s.grpc_host, bound, extra={"grpc_address": f"{s.grpc_host}:{bound}"})
 
     await asyncio.to_thread(recover_interrupted_jobs, svc)
-
-    window = offline_window(s.heartbeat_seconds, s.offline_after_missed)
 
     async def monitor() -> None:
         # A node is offline once it has been silent for `window` seconds of gateway time during
@@ -86,12 +96,27 @@ async def start_runtime(svc: Services) -> Callable[[], Awaitable[None]]:
                 log.exception("liveness monitor")
             last = time.monotonic()  # the monitor's own database wait is not loop lag
 
-    task = asyncio.create_task(monitor())
+    async def orphans() -> None:
+        # Replicas on PostgreSQL: fail and log jobs whose replica died, and mark offline the
+        # nodes no replica has heard from (each replica marks only the nodes it lost itself).
+        while True:
+            await asyncio.sleep(s.orphan_check_seconds)
+            try:
+                await asyncio.to_thread(recover_orphaned_jobs, svc)
+                await asyncio.to_thread(svc.store.mark_offline_stale, stale_before(svc, window))
+            except Exception:
+                log.exception("orphaned-job check")
+
+    tasks = [asyncio.create_task(monitor())]
+    if svc.leases.enabled:
+        tasks.append(asyncio.create_task(orphans()))
 
     async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await server.stop(grace=1.0)
+        await asyncio.to_thread(svc.leases.close)
 
     return stop

@@ -11,6 +11,7 @@ from typing import Any
 from xdp_compute.audit import TreeHeadSigner
 from xdp_compute.config import Settings
 from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.leases import JobLeases
 from xdp_compute.gateway.log_key import load_log_signer
 from xdp_compute.gateway.metrics import GatewayMetrics
 from xdp_compute.gateway.release import ReleaseGate, ReleaseLog
@@ -33,12 +34,14 @@ class Services:
     grpc_address: tuple[str, int] | None = None  # (host, bound port) once the node server is serving
     release_log: ReleaseLog = field(init=False)
     gate: ReleaseGate = field(init=False)
+    leases: JobLeases = field(init=False)  # which jobs this replica runs (issue #18)
 
     def __post_init__(self) -> None:
         self.release_log = ReleaseLog(self.store, _log_signer(self.settings, self.store))
         self.gate = ReleaseGate(self.store, self.release_log, self.settings)
         self.gate.on_decision = self.metrics.gate_decision
         self.metrics.count_nodes_online(self.hub.online_count)
+        self.leases = JobLeases(self.store)
 
 
 def _log_signer(settings: Settings, store: Store) -> TreeHeadSigner:
