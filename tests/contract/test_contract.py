@@ -71,6 +71,29 @@ REPLY_EXAMPLES: dict[str, Record] = {
     "train_eval": TrainEvaluated(metrics={}, epsilon=2.0),
 }
 
+# Hidden lookups (issue #17).
+from xdp_compute.contract.tasks import (  # noqa: E402
+    LookupEvaluate,
+    LookupEvaluated,
+    LookupPrepare,
+    LookupPrepared,
+    LookupTablePart,
+    LookupTablePartReply,
+)
+
+_V = "0123456789abcdef" * 2
+REQUEST_EXAMPLES += [
+    LookupPrepare(dataset="p", product="prod", columns=["score"]),
+    LookupTablePart(dataset="p", product="prod", version=_V, part=0),
+    LookupEvaluate(dataset="p", product="prod", version=_V, point=b"\x02" * 32, principal="ana"),
+]
+REPLY_EXAMPLES.update({
+    "lookup_prepare": LookupPrepared(version=_V, key_type="text", columns=["score"], capacity=10, label_bytes=64,
+                                     table_bytes=1000, parts=1),
+    "lookup_table_part": LookupTablePartReply(version=_V, data=b"table"),
+    "lookup_evaluate": LookupEvaluated(version=_V, point=b"\x03" * 32),
+})
+
 
 def wire(record: Record) -> tuple[dict[str, Any], dict[str, bytes]]:
     header, blobs = encode(record)

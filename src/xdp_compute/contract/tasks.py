@@ -362,3 +362,97 @@ __all__ = [
     "fraction_text",
     "parse_fraction",
 ]
+
+
+# ---------------------------------------------------------------------- hidden lookups (issue #17)
+# Keyword PIR (docs/hidden-lookup.md): the node builds an encoded table per (dataset, product),
+# hands it out in parts, and answers one OPRF evaluation of a blinded point per charged lookup.
+# Every lookup task has the same fields and sizes whatever key the analyst looks up.
+LOOKUP_POINT_BYTES = 32
+LOOKUP_PART_BYTES = 4 << 20  # the table travels in parts under gRPC's message limit
+# A node's refusal of a version it no longer serves (data changed, node restarted): the SDK refetches.
+LOOKUP_STALE = "this lookup table version is no longer served; fetch the table again"
+_LookupPoint = Annotated[bytes, _Blob(), Field(min_length=LOOKUP_POINT_BYTES, max_length=LOOKUP_POINT_BYTES)]
+_LookupPart = Annotated[bytes, _Blob(), Field(max_length=LOOKUP_PART_BYTES)]
+_Name = Annotated[str, Field(min_length=1, max_length=200)]
+_TableVersion = Annotated[str, Field(pattern="^[0-9a-f]{32}$")]
+
+
+class LookupPrepare(Record):
+    """Build (or reuse) the product's lookup table on this node; answer its public shape."""
+
+    KIND: ClassVar[str] = "lookup_prepare"
+    dataset: _Name
+    product: _Name
+    columns: list[_Name] = Field(min_length=1)  # the product's columns (the node checks its own opt-in)
+
+
+class LookupPrepared(Record):
+    KIND: ClassVar[str] = "lookup_prepare"
+    version: _TableVersion      # random per (product, data version, OPRF key)
+    key_type: str = Field(pattern="^(text|int)$")
+    columns: list[_Name]
+    capacity: int = Field(ge=1)
+    label_bytes: int = Field(ge=1)
+    table_bytes: int = Field(ge=1)
+    parts: int = Field(ge=1)
+
+
+class LookupTablePart(Record):
+    """One part (``LOOKUP_PART_BYTES``) of a table version."""
+
+    KIND: ClassVar[str] = "lookup_table_part"
+    dataset: _Name
+    product: _Name
+    version: _TableVersion
+    part: int = Field(ge=0)
+
+
+class LookupTablePartReply(Record):
+    KIND: ClassVar[str] = "lookup_table_part"
+    version: _TableVersion
+    data: _LookupPart
+
+
+class LookupEvaluate(Record):
+    """RFC 9497 BlindEvaluate of one blinded point with the OPRF key of a table version."""
+
+    KIND: ClassVar[str] = "lookup_evaluate"
+    dataset: _Name
+    product: _Name
+    version: _TableVersion
+    point: _LookupPoint
+    principal: Principal | None = None  # who looks up (the holder's own log); never the key
+
+
+class LookupEvaluated(Record):
+    KIND: ClassVar[str] = "lookup_evaluate"
+    version: _TableVersion
+    point: _LookupPoint
+
+
+LOOKUP_REQUESTS: tuple[type[Record], ...] = (LookupPrepare, LookupTablePart, LookupEvaluate)
+REQUESTS.update({r.KIND: r for r in LOOKUP_REQUESTS})
+REPLY_OF.update({"lookup_prepare": LookupPrepared, "lookup_table_part": LookupTablePartReply,
+                 "lookup_evaluate": LookupEvaluated})
+__all__ += ["LOOKUP_PART_BYTES", "LOOKUP_POINT_BYTES", "LOOKUP_STALE", "LookupEvaluate", "LookupEvaluated", "LookupPrepare",
+            "LookupPrepared", "LookupTablePart", "LookupTablePartReply"]
+
+
+# ---------------------------------------------------------------------- data exchange (issue #17)
+class Commit(Record):
+    """Commit to one dataset's content: a keyed hash over its rows in canonical order (node/tasks/commit.py)."""
+
+    KIND: ClassVar[str] = "commit"
+    dataset: str = Field(min_length=1, max_length=64)
+
+
+class Committed(Record):
+    KIND: ClassVar[str] = "commit"
+    commitment: str = Field(pattern="^[0-9a-f]{64}$")  # hex HMAC-SHA256; never a row, never a count
+    scheme: str = Field(min_length=1, max_length=200)
+
+
+REQUESTS[Commit.KIND] = Commit
+REPLY_OF[Commit.KIND] = Committed
+__all__ += ["Commit", "Committed"]

@@ -176,6 +176,7 @@ class DatasetSpec:
     allowed_regions: tuple[str, ...] | None = None
     max_epsilon_per_query: float = DEFAULT_MAX_EPSILON_PER_QUERY
     max_rows: int = DEFAULT_MAX_ROWS
+    lookup: LookupSpec | None = None  # [datasets.lookup]: hidden lookups opted in (issue #17)
 
     def column(self, name: str) -> ColumnSpec | None:
         for c in self.columns:
@@ -220,6 +221,8 @@ class DatasetSpec:
             "max_rows": self.max_rows,
             "columns": [c.to_dict() for c in self.columns],
         }
+        if self.lookup is not None:
+            d["lookup"] = self.lookup.to_dict()  # absent when not opted in: older dicts stay equal
         if self.source:
             # The kind only (csv, parquet, postgresql): the gateway refuses an unsupported one at
             # Register; the path or URL never leaves the node.
@@ -246,6 +249,7 @@ class DatasetSpec:
             allowed_regions=tuple(d["allowed_regions"]) if d.get("allowed_regions") is not None else None,
             max_epsilon_per_query=float(d.get("max_epsilon_per_query", DEFAULT_MAX_EPSILON_PER_QUERY)),
             max_rows=int(d.get("max_rows", DEFAULT_MAX_ROWS)),
+            lookup=LookupSpec.from_dict(d["lookup"]) if d.get("lookup") is not None else None,
         )
 
 
@@ -384,6 +388,79 @@ _DS_KEYS = {
     "max_epsilon_per_query", "max_rows",
 }
 
+# -- hidden lookups (issue #17) --------------------------------------------------------------------
+# ``[datasets.lookup]``: the owner opts the dataset in to hidden lookups (keyword PIR, see
+# docs/hidden-lookup.md). A lookup releases one record, not a DP aggregate, so it is offered only
+# where the owner says: by the declared ``key`` column, for the listed ``columns``, from a table
+# padded to ``capacity`` entries of ``label_bytes`` each (both public: the table's size shows
+# them, never the row count).
+LOOKUP_KEY_TYPES = ("text", "int")
+DEFAULT_LOOKUP_LABEL_BYTES = 128
+MIN_LOOKUP_LABEL_BYTES, MAX_LOOKUP_LABEL_BYTES = 16, 4096
+MAX_LOOKUP_CAPACITY = 10_000_000
+
+
+@dataclass(frozen=True)
+class LookupSpec:
+    """A dataset's hidden-lookup opt-in: key column, releasable columns, table capacity and label size."""
+
+    key: str
+    columns: tuple[str, ...]
+    capacity: int
+    label_bytes: int = DEFAULT_LOOKUP_LABEL_BYTES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "columns": list(self.columns), "capacity": self.capacity,
+                "label_bytes": self.label_bytes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LookupSpec:
+        return cls(key=d["key"], columns=tuple(d["columns"]), capacity=int(d["capacity"]),
+                   label_bytes=int(d.get("label_bytes", DEFAULT_LOOKUP_LABEL_BYTES)))
+
+
+def _lookup(ctx: _Ctx, where: str, raw: Any, cols: tuple[ColumnSpec, ...], classification: str) -> LookupSpec | None:
+    """The ``[datasets.lookup]`` table (None: the dataset offers no hidden lookups)."""
+    if raw is None:
+        return None
+    key = f"{where}.lookup"
+    if not isinstance(raw, dict):
+        raise ctx.fail(key, "must be a table like { key = \"citizen_id\", columns = [\"score\"], capacity = 100000 }")
+    _take(ctx, raw, {"key", "columns", "capacity", "label_bytes"}, key)
+    if classification == "core":
+        raise ctx.fail(key, "a core dataset is never released, so it cannot offer hidden lookups")
+    by_name = {c.name.lower(): c for c in cols}
+    k = raw.get("key")
+    col = by_name.get(k.lower()) if isinstance(k, str) else None
+    if col is None:
+        raise ctx.fail(f"{key}.key", "required: the declared column whose value a lookup asks for")
+    if col.type not in LOOKUP_KEY_TYPES:
+        raise ctx.fail(f"{key}.key", f"a lookup key is a text or int column, not {col.type} (a key identifies "
+                                     "one record)")
+    names = _str_list(ctx, raw.get("columns"), f"{key}.columns") if "columns" in raw else ()
+    if not names:
+        raise ctx.fail(f"{key}.columns", "required: a non-empty list of the declared columns a lookup may return")
+    unknown = [n for n in names if n.lower() not in by_name]
+    if unknown:
+        raise ctx.fail(f"{key}.columns", f"{unknown[0]!r} is not a declared column")
+    if len({n.lower() for n in names}) != len(names):
+        raise ctx.fail(f"{key}.columns", "columns must be distinct")
+    capacity = raw.get("capacity")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_LOOKUP_CAPACITY:
+        raise ctx.fail(f"{key}.capacity", f"required: an integer in [1, {MAX_LOOKUP_CAPACITY}], at least the rows "
+                                          "the node holds (public: the table is padded to it so its size hides "
+                                          "the row count)")
+    label_bytes = raw.get("label_bytes", DEFAULT_LOOKUP_LABEL_BYTES)
+    if isinstance(label_bytes, bool) or not isinstance(label_bytes, int) or \
+            not MIN_LOOKUP_LABEL_BYTES <= label_bytes <= MAX_LOOKUP_LABEL_BYTES:
+        raise ctx.fail(f"{key}.label_bytes", f"must be an integer in [{MIN_LOOKUP_LABEL_BYTES}, "
+                                             f"{MAX_LOOKUP_LABEL_BYTES}] (every record is padded to it; public)")
+    return LookupSpec(key=col.name, columns=tuple(by_name[n.lower()].name for n in names), capacity=capacity,
+                      label_bytes=label_bytes)
+
+
+_DS_KEYS |= {"lookup"}  # [datasets.lookup] (issue #17)
+
 
 def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> DatasetSpec:
     where = f"datasets[{i}]"
@@ -449,10 +526,12 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
     lowered = [c.name.lower() for c in cols]
     if len(set(lowered)) != len(lowered):
         raise ctx.fail(f"{where}.columns", "column names must be unique ignoring case")
+    lookup = _lookup(ctx, where, raw.get("lookup"), cols, classification)
     return DatasetSpec(
         name=name, source=source, table=table, classification=classification, categories=categories,
         epsilon_budget=eps, delta=delta, min_group_size=mgs, require_approval=approval, columns=cols,
         allowed_analysts=analysts, allowed_regions=regions, max_epsilon_per_query=cap, max_rows=max_rows,
+        lookup=lookup,
     )
 
 

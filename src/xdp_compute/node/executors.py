@@ -30,12 +30,14 @@ from xdp_compute.contract import (
     decode_request,
     encode,
 )
+from xdp_compute.contract.tasks import LookupEvaluate, LookupPrepare, LookupTablePart
 from xdp_compute.domain.manifest import Manifest
 from xdp_compute.errors import BadRequest, XdpError
 from xdp_compute.node.identity import NodeIdentity
 from xdp_compute.node.outcome import TaskOutcome
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.he import HeTasks
+from xdp_compute.node.tasks.lookup import LookupTasks
 from xdp_compute.node.tasks.query import QueryTasks
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.node.tasks.train import TrainTasks
@@ -62,6 +64,7 @@ class TaskExecutor:
         self.query = QueryTasks(self.node, self.secagg)
         self.he = HeTasks(self.node, self.secagg)
         self.train = TrainTasks(self.node, self.secagg)
+        self.lookup = LookupTasks(self.node)  # hidden lookups (issue #17)
         self.handlers = self.handler_table()
 
     def handler_table(self) -> dict[str, Handler]:
@@ -78,6 +81,9 @@ class TaskExecutor:
             TrainPrepare.KIND: self.train.prepare,
             TrainBegin.KIND: self.train.begin_round,
             TrainEval.KIND: self.train.evaluate,
+            LookupPrepare.KIND: self.lookup.prepare,
+            LookupTablePart.KIND: self.lookup.table_part,
+            LookupEvaluate.KIND: self.lookup.evaluate,
         }
 
     @property

@@ -1,0 +1,29 @@
+"""Keyword PIR for hidden lookups (issue #17): an OPRF (RFC 9497) and the encoded, padded table.
+
+The protocol and what each party learns are in docs/hidden-lookup.md.
+"""
+
+from xdp_compute.crypto.pir.oprf import OUTPUT_BYTES, POINT_BYTES, Blind, OprfKey, blind, finalize
+from xdp_compute.crypto.pir.table import (
+    LabelTooLong,
+    LookupTable,
+    TableError,
+    build_table,
+    encode_label,
+    entry_bytes,
+)
+
+__all__ = [
+    "OUTPUT_BYTES",
+    "POINT_BYTES",
+    "Blind",
+    "LabelTooLong",
+    "LookupTable",
+    "OprfKey",
+    "TableError",
+    "blind",
+    "build_table",
+    "encode_label",
+    "entry_bytes",
+    "finalize",
+]

@@ -1,0 +1,85 @@
+"""Keyword PIR primitives: the RFC 9497 OPRF over the join group, and the padded, encrypted table."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from xdp_compute.crypto.pir import LabelTooLong, LookupTable, OprfKey, TableError, blind, build_table, finalize
+from xdp_compute.crypto.pir.table import HEADER_BYTES, entry_bytes
+from xdp_compute.crypto.psi import InvalidPoint, check_point
+
+
+def test_blinded_evaluation_equals_the_holders_own_evaluation() -> None:
+    k = OprfKey()
+    for key in (b"ID0001", b"", "张三".encode()):
+        state = blind(key)
+        assert finalize(state, k.blind_evaluate(state.blinded)) == k.evaluate(key)
+
+
+def test_blinded_points_are_fresh_valid_elements_whatever_the_key() -> None:
+    a, b = blind(b"same"), blind(b"same")
+    assert a.blinded != b.blinded  # a fresh r each time: the holder cannot link two lookups of one key
+    assert check_point(a.blinded) == a.blinded and check_point(b.blinded) == b.blinded
+
+
+def test_another_key_gives_another_output() -> None:
+    state = blind(b"x")
+    assert finalize(state, OprfKey().blind_evaluate(state.blinded)) != OprfKey().evaluate(b"x")
+
+
+def test_small_order_and_non_canonical_points_are_refused() -> None:
+    k = OprfKey()
+    for bad in (bytes(32), b"\x01" + bytes(31), b"\xff" * 32, b"short"):
+        with pytest.raises(InvalidPoint):
+            k.blind_evaluate(bad)
+    with pytest.raises(InvalidPoint):
+        finalize(blind(b"x"), bytes(32))
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    assert "secret" in repr(OprfKey()) and "x" not in repr(blind(b"x")).replace("<secret>", "")
+
+
+def test_table_finds_present_keys_and_nothing_for_absent_ones() -> None:
+    k, version = OprfKey(), os.urandom(16)
+    records = [(f"id{i}".encode(), {"score": i, "name": f"n{i}"}) for i in range(30)]
+    table = LookupTable.parse(build_table(k, version, records, capacity=64, label_bytes=48))
+    for key, want in ((b"id7", {"score": 7, "name": "n7"}), (b"id29", {"score": 29, "name": "n29"}),
+                      (b"id30", None), (b"", None)):
+        state = blind(key)
+        assert table.find(finalize(state, k.blind_evaluate(state.blinded))) == want
+
+
+def test_table_size_depends_on_capacity_only() -> None:
+    k, version = OprfKey(), os.urandom(16)
+    few = build_table(k, version, [(b"a", {"x": 1})], capacity=40, label_bytes=32)
+    many = build_table(k, version, [(bytes([i]), {"x": 10**6}) for i in range(40)], capacity=40, label_bytes=32)
+    assert len(few) == len(many) == HEADER_BYTES + 40 * entry_bytes(32)
+
+
+def test_an_evaluation_of_another_version_decrypts_nothing() -> None:
+    k = OprfKey()
+    t1 = LookupTable.parse(build_table(k, os.urandom(16), [(b"a", {"x": 1})], capacity=4, label_bytes=32))
+    t2 = LookupTable.parse(build_table(OprfKey(), os.urandom(16), [(b"a", {"x": 1})], capacity=4, label_bytes=32))
+    state = blind(b"a")
+    out = finalize(state, k.blind_evaluate(state.blinded))
+    assert t1.find(out) == {"x": 1} and t2.find(out) is None
+
+
+def test_build_refuses_too_many_records_duplicates_and_long_labels() -> None:
+    k, version = OprfKey(), os.urandom(16)
+    with pytest.raises(ValueError, match="capacity"):
+        build_table(k, version, [(bytes([i]), {}) for i in range(3)], capacity=2, label_bytes=32)
+    with pytest.raises(ValueError, match="same key"):
+        build_table(k, version, [(b"a", {}), (b"a", {})], capacity=4, label_bytes=32)
+    with pytest.raises(LabelTooLong):
+        build_table(k, version, [(b"a", {"t": "x" * 40})], capacity=4, label_bytes=32)
+
+
+def test_parse_refuses_what_is_not_a_table() -> None:
+    good = build_table(OprfKey(), os.urandom(16), [], capacity=3, label_bytes=32)
+    for bad in (b"", b"XDPLT0" + good[6:], good[:-1], good + b"\0"):
+        with pytest.raises(TableError):
+            LookupTable.parse(bad)
