@@ -94,6 +94,34 @@ REPLY_EXAMPLES.update({
     "lookup_evaluate": LookupEvaluated(version=_V, point=b"\x03" * 32),
 })
 
+# private joins (issue #16)
+from xdp_compute.contract.tasks import (  # noqa: E402
+    JoinAggregate,
+    JoinBegin,
+    JoinCiphertexts,
+    JoinDoubleBlind,
+    JoinKeys,
+    JoinKeysReply,
+    JoinNoise,
+    JoinSealed,
+    JoinSeed,
+    JoinTags,
+    JoinUnpermute,
+)
+
+REQUEST_EXAMPLES += [
+    JoinKeys(plan={"sql": "x"}, side="A", peer="n2", public_key={"n": "35"}, principal="ana"),
+    JoinSeed(peer_key=b"k" * 32, peer_signature=b"s", peer_certificate=b"c"),
+    JoinBegin(sealed=b"sealed"), JoinDoubleBlind(sealed=b"sealed"), JoinUnpermute(ciphertexts=b"c"),
+    JoinAggregate(sealed=b"sealed"), JoinNoise(ciphertexts=b"c"),
+]
+REPLY_EXAMPLES.update({
+    "join_keys": JoinKeysReply(key=b"k" * 32, signature=b"", certificate=b""),
+    "join_seed": JoinSealed(sealed=b"s"), "join_begin": JoinSealed(sealed=b"s"),
+    "join_double_blind": JoinTags(tags=b"t" * 16, ciphertexts=b""), "join_unpermute": JoinSealed(sealed=b"s"),
+    "join_aggregate": JoinCiphertexts(ciphertexts=b"c"), "join_noise": JoinCiphertexts(ciphertexts=b"c"),
+})
+
 
 def wire(record: Record) -> tuple[dict[str, Any], dict[str, bytes]]:
     header, blobs = encode(record)

@@ -1,5 +1,6 @@
 """JOIN refusals (issue #16): every shape but one refused with its own reason; the one shape checked
-against both manifests (use "join", same join_domain) and refused as not available yet."""
+against both manifests (use "join", same join_domain) and planned as a private join; a
+single-dataset path refuses it and names the join path."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _spec(name: str, domain: str = "citizen-id") -> DatasetSpec:
 
 
 SPECS = {"hospital": _spec("hospital"), "insurer": _spec("insurer"), "bank": _spec("bank", "passport")}
-NOT_YET = "private joins are not available yet (issue #16): the protocol is designed in docs/private-joins.md"
+NOT_YET = ("a private join runs only as a query over two datasets through the gateway's join path "
+           "(docs/private-joins.md)")
 
 
 def _check(sql: str) -> None:
@@ -84,13 +86,13 @@ def test_every_other_join_shape_is_refused_with_its_reason(sql: str, words: list
     assert NOT_YET not in msg
 
 
-def test_an_inner_join_of_two_datasets_is_refused_as_not_available_yet() -> None:
+def test_a_single_dataset_path_refuses_an_inner_join_and_names_the_join_path() -> None:
     for sql in ("SELECT COUNT(*) FROM hospital h JOIN insurer i ON h.citizen = i.citizen",
                 ("SELECT AVG(i.age) FROM hospital INNER JOIN insurer i ON (i.citizen = hospital.citizen) "
                  "WHERE hospital.age > 60")):
         msg = _refused(sql)
         assert msg.startswith("inner JOIN of two datasets is not supported in FROM at offset ") and NOT_YET in msg
-        with pytest.raises(InvalidQuery, match="not available yet"):
+        with pytest.raises(InvalidQuery, match="gateway's join path"):
             plan_query(sql, SPECS["hospital"])
 
 
@@ -127,11 +129,11 @@ def test_check_join_refuses_unknown_datasets_and_columns() -> None:
         _check("SELECT COUNT(*) FROM hospital h JOIN insurer i ON h.citizen = i.nope")
 
 
-def test_check_join_on_matching_join_keys_is_refused_as_not_available_yet() -> None:
-    with pytest.raises(InvalidQuery) as e:
-        _check("SELECT COUNT(*) FROM Hospital h JOIN INSURER i ON h.CITIZEN = i.citizen")
-    assert NOT_YET in str(e.value)
-    assert issubclass(InvalidQuery, BadRequest) and e.value.status == 400
+def test_check_join_on_matching_join_keys_returns_the_shape() -> None:
+    shape = check_join(parse_statement("SELECT COUNT(*) FROM Hospital h JOIN INSURER i ON h.CITIZEN = i.citizen",
+                                       allow_join=True), SPECS)
+    assert (shape.left, shape.left_key, shape.right, shape.right_key) == ("Hospital", "CITIZEN", "INSURER", "citizen")
+    assert issubclass(InvalidQuery, BadRequest) and InvalidQuery.status == 400
 
 
 def test_check_join_applies_the_shape_refusals_too() -> None:

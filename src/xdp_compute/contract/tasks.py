@@ -262,6 +262,106 @@ class TrainEvaluated(Record):
     epsilon: float
 
 
+# ---------------------------------------------------------------------- private joins (issue #16)
+# The rounds of docs/private-joins.md. Holder-to-holder parts travel ``sealed`` (X25519 + AEAD
+# between the two nodes, keys advertised in JoinKeys and signed with the node certificate when the
+# deployment has a PKI): the gateway forwards them and can neither read nor forge them. Sizes are
+# bounded here; the node checks every point and ciphertext it opens.
+MAX_JOIN_BLOB = 256 << 20   # one join message: (max_rows + dummies) x (32-byte point + ciphertext)
+_JoinBlob = Annotated[bytes, _Blob(), Field(max_length=MAX_JOIN_BLOB)]
+
+
+class JoinKeys(Record):
+    """Round 0: check the join task against this node's own policy, charge it, load and blind nothing
+    yet; answer with a fresh X25519 key for the sealed channel to the other holder."""
+
+    KIND: ClassVar[str] = "join_keys"
+    plan: dict[str, Any]                 # the JoinPlan (``query.plan.JoinPlan.to_dict``)
+    side: str = Field(pattern="^[AB]$")  # A: indicator side; B: value side
+    peer: str = Field(min_length=1, max_length=200)   # the other holder's node id
+    public_key: dict[str, Any]           # the analyst's Paillier key
+    principal: Principal | None = None
+
+
+class JoinSeed(Record):
+    """Round 0b: the peer's advertised key; answer with this node's half of the dummy seed, sealed."""
+
+    KIND: ClassVar[str] = "join_seed"
+    peer_key: _JoinBlob
+    peer_signature: _JoinBlob
+    peer_certificate: _JoinBlob
+
+
+class JoinBegin(Record):
+    """Round 1: the peer's sealed seed half; answer with the blinded keys (A: X and E; B: Y), sealed."""
+
+    KIND: ClassVar[str] = "join_begin"
+    sealed: _JoinBlob
+
+
+class JoinDoubleBlind(Record):
+    """Round 2: the peer's sealed blinded keys; answer with tags (B also the re-randomised E')."""
+
+    KIND: ClassVar[str] = "join_double_blind"
+    sealed: _JoinBlob
+
+
+class JoinUnpermute(Record):
+    """Round 4 (A): the aligned ciphertexts in A's tau order; answer them in B's order, sealed for B."""
+
+    KIND: ClassVar[str] = "join_unpermute"
+    ciphertexts: _JoinBlob
+
+
+class JoinAggregate(Record):
+    """Round 5 (B): A's sealed list; answer one ciphertext per (B-cell, measurement) with B's noise."""
+
+    KIND: ClassVar[str] = "join_aggregate"
+    sealed: _JoinBlob
+
+
+class JoinNoise(Record):
+    """Round 6 (A): B's output ciphertexts; answer them with A's noise share added; the job ends here."""
+
+    KIND: ClassVar[str] = "join_noise"
+    ciphertexts: _JoinBlob
+
+
+class JoinKeysReply(Record):
+    KIND: ClassVar[str] = "join_keys"
+    key: Blob
+    signature: Blob
+    certificate: Blob
+
+
+class JoinSealed(Record):
+    """A reply the gateway forwards to the other holder as it is."""
+
+    KIND: ClassVar[str] = "join_sealed"
+    sealed: _JoinBlob
+
+
+class JoinTags(Record):
+    """Tags of doubly-blinded keys (16 bytes each), and for B the re-randomised E' in the same order."""
+
+    KIND: ClassVar[str] = "join_double_blind"
+    tags: _JoinBlob
+    ciphertexts: _JoinBlob
+
+
+class JoinCiphertexts(Record):
+    KIND: ClassVar[str] = "join_ciphertexts"
+    ciphertexts: _JoinBlob
+
+
+JOIN_REQUESTS: tuple[type[Record], ...] = (JoinKeys, JoinSeed, JoinBegin, JoinDoubleBlind, JoinUnpermute,
+                                           JoinAggregate, JoinNoise)
+JOIN_REPLY_OF: dict[str, type[Record]] = {
+    "join_keys": JoinKeysReply, "join_seed": JoinSealed, "join_begin": JoinSealed,
+    "join_double_blind": JoinTags, "join_unpermute": JoinSealed, "join_aggregate": JoinCiphertexts,
+    "join_noise": JoinCiphertexts}
+
+
 REQUESTS: dict[str, type[Record]] = {r.KIND: r for r in (
     Validate, QueryBegin, TrainBegin, SecAggShareKeys, SecAggMaskedInput, SecAggConsistency, SecAggUnmask,
     HeQueryBegin,
@@ -272,6 +372,8 @@ REPLY_OF: dict[str, type[Record]] = {
     "secagg_unmask": SecAggMessage,
     "he_query_begin": HeQueryBegun, "he_query_masked_input": HeQueryMaskedReply, "train_prepare": TrainPrepared,
     "train_eval": TrainEvaluated}
+REQUESTS.update({r.KIND: r for r in JOIN_REQUESTS})  # private joins (issue #16)
+REPLY_OF.update(JOIN_REPLY_OF)
 
 
 # ---------------------------------------------------------------------- wire encoding
@@ -337,6 +439,17 @@ __all__ = [
     "HeQueryBegun",
     "HeQueryMaskedInput",
     "HeQueryMaskedReply",
+    "JoinAggregate",
+    "JoinBegin",
+    "JoinCiphertexts",
+    "JoinDoubleBlind",
+    "JoinKeys",
+    "JoinKeysReply",
+    "JoinNoise",
+    "JoinSealed",
+    "JoinSeed",
+    "JoinTags",
+    "JoinUnpermute",
     "NoiseBasis",
     "QueryBegin",
     "QueryBegun",

@@ -341,6 +341,11 @@ class QueryService:
 
     async def submit(self, who: PrincipalView, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle POST /v1/queries. Returns (HTTP status, body)."""
+        from xdp_compute.gateway.join import JoinService, is_join
+
+        if isinstance(body.get("sql"), str) and await asyncio.to_thread(is_join, body["sql"]):
+            # Two datasets: the private join (issue #16, docs/private-joins.md); query.joins checks it.
+            return await JoinService(self.svc).submit(who, body)
         with self.svc.metrics.phase("he_query" if body.get("public_key") else "query", "plan"):
             p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
                                         body.get("level", 0.95), "query", body.get("public_key"))

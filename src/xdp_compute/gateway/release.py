@@ -336,12 +336,15 @@ class Outcome:
     sealed: SealedCells | None = None    # Paillier SQL answers: the groups to blank, the masks to remove
     # Per ledger-row actual charge, when lower than reserved (e.g. training stopped early).
     actual_charges: dict[int, tuple[float, float]] | None = None
+    # Private joins (issue #16): the other dataset's policy context; the gate re-checks both.
+    joined: tuple[PolicyContext, ...] = ()
 
 
 # Policy output label the re-check evaluates, per output kind.
-_POLICY_OUTPUT = {"query": "query", "he_query": "he_query", "training": "trained model"}
+_POLICY_OUTPUT = {"query": "query", "he_query": "he_query", "training": "trained model",
+                  "join_aggregate": "he_query"}  # a join is delivered encrypted, as an HE query
 # Payload members the gateway must not keep, per output kind: stored as their digest only.
-_KEPT_OUT = {"he_query": ("ciphertext",)}
+_KEPT_OUT = {"he_query": ("ciphertext",), "join_aggregate": ("ciphertexts",)}
 # Rules that are settled before release and not re-checked (the budget is already reserved).
 _NOT_RECHECKED = ("budget", "epsilon_cap")
 
@@ -361,11 +364,15 @@ class ReleaseGate:
         ctx = outcome.policy
         if ctx is None:
             return []
-        fresh = [x for x in self.store.lookup_parts(ctx.dataset) if x["node_id"] in set(ctx.node_ids)]
-        decisions = evaluate(node_parts(fresh), ctx.requester, 0.0, 0.0,
-                             restricted_categories=self.settings.restricted_categories,
-                             output=_POLICY_OUTPUT[outcome.operation])
-        return [d.to_dict() for d in decisions if d.rule not in _NOT_RECHECKED]
+        out = []
+        # join_aggregate: both datasets' current policies (issue #16); other kinds read one dataset.
+        for c in (ctx, *outcome.joined):
+            fresh = [x for x in self.store.lookup_parts(c.dataset) if x["node_id"] in set(c.node_ids)]
+            decisions = evaluate(node_parts(fresh), c.requester, 0.0, 0.0,
+                                 restricted_categories=self.settings.restricted_categories,
+                                 output=_POLICY_OUTPUT[outcome.operation])
+            out += [d.to_dict() for d in decisions if d.rule not in _NOT_RECHECKED]
+        return out
 
     def suppress(self, outcome: Outcome) -> int:
         """Small-cell suppression by output kind; returns how many cells it suppressed."""

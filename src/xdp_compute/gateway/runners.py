@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from xdp_compute.gateway import models as m
+from xdp_compute.gateway.join import run_approved_join
 from xdp_compute.gateway.query_service import QueryService, prepared_from_job
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.training_service import run_training
@@ -32,6 +33,7 @@ RUNNERS: dict[str, Runner] = {
     "query": run_approved_query,
     "he_query": run_approved_query,
     "training": run_training,
+    "join_aggregate": run_approved_join,  # private joins (issue #16)
 }
 
 

@@ -37,6 +37,7 @@ from xdp_compute.node.identity import NodeIdentity
 from xdp_compute.node.outcome import TaskOutcome
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.he import HeTasks
+from xdp_compute.node.tasks.join import JoinTasks
 from xdp_compute.node.tasks.lookup import LookupTasks
 from xdp_compute.node.tasks.query import QueryTasks
 from xdp_compute.node.tasks.secagg import SecAggSessions
@@ -65,6 +66,7 @@ class TaskExecutor:
         self.he = HeTasks(self.node, self.secagg)
         self.train = TrainTasks(self.node, self.secagg)
         self.lookup = LookupTasks(self.node)  # hidden lookups (issue #17)
+        self.join = JoinTasks(self.node, self.secagg, self.he)  # private joins (issue #16)
         self.handlers = self.handler_table()
 
     def handler_table(self) -> dict[str, Handler]:
@@ -84,6 +86,14 @@ class TaskExecutor:
             LookupPrepare.KIND: self.lookup.prepare,
             LookupTablePart.KIND: self.lookup.table_part,
             LookupEvaluate.KIND: self.lookup.evaluate,
+            # private joins (issue #16): the rounds of docs/private-joins.md
+            "join_keys": self.join.keys,
+            "join_seed": self.join.seed,
+            "join_begin": self.join.begin,
+            "join_double_blind": self.join.double_blind,
+            "join_unpermute": self.join.unpermute,
+            "join_aggregate": self.join.aggregate,
+            "join_noise": self.join.add_noise,
         }
 
     @property

@@ -3,8 +3,8 @@
 ``join_shape`` refuses every JOIN shape but an inner join of two datasets ON a.key = b.key, each
 with its own reason (``_JOIN_REFUSALS``, the join part of ``parse``'s refusal table);
 ``check_join`` checks that shape against both manifests (use ``join``, the same ``join_domain``)
-once the gateway has looked both datasets up. Until the protocol is wired, a join that passes is
-refused as not available yet.
+once the gateway has looked both datasets up and returns the shape, which
+``query.plan.plan_join`` turns into a ``JoinPlan`` (the protocol of docs/private-joins.md).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ _DIALECT = "duckdb"  # parse.READ_DIALECT
 __all__ = ["JoinShape", "check_join", "join_shape", "refuse_join"]
 
 # Every JOIN shape but one is refused, each with its reason; the one shape, an inner join of two
-# datasets ON a.key = b.key over "join" columns of the same join_domain, is refused as "not
-# available yet" until the protocol is wired.
-_JOIN_SUPPORTED = "private joins are not available yet (issue #16): the protocol is designed in docs/private-joins.md"
+# datasets ON a.key = b.key over "join" columns of the same join_domain, is planned by
+# ``query.plan.plan_join`` (a parse without ``allow_join`` still refuses it: single-dataset paths).
+_JOIN_SUPPORTED = ("a private join runs only as a query over two datasets through the gateway's join path "
+                   "(docs/private-joins.md)")
 _JOIN_ON = "a join needs ON a.key = b.key, one equality between a join column of each dataset"
 _JOIN_OUTER = ("only inner joins: an outer join releases a function of which rows did not match, which no "
                "holder may learn")
@@ -150,10 +151,9 @@ def check_join(stmt: exp.Select, datasets: Mapping[str, DatasetSpec]) -> JoinSha
     """Check a join against both datasets' manifests (``datasets``: name -> spec, any case).
 
     Refuses a key column that is not declared with use ``join`` and keys of different
-    ``join_domain``s, each with its own message; a join that passes is refused as not available
-    yet (issue #16) until the protocol of docs/private-joins.md is wired, so this never returns
-    for now. The gateway calls it once it has looked both datasets up, with the statement
-    ``parse_statement(sql, allow_join=True)`` made.
+    ``join_domain``s, each with its own message; returns the shape of a join that passes (the
+    gateway then plans it with ``query.plan.plan_join``). The gateway calls it once it has looked
+    both datasets up, with the statement ``parse_statement(sql, allow_join=True)`` made.
     """
     shape = join_shape(stmt)
     specs = {k.lower(): v for k, v in datasets.items()}
@@ -176,7 +176,7 @@ def check_join(stmt: exp.Select, datasets: Mapping[str, DatasetSpec]) -> JoinSha
                            f"is a {cols[0].join_domain!r} key, '{shape.right}.{cols[1].name}' a "
                            f"{cols[1].join_domain!r} key; keys of different identifier spaces never match",
                            construct="join domain", clause="ON")
-    raise _refuse("inner JOIN of two datasets", shape.node, "FROM", _JOIN_SUPPORTED)
+    return shape
 
 
 def refuse_join(stmt: exp.Select, *, allowed: bool) -> None:
