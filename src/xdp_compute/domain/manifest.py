@@ -16,14 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from xdp_compute.domain.names import NODE_NAME, REGION
+from xdp_compute.domain.spark import (
+    REFUSED_SOURCE_KINDS,
+    TRINO_REFUSAL,
+    SparkManifestError,
+    SparkOptions,
+    parse_spark_options,
+    spark_master,
+)
 from xdp_compute.errors import ManifestError
 
 # -- sources ---------------------------------------------------------------------------------------
 # One vocabulary for both sides (issue #14): the node opens these kinds of source, tells the gateway
 # the kind of each dataset at Register (never its path or URL), and both refuse any other kind.
-SOURCE_KINDS = ("csv", "parquet", "postgresql")
+SOURCE_KINDS = ("csv", "parquet", "postgresql", "spark")
 SUPPORTED_SOURCES = ("a .csv file, a .parquet file, a folder of .parquet files (\"data/sales/\", hive partitions "
-                     "too), a glob of .parquet files (\"data/sales/*.parquet\"), or postgresql://... with table")
+                     "too), a glob of .parquet files (\"data/sales/*.parquet\"), postgresql://... with table, "
+                     "or spark://local with a [datasets.spark] table")
 _SQL_SCHEMES = ("postgresql", "postgres")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -39,7 +48,34 @@ _REFUSED_SCHEMES = {
     "http": "the node reads local files only; download the file next to the node",
     "https": "the node reads local files only; download the file next to the node",
     "file": "write the path without file://",
+    "trino": TRINO_REFUSAL,
+    "presto": TRINO_REFUSAL,
 }
+
+
+# -- Spark sources (issue #18; domain/spark.py) -----------------------------------------------------
+
+def _spark_options(ctx: _Ctx, where: str, raw: dict[str, Any], ref: SourceRef, base_dir: Path,
+                   check_files: bool) -> SparkOptions | None:
+    """The ``[datasets.spark]`` table of a spark:// source (None for any other source)."""
+    if ref.kind != "spark":
+        if raw.get("spark") is not None:
+            raise ctx.fail(f"{where}.spark", "only a spark:// source takes a [datasets.spark] table")
+        return None
+    try:
+        return parse_spark_options(raw.get("spark"), master=ref.root, table=raw.get("table"), base_dir=base_dir,
+                                   check_files=check_files)
+    except SparkManifestError as e:
+        raise ctx.fail(f"{where}.{e.key}", e.what) from None
+
+
+def _check_one_spark_session(ctx: _Ctx, datasets: tuple[DatasetSpec, ...]) -> None:
+    """A node runs one Spark session: all its Spark datasets must ask for the same one."""
+    spark = [(d.name, d.spark) for d in datasets if d.spark is not None]
+    for name, opts in spark[1:]:
+        if opts.session != spark[0][1].session:
+            raise ctx.fail(f"datasets[{name}].spark", "every Spark dataset of a node shares one Spark session: "
+                                                      f"its master and conf must be those of datasets[{spark[0][0]}]")
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,8 @@ def parse_source(source: str, *, is_dir: bool = False) -> SourceRef:
         scheme = m.group(1).lower()
         if scheme in _SQL_SCHEMES:
             return SourceRef("postgresql", "database")
+        if scheme == "spark":
+            return SourceRef("spark", "engine", root=spark_master(source))
         why = _REFUSED_SCHEMES.get(scheme, "unknown scheme")
         raise ValueError(f"unsupported source '{scheme}://' ({why}); supported: {SUPPORTED_SOURCES}")
     if "://" in source:
@@ -177,6 +215,7 @@ class DatasetSpec:
     max_epsilon_per_query: float = DEFAULT_MAX_EPSILON_PER_QUERY
     max_rows: int = DEFAULT_MAX_ROWS
     lookup: LookupSpec | None = None  # [datasets.lookup]: hidden lookups opted in (issue #17)
+    spark: SparkOptions | None = None  # a spark:// source's [datasets.spark] table (issue #18)
 
     def column(self, name: str) -> ColumnSpec | None:
         for c in self.columns:
@@ -230,6 +269,8 @@ class DatasetSpec:
         if with_source:
             d["source"] = self.source
             d["table"] = self.table
+            if self.spark is not None:
+                d["spark"] = self.spark.to_dict()
         return d
 
     @classmethod
@@ -250,6 +291,7 @@ class DatasetSpec:
             max_epsilon_per_query=float(d.get("max_epsilon_per_query", DEFAULT_MAX_EPSILON_PER_QUERY)),
             max_rows=int(d.get("max_rows", DEFAULT_MAX_ROWS)),
             lookup=LookupSpec.from_dict(d["lookup"]) if d.get("lookup") is not None else None,
+            spark=SparkOptions.from_dict(d["spark"]) if d.get("spark") is not None else None,
         )
 
 
@@ -385,7 +427,7 @@ def _join_domain(ctx: _Ctx, key: str, ctype: str, uses: tuple[str, ...], spec: d
 _DS_KEYS = {
     "name", "source", "table", "classification", "categories", "epsilon_budget", "delta",
     "min_group_size", "require_approval", "columns", "allowed_analysts", "allowed_regions",
-    "max_epsilon_per_query", "max_rows",
+    "max_epsilon_per_query", "max_rows", "spark",
 }
 
 # -- hidden lookups (issue #17) --------------------------------------------------------------------
@@ -480,9 +522,12 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
         ref = parse_source(source, is_dir=check_files and "://" not in source and p.is_dir())
     except ValueError as e:
         raise ctx.fail(f"{where}.source", str(e)) from None
+    spark = _spark_options(ctx, where, raw, ref, base_dir, check_files)
     if ref.layout == "folder" and not source.endswith(("/", "\\")):
         source += "/"  # spelled as a folder from here on, whether or not it exists where it is read
-    if ref.layout == "database":
+    if ref.kind == "spark":
+        pass  # checked by _spark_options: the files are named in [datasets.spark]
+    elif ref.layout == "database":
         if not isinstance(table, str) or not _NAME.match(table):
             raise ctx.fail(f"{where}.table", "a SQL source needs table = \"<identifier>\"")
     else:
@@ -532,6 +577,7 @@ def _dataset(ctx: _Ctx, i: int, raw: Any, base_dir: Path, check_files: bool) -> 
         epsilon_budget=eps, delta=delta, min_group_size=mgs, require_approval=approval, columns=cols,
         allowed_analysts=analysts, allowed_regions=regions, max_epsilon_per_query=cap, max_rows=max_rows,
         lookup=lookup,
+        spark=spark,
     )
 
 
@@ -570,6 +616,7 @@ def parse_manifest_text(text: str, *, file: str = "<manifest>", base_dir: Path |
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ctx.fail(f"datasets[{dup}]", "declared twice in this manifest")
+    _check_one_spark_session(ctx, datasets)
     return Manifest(node_name=name, region=region, datasets=datasets, base_dir=base,
                     max_colluding_nodes=colluding, state_dir=state_dir)
 
@@ -613,8 +660,11 @@ def parse_declaration(d: Any, *, origin: str = "registration") -> DatasetSpec:
     ctx = _Ctx(origin)
     if not isinstance(d, dict):
         raise ctx.fail("datasets", "each declaration must be an object")
-    raw = {k: v for k, v in d.items() if k not in ("columns", "source", "table", "source_kind")}
+    raw = {k: v for k, v in d.items() if k not in ("columns", "source", "table", "source_kind", "spark")}
     kind = d.get("source_kind")
+    if isinstance(kind, str) and kind in REFUSED_SOURCE_KINDS:
+        raise ctx.fail(f"datasets[{d.get('name')}].source_kind",
+                       f"unsupported source kind {kind!r} ({REFUSED_SOURCE_KINDS[kind]})")
     if kind not in SOURCE_KINDS:
         # A node of this package always says; anything else is refused here, before a query could
         # be planned against a source no node can open (issue #14: mysql:// failed at query time).

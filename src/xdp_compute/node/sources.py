@@ -12,6 +12,8 @@
   manifest declares, and sandboxes the engine to exactly those files. Hive partition folders
   (``year=2024/month=01/part-0.parquet``) become text columns, spelled as in the folder names.
 * PostgreSQL (``source = "postgresql://..."`` plus ``table``): psycopg 3, read-only transactions.
+* Spark (``source = "spark://local"`` plus ``[datasets.spark]``): Spark SQL in local mode, one
+  session per process (``node/spark_source.py``, issue #18).
 
 ``SourceCache`` keeps one sandboxed DuckDB per dataset file in the node's task worker, so a query
 does not pay for a fresh engine (~20 ms) and a DESCRIBE each time (issue #13). A CSV file (and a
@@ -441,6 +443,11 @@ def open_source(manifest: Manifest, dataset: DatasetSpec, *, skip_malformed_line
         if not dataset.table:
             raise SourceError(f"dataset '{dataset.name}': a PostgreSQL source needs a table")
         return PostgresSource(dataset.source, dataset.table, dataset.name)
+    if dataset.spark is not None:
+        # Spark SQL in local mode, one session per process (issue #18; node/spark_source.py).
+        from xdp_compute.node.spark_source import SparkSource
+
+        return SparkSource(manifest, dataset)  # type: ignore[return-value]  # a LocalSource by interface
     if dataset.is_sql:
         scheme = dataset.source.split("://", 1)[0]
         raise SourceError(f"dataset '{dataset.name}': unsupported database URL scheme '{scheme}' "

@@ -260,7 +260,7 @@ def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
     except SourceError as e:
         if kind == "postgresql":
             report["problems"].append("table not found" if "not found" in e.detail else "database unreachable")
-        elif ref.layout in ("folder", "glob"):
+        elif ref.layout in ("folder", "glob") or kind == "spark":
             # Listing problems (no files, a link out of the folder, mixed partition layouts) name
             # no value; say which.
             report["problems"].append(e.detail.split(": ", 1)[-1])
@@ -276,6 +276,11 @@ def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
             if extra:
                 report["warnings"].append(f"the database role can {', '.join(extra)} on the table; connect "
                                           "with a read-only role (GRANT SELECT only)")
+        else:  # Spark (issue #18): the same counts, by one aggregate query in Spark SQL
+            from xdp_compute.node.spark_source import SparkSource, validate_spark
+
+            assert isinstance(src, SparkSource)
+            validate_spark(src, dataset, report)
     except Exception:  # noqa: BLE001 - never raise on bad data; never echo engine messages
         report["problems"].append("source could not be validated (unexpected engine error)")
     finally:

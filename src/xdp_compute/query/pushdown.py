@@ -21,7 +21,9 @@ the plan and is quoted by sqlglot, never spliced as text), a query of the shape:
 
 The query is generated in the DuckDB dialect and transpiled by sqlglot to the target dialect
 (PostgreSQL has no TRY_CAST: sqlglot emits CAST, so a PostgreSQL column must hold values of
-its declared type — ``validate_source`` reports one that does not).
+its declared type — ``validate_source`` reports one that does not). Spark SQL (issue #18) keeps
+TRY_CAST (Spark >= 3.2), so a bad cell is NULL there too even with ANSI mode on; NaN = NaN is true
+in Spark, so the NULLIF drops NaN as in DuckDB; VARCHAR becomes STRING.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from xdp_compute.domain.manifest import ColumnSpec
 from xdp_compute.query.plan import QueryPlan
 from xdp_compute.query.where import And, Between, Compare, InList, IsNull, Not, Or, Predicate, Scalar
 
-DIALECTS = ("duckdb", "postgres")
+DIALECTS = ("duckdb", "postgres", "spark")
 _CMP_EXP: dict[str, type[exp.Binary]] = {
     "=": exp.EQ, "<>": exp.NEQ, "<": exp.LT, "<=": exp.LTE, ">": exp.GT, ">=": exp.GTE,
 }
@@ -85,10 +87,12 @@ class _Columns:
         if spec.numeric:
             # NaN is not a usable value: treat it as missing (NaN sorts above every number in both
             # engines, so it would otherwise be clipped to max).
-            return exp.Nullif(this=exp.TryCast(this=self.raw(name), to=_double()),
+            # safe=True: sqlglot prints a plain TryCast as CAST for Spark, which fails the whole
+            # query on one bad cell under ANSI mode (and quotes the cell in its error).
+            return exp.Nullif(this=exp.TryCast(this=self.raw(name), to=_double(), safe=True),
                               expression=exp.Cast(this=exp.Literal.string("NaN"), to=_double()))
         if spec.type == "bool":
-            return exp.TryCast(this=self.raw(name), to=exp.DataType.build("BOOLEAN"))
+            return exp.TryCast(this=self.raw(name), to=exp.DataType.build("BOOLEAN"), safe=True)
         return exp.Cast(this=self.raw(name), to=exp.DataType.build("VARCHAR"))
 
     def value(self, name: str) -> exp.Expression:
@@ -194,7 +198,7 @@ _MEMO = _SqlMemo()
 
 def local_sql(plan: QueryPlan, source_sql: str, dialect: str, *,
               column_map: Mapping[str, str] | None = None) -> str:
-    """The node-local query for ``plan`` over ``source_sql`` in ``dialect`` ("duckdb" or "postgres").
+    """The node-local query for ``plan`` over ``source_sql`` in ``dialect`` ("duckdb", "postgres" or "spark").
 
     ``source_sql`` is a FROM-able relation from the node's own configuration (DuckDB:
     ``read_csv(...)``/``read_parquet(...)``; PostgreSQL: a quoted table name). ``column_map``
