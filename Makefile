@@ -13,8 +13,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@echo "==> installing torch 2.13.0 (CPU) into $(VENV) ..."
 	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
-	@echo "==> installing xdp-compute and its extras (he, train, postgres, dev) into $(VENV) ..."
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[he,train,postgres,dev]'
+	@echo "==> installing xdp-compute and its extras (he, train, postgres, spark, dev) into $(VENV) ..."
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[he,train,postgres,spark,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
