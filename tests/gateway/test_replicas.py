@@ -144,13 +144,14 @@ def test_a_job_whose_replica_lives_is_not_recovered_and_one_whose_replica_died_i
     assert recover_orphaned_jobs(b, grace=0) == [] and recover_orphaned_jobs(a, grace=0) == []
 
 
-def test_a_recent_job_is_left_to_its_starting_replica(two_replicas: tuple[Services, Services]) -> None:
+def test_a_job_just_approved_is_left_to_its_starting_replica(two_replicas: tuple[Services, Services]) -> None:
     a, b = two_replicas
     job_id, _ = _running_job(a)
     with a.store.write() as s:
         job = s.get(m.Job, job_id)
         assert job is not None
-        job.updated_at = 1e12  # "just now", far in the future: inside any grace period
+        # Approved on some replica a moment ago: reserved, its runner not yet holding the lease.
+        job.status, job.updated_at = "reserved", 1e12  # far in the future: inside any grace period
     a.leases.give_back(job_id)
     assert recover_orphaned_jobs(b, grace=10.0) == []
     assert recover_orphaned_jobs(b, grace=-2e12) == [job_id]

@@ -107,7 +107,8 @@ def gateway(
 @app.command(cls=NodeCommand)  # also `xdp node audit` (cli/node_audit.py)
 @friendly
 def node(
-    gateway: str = typer.Option(..., help="Gateway gRPC address HOST:PORT"),
+    gateway: str = typer.Option(..., help="Gateway gRPC address HOST:PORT; replicas: a comma-separated list "
+                                          "(the node keeps a session with each)"),
     token: str = tokens.token_option(),
     token_file: Path = tokens.token_file_option(),
     manifest: Path = typer.Option(..., help="The node's manifest (TOML)"),
@@ -133,7 +134,11 @@ def node(
     from xdp_compute.cli.pki import node_credentials
     from xdp_compute.node.identity import NodeIdentity
 
-    credentials = node_credentials(gateway, ca, cert, key, insecure)
+    # Every replica's address passes the same transport check (issue #18: --gateway A,B).
+    addresses = [g.strip() for g in gateway.split(",") if g.strip()] or [gateway]
+    for g in addresses[1:]:
+        node_credentials(g, ca, cert, key, insecure)
+    credentials = node_credentials(addresses[0], ca, cert, key, insecure)
     secret = tokens.resolve_token(token, token_file)
     m = load_manifest(manifest)
     # With TLS, the same certificate and key sign this node's secure-aggregation keys, and the CA

@@ -13,7 +13,8 @@ from xdp_compute.cli import tokens
 DEFAULT_TIMEOUT = 120.0
 
 URL = typer.Option(..., "--url", envvar="XDP_URL", show_envvar=True,
-                   help="Gateway REST URL, e.g. https://gateway.example:8000")
+                   help="Gateway REST URL, e.g. https://gateway.example:8000; replicas: a comma-separated list "
+                        "(a call moves to the next when one cannot be reached)")
 TOKEN = tokens.token_option()
 TOKEN_FILE = tokens.token_file_option()
 CA = tokens.ca_option()

@@ -52,6 +52,7 @@ def recover_interrupted_jobs(svc: Services) -> None:
 
 # A job that became reserved this recently is left alone: an approved job is set reserved by the
 # approving replica a moment before that replica's runner takes its lease (``JobLifecycle.start``).
+# Running jobs need no grace: their lease is taken before they start.
 ORPHAN_GRACE_SECONDS = 10.0
 
 
@@ -63,8 +64,9 @@ def recover_orphaned_jobs(svc: Services, grace: float = ORPHAN_GRACE_SECONDS) ->
         return []
     cutoff = time.time() - grace
     with svc.store.read() as s:
-        candidates = list(s.scalars(select(m.Job.id).where(m.Job.status.in_(("reserved", "running")),
-                                                           m.Job.updated_at < cutoff)).all())
+        # A running job's lease was taken before it started (``JobLifecycle.start``): no grace.
+        candidates = list(s.scalars(select(m.Job.id).where(
+            (m.Job.status == "running") | ((m.Job.status == "reserved") & (m.Job.updated_at < cutoff)))).all())
     done = []
     for job_id in candidates:
         if not svc.leases.try_orphan(job_id):

@@ -53,8 +53,26 @@ class Session:
     heartbeat_seconds: float
 
 
+def gateway_addresses(gateway: str) -> list[str]:
+    """``HOST:PORT`` or a comma-separated list of them (gateway replicas), without blanks or repeats."""
+    out: list[str] = []
+    for a in gateway.split(","):
+        a = a.strip()
+        if a and a not in out:
+            out.append(a)
+    if not out:
+        raise NodeFatal("no gateway address given (--gateway HOST:PORT[,HOST:PORT...])")
+    return out
+
+
 class NodeAgent:
-    """The node's I/O: session, heartbeat, long poll and results; task work runs in a TaskWorker.
+    """The node's I/O: one session per gateway address, each with heartbeat, long poll and
+    results; task work runs in one shared TaskWorker.
+
+    Gateway replicas (issue #18): given several addresses, the node registers with every replica
+    and keeps a session with each (``GatewayLink``), so whichever replica accepted a job finds the
+    node in its own task hub; a replica that goes away is retried with back-off while the others
+    carry on. A task's result goes back to the replica that sent it.
 
     Liveness tells busy from dead: the heartbeat has its own thread in a process that does no
     task work, so no task can starve it; a heartbeat that fails (the gateway was briefly slow) is
@@ -65,23 +83,22 @@ class NodeAgent:
     def __init__(self, gateway: str, token: str, manifest: Manifest, *, workers: int = 4,
                  pull_wait: float = 10.0, options: WorkerOptions | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.gateway, self.manifest, self.pull_wait = gateway, manifest, pull_wait
+        self.gateways = gateway_addresses(gateway)
+        self.gateway, self.manifest, self.pull_wait = self.gateways[0], manifest, pull_wait
         # TLS: verify the gateway against the deployment CA and present this node's certificate
         # (None: plaintext, which the CLI allows on loopback only with --insecure).
         self._credentials = credentials
         self._metadata = (("authorization", f"Bearer {token}"),)
         self.options = options or WorkerOptions(concurrency=workers)
         self._worker: TaskWorker | None = None
-        self._pool = ThreadPoolExecutor(max_workers=max(self.options.concurrency, 1) * 2,
+        self._pool = ThreadPoolExecutor(max_workers=max(self.options.concurrency, 1) * 2 * len(self.gateways),
                                         thread_name_prefix="task")
         self.stop_event = threading.Event()
-        self._http_replies = 0
-        self._session: Session | None = None
-        self._stub: pb_grpc.NodeServiceStub | None = None
-        self._connected = threading.Condition()
-        self._channel: grpc.Channel | None = None
+        self.links = [GatewayLink(self, address) for address in self.gateways]
         # Witness of the gateway's release log: its key and view live in the node's own state folder.
+        # Replicas serve one log; the links take turns (the witness keeps one view).
         self.witness = NodeWitness(node_state_dir(manifest), manifest.node_name)
+        self.witness_lock = threading.Lock()
         self._fault = os.environ.get("XDP_NODE_FAULT")  # test-only fault injection: exit on this task kind
         if self._fault:
             log.warning("XDP_NODE_FAULT=%s is set: this node exits on that task (tests only)", self._fault)
@@ -92,15 +109,73 @@ class NodeAgent:
             self._worker = TaskWorker(self.manifest, self.options)
         return self._worker
 
-    # ------------------------------------------------------------------ plumbing
     def _declarations(self) -> str:
         return json.dumps([d.to_dict() for d in self.manifest.datasets])
 
+    def stop(self) -> None:
+        """Stop serving now: cancels the pending long polls by closing the channels."""
+        self.stop_event.set()
+        for link in self.links:
+            link.close()
+
+    def run(self) -> None:
+        """Serve until ``stop_event`` is set; raise NodeFatal if a gateway refuses this node."""
+        worker = self.worker  # start the task worker (and its preloading) before the first task arrives
+        if self.options.preload:
+            # Register once the heavy libraries are loaded: a node that is "up" can run its first
+            # training round at once (issue #13: the first round used to wait ~5 s for imports).
+            started = time.monotonic()
+            if worker.ready.wait(PRELOAD_WAIT_SECONDS):
+                log.info("task worker ready in %.1fs", time.monotonic() - started)
+            else:
+                log.warning("task worker still loading after %.0fs; registering anyway", PRELOAD_WAIT_SECONDS)
+        try:
+            if len(self.links) == 1:
+                self.links[0].run()
+                return
+            fatal: list[NodeFatal] = []
+
+            def serve(link: GatewayLink) -> None:
+                try:
+                    link.run()
+                except NodeFatal as e:
+                    fatal.append(e)
+                    self.stop()  # refused by one replica is refused by all (one database)
+
+            threads = [threading.Thread(target=serve, args=(link,), daemon=True, name=f"gateway-{i}")
+                       for i, link in enumerate(self.links)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            if fatal:
+                raise fatal[0]
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._worker is not None:
+                self._worker.close()
+
+
+class GatewayLink:
+    """One gateway address: its channel and session, heartbeat, long poll and result delivery."""
+
+    def __init__(self, agent: NodeAgent, address: str) -> None:
+        self.agent, self.gateway = agent, address
+        self.stop_event = agent.stop_event
+        self._metadata = agent._metadata
+        self._http_replies = 0
+        self._session: Session | None = None
+        self._stub: pb_grpc.NodeServiceStub | None = None
+        self._connected = threading.Condition()
+        self._channel: grpc.Channel | None = None
+
+    # ------------------------------------------------------------------ plumbing
     def _register(self, stub: pb_grpc.NodeServiceStub) -> Session:
-        resp = stub.Register(pb.RegisterRequest(node_name=self.manifest.node_name, region=self.manifest.region,
-                                                datasets_json=self._declarations(), agent_version=AGENT_VERSION),
+        m = self.agent.manifest
+        resp = stub.Register(pb.RegisterRequest(node_name=m.node_name, region=m.region,
+                                                datasets_json=self.agent._declarations(), agent_version=AGENT_VERSION),
                              metadata=self._metadata, timeout=15)
-        log.info("registered as %s with %d dataset(s)", self.manifest.node_name, len(self.manifest.datasets))
+        log.info("registered as %s with %d dataset(s) at %s", m.node_name, len(m.datasets), self.gateway)
         return Session(resp.node_id, resp.session_id, resp.heartbeat_seconds or 2.0)
 
     def _heartbeat_loop(self, stub: pb_grpc.NodeServiceStub, session: Session, lost: threading.Event) -> None:
@@ -142,7 +217,8 @@ class NodeAgent:
             return self._stub, self._session
 
     def _submit(self, task: pb.Task, node_id: str) -> None:
-        if self._fault and task.kind == self._fault:
+        agent = self.agent
+        if agent._fault and task.kind == agent._fault:
             log.error("fault injection: exiting on %s", task.kind)
             os._exit(17)
         try:
@@ -150,7 +226,7 @@ class NodeAgent:
         except ValueError:
             header = None
         if isinstance(header, dict):
-            out = self.worker.run(node_id, task.kind, task.job_id, header, dict(task.blobs))
+            out = agent.worker.run(node_id, task.kind, task.job_id, header, dict(task.blobs))
         else:
             out = TaskOutcome(ok=False, error=f"malformed header in {task.kind} task")
         self._deliver(task, out)
@@ -186,57 +262,58 @@ class NodeAgent:
         hb = threading.Thread(target=self._heartbeat_loop, args=(stub, session, lost), daemon=True,
                               name="heartbeat")
         hb.start()
-        threading.Thread(target=self.witness.loop, daemon=True, name="witness",
-                         args=(stub, session.node_id, session.session_id, self._metadata,
-                               max(session.heartbeat_seconds, 1.0), self.stop_event, lost)).start()
+        threading.Thread(target=self._witness_loop, daemon=True, name="witness", args=(stub, session, lost)).start()
         while not self.stop_event.is_set():
             if lost.is_set():
                 raise _Reconnect("gateway no longer knows this session")
             resp = stub.PullTask(pb.PullTaskRequest(node_id=session.node_id, session_id=session.session_id,
-                                                    wait_seconds=self.pull_wait),
-                                 metadata=self._metadata, timeout=self.pull_wait + 10)
+                                                    wait_seconds=self.agent.pull_wait),
+                                 metadata=self._metadata, timeout=self.agent.pull_wait + 10)
             if not resp.known:
                 raise _Reconnect("gateway no longer knows this session")
             if resp.has_task:
-                self._pool.submit(self._submit, resp.task, session.node_id)
+                self.agent._pool.submit(self._submit, resp.task, session.node_id)
 
-    def stop(self) -> None:
-        """Stop serving now: cancels the pending long poll by closing the channel."""
-        self.stop_event.set()
+    def close(self) -> None:
         ch = self._channel
         if ch is not None:
             ch.close()
 
     def run(self) -> None:
-        """Serve until ``stop_event`` is set; raise NodeFatal if the gateway refuses this node."""
-        worker = self.worker  # start the task worker (and its preloading) before the first task arrives
-        if self.options.preload:
-            # Register once the heavy libraries are loaded: a node that is "up" can run its first
-            # training round at once (issue #13: the first round used to wait ~5 s for imports).
-            started = time.monotonic()
-            if worker.ready.wait(PRELOAD_WAIT_SECONDS):
-                log.info("task worker ready in %.1fs", time.monotonic() - started)
-            else:
-                log.warning("task worker still loading after %.0fs; registering anyway", PRELOAD_WAIT_SECONDS)
+        """Keep a session with this gateway until the node stops; back off while it is away."""
         backoff = 0.5
-        try:
-            while not self.stop_event.is_set():
-                connected = self._connect_once()
-                if connected:
-                    backoff = 0.5  # we were connected: start the back-off afresh
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-        finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            if self._worker is not None:
-                self._worker.close()
+        while not self.stop_event.is_set():
+            connected = self._connect_once()
+            if connected:
+                backoff = 0.5  # we were connected: start the back-off afresh
+            self.stop_event.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _witness_loop(self, stub: pb_grpc.NodeServiceStub, session: Session, lost: threading.Event) -> None:
+        """``NodeWitness.loop`` for this link, one exchange at a time across the node's links."""
+        interval = max(session.heartbeat_seconds, 1.0)
+        while not self.stop_event.is_set() and not lost.is_set():
+            try:
+                with self.agent.witness_lock:
+                    self.agent.witness.step(stub, session.node_id, session.session_id, self._metadata,
+                                            timeout=max(interval * 4, 5.0))
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    log.warning("this gateway does not offer its release log for witnessing")
+                    return
+                log.debug("witness exchange failed (%s)", code)
+            except ValueError:
+                return  # the channel was closed under us (reconnect or stop)
+            self.stop_event.wait(interval)
 
     def _connect_once(self) -> bool:
         """One session: register, serve until it ends; True if the gateway accepted us."""
         options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
                    ("grpc.keepalive_time_ms", 20000)]
-        channel = (grpc.secure_channel(self.gateway, self._credentials, options=options)
-                   if self._credentials is not None else grpc.insecure_channel(self.gateway, options=options))
+        credentials = self.agent._credentials
+        channel = (grpc.secure_channel(self.gateway, credentials, options=options)
+                   if credentials is not None else grpc.insecure_channel(self.gateway, options=options))
         stub = pb_grpc.NodeServiceStub(channel)
         self._channel = channel
         with self._connected:
@@ -251,7 +328,7 @@ class NodeAgent:
             code = e.code() if hasattr(e, "code") else None
             if code in _FATAL:
                 detail = e.details() if hasattr(e, "details") else str(e)
-                raise NodeFatal(f"gateway refused node {self.manifest.node_name!r}: {detail}") from None
+                raise NodeFatal(f"gateway refused node {self.agent.manifest.node_name!r}: {detail}") from None
             details = e.details() if hasattr(e, "details") else ""
             # grpc-core names an HTTP/1.x answer ("Trying to connect an http1.x server"), or over TLS the
             # missing h2 ALPN: retrying an HTTP port never helps, so stop with the fix after a few dials.
@@ -259,7 +336,7 @@ class NodeAgent:
             if self._http_replies >= HTTP_REPLIES_FATAL:
                 raise NodeFatal(f"{self.gateway} looks like an HTTP server ({details}); --gateway takes the "
                                 "gateway's gRPC address, default port 50051") from None
-            log.warning("gateway unreachable (%s: %s); retrying", code,
+            log.warning("gateway %s unreachable (%s: %s); retrying", self.gateway, code,
                         e.details() if hasattr(e, "details") else "")  # e.g. a failed TLS handshake
         except _Reconnect as e:
             registered = True
@@ -272,6 +349,8 @@ class NodeAgent:
                 self._session, self._stub = None, None
             channel.close()
         return registered
+
+
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from xdp_compute.errors import BadRequest, ProofError
 
 def download_log(client: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """All entries (JSON Lines export), all signed heads and the published key."""
-    resp = client._http.get("/v1/audit/export")
-    from xdp_compute.sdk.client import raise_for_problem
+    from xdp_compute.sdk.client import Call, raise_for_problem
+
+    resp = client._response(Call("GET", "/v1/audit/export", lambda d: d))  # raw JSON Lines; fails over
 
     raise_for_problem(resp)
     entries = [json.loads(line) for line in resp.text.splitlines() if line.strip()]

@@ -147,14 +147,22 @@ def _delivery_or_accepted(data: Any) -> A.Delivery | A.Accepted:
 class BaseClient:
     """Builds requests and reads answers for one principal; ``Client``/``AsyncClient`` do the I/O."""
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, url: str | list[str], token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  key_dir: str | None = None, ca: str | None = None, injected_transport: bool = False) -> None:
-        """``token``: default ``XDP_TOKEN`` / ``XDP_TOKEN_FILE``; ``ca``: the deployment's CA certificate
+        """``url``: the gateway's REST URL, or several replicas' (a list or comma-separated);
+        ``token``: default ``XDP_TOKEN`` / ``XDP_TOKEN_FILE``; ``ca``: the deployment's CA certificate
         (default ``XDP_CA``) that the gateway's https:// certificate must chain to."""
-        self.url = _args.text("url", url, max_len=2000).rstrip("/")
+        # Gateway replicas (issue #18): several URLs, comma-separated or a list; calls go to one
+        # and move on to the next when it cannot be reached (``_fail_over``).
+        given = ",".join(url) if isinstance(url, list | tuple) else url
+        self.urls = [u.strip().rstrip("/") for u in _args.text("url", given, max_len=2000).split(",") if u.strip()]
+        if not self.urls:
+            raise E.InvalidArgument("url: no gateway URL given")
+        self.url = self.urls[0]
         self.key_dir = key_dir
         self.timeout = _args.positive("timeout", timeout)
-        self._verify = verify_for(self.url, ca, injected_transport)
+        verify = [verify_for(u, ca, injected_transport) for u in self.urls]  # each URL checked alike
+        self._verify = verify[0]
         self._headers = {"authorization": f"Bearer {token or token_from_env()}"}
 
     @classmethod
@@ -187,6 +195,21 @@ class BaseClient:
                 if "CERTIFICATE_VERIFY_FAILED" in str(e) else "")
         return E.GatewayUnreachable(f"cannot reach the gateway at {self.url}: {e or type(e).__name__}{hint}",
                                     url=self.url)
+
+    def _fail_over(self, call: Call[Any], e: httpx.TransportError, tried: int) -> bool:
+        """After a transport error: switch to the next replica's URL and return True when the call
+        may be sent again there — the request never reached a gateway (connect failed), or it is
+        safe to repeat (a GET, or a body with an ``idempotency_key``: the replica that answers it
+        finds the job the first one made). False: no other URL left, or the request may have run."""
+        if tried >= len(self.urls):
+            return False
+        unsent = isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
+        repeatable = call.method == "GET" or (isinstance(call.json, dict) and bool(call.json.get("idempotency_key")))
+        if not (unsent or repeatable):
+            return False
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+        self._http.base_url = self.url  # type: ignore[attr-defined]
+        return True
 
     def _run(self, step: Call[Any] | Flow[Any]) -> Any:
         raise NotImplementedError
@@ -370,8 +393,9 @@ class BaseClient:
 class Client(BaseClient):
     """Talk to a gateway as one principal, blocking. Every method raises a typed ``XdpError`` on failure."""
 
-    def __init__(self, url: str, token: str | None = None, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, key_dir: str | None = None, ca: str | None = None) -> None:
+    def __init__(self, url: str | list[str], token: str | None = None, *,
+                 transport: httpx.BaseTransport | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 key_dir: str | None = None, ca: str | None = None) -> None:
         super().__init__(url, token, timeout=timeout, key_dir=key_dir, ca=ca, injected_transport=transport is not None)
         self._http = httpx.Client(base_url=self.url, headers=self._headers, transport=transport, timeout=timeout,
                                   verify=self._verify)
@@ -386,11 +410,18 @@ class Client(BaseClient):
         self.close()
 
     def _send(self, call: Call[T]) -> T:
-        try:
-            resp = self._http.request(call.method, call.path, params=call.params, json=call.json)
-        except httpx.TransportError as e:
-            raise self._unreachable(e) from None
-        return self._read(call, resp)
+        return self._read(call, self._response(call))
+
+    def _response(self, call: Call[Any]) -> httpx.Response:
+        """The raw answer to ``call``, from the first replica that can be reached (``_fail_over``)."""
+        tried = 1
+        while True:
+            try:
+                return self._http.request(call.method, call.path, params=call.params, json=call.json)
+            except httpx.TransportError as e:
+                if not self._fail_over(call, e, tried):
+                    raise self._unreachable(e) from None
+                tried += 1
 
     def _run(self, step: Call[Any] | Flow[Any]) -> Any:
         if isinstance(step, Call):
@@ -483,7 +514,8 @@ class Client(BaseClient):
 class AsyncClient(BaseClient):
     """The same calls as ``Client``, awaited: ``async with AsyncClient(url, token) as c: await c.query(...)``."""
 
-    def __init__(self, url: str, token: str | None = None, *, transport: httpx.AsyncBaseTransport | None = None,
+    def __init__(self, url: str | list[str], token: str | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float = DEFAULT_TIMEOUT, key_dir: str | None = None, ca: str | None = None) -> None:
         super().__init__(url, token, timeout=timeout, key_dir=key_dir, ca=ca, injected_transport=transport is not None)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, transport=transport,
@@ -499,11 +531,16 @@ class AsyncClient(BaseClient):
         await self.aclose()
 
     async def _send(self, call: Call[T]) -> T:
-        try:
-            resp = await self._http.request(call.method, call.path, params=call.params, json=call.json)
-        except httpx.TransportError as e:
-            raise self._unreachable(e) from None
-        return self._read(call, resp)
+        tried = 1
+        while True:
+            try:
+                resp = await self._http.request(call.method, call.path, params=call.params, json=call.json)
+            except httpx.TransportError as e:
+                if not self._fail_over(call, e, tried):
+                    raise self._unreachable(e) from None
+                tried += 1
+                continue
+            return self._read(call, resp)
 
     def _run(self, step: Call[Any] | Flow[Any]) -> Awaitable[Any]:
         return self._drive(step)
