@@ -171,12 +171,14 @@ class _SealedRounds:
         consistency = SecAggConsistency(session_id=sid, secagg=check.encode())
         replies = await _ask_all(hub, job_id, dict.fromkeys(u3, consistency), round_timeout)
         self.feed(replies, u3, "consistency")
-        request = server.close_consistency()
+        server.close_consistency()
         # Round 4 (Unmasking): with t signatures over U3, survivors reveal self-mask shares of U3
         # and key shares of the dropped.
         u4 = list(server.survivors(Phase.CONSISTENCY))
-        unmask = SecAggUnmask(session_id=sid, secagg=request.encode())
-        replies = await _ask_all(hub, job_id, dict.fromkeys(u4, unmask), round_timeout)
+        # Each node gets U3 and its own share holders' signatures, the only ones it counts.
+        replies = await _ask_all(hub, job_id, {u: SecAggUnmask(session_id=sid,
+                                                               secagg=server.unmask_request_for(u).encode())
+                                               for u in u4}, round_timeout)
         self.feed(replies, u4, "unmask")
         # Shamir reconstruction, mask expansion and the ciphertext product are CPU work.
         revealed = await asyncio.to_thread(server.close_unmask)

@@ -186,12 +186,14 @@ async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list
     consistency = SecAggConsistency(session_id=session_id, secagg=check.encode())
     replies = await _gather(hub, job_id, dict.fromkeys(u3, consistency), round_timeout)
     feed(replies, u3, "consistency")
-    request = server.close_consistency()
+    server.close_consistency()
     # Round 4 (Unmasking): with t signatures over U3, survivors reveal self-mask shares of U3 and
     # key shares of the dropped.
     u4 = list(server.survivors(Phase.CONSISTENCY))
-    unmask = SecAggUnmask(session_id=session_id, secagg=request.encode())
-    replies = await _gather(hub, job_id, dict.fromkeys(u4, unmask), round_timeout)
+    # Each node gets U3 and its own share holders' signatures, the only ones it counts (O(k), not n).
+    replies = await _gather(hub, job_id, {u: SecAggUnmask(session_id=session_id,
+                                                          secagg=server.unmask_request_for(u).encode()) for u in u4},
+                            round_timeout)
     feed(replies, u4, "unmask")
     # Shamir reconstruction and mask expansion are CPU work: off the event loop.
     total = await asyncio.to_thread(server.close_unmask)

@@ -79,6 +79,7 @@ class SecAggClient:
         #: Who each roster entry is, by its verified certificate (after Round 1; empty unauthenticated).
         self.peer_identities: dict[str, NodeIdentity] = {}
         self._signed_u3: frozenset[str] | None = None
+        self._statement = b""  # survivors_statement of the signed U3, built once
         self._phase = Phase.ADVERTISE_KEYS
         self._c_sk: X25519PrivateKey | None = None
         self._s_sk: X25519PrivateKey | None = None
@@ -164,7 +165,7 @@ class SecAggClient:
         self._roster = roster_here
         self._b = secrets.token_bytes(prg.SEED_BYTES)
         order = sorted(roster_here, key=cfg.index)
-        xs = [cfg.x_of(v) for v in order]
+        xs = [cfg.share_x(me, v) for v in order]
         sk_shares = shamir.split_secret(self._s_sk.private_bytes_raw(), cfg.t, len(xs), xs=xs)
         b_shares = shamir.split_secret(self._b, cfg.t, len(xs), xs=xs)
         cts: dict[str, bytes] = {}
@@ -268,7 +269,7 @@ class SecAggClient:
                 b_sh = Share.decode(pt[shamir.SHARE_BYTES :])
             except shamir.InvalidShare as exc:
                 raise MalformedMessage(f"share from {v!r}: {exc.detail}") from None
-            if sk_sh.x != cfg.x_of(me) or b_sh.x != cfg.x_of(me):
+            if sk_sh.x != cfg.share_x(v, me) or b_sh.x != cfg.share_x(v, me):
                 raise MalformedMessage(f"share from {v!r} is not for {me}'s x-coordinate")
             received[v] = (sk_sh, b_sh)
         alive = len(received) + 1
@@ -336,8 +337,10 @@ class SecAggClient:
                                                     "would learn partial sums")
             self._signed_u3 = u3
             self._phase = Phase.UNMASK
+            if self._signer is not None or self._verifier is not None:
+                self._statement = survivors_statement(cfg.session_id, u3)
         # Active variant, Round 3: sigma'_u = SIG.sign(d_u^SK, U3).
-        signature = b"" if self._signer is None else self._signer.sign(survivors_statement(cfg.session_id, u3))
+        signature = b"" if self._signer is None else self._signer.sign(self._statement)
         return ConsistencySignature(cfg.session_id, me, signature)
 
     def _check_survivors(self, survivors: Sequence[str]) -> frozenset[str]:
@@ -363,7 +366,7 @@ class SecAggClient:
         if outside:
             raise self._fail(Phase.UNMASK, f"{outside[0]!r} signed the survivor set but is not in it")
         counted = 0
-        statement = survivors_statement(cfg.session_id, u3)
+        statement = self._statement if u3 == self._signed_u3 else survivors_statement(cfg.session_id, u3)
         for v, sig in sorted(signatures.items()):
             if v not in cfg.holders_of(me):
                 continue

@@ -117,6 +117,30 @@ class Reader:
             raise MalformedMessage(f"{self._name}: empty {what}")
         return s
 
+    def node_ids(self, count: int, what: str = "node id") -> list[str]:
+        """``count`` node ids in a row (str16 each), read in one tight loop: survivor lists carry
+        up to n of them, and a client reads U3 twice per session."""
+        buf, pos, end = self._b, self._pos, len(self._b)
+        raw: list[bytes] = []
+        for _ in range(count):
+            if pos + 2 > end:
+                raise MalformedMessage(f"{self._name}: truncated message")
+            k = (buf[pos] << 8) | buf[pos + 1]
+            pos += 2
+            if not 0 < k <= MAX_NODE_ID_BYTES:
+                raise MalformedMessage(f"{self._name}: empty {what}" if k == 0
+                                       else f"{self._name}: {what} longer than {MAX_NODE_ID_BYTES} bytes")
+            if pos + k > end:
+                raise MalformedMessage(f"{self._name}: truncated message")
+            raw.append(buf[pos : pos + k])
+            pos += k
+        try:
+            out = [r.decode() for r in raw]
+        except UnicodeDecodeError:
+            raise MalformedMessage(f"{self._name}: {what} is not UTF-8") from None
+        self._pos = pos
+        return out
+
     def count(self, min_entry_bytes: int, what: str) -> int:
         c = self.u32()
         if c > MAX_PARTICIPANTS or c * min_entry_bytes > self.remaining:

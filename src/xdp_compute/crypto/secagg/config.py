@@ -11,8 +11,8 @@ import enum
 import functools
 import hashlib
 import hmac
+import itertools
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -423,43 +423,91 @@ class SecAggConfig:
         return self.index(node_id) + 1
 
     @cached_property
-    def _graph(self) -> dict[str, frozenset[str]]:
-        parts = self.participants
-        if not self.sparse:
-            everyone = frozenset(parts)
-            return {p: everyone - {p} for p in parts}
-        # Bell et al. 2020, §3: a random Harary graph. The ring order is a keyed-hash sort under a
-        # key derived from the session id, so every party computes the same graph without talking.
+    def _ring(self) -> tuple[tuple[str, ...], dict[str, int]]:
+        """The SecAgg+ ring order and each node's position on it (sparse sessions only).
+
+        Bell et al. 2020, §3: a random Harary graph. The ring order is a keyed-hash sort under a
+        key derived from the session id, so every party computes the same graph without talking.
+        O(n) hashes once per session; a node's neighbourhood is then read off the ring in O(k),
+        without building the whole graph (issue #13: per-node cost ~ k, not n).
+        """
         key = hashlib.sha256(prg.hkdf_info("neighbour-graph", [self.session_id])).digest()
-        ring = sorted(parts, key=lambda p: hmac.new(key, p.encode(), hashlib.sha256).digest())
-        n, half = len(ring), (self.neighbours or 0) // 2
-        graph: dict[str, frozenset[str]] = {}
-        for i, p in enumerate(ring):
-            graph[p] = frozenset(ring[(i + d) % n] for d in range(-half, half + 1) if d)
-        return graph
+        ring = tuple(sorted(self.participants, key=lambda p: hmac.new(key, p.encode(), hashlib.sha256).digest()))
+        return ring, {p: i for i, p in enumerate(ring)}
+
+    @cached_property
+    def _neighbour_cache(self) -> dict[str, frozenset[str]]:
+        return {}
+
+    @cached_property
+    def _holder_cache(self) -> dict[str, frozenset[str]]:
+        return {}
 
     def neighbours_of(self, node_id: str) -> frozenset[str]:
         """N(u): the peers ``node_id`` agrees pairwise masks with (everyone else if not sparse)."""
-        self.index(node_id)
-        return self._graph[node_id]
+        got = self._neighbour_cache.get(node_id)
+        if got is None:
+            self.index(node_id)
+            if not self.sparse:
+                got = frozenset(self.participants) - {node_id}
+            else:
+                ring, pos = self._ring
+                n, half, i = len(ring), (self.neighbours or 0) // 2, pos[node_id]
+                got = frozenset(ring[(i + d) % n] for d in range(-half, half + 1) if d)
+            self._neighbour_cache[node_id] = got
+        return got
 
     def holders_of(self, node_id: str) -> frozenset[str]:
         """H(u) = N(u) + {u}: who holds Shamir shares of ``node_id``'s secrets."""
-        return self.neighbours_of(node_id) | {node_id}
+        got = self._holder_cache.get(node_id)
+        if got is None:
+            got = self._holder_cache[node_id] = self.neighbours_of(node_id) | {node_id}
+        return got
+
+    def share_x(self, owner: str, holder: str) -> int:
+        """The Shamir x-coordinate of ``holder``'s share of ``owner``'s secrets, in 1..|H(owner)|.
+
+        Complete graph: the holder's roster position (:meth:`x_of`). SecAgg+: the holder's place
+        in the owner's ring window (the owner itself in the middle, k/2 + 1). Either way the
+        holders of one secret sit at exactly 1..h, so the aggregator interpolates from the
+        binomial coefficients of the full window, corrected only for the missing holders
+        (O(h * missing) per secret instead of O(t^2), ``server``). MalformedMessage when
+        ``holder`` is not in H(owner).
+        """
+        if not self.sparse:
+            self.index(owner)
+            return self.x_of(holder)
+        self.index(owner)
+        self.index(holder)
+        ring, pos = self._ring
+        half = (self.neighbours or 0) // 2
+        offset = (pos[holder] - pos[owner] + half) % len(ring)
+        if offset > 2 * half:
+            raise MalformedMessage(f"{holder!r} holds no share of {owner!r}'s secrets")
+        return offset + 1
 
     def is_connected(self, nodes: Iterable[str]) -> bool:
-        """Whether the neighbour graph restricted to ``nodes`` is connected."""
+        """Whether the neighbour graph restricted to ``nodes`` is connected.
+
+        Any non-empty set is, in the complete graph. In the Harary ring, two nodes are adjacent
+        iff their ring distance is at most k/2, so ``nodes`` is connected iff at most one of the
+        circular gaps between consecutive members (in ring order) is wider than k/2: cutting
+        the ring needs two such gaps, and with one the members form a chain. O(|nodes| log n),
+        no graph traversal.
+        """
         members = set(nodes)
+        for v in members:
+            self.index(v)
         if not members:
             return False
-        start = next(iter(members))
-        seen, todo = {start}, deque([start])
-        while todo:
-            for v in self._graph[todo.popleft()]:
-                if v in members and v not in seen:
-                    seen.add(v)
-                    todo.append(v)
-        return len(seen) == len(members)
+        if not self.sparse:
+            return True
+        ring, pos = self._ring
+        n, half = len(ring), (self.neighbours or 0) // 2
+        at = sorted(pos[v] for v in members)
+        wide = sum(1 for a, b in itertools.pairwise(at) if b - a > half)
+        wide += (at[0] + n - at[-1]) > half
+        return wide <= 1
 
     def mask_sign(self, u: str, v: str) -> int:
         """Delta_{u,v} of Bonawitz et al. Round 2: +1 if u comes after v in the roster, else -1."""

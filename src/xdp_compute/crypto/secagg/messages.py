@@ -223,7 +223,7 @@ def _write_survivors(w: Writer, survivors: tuple[str, ...]) -> None:
 
 def _read_survivors(r: Reader, name: str) -> tuple[str, ...]:
     count = r.count(3, "survivor")
-    nodes = [r.node_id() for _ in range(count)]
+    nodes = r.node_ids(count, "survivor")
     if len(set(nodes)) != len(nodes):
         raise MalformedMessage(f"{name}: duplicate survivor")
     return tuple(nodes)

@@ -8,8 +8,10 @@ once the session ends or aborts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -84,6 +86,7 @@ class SecAggServer:
             for p in (Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.CONSISTENCY, Phase.UNMASK)
         }
         self._signatures: dict[str, bytes] = {}
+        self._u3_statement = b""  # survivors_statement of U3, built once for every signature check
         self._survivors: dict[Phase, tuple[str, ...]] = {}
         self._keys: dict[str, NodeKeys] = {}
         self._inbox: dict[str, dict[str, bytes]] = {}
@@ -340,8 +343,9 @@ class SecAggServer:
     def _accept_signature(self, msg: ConsistencySignature) -> None:
         keys = self._keys[msg.sender]
         if keys.certificate:
-            statement = survivors_statement(self.config.session_id, self._survivors[Phase.MASKED_INPUT])
-            if not signature_valid(keys.certificate, statement, msg.signature):
+            if not self._u3_statement:
+                self._u3_statement = survivors_statement(self.config.session_id, self._survivors[Phase.MASKED_INPUT])
+            if not signature_valid(keys.certificate, self._u3_statement, msg.signature):
                 raise MalformedMessage(f"ConsistencySignature from {msg.sender}: the signature over U3 does not "
                                        "verify under its certificate")
         self._signatures[msg.sender] = msg.signature
@@ -356,19 +360,36 @@ class SecAggServer:
         return self.unmask_request()
 
     def unmask_request(self) -> UnmaskRequest:
-        """The Round 4 request (same for every node) once the consistency check is closed."""
+        """The Round 4 request with every signature (valid for any node) once the consistency check is closed.
+
+        A node counts only its own share holders' signatures; :meth:`unmask_request_for` sends it
+        just those (O(k) signatures to decode instead of n).
+        """
         self._check_alive()
         if Phase.CONSISTENCY not in self._survivors:
             raise RoundConflict("the unmask request exists once the consistency check is closed")
         return UnmaskRequest(self.config.session_id, self._survivors[Phase.MASKED_INPUT], dict(self._signatures))
 
+    def unmask_request_for(self, node_id: str) -> UnmaskRequest:
+        """The Round 4 request for ``node_id`` (a U4 member): U3 and the signatures over it of
+        ``node_id``'s share holders, the only ones it counts (``SecAggClient.unmask``)."""
+        self._check_alive()
+        if Phase.CONSISTENCY not in self._survivors:
+            raise RoundConflict("the unmask request exists once the consistency check is closed")
+        if node_id not in self._signatures:
+            raise RoundConflict(f"{node_id} did not complete phase consistency")
+        sigs = self._signatures
+        return UnmaskRequest(self.config.session_id, self._survivors[Phase.MASKED_INPUT],
+                             {v: sigs[v] for v in self.config.holders_of(node_id) if v in sigs})
+
     def _needs(self) -> tuple[list[str], dict[str, list[str]]]:
         """Whose b_u (U3) and whose s_sk (U2\\U3 with U3 neighbours, and those neighbours) are needed."""
         cfg = self.config
-        u3 = set(self._survivors[Phase.MASKED_INPUT])
+        u3_order = self._survivors[Phase.MASKED_INPUT]  # roster order
+        u3 = set(u3_order)
         dropped = [u for u in self._survivors[Phase.SHARE_KEYS] if u not in u3]
-        need_sk = {u: [v for v in cfg.participants if v in cfg.neighbours_of(u) and v in u3] for u in dropped}
-        return [u for u in cfg.participants if u in u3], {u: vs for u, vs in need_sk.items() if vs}
+        need_sk = {u: sorted(cfg.neighbours_of(u) & u3, key=cfg.index) for u in dropped}  # O(k) each
+        return list(u3_order), {u: vs for u, vs in need_sk.items() if vs}
 
     def _check_recoverable(self, phase: Phase, responders: set[str]) -> None:
         cfg, t = self.config, self.config.t
@@ -408,10 +429,10 @@ class SecAggServer:
                 f"UnmaskResponse from {u} must hold b-shares for {len(want_b)} survivors "
                 f"and key shares for {len(want_sk)} dropped peers, exactly"
             )
-        x = cfg.x_of(u)
-        for sh in (*msg.self_mask_shares.values(), *msg.secret_key_shares.values()):
+        for owner, sh in (*msg.self_mask_shares.items(), *msg.secret_key_shares.items()):
+            x = cfg.share_x(owner, u)
             if sh.x != x:
-                raise MalformedMessage(f"UnmaskResponse from {u} holds a share with x={sh.x}, expected {x}")
+                raise MalformedMessage(f"UnmaskResponse from {u} holds a share of {owner} with x={sh.x}, expected {x}")
         self._responses[u] = msg
 
     def close_unmask(self) -> U64Vector:
@@ -426,19 +447,27 @@ class SecAggServer:
         self._check_recoverable(Phase.UNMASK, set(u4))
         responses = self._responses
         need_b, need_sk = self._needs()
+        # Shares by owner, each point keyed by its x (1..h, see SecAggConfig.share_x): O(n k) in all.
+        b_points: dict[str, dict[int, int]] = {u: {} for u in need_b}
+        sk_points: dict[str, dict[int, int]] = {u: {} for u in need_sk}
+        for v in u4:
+            resp = responses[v]
+            for owner, sh in resp.self_mask_shares.items():
+                if owner in b_points:
+                    b_points[owner][sh.x] = sh.y
+            for owner, sh in resp.secret_key_shares.items():
+                if owner in sk_points:
+                    sk_points[owner][sh.x] = sh.y
+        size, t = cfg.neighbourhood_size, cfg.t
         terms: list[prg.MaskTerm] = []
         try:
             for u in need_b:
-                # Paper, Round 4: reconstruct b_u from t shares and remove PRG(b_u).
-                shares = [responses[v].self_mask_shares[u] for v in u4 if v in cfg.holders_of(u)]
-                b_u = shamir.reconstruct_secret(shares, cfg.t, secret_len=prg.SEED_BYTES)
+                # Paper, Round 4: reconstruct b_u from its holders' shares and remove PRG(b_u).
+                b_u = interpolate_secret(b_points[u], size, t, prg.SEED_BYTES)
                 terms.append((self_mask_seed(cfg, u, b_u), 1))
             for u, partners in need_sk.items():
                 # Paper, Round 4: reconstruct s_u^SK of a dropped user, recompute its pairwise masks.
-                shares = [responses[v].secret_key_shares[u] for v in u4 if v in cfg.neighbours_of(u)]
-                sk = X25519PrivateKey.from_private_bytes(
-                    shamir.reconstruct_secret(shares, cfg.t, secret_len=KEY_BYTES)
-                )
+                sk = X25519PrivateKey.from_private_bytes(interpolate_secret(sk_points[u], size, t, KEY_BYTES))
                 if sk.public_key().public_bytes_raw() != self._keys[u].s_pk:
                     raise shamir.InvalidShare(f"rebuilt key of {u} does not match its advertised key")
                 for v in partners:
@@ -460,3 +489,40 @@ class SecAggServer:
         self._responses = {}
         self._phase = Phase.DONE
         return total
+
+
+@functools.lru_cache(maxsize=16)
+def _window_weights(size: int) -> tuple[int, ...]:
+    """Lagrange basis at 0 for the points 1..size: L_i(0) = (-1)^(i-1) C(size, i) (index 0 unused)."""
+    return (0, *((-1) ** (i - 1) * math.comb(size, i) for i in range(1, size + 1)))
+
+
+def interpolate_secret(points: Mapping[int, int], size: int, threshold: int, secret_len: int) -> bytes:
+    """The secret behind Shamir shares ``points`` (x -> y) whose x-coordinates lie in 1..``size``.
+
+    Every share of one secret sits at x in 1..h (``SecAggConfig.share_x``), so the basis values
+    at 0 over all of 1..h are signed binomials, and the points present are that window minus
+    the missing holders M: L_i(0) = (-1)^(i-1) C(h, i) * prod_{c in M} (c - i) / prod_{c in M} c.
+    Each secret costs O(h * |M|) small-integer products and one inversion mod p, instead of
+    t^2 products and t inversions for an arbitrary set of t points. All points present are
+    used: more than t points of a degree t-1 polynomial interpolate to the same f(0).
+    Raises shamir.InvalidShare with fewer than ``threshold`` points, an x outside the window,
+    or a result that is not a well-formed secret of ``secret_len`` bytes.
+    """
+    if len(points) < threshold:
+        raise shamir.InvalidShare(f"need {threshold} shares, got {len(points)}")
+    if any(not 1 <= x <= size for x in points):
+        raise shamir.InvalidShare(f"share x-coordinate outside 1..{size}")
+    weights = _window_weights(size)
+    missing = [c for c in range(1, size + 1) if c not in points]
+    acc = 0
+    for x, y in points.items():
+        w = weights[x]
+        for c in missing:
+            w *= c - x
+        acc += w * y
+    s = acc * pow(math.prod(missing), -1, shamir.PRIME) % shamir.PRIME
+    raw = s.to_bytes((s.bit_length() + 7) // 8, "big")
+    if not raw or raw[0] != 0x01 or len(raw) - 1 != secret_len:
+        raise shamir.InvalidShare("shares are inconsistent: reconstruction is not a valid secret")
+    return raw[1:]

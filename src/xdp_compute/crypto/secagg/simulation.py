@@ -69,8 +69,8 @@ def run_local_session(
     for u in server.survivors(Phase.MASKED_INPUT):
         if active(u, Phase.CONSISTENCY):
             send(server, u, clients[u].consistency_check(check))
-    request = UnmaskRequest.decode(server.close_consistency().encode())
+    server.close_consistency()
     for u in server.survivors(Phase.CONSISTENCY):
         if active(u, Phase.UNMASK):
-            send(server, u, clients[u].unmask(request))
+            send(server, u, clients[u].unmask(UnmaskRequest.decode(server.unmask_request_for(u).encode())))
     return server.close_unmask()
