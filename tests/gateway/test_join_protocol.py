@@ -55,8 +55,8 @@ class Wire:
 
 def write_nodes(root: Path, seed: int, n_h: int, n_i: int, overlap: int, max_rows: int) -> tuple[Any, ...]:
     pops = populations(seed, n_h, n_i, overlap)
-    (root / "h").mkdir()
-    (root / "i").mkdir()
+    (root / "h").mkdir(parents=True)
+    (root / "i").mkdir(parents=True)
     (root / "h" / "hospital.csv").write_text(pops.hospital_csv)
     (root / "i" / "insurer.csv").write_text(pops.insurer_csv)
     (root / "h" / "node.toml").write_text(HOSPITAL.format(node="hospital-node", budget=1000, max_rows=max_rows,

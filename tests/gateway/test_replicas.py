@@ -162,3 +162,47 @@ def test_leases_on_sqlite_hold_nothing(store: Store) -> None:
 
     leases = JobLeases(store)
     assert not leases.enabled and leases.take("j") and not leases.try_orphan("j")
+
+
+def test_reservations_and_settlements_on_two_replicas_never_deadlock(db_url: str) -> None:
+    """Holds listed in any order, settled while others reserve, from two stores at once: every
+    transaction locks the ledger rows in one order (issue #18: a bench run hit a deadlock, 500)."""
+    import random
+
+    stores = _stores(db_url)
+    try:
+        first = stores[0]
+        holder = first.authenticate(first.create_principal("holder", "h", "CN-FJ"))
+        ds = parse_manifest_text(example_manifest(budget=1000.0), check_files=False).datasets[0]
+        for i in range(3):  # three ledger rows: one holder's three nodes
+            first.register_node(holder, f"n{i}", "CN-FJ", [ds.to_dict()])
+        ledgers = [p["ledger_id"] for p in first.dataset_parts("patients")]
+        analyst = first.authenticate(first.create_principal("analyst", "an", "CN-FJ"))
+        rng = random.Random(7)
+        orders = [rng.sample(ledgers, len(ledgers)) for _ in range(80)]
+
+        def job(i: int) -> None:
+            store = stores[i % 2]
+            with store.write() as s:
+                store.ensure_analyst_budget(s, analyst.id, 1e6, 1.0)
+                jid = _job_row(s, analyst.id)
+                store.reserve(s, jid, analyst.id, [ReservationRequest(x, 0.01, 0.0) for x in orders[i]], 0.01, 0.0)
+            with store.write() as s:
+                store.settle(s, jid, commit=i % 3 != 0)
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            list(pool.map(job, range(len(orders))))  # a deadlock raises here
+        parts = first.dataset_parts("patients")
+        assert all(p["eps_reserved"] == pytest.approx(0.0, abs=1e-9) for p in parts)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def _job_row(s: object, principal_id: str) -> str:
+    jid = new_id()
+    s.add(m.Job(id=jid, principal_id=principal_id, kind="query", status="reserved", spec_json="{}",  # type: ignore[attr-defined]
+                plan_json="{}", cost_json="{}", idempotency_key=None, created_at=0.0, updated_at=0.0,
+                compute_seconds=0.0))
+    s.flush()  # type: ignore[attr-defined]
+    return jid

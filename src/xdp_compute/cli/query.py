@@ -31,6 +31,10 @@ def run_query(c: Any, sql: str, *, epsilon: float, delta: float | None, dry_run:
         else:
             print_plan(plan)
         return
+    from xdp_compute.sdk.join import reads_two_datasets
+
+    # A private join's answer is always delivered encrypted under the analyst's key (issue #16).
+    encrypt = encrypt or reads_two_datasets(sql)
     if encrypt:  # the SDK keeps the Paillier key and decrypts; it waits for the job itself
         r = c.query(sql, epsilon=epsilon, delta=delta, encrypt=True, idempotency_key=idempotency_key,
                     wait=timeout)

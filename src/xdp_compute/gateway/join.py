@@ -273,8 +273,9 @@ class JoinService:
         n_a, n_b = p.plan.a.max_rows + p.plan.dummy_max, p.plan.b.max_rows + p.plan.dummy_max
         ct = public.ciphertext_bytes
         return {
-            "dry_run": True, "operation": OPERATION, "datasets": p.datasets,
+            "dry_run": True, "operation": OPERATION, "datasets": p.datasets, "dataset": " JOIN ".join(p.datasets),
             "plan": {"sql": p.plan.inner.sql, "digest": p.plan.digest(), "cells": len(p.plan.inner.cells),
+                     "nodes": p.node_names, "parties": 2, "threshold": 2,
                      "group_columns": list(p.plan.inner.group_columns),
                      "measurements": [mm.key for mm in p.plan.inner.measurements],
                      "indicator_side": {"dataset": p.plan.a.dataset, "node": p.parts["A"]["node"],

@@ -566,10 +566,13 @@ class Store:
         """Atomically hold budget on every ledger row, or raise BudgetExhausted and hold nothing.
 
         Runs inside the caller's write transaction; each hold is a conditional UPDATE, so a
-        concurrent reservation can never push spent + reserved past the budget.
+        concurrent reservation can never push spent + reserved past the budget. Rows are locked in
+        one order everywhere (ledger rows by id, then the analyst's row; ``settle`` the same), so
+        concurrent reservations and settlements, on one gateway or several replicas, never
+        deadlock.
         """
         tol = EPS_TOLERANCE
-        for h in holds:
+        for h in sorted(holds, key=lambda x: x.node_dataset_id):
             res = s.execute(
                 update(m.NodeDataset)
                 .where(m.NodeDataset.id == h.node_dataset_id,
@@ -612,7 +615,8 @@ class Store:
         """
         rows = s.scalars(select(m.Reservation).where(m.Reservation.job_id == job_id,
                                                      m.Reservation.state == "reserved")).all()
-        for r in rows:
+        # The lock order of ``reserve``: ledger rows by id, then the analyst's row.
+        for r in sorted(rows, key=lambda x: (x.node_dataset_id is None, x.node_dataset_id or 0)):
             spend_eps, spend_delta = r.eps, r.delta
             if commit and actual is not None and r.node_dataset_id in actual:
                 spend_eps = min(r.eps, actual[r.node_dataset_id][0])

@@ -277,6 +277,11 @@ class BaseClient:
         """
         body = _args.query_body(sql, epsilon, delta, dry_run, idempotency_key, level)
         wait = _args.positive("wait", wait)
+        if not encrypt:
+            from xdp_compute.sdk.join import reads_two_datasets
+
+            # A private join's answer is always delivered encrypted under this client's key (issue #16).
+            encrypt = reads_two_datasets(sql)
         if encrypt:
             from xdp_compute.sdk.he import encrypted_query
 

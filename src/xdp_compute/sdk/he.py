@@ -52,6 +52,10 @@ def decrypt_delivery(priv: PaillierPrivate, delivery: dict[str, Any]) -> QueryRe
     (``suppressed_cells``); they come back as None, like any suppressed group.
     """
     res = delivery["result"]
+    if "join_plan" in res:  # a private join's answer (issue #16)
+        from xdp_compute.sdk.join import decrypt_join
+
+        return decrypt_join(priv, delivery)
     ct = res.get("ciphertext")
     if not isinstance(ct, str):
         raise Conflict("this encrypted answer was already delivered; the gateway keeps only its digest")

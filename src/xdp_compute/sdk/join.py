@@ -22,6 +22,18 @@ from xdp_compute.sdk.results import QueryResult, query_result
 MAX_RESULT_BYTES = 64 << 20
 
 
+def reads_two_datasets(sql: str) -> bool:
+    """Whether ``sql`` is a JOIN (then its answer is delivered encrypted); a query the parser refuses
+    is not, and goes to the gateway as written, which answers the refusal."""
+    from xdp_compute.errors import InvalidQuery
+    from xdp_compute.query.parse import parse_statement
+
+    try:
+        return bool(parse_statement(sql, allow_join=True).args.get("joins"))
+    except (InvalidQuery, TypeError):
+        return False
+
+
 def join_totals(private: PaillierPrivate, plan: JoinPlan, ciphertexts: list[int]) -> list[int]:
     """The signed noisy integer totals in ``plan.inner``'s cell x measurement order."""
     n_meas = len(plan.inner.measurements)
@@ -64,4 +76,4 @@ def decrypt_join(private: PaillierPrivate, delivery: dict[str, Any]) -> QueryRes
     return result
 
 
-__all__ = ["decrypt_join", "join_totals"]
+__all__ = ["decrypt_join", "join_totals", "reads_two_datasets"]
