@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+#: ``cpu``: this thread's CPU time (the machine is shared: wall time swings with the load); ``wall``.
+CLOCK = os.environ.get("XDP_BENCH_CLOCK", "cpu")
 
 
 def run_session(n: int, m: int, k: int | None, t: int, dropout: float, seed: int) -> dict[str, float]:
@@ -70,7 +72,7 @@ def run_session(n: int, m: int, k: int | None, t: int, dropout: float, seed: int
     chosen = rng.choice(n, math.floor(dropout * n + 1e-9), replace=False)
     drop = {parts[i]: phases[j % len(phases)] for j, i in enumerate(chosen)}
 
-    clock = time.perf_counter
+    clock = time.thread_time if CLOCK == "cpu" else time.perf_counter
     client_s = dict.fromkeys(parts, 0.0)
     setup_s = dict.fromkeys(parts, 0.0)
     server_s = 0.0
@@ -231,30 +233,39 @@ def main() -> None:
     ap.add_argument("--sizes", default=None, help="comma-separated SecAgg+ sizes (default 100,300,1000)")
     ap.add_argument("--baseline-rev", default=None, help="git revision whose secure aggregation is the baseline")
     ap.add_argument("--baseline-src", type=Path, default=None, help="a src/ directory to use as baseline")
+    ap.add_argument("--src", type=Path, default=None, help="measure this src/ directory instead of the tree's "
+                    "(in a child process, like the baseline)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                    help="cpu (default): the thread's CPU time, steadier on a shared machine; wall: elapsed time")
     ap.add_argument("--one-pass", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.clock:
+        os.environ["XDP_BENCH_CLOCK"] = args.clock  # children inherit it
+        global CLOCK
+        CLOCK = args.clock
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [100, 300] if args.quick else [100, 300, 1000]
     if args.one_pass:
         print("PASS " + json.dumps(one_pass(sizes, args.m, args.dropout, args.corrupt, args.seed)))
         return
     repeats = 1 if args.quick else args.repeats
     base = args.baseline_src or (baseline_src(args.baseline_rev) if args.baseline_rev else None)
-    here = ROOT / "src"
+    here = args.src or ROOT / "src"
     loads: list[float] = []
     new_passes, old_passes = [], []
     for seed in range(repeats):
         loads.append(os.getloadavg()[0])
-        if base is not None:
-            old_passes.append(child(base, sizes, args.m, args.dropout, args.corrupt, seed))
-            loads.append(os.getloadavg()[0])
+        if base is not None or args.src is not None:
+            if base is not None:
+                old_passes.append(child(base, sizes, args.m, args.dropout, args.corrupt, seed))
+                loads.append(os.getloadavg()[0])
             new_passes.append(child(here, sizes, args.m, args.dropout, args.corrupt, seed))
         else:
             new_passes.append(one_pass(sizes, args.m, args.dropout, args.corrupt, seed))
     loads.append(os.getloadavg()[0])
     head = (f"vector length {args.m}, {args.dropout:.0%} of nodes drop out (over all phases), (k, t) for "
             f"{args.dropout:g} drop-out / {args.corrupt:.3g} corrupt; best of {repeats}; "
-            f"1-min load {min(loads):.1f}-{max(loads):.1f}")
+            f"1-min load {min(loads):.1f}-{max(loads):.1f}; {CLOCK} time")
     result: dict[str, Any] = {"m": args.m, "load": loads}
     rows = summarise(new_passes)
     table(f"(e) SecAgg+ at scale, this tree: {head}", rows)

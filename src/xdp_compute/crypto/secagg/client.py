@@ -80,6 +80,7 @@ class SecAggClient:
         self.peer_identities: dict[str, NodeIdentity] = {}
         self._signed_u3: frozenset[str] | None = None
         self._statement = b""  # survivors_statement of the signed U3, built once
+        self._signed_order: tuple[str, ...] | None = None  # U3 as listed when it was signed
         self._phase = Phase.ADVERTISE_KEYS
         self._c_sk: X25519PrivateKey | None = None
         self._s_sk: X25519PrivateKey | None = None
@@ -335,7 +336,7 @@ class SecAggClient:
             if cfg.sparse and not cfg.is_connected(u3):
                 raise self._fail(Phase.CONSISTENCY, "survivors are disconnected in the neighbour graph; the server "
                                                     "would learn partial sums")
-            self._signed_u3 = u3
+            self._signed_u3, self._signed_order = u3, tuple(req.survivors)
             self._phase = Phase.UNMASK
             if self._signer is not None or self._verifier is not None:
                 self._statement = survivors_statement(cfg.session_id, u3)
@@ -389,7 +390,9 @@ class SecAggClient:
         cfg, me = self.config, self.node_id
         req = coerce(request, UnmaskRequest, "UnmaskRequest")
         self._check_session(req.session_id)
-        u3 = self._check_survivors(req.survivors)
+        # The set this node signed comes back in Round 4: recognise it without re-checking n names.
+        u3 = self._signed_u3 if req.survivors == self._signed_order else self._check_survivors(req.survivors)
+        assert u3 is not None
         if self._answered is not None:
             if self._answered[0] == u3:
                 return self._answered[1]

@@ -39,6 +39,7 @@ class Writer:
     def __init__(self, msg_type: int, session_id: bytes) -> None:
         self._parts: list[bytes] = [MAGIC, bytes([VERSION, msg_type])]
         self.blob16(session_id)
+        self._head = len(self._parts)
 
     def u16(self, v: int) -> None:
         self._parts.append(struct.pack(">H", v))
@@ -47,11 +48,11 @@ class Writer:
         self._parts.append(struct.pack(">I", v))
 
     def blob16(self, b: bytes) -> None:
-        self.u16(len(b))
-        self._parts.append(bytes(b))
+        self._parts.append(len(b).to_bytes(2, "big") + bytes(b))
 
     def str16(self, s: str) -> None:
-        self.blob16(s.encode())
+        b = s.encode()
+        self._parts.append(len(b).to_bytes(2, "big") + b)
 
     def raw(self, b: bytes) -> None:
         self._parts.append(b)
@@ -62,6 +63,10 @@ class Writer:
 
     def getvalue(self) -> bytes:
         return b"".join(self._parts)
+
+    def body(self) -> bytes:
+        """What was written after the header (to splice into another frame with ``raw``)."""
+        return b"".join(self._parts[self._head :])
 
 
 class Reader:
@@ -89,14 +94,14 @@ class Reader:
         return len(self._b) - self._pos
 
     def take(self, k: int) -> bytes:
-        if k > self.remaining:
+        pos = self._pos
+        if pos + k > len(self._b):
             raise MalformedMessage(f"{self._name}: truncated message")
-        out = self._b[self._pos : self._pos + k]
-        self._pos += k
-        return out
+        self._pos = pos + k
+        return self._b[pos : pos + k]
 
     def u16(self) -> int:
-        return int(struct.unpack(">H", self.take(2))[0])
+        return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
         return int(struct.unpack(">I", self.take(4))[0])

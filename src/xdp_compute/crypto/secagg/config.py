@@ -357,8 +357,9 @@ class SecAggConfig:
         parts = tuple(self.participants)
         if not 1 <= len(parts) <= MAX_PARTICIPANTS:
             raise InvalidSpec(f"need 1..{MAX_PARTICIPANTS} participants, got {len(parts)}")
-        for p in parts:
-            _check_id("participant id", p)
+        if not all(isinstance(p, str) and 0 < len(p) and len(p.encode()) <= MAX_NODE_ID_BYTES for p in parts):
+            for p in parts:
+                _check_id("participant id", p)  # names the problem
         if len(set(parts)) != len(parts):
             raise InvalidSpec("participant ids must be unique")
         object.__setattr__(self, "participants", parts)
@@ -432,7 +433,7 @@ class SecAggConfig:
         without building the whole graph (issue #13: per-node cost ~ k, not n).
         """
         key = hashlib.sha256(prg.hkdf_info("neighbour-graph", [self.session_id])).digest()
-        ring = tuple(sorted(self.participants, key=lambda p: hmac.new(key, p.encode(), hashlib.sha256).digest()))
+        ring = tuple(sorted(self.participants, key=lambda p: hmac.digest(key, p.encode(), "sha256")))
         return ring, {p: i for i, p in enumerate(ring)}
 
     @cached_property

@@ -10,6 +10,7 @@ Round numbers are Bonawitz et al. 2017, Fig. 4 (the active-adversary variant): 0
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, TypeVar
@@ -216,9 +217,17 @@ class MaskedInput:
 
 
 def _write_survivors(w: Writer, survivors: tuple[str, ...]) -> None:
+    w.raw(_survivors_bytes(tuple(survivors)))
+
+
+@functools.lru_cache(maxsize=8)
+def _survivors_bytes(survivors: tuple[str, ...]) -> bytes:
+    """U3 on the wire, built once per set: the server sends the same U3 to every node in Rounds 3 and 4."""
+    w = Writer(0, b"-")
     w.u32(len(survivors))
     for node in survivors:
         w.str16(node)
+    return w.body()
 
 
 def _read_survivors(r: Reader, name: str) -> tuple[str, ...]:
