@@ -7,7 +7,7 @@ are not passed on, because DuckDB quotes the offending line of a CSV in them.
 
 Report shape::
 
-    {"dataset": "people", "source_kind": "csv" | "parquet" | "postgresql", "ok": bool,
+    {"dataset": "people", "source_kind": "csv" | "parquet" | "postgresql" | "spark", "ok": bool,
      "rows": int | None, "malformed_lines": int (CSV only), "files": int (folder or glob only),
      "problems": ["column 'age' missing", ...],
      "warnings": ["the database role can INSERT on the table; ...", ...],  (do not affect ok)
