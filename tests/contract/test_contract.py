@@ -122,6 +122,12 @@ REPLY_EXAMPLES.update({
     "join_aggregate": JoinCiphertexts(ciphertexts=b"c"), "join_noise": JoinCiphertexts(ciphertexts=b"c"),
 })
 
+# data exchange (issue #17): content commitments
+from xdp_compute.contract.tasks import Commit, Committed
+
+REQUEST_EXAMPLES += [Commit(dataset="visits")]
+REPLY_EXAMPLES.update({"commit": Committed(commitment="ab" * 32, scheme="hmac-sha256/v1")})
+
 
 def wire(record: Record) -> tuple[dict[str, Any], dict[str, bytes]]:
     header, blobs = encode(record)

@@ -133,7 +133,7 @@ def test_charge_call_counts_exactly_the_allowance_under_concurrency(ex: Exchange
     assert len(grants) == 5 and sum(isinstance(r, AllowanceUsedUp) for r in results) == 3
     g = grants[0]
     assert (g.dataset, g.columns, g.unit_price, g.subscription_id) == ("patients", ("age",), 2.5, sub["id"])
-    assert AllowanceUsedUp("x").status == 429
+    assert AllowanceUsedUp("x").status == 409
     assert ex.subscription_of(people["ana"], pid)["used"] == 5
 
 

@@ -44,6 +44,19 @@ OPERATION_IDS = {
     ("GET", "/v1/budget/{dataset}"): "jobs-budget",
     ("GET", "/v1/metering"): "metering-metering",
     ("GET", "/v1/metering/series"): "metering-metering-series",
+    # data exchange (issue #17)
+    ("POST", "/v1/assets"): "exchange-register-asset",
+    ("GET", "/v1/assets"): "exchange-list-assets",
+    ("GET", "/v1/assets/{dataset}/history"): "exchange-asset-history",
+    ("GET", "/v1/products"): "exchange-list-products",
+    ("POST", "/v1/products"): "exchange-create-product",
+    ("GET", "/v1/products/{product_id}"): "exchange-get-product",
+    ("POST", "/v1/products/{product_id}/subscribe"): "exchange-subscribe",
+    ("GET", "/v1/subscriptions"): "exchange-list-subscriptions",
+    ("POST", "/v1/subscriptions/{subscription_id}/approve"): "exchange-approve-subscription",
+    ("POST", "/v1/subscriptions/{subscription_id}/reject"): "exchange-reject-subscription",
+    ("GET", "/v1/statements"): "exchange-list-statements",
+    ("POST", "/v1/statements"): "exchange-settle-period",
 }
 # Error statuses each kind of route must declare (beyond 401 on all of /v1).
 MUST_DECLARE = {

@@ -217,6 +217,8 @@ def query(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show plan, cost, expected error; charge nothing"),
     encrypt: bool = typer.Option(False, "--encrypt", help="Paillier encrypted delivery (key kept locally)"),
     idempotency_key: str = typer.Option(None, help="Retry-safe key: the same key returns the same answer"),
+    subscription: str = typer.Option(None, help="Run under this approved subscription to a query product "
+                                                "(metered against its allowance; `xdp products list`)"),
     timeout: float = TIMEOUT,
     as_json: bool = JSON,
 ) -> None:
@@ -228,7 +230,7 @@ def query(
 
     with gateway_client(url, token, token_file, ca, timeout) as c:
         run_query(c, sql, epsilon=epsilon, delta=delta, dry_run=dry_run, encrypt=encrypt,
-                  idempotency_key=idempotency_key, timeout=timeout, as_json=as_json)
+                  idempotency_key=idempotency_key, timeout=timeout, as_json=as_json, subscription=subscription)
 
 
 @audit_app.command("verify")
@@ -437,3 +439,25 @@ def _add_pki() -> None:
 
 _add_pki()
 app.add_typer(_register_db(friendly), name="db")
+
+
+def _add_exchange() -> None:
+    """Data exchange (issue #17): ``xdp assets``, ``xdp products``, ``xdp statements`` (cli/exchange.py)."""
+    from xdp_compute.cli.exchange import assets_app, products_app, statements
+
+    app.add_typer(assets_app, name="assets")
+    app.add_typer(products_app, name="products")
+    app.command("statements")(statements)
+
+
+_add_exchange()
+
+
+def _add_lookup() -> None:
+    """``xdp lookup PRODUCT KEY``: hidden lookups (issue #17, cli/lookup.py)."""
+    from xdp_compute.cli.lookup import lookup
+
+    app.command("lookup")(lookup)
+
+
+_add_lookup()

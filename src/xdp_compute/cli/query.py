@@ -19,10 +19,12 @@ FINISHED = ("released", "denied", "failed")
 
 
 def run_query(c: Any, sql: str, *, epsilon: float, delta: float | None, dry_run: bool, encrypt: bool,
-              idempotency_key: str | None, timeout: float, as_json: bool) -> None:
+              idempotency_key: str | None, timeout: float, as_json: bool,
+              subscription: str | None = None) -> None:
+    under = {"subscription": subscription} if subscription else {}  # data exchange (issue #17)
     if dry_run:
         plan = as_data(c.query(sql, epsilon=epsilon, delta=delta, dry_run=True, encrypt=encrypt,
-                               idempotency_key=idempotency_key))
+                               idempotency_key=idempotency_key, **under))
         notes = plan_notes(plan, epsilon)
         for n in notes:
             note(n)
@@ -39,7 +41,8 @@ def run_query(c: Any, sql: str, *, epsilon: float, delta: float | None, dry_run:
         r = c.query(sql, epsilon=epsilon, delta=delta, encrypt=True, idempotency_key=idempotency_key,
                     wait=timeout)
     else:
-        submitted = as_data(c.submit_query(sql, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key))
+        submitted = as_data(c.submit_query(sql, epsilon=epsilon, delta=delta, idempotency_key=idempotency_key,
+                                           **under))
         r = wait_for_result(c, submitted, timeout)
     notes = result_notes(r, epsilon)
     for n in notes:

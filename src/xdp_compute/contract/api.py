@@ -368,3 +368,117 @@ class MeteringSeries(ApiModel):
 
     per_analyst: dict[str, MeteringTrack]
     per_dataset: dict[str, MeteringTrack]
+
+
+# ---------------------------------------------------------------- data exchange (issue #17)
+class AssetVersion(ApiModel):
+    """One registered version of a data asset: its release-log entry (``asset_registered``)."""
+
+    index: int = Field(description="The entry's release-log index")
+    time: float
+    kind: str
+    principal: str = Field(description="The owner who registered it")
+    datasets: list[str]
+    version: int = Field(description="1 for the first registration, n+1 for each re-registration")
+    previous_index: int | None = Field(None, description="Log index of the previous version (None for version 1)")
+    asset: dict[str, Any] = Field(description="Owner, description, classification, grade, categories, schema "
+                                              "with declared bounds, licence, nodes")
+    metadata_commitment: str = Field(description="SHA-256 (hex) of the canonical JSON of `asset`")
+    content_commitment: str = Field(description="SHA-256 (hex) of the canonical JSON of `node_commitments`")
+    node_commitments: dict[str, str] = Field(description="Per node: HMAC-SHA256 under the node's own key over "
+                                                         "its rows in canonical order (hex)")
+    commitment_scheme: str
+
+
+class SubscriptionRecord(ApiModel):
+    """A subscription to a product: pending until the product's owner approves or rejects it."""
+
+    id: str
+    product_id: str
+    product: str = Field(description="The product's title")
+    dataset: str
+    kind: Literal["query", "scoring", "model", "lookup"]
+    status: Literal["pending", "approved", "rejected"]
+    unit: str
+    allowance: float = Field(description="Units allowed per subscriber (epsilon, calls or rows)")
+    used: float
+    held: float = Field(description="Units held by jobs not yet released")
+    left: float
+    created_at: float
+    decided_at: float | None = None
+    reason: str | None = None
+    subscriber: str | None = None
+
+
+class Product(ApiModel):
+    """A product listed on an owner's dataset, as buyers browse it."""
+
+    id: str
+    dataset: str
+    owner: str
+    kind: Literal["query", "scoring", "model", "lookup"]
+    title: str
+    description: str
+    unit: Literal["epsilon", "call", "row"]
+    unit_price: float = Field(description="Price per unit")
+    allowance_per_subscriber: float
+    terms: dict[str, Any] = Field(description="Kind-specific terms: allowed SQL shapes (query), columns (lookup)")
+    log_index: int = Field(description="The listing's release-log entry")
+    created_at: float
+    subscription: SubscriptionRecord | None = Field(None, description="The caller's own subscription, if any")
+
+
+class StatementLine(ApiModel):
+    product_id: str
+    product: str
+    dataset: str
+    kind: str
+    unit: str
+    unit_price: float
+    uses: int
+    units: float
+    amount_micros: int
+    log_indexes: list[int] = Field(description="Released entries metered on this line (query jobs)")
+
+
+class Statement(ApiModel):
+    """A settlement statement of one party for one billing period (a log entry once issued)."""
+
+    period: str
+    side: Literal["subscriber", "holder"]
+    party: str
+    lines: list[StatementLine]
+    total_micros: int = Field(description="The total in micro-units (exact: the sum of the lines)")
+    total: float
+    usage_ids: list[int]
+    rule: str
+    issued: bool = Field(description="True: a release-log entry (`index`); false: computed now, not settled")
+    index: int | None = None
+
+
+# ---------------------------------------------------------------- hidden lookups (issue #17)
+class LookupTableInfo(ApiModel):
+    """A lookup product's current encoded table (docs/hidden-lookup.md): its public shape only."""
+
+    product: str
+    dataset: str
+    version: str = Field(description="32 hex digits; a new version whenever the data or the node's key changes")
+    key_type: Literal["text", "int"] = Field(description="How the SDK writes a key (text: NFC, trimmed; int: "
+                                                         "decimal)")
+    columns: list[str] = Field(description="The columns a found record holds")
+    capacity: int = Field(description="Entries in the table, dummies included (declared; not the row count)")
+    label_bytes: int = Field(description="Every record's padded size")
+    table_bytes: int
+    parts: int = Field(description="GET .../tables/{version}/parts/{0..parts-1}")
+    part_bytes: int
+
+
+class LookupEvaluation(ApiModel):
+    """One hidden lookup's evaluation: the holder's k·B for the SDK's blinded point B (RFC 9497)."""
+
+    product: str
+    version: str
+    point: str = Field(description="32 bytes, base64: the SDK unblinds it and looks the result up locally")
+    log_index: int = Field(description="The release-log entry of this lookup (no key, no outcome)")
+    calls_left: float = Field(description="Calls left on the subscription")
+    receipt: dict[str, Any] = Field(description="Inclusion proof and signed tree head of the entry")

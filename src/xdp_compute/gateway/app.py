@@ -131,6 +131,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(members.router)
     app.include_router(jobs.router)
     app.include_router(metering.router)
+    from xdp_compute.gateway.routers import exchange as exchange_routes  # data exchange (issue #17)
+
+    app.include_router(exchange_routes.router)
     app.mount("/console", create_console(app))  # the web console (issue #15): HTML, outside the OpenAPI document
     from xdp_compute.gateway import openapi  # operation ids, bearer scheme, problem responses, 401 challenge
 

@@ -31,23 +31,33 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from xdp_compute.errors import BadRequest, Conflict, Forbidden, NotFound, XdpError
+from xdp_compute.errors import BadRequest, Conflict, Forbidden, NotFound
 from xdp_compute.gateway import models as m
+from xdp_compute.gateway.metered import (
+    MICROS,
+    check_period,
+    give_back,
+    next_period,
+    open_period,
+    period_of,
+    to_micros,
+)
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView, new_id
+
+__all__ = ["AllowanceUsedUp", "ExchangeService", "Grant", "NotSubscribed", "check_period", "next_period",
+           "period_of", "split_income", "to_micros"]
 
 PRODUCT_KINDS = ("query", "scoring", "model", "lookup")
 UNIT_OF_KIND = {"query": "epsilon", "scoring": "row", "model": "call", "lookup": "call"}
 # Kinds that a job or a call can run under today.
 METERED_KINDS = ("query", "lookup")
-MICROS = 1_000_000
 TOLERANCE = 1e-9
 QUERY_AGGREGATES = ("count", "sum", "avg", "variance", "stddev")
 
@@ -58,10 +68,10 @@ ASSET_REGISTERED = "asset_registered"
 STATEMENT_ISSUED = "statement_issued"
 
 
-class AllowanceUsedUp(XdpError):
-    """The subscription's allowance cannot cover this use (nothing was held or charged)."""
+class AllowanceUsedUp(Conflict):
+    """The subscription's allowance cannot cover this use (nothing was held or charged): 409."""
 
-    status, slug, title = 429, "allowance-used-up", "Subscription allowance used up"
+    slug, title = "allowance-used-up", "Subscription allowance used up"
 
 
 class NotSubscribed(Forbidden):
@@ -81,32 +91,6 @@ class Grant:
     unit_price: float
     usage_id: int
     calls_left: float
-
-
-def period_of(ts: float) -> str:
-    """The billing period (UTC month, ``2026-12``) of a Unix time."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
-
-
-def next_period(period: str) -> str:
-    y, mo = (int(x) for x in period.split("-"))
-    return f"{y + mo // 12:04d}-{mo % 12 + 1:02d}"
-
-
-def check_period(period: str) -> str:
-    """``YYYY-MM`` or BadRequest."""
-    try:
-        ok = len(period) == 7 and datetime.strptime(period, "%Y-%m").strftime("%Y-%m") == period
-    except ValueError:
-        ok = False
-    if not ok:
-        raise BadRequest(f"period must be a month written YYYY-MM (e.g. 2026-12), not {period[:20]!r}")
-    return period
-
-
-def to_micros(units: float, unit_price: float) -> int:
-    """The charge of ``units`` at ``unit_price``, in integer micro-units (rounded half up)."""
-    return int(math.floor(units * unit_price * MICROS + 0.5))
 
 
 def split_income(amount_micros: int, parties: list[str]) -> dict[str, int]:
@@ -167,7 +151,7 @@ class ExchangeService:
         Atomic: the call is counted and metered (a ``Usage`` row, priced at the product's unit
         price, in the current billing period) in one transaction, or nothing happens. Raises
         ``NotFound`` (no such product, or not of ``kind``), ``NotSubscribed`` (403: no
-        subscription, or not approved) and ``AllowanceUsedUp`` (429: the calls are used up).
+        subscription, or not approved) and ``AllowanceUsedUp`` (409: the calls are used up).
         ``principal`` is the principal's id (``PrincipalView.id``); its name is accepted too.
         """
         now = time.time()
@@ -191,7 +175,7 @@ class ExchangeService:
                                       f"product {product.id!r}", subscription=sub.id)
             usage = m.Usage(subscription_id=sub.id, product_id=product.id, job_id=None, state="metered",
                             units=1.0, amount_micros=to_micros(1.0, product.unit_price),
-                            period=self._open_period(s, now), parties_json=json.dumps([product.owner_id]),
+                            period=open_period(s, now), parties_json=json.dumps([product.owner_id]),
                             log_index=None, created_at=now, metered_at=now)
             s.add(usage)
             s.flush()
@@ -200,15 +184,6 @@ class ExchangeService:
             return Grant(subscription_id=sub.id, product_id=product.id, dataset=product.dataset_name,
                          columns=tuple(terms.get("columns") or ()), unit_price=product.unit_price,
                          usage_id=usage.id, calls_left=max(product.allowance - sub.used - sub.held, 0.0))
-
-    def _open_period(self, s: Session, now: float) -> str:
-        """The billing period new usage falls in: this month, or the month after the last period
-        already settled (a settled period never changes, so its statements stay equal to its usage)."""
-        current = period_of(now)
-        closed = s.scalar(select(m.Statement.period).order_by(m.Statement.period.desc()).limit(1))
-        if closed is not None and current <= closed:
-            return next_period(closed)
-        return current
 
     # ------------------------------------------------------------------ products
     def create_product(self, who: PrincipalView, body: dict[str, Any]) -> dict[str, Any]:
@@ -380,3 +355,215 @@ class ExchangeService:
                                 "principal": who.name, "subscriber": subscriber.name if subscriber else "?",
                                 "datasets": [product.dataset_name], "decision": sub.status, "reason": reason})
             return subscription_dict(sub, product, subscriber.name if subscriber else "?")
+
+    # ------------------------------------------------------------------ query jobs under a subscription
+    def check_query(self, who: PrincipalView, subscription_id: str, dataset: str, plan: Any, hidden_count: bool,
+                    epsilon: float) -> tuple[m.Subscription, m.Product]:
+        """Refuse a query its subscription does not cover: not the caller's, not approved, another
+        dataset or kind, a shape the product does not allow, or past the allowance. Holds nothing."""
+        from xdp_compute.query.finalize import GROUP_SIZE_ALIAS
+
+        with self.store.read() as s:
+            sub = s.get(m.Subscription, subscription_id)
+            if sub is None or sub.principal_id != who.id:
+                raise NotFound(f"no subscription {subscription_id!r} of yours")
+            product = s.get(m.Product, sub.product_id)
+            assert product is not None
+        if sub.status != "approved":
+            raise NotSubscribed(f"subscription {sub.id} is {sub.status}: the product's owner has not approved it")
+        if product.kind != "query":
+            raise BadRequest(f"subscription {sub.id} is to a {product.kind} product, not a query product")
+        if product.dataset_name.lower() != dataset.lower():
+            raise BadRequest(f"subscription {sub.id} covers dataset {product.dataset_name!r}, not {dataset!r}")
+        shapes = json.loads(product.terms_json).get("shapes") or {}
+        why = []
+        aggs = [o for o in plan.outputs if o.kind != "group" and not (hidden_count and o.alias == GROUP_SIZE_ALIAS)]
+        if "aggregates" in shapes:
+            why += [f"aggregate {o.kind}" for o in aggs if o.kind not in shapes["aggregates"]]
+        if "columns" in shapes:
+            why += [f"column {o.column!r}" for o in aggs if o.column is not None and o.column not in shapes["columns"]]
+        if "group_by" in shapes:
+            why += [f"GROUP BY {c!r}" for c in plan.group_columns if c not in shapes["group_by"]]
+        if "filters" in shapes and plan.where is not None:
+            from xdp_compute.query.where import predicate_to_dict
+
+            used = _where_columns(predicate_to_dict(plan.where))
+            why += [f"WHERE on {c!r}" for c in sorted(used) if c not in shapes["filters"]]
+        if why:
+            raise BadRequest(f"product {product.id!r} does not allow this query: {', '.join(why)} "
+                             f"(allowed shapes: {json.dumps(shapes, sort_keys=True)})")
+        if sub.used + sub.held + epsilon > product.allowance + TOLERANCE:
+            raise AllowanceUsedUp(f"subscription {sub.id} has epsilon {max(product.allowance - sub.used - sub.held, 0):g} "
+                                  f"left of {product.allowance:g}; this query needs {epsilon:g}", subscription=sub.id)
+        return sub, product
+
+    def hold_query(self, who: PrincipalView, subscription_id: str, epsilon: float) -> int:
+        """Hold ``epsilon`` of the subscription's allowance (a conditional UPDATE: concurrent jobs
+        can never hold more than the allowance together); returns the hold's usage id."""
+        with self.store.write() as s:
+            sub = s.get(m.Subscription, subscription_id)
+            product = s.get(m.Product, sub.product_id) if sub is not None else None
+            assert sub is not None and product is not None
+            res = s.execute(update(m.Subscription)
+                            .where(m.Subscription.id == sub.id, m.Subscription.status == "approved",
+                                   m.Subscription.used + m.Subscription.held + epsilon
+                                   <= product.allowance + TOLERANCE)
+                            .values(held=m.Subscription.held + epsilon))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                raise AllowanceUsedUp(f"subscription {sub.id} cannot cover epsilon {epsilon:g} more "
+                                      f"(allowance {product.allowance:g})", subscription=sub.id)
+            usage = m.Usage(subscription_id=sub.id, product_id=product.id, job_id=None, state="held",
+                            units=epsilon, amount_micros=0, period=None, parties_json="[]", log_index=None,
+                            created_at=time.time(), metered_at=None)
+            s.add(usage)
+            s.flush()
+            return usage.id
+
+    def return_hold(self, usage_id: int) -> None:
+        """Give a hold back (its job was never created, or is another request's)."""
+        with self.store.write() as s:
+            give_back(s, usage_id)
+
+    async def submit_query(self, qs: Any, who: PrincipalView, p: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``POST /v1/queries`` with ``subscription``: refused before anything is reserved when the
+        subscription does not cover it; otherwise its ε is held on the subscription, the job runs
+        as any other, and the release gate meters it (``meter_release``) or gives it back."""
+        import asyncio
+
+        sub_id = body["subscription"]
+        await asyncio.to_thread(self.check_query, who, sub_id, p.dataset, p.plan, p.hidden_count, p.noise.epsilon)
+        if body.get("dry_run"):
+            out = qs.dry_run(p)
+            out["subscription"] = sub_id
+            return 200, out
+        hold = await asyncio.to_thread(self.hold_query, who, sub_id, p.noise.epsilon)
+        spec = {"sql": body["sql"], "epsilon": p.epsilon, "delta": p.delta, "public_key": p.public_key,
+                "subscription": {"id": sub_id, "usage": hold}}
+        try:
+            status, out = await qs.submit_prepared(who, p, body.get("idempotency_key"), spec)
+        except BaseException:
+            await asyncio.to_thread(self.return_hold_unless_used, hold)
+            raise
+        await asyncio.to_thread(self.return_hold_unless_used, hold, out.get("job_id"))
+        return status, out
+
+    def return_hold_unless_used(self, usage_id: int, job_id: str | None = None) -> None:
+        """Give the hold back unless a job carries it (an idempotent retry answers with the job
+        of the first request, which carries its own hold)."""
+        with self.store.write() as s:
+            if job_id is not None:
+                job = s.get(m.Job, job_id)
+                carried = json.loads(job.spec_json).get("subscription") if job is not None else None
+                if carried and carried.get("usage") == usage_id:
+                    return
+            else:
+                row = s.get(m.Usage, usage_id)
+                if row is not None and row.job_id is not None:
+                    return
+            give_back(s, usage_id)
+
+
+    # ------------------------------------------------------------------ settlement
+    def statements(self, who: PrincipalView, period: str) -> list[dict[str, Any]]:
+        """The period's statements the caller may see: issued ones as their log entries (``issued``
+        true), else computed now from the metered usage (``issued`` false, nothing written).
+        Analysts and holders see their own; auditors and admins every one."""
+        check_period(period)
+        with self.store.read() as s:
+            rows = s.execute(select(m.Statement.party_id, m.LogEntry.entry_json)
+                             .join(m.LogEntry, m.LogEntry.idx == m.Statement.log_index)
+                             .where(m.Statement.period == period)
+                             .order_by(m.Statement.side, m.Statement.party_id)).all()
+            if rows:
+                return [{**json.loads(text), "issued": True} for party, text in rows if _sees(who, party)]
+            computed = compute_statements(s, period)
+        return [{**{k: v for k, v in body.items() if k != "party_id"}, "issued": False}
+                for body in computed if _sees(who, body["party_id"])]
+
+    def issue(self, who: PrincipalView, period: str) -> list[dict[str, Any]]:
+        """Settle ``period`` (admins): one log entry per subscriber and per holder with income, from
+        the metered usage. The period is closed: later usage falls in the next open period."""
+        check_period(period)
+        with self.store.read() as s:
+            if s.scalar(select(m.Statement.id).where(m.Statement.period == period).limit(1)) is not None:
+                raise Conflict(f"period {period} is already settled; GET /v1/statements?period={period}")
+            if period > open_period(s, time.time()):
+                raise BadRequest(f"period {period} has not begun: nothing can be settled for it yet")
+        out = []
+        with self.log.transaction() as s:
+            # Closing first: from here on new usage is metered into a later period.
+            bodies = compute_statements(s, period)
+            for body in bodies:
+                stored = self.log.append(s, {"kind": STATEMENT_ISSUED, "principal": who.name,
+                                             **{k: v for k, v in body.items() if k != "party_id"}})
+                s.add(m.Statement(period=period, party_id=body["party_id"], side=body["side"],
+                                  total_micros=body["total_micros"], log_index=stored["index"],
+                                  issued_at=stored["time"]))
+                out.append({**stored, "issued": True})
+            if not bodies:
+                raise BadRequest(f"no metered usage in period {period}: there is nothing to settle")
+        return out
+
+def _where_columns(node: Any) -> set[str]:
+    """Every column a WHERE predicate's dict form names (``"column": name`` members)."""
+    out: set[str] = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "column" and isinstance(v, str):
+                out.add(v)
+            else:
+                out |= _where_columns(v)
+    elif isinstance(node, list | tuple):
+        for v in node:
+            out |= _where_columns(v)
+    return out
+
+
+def _sees(who: PrincipalView, party_id: str) -> bool:
+    return who.role in ("auditor", "admin") or who.id == party_id
+
+
+def compute_statements(s: Session, period: str) -> list[dict[str, Any]]:
+    """Every statement of ``period`` from its metered usage: one per subscriber (what it owes, per
+    product) and one per holder (its income, per product: each use's amount split equally among
+    the holders that took part, ``split_income``). Each side's totals sum to the period's usage."""
+    rows = s.execute(select(m.Usage, m.Subscription.principal_id, m.Product)
+                     .join(m.Subscription, m.Subscription.id == m.Usage.subscription_id)
+                     .join(m.Product, m.Product.id == m.Usage.product_id)
+                     .where(m.Usage.period == period, m.Usage.state == "metered").order_by(m.Usage.id)).all()
+    names = dict(s.execute(select(m.Principal.id, m.Principal.name)).all())
+    pay: dict[str, dict[str, dict[str, Any]]] = {}
+    earn: dict[str, dict[str, dict[str, Any]]] = {}
+    usage_ids: dict[tuple[str, str], list[int]] = {}
+
+    def line(book: dict[str, dict[str, dict[str, Any]]], party: str, p: m.Product) -> dict[str, Any]:
+        return book.setdefault(party, {}).setdefault(p.id, {
+            "product_id": p.id, "product": p.title, "dataset": p.dataset_name, "kind": p.kind, "unit": p.unit,
+            "unit_price": p.unit_price, "uses": 0, "units": 0.0, "amount_micros": 0, "log_indexes": []})
+
+    for u, subscriber, p in rows:
+        ln = line(pay, subscriber, p)
+        ln["uses"] += 1
+        ln["units"] = round(ln["units"] + u.units, 9)
+        ln["amount_micros"] += u.amount_micros
+        if u.log_index is not None:
+            ln["log_indexes"].append(u.log_index)
+        usage_ids.setdefault((subscriber, "subscriber"), []).append(u.id)
+        for party, share in split_income(u.amount_micros, json.loads(u.parties_json)).items():
+            ln2 = line(earn, party, p)
+            ln2["uses"] += 1
+            ln2["amount_micros"] += share
+            if u.log_index is not None:
+                ln2["log_indexes"].append(u.log_index)
+            usage_ids.setdefault((party, "holder"), []).append(u.id)
+    out = []
+    for side, book in (("subscriber", pay), ("holder", earn)):
+        for party in sorted(book, key=lambda x: names.get(x, x)):
+            lines = [book[party][k] for k in sorted(book[party])]
+            total = sum(x["amount_micros"] for x in lines)
+            out.append({"period": period, "side": side, "party": names.get(party, "?"), "party_id": party,
+                        "lines": lines, "total_micros": total, "total": total / MICROS,
+                        "usage_ids": usage_ids[(party, side)],
+                        "rule": "each use's amount split equally among the holders whose nodes took part"
+                                if side == "holder" else "units used x the product's unit price"})
+    return out

@@ -439,7 +439,14 @@ class ReleaseGate:
                     "cells_released": count_cells(payload),
                     "payload_digest": digest(payload),
                 }
+                # Data exchange (issue #17): a job under a subscription is metered in this transaction.
+                from xdp_compute.gateway.metered import meter_release, metered_entry
+
+                metered = meter_release(s, job, outcome.nodes)
+                if metered is not None:
+                    entry["subscription"] = {k: v for k, v in metered.items() if k != "usage_id"}
                 stored = self.log.append(s, entry)
+                metered_entry(s, metered, stored["index"])
                 delivery = {"job_id": job_id, "status": "released", "operation": outcome.operation,
                             "result": payload, "log_index": stored["index"], "budget_left": left,
                             "cost": outcome.cost}
@@ -466,6 +473,10 @@ class ReleaseGate:
                     "policy_decisions": decisions if decisions is not None else (outcome.decisions if outcome else []),
                     "payload_digest": None,
                 }
+                # Data exchange (issue #17): a job that releases nothing gives its subscription hold back.
+                from xdp_compute.gateway.metered import return_job_hold
+
+                return_job_hold(s, job_id)
                 stored = self.log.append(s, entry)
                 if job_id is not None:
                     job = s.get(m.Job, job_id)

@@ -35,6 +35,7 @@ from xdp_compute.domain.manifest import Manifest
 from xdp_compute.errors import BadRequest, XdpError
 from xdp_compute.node.identity import NodeIdentity
 from xdp_compute.node.outcome import TaskOutcome
+from xdp_compute.node.tasks.commit import commit
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.he import HeTasks
 from xdp_compute.node.tasks.join import JoinTasks
@@ -73,6 +74,7 @@ class TaskExecutor:
         """Every task kind of the contract and the handler that answers it."""
         return {
             Validate.KIND: partial(validate, self.node),
+            "commit": partial(commit, self.node),  # data exchange (issue #17): content commitments
             QueryBegin.KIND: self.query.begin,
             SecAggShareKeys.KIND: self.secagg.share_keys,
             SecAggMaskedInput.KIND: self.secagg.masked_input,

@@ -269,7 +269,7 @@ class BaseClient:
     @endpoint
     def query(self, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
               idempotency_key: str | None = None, *, level: float = 0.95, encrypt: bool = False,
-              wait: float = 600.0) -> Flow[QueryResult | A.DryRun]:
+              wait: float = 600.0, subscription: str | None = None) -> Flow[QueryResult | A.DryRun]:
         """Run a federated DP SQL query; returns a QueryResult (the plan, a ``DryRun``, when ``dry_run``).
 
         Waits up to ``wait`` seconds for a job that needs its holders' approval. ``encrypt=True``
@@ -277,6 +277,10 @@ class BaseClient:
         """
         body = _args.query_body(sql, epsilon, delta, dry_run, idempotency_key, level)
         wait = _args.positive("wait", wait)
+        if subscription is not None:  # data exchange (issue #17): run under an approved subscription
+            if encrypt:
+                raise E.InvalidArgument("a query under a subscription is offered with plain delivery only")
+            body["subscription"] = _args.text("subscription", subscription, max_len=64)
         if not encrypt:
             from xdp_compute.sdk.join import reads_two_datasets
 
@@ -297,9 +301,12 @@ class BaseClient:
 
     @endpoint
     def submit_query(self, sql: str, epsilon: float, delta: float | None = None,
-                     idempotency_key: str | None = None, *, level: float = 0.95) -> Call[A.Delivery | A.Accepted]:
+                     idempotency_key: str | None = None, *, level: float = 0.95,
+                     subscription: str | None = None) -> Call[A.Delivery | A.Accepted]:
         """Submit; a job that needs approval answers at once (``Accepted``: job_id, status)."""
         body = _args.query_body(sql, epsilon, delta, False, idempotency_key, level)
+        if subscription is not None:  # data exchange (issue #17)
+            body["subscription"] = _args.text("subscription", subscription, max_len=64)
         return Call("POST", "/v1/queries", _delivery_or_accepted, json=body)
 
     @endpoint
@@ -392,6 +399,94 @@ class BaseClient:
     def metering_series(self) -> Call[A.MeteringSeries]:
         """Auditors (all) and holders (their datasets): cumulative ε per release and entries by kind, over time."""
         return Call("GET", "/v1/metering/series", A.MeteringSeries.model_validate)
+
+    # -------------------------------------------------------------- data exchange (issue #17)
+    @endpoint
+    def register_asset(self, dataset: str, description: str, licence: str, grade: str | None = None
+                       ) -> Call[A.AssetVersion]:
+        """Owners: register ``dataset`` as an asset (again after a change: version n+1). Each of the
+        owner's nodes commits to its rows; the version is a release-log entry."""
+        body = {"dataset": _args.text("dataset", dataset, max_len=64),
+                "description": _args.text("description", description, max_len=4000),
+                "licence": _args.text("licence", licence, max_len=4000)}
+        if grade is not None:
+            body["grade"] = _args.text("grade", grade, max_len=64)
+        return Call("POST", "/v1/assets", A.AssetVersion.model_validate, json=body)
+
+    @endpoint
+    def assets(self) -> Call[list[A.AssetVersion]]:
+        """The newest version of every registered asset."""
+        return Call("GET", "/v1/assets", _list_of(A.AssetVersion))
+
+    @endpoint
+    def asset_history(self, dataset: str) -> Call[list[A.AssetVersion]]:
+        """Every version of ``dataset``'s asset, oldest first (their release-log entries)."""
+        return Call("GET", f"/v1/assets/{_seg(dataset)}/history", _list_of(A.AssetVersion))
+
+    @endpoint
+    def products(self, dataset: str | None = None, kind: str | None = None) -> Call[list[A.Product]]:
+        """The product catalog, each product with the caller's own subscription if any."""
+        return Call("GET", "/v1/products", _list_of(A.Product), params=_params(dataset=dataset, kind=kind))
+
+    @endpoint
+    def product(self, product: str) -> Call[A.Product]:
+        return Call("GET", f"/v1/products/{_seg(product)}", A.Product.model_validate)
+
+    @endpoint
+    def create_product(self, dataset: str, kind: str, title: str, unit_price: float, allowance: float, *,
+                       description: str | None = None, shapes: dict[str, list[str]] | None = None,
+                       columns: list[str] | None = None) -> Call[A.Product]:
+        """Owners: list a product on ``dataset`` — ``query`` (``shapes``: aggregates, group_by, filters,
+        columns; allowance in epsilon), ``lookup`` (``columns``; allowance in calls), ``scoring``, ``model``."""
+        if kind not in ("query", "scoring", "model", "lookup"):
+            raise E.InvalidArgument(f"kind must be query, scoring, model or lookup, not {kind!r}")
+        body: dict[str, Any] = {"dataset": _args.text("dataset", dataset, max_len=64), "kind": kind,
+                                "title": _args.text("title", title, max_len=200),
+                                "unit_price": _args.real("unit_price", unit_price),
+                                "allowance": _args.positive("allowance", allowance)}
+        if description is not None:
+            body["description"] = _args.text("description", description, max_len=4000)
+        if shapes is not None:
+            body["shapes"] = shapes
+        if columns is not None:
+            body["columns"] = list(columns)
+        return Call("POST", "/v1/products", A.Product.model_validate, json=body)
+
+    @endpoint
+    def subscribe(self, product: str) -> Call[A.SubscriptionRecord]:
+        """Analysts: ask for a subscription to ``product`` (pending until its owner approves)."""
+        return Call("POST", f"/v1/products/{_seg(product)}/subscribe", A.SubscriptionRecord.model_validate)
+
+    @endpoint
+    def subscriptions(self) -> Call[list[A.SubscriptionRecord]]:
+        """Analysts: their own; holders: those to their products; auditors and admins: all."""
+        return Call("GET", "/v1/subscriptions", _list_of(A.SubscriptionRecord))
+
+    @endpoint
+    def approve_subscription(self, subscription: str, reason: str | None = None) -> Call[A.SubscriptionRecord]:
+        """Owners: approve a pending subscription to one of their products."""
+        body = None if reason is None else {"reason": _args.text("reason", reason, max_len=2000)}
+        return Call("POST", f"/v1/subscriptions/{_seg(subscription)}/approve", A.SubscriptionRecord.model_validate,
+                    json=body)
+
+    @endpoint
+    def reject_subscription(self, subscription: str, reason: str) -> Call[A.SubscriptionRecord]:
+        """Owners: reject a pending subscription, saying why."""
+        return Call("POST", f"/v1/subscriptions/{_seg(subscription)}/reject", A.SubscriptionRecord.model_validate,
+                    json={"reason": _args.text("reason", reason, max_len=2000)})
+
+    @endpoint
+    def statements(self, period: str) -> Call[list[A.Statement]]:
+        """The billing period's (``YYYY-MM``) statements the caller may see: settled ones are
+        release-log entries (``issued``); before settlement they are computed on the fly."""
+        return Call("GET", "/v1/statements", _list_of(A.Statement),
+                    params={"period": _args.text("period", period, max_len=7)})
+
+    @endpoint
+    def settle(self, period: str) -> Call[list[A.Statement]]:
+        """Admins: settle a billing period; each statement becomes a release-log entry."""
+        return Call("POST", "/v1/statements", _list_of(A.Statement),
+                    json={"period": _args.text("period", period, max_len=7)})
 
 
 # ---------------------------------------------------------------------- blocking I/O

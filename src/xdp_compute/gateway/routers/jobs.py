@@ -41,6 +41,9 @@ class QueryBody(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     level: float = 0.95
     public_key: dict[str, Any] | None = Field(None, description="Paillier public key {scheme, n, bits}: encrypted delivery")
+    subscription: str | None = Field(None, min_length=1, max_length=64,
+                                     description="Run under this approved subscription to a query product: "
+                                                 "refused past its allowance, metered at release (issue #17)")
 
 
 def service(svc: Svc) -> QueryService:

@@ -1,0 +1,120 @@
+"""What the release gate and the exchange do inside one database transaction (issue #17).
+
+The release gate meters a job under a subscription in the very transaction that appends its
+released entry (``meter_release``, ``metered_entry``), and gives the hold back in a refusal's
+(``return_job_hold``); the exchange service (``gateway/exchange.py``) uses the same helpers. These
+functions take an open ``Session`` and import nothing of the gateway but its tables, so the gate
+can call them without depending on the services.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from xdp_compute.errors import BadRequest
+from xdp_compute.gateway import models as m
+
+MICROS = 1_000_000
+
+
+def period_of(ts: float) -> str:
+    """The billing period (UTC month, ``2026-12``) of a Unix time."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def next_period(period: str) -> str:
+    y, mo = (int(x) for x in period.split("-"))
+    return f"{y + mo // 12:04d}-{mo % 12 + 1:02d}"
+
+
+def check_period(period: str) -> str:
+    """``YYYY-MM`` or BadRequest."""
+    try:
+        ok = len(period) == 7 and datetime.strptime(period, "%Y-%m").strftime("%Y-%m") == period
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BadRequest(f"period must be a month written YYYY-MM (e.g. 2026-12), not {period[:20]!r}")
+    return period
+
+
+def to_micros(units: float, unit_price: float) -> int:
+    """The charge of ``units`` at ``unit_price``, in integer micro-units (rounded half up)."""
+    return math.floor(units * unit_price * MICROS + 0.5)
+
+
+def open_period(s: Session, now: float) -> str:
+    """The billing period new usage falls in: this month, or the month after the last period
+    already settled (a settled period never changes, so its statements stay equal to its usage)."""
+    current = period_of(now)
+    closed = s.scalar(select(m.Statement.period).order_by(m.Statement.period.desc()).limit(1))
+    if closed is not None and current <= closed:
+        return next_period(closed)
+    return current
+
+
+def give_back(s: Session, usage_id: int) -> None:
+    """Return a held usage's units to its subscription (idempotent: only a ``held`` row moves)."""
+    row = s.get(m.Usage, usage_id)
+    if row is None or row.state != "held":
+        return
+    s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
+              .values(held=m.Subscription.held - row.units))
+    row.state = "returned"
+
+
+def _job_hold(job: m.Job | None) -> int | None:
+    if job is None:
+        return None
+    sub = json.loads(job.spec_json or "{}").get("subscription")
+    return int(sub["usage"]) if isinstance(sub, dict) and isinstance(sub.get("usage"), int) else None
+
+
+def meter_release(s: Session, job: m.Job, nodes: list[str]) -> dict[str, Any] | None:
+    """Inside the release gate's transaction: meter a job that runs under a subscription.
+
+    Its held units become used, priced at the product's unit price, in the open billing period,
+    with the holders of the contributing ``nodes`` as the parties that share the income. Returns
+    what the released log entry carries (``subscription``), or None for a job under none.
+    """
+    usage_id = _job_hold(job)
+    if usage_id is None:
+        return None
+    row = s.get(m.Usage, usage_id)
+    if row is None or row.state != "held":
+        return None
+    product = s.get(m.Product, row.product_id)
+    assert product is not None
+    holders = sorted(set(s.scalars(select(m.Node.holder_id).where(m.Node.name.in_(nodes))).all())) or [product.owner_id]
+    now = time.time()
+    s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
+              .values(held=m.Subscription.held - row.units, used=m.Subscription.used + row.units))
+    row.state, row.job_id, row.metered_at = "metered", job.id, now
+    row.amount_micros = to_micros(row.units, product.unit_price)
+    row.period = open_period(s, now)
+    row.parties_json = json.dumps(holders)
+    return {"id": row.subscription_id, "product_id": product.id, "units": row.units, "unit": product.unit,
+            "amount_micros": row.amount_micros, "period": row.period, "usage_id": row.id}
+
+
+def metered_entry(s: Session, metered: dict[str, Any] | None, index: int) -> None:
+    """Record the released entry's index on the usage ``meter_release`` metered."""
+    if metered is not None:
+        row = s.get(m.Usage, metered["usage_id"])
+        if row is not None:
+            row.log_index = index
+
+
+def return_job_hold(s: Session, job_id: str | None) -> None:
+    """Inside a refusal's transaction: a job that released nothing gives its held units back."""
+    if job_id is not None:
+        hold = _job_hold(s.get(m.Job, job_id))
+        if hold is not None:
+            give_back(s, hold)
