@@ -163,3 +163,51 @@ def test_the_gateway_keeps_only_the_digest_of_the_ciphertexts(joined: Joined, tm
         log = " ".join(x[0] for x in c.execute("SELECT entry_json FROM log_entries").fetchall())
     assert ct[:64] not in stored and ct[:64] not in log
     assert '"ciphertexts": {"sha256"' in stored
+
+
+@pytest.fixture(scope="module")
+def approving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joined]:
+    """The same two holders; the insurer's dataset requires approval."""
+    root = tmp_path_factory.mktemp("join-approval")
+    pops = populations(8, 30, 30, 15)
+    cluster = LocalCluster(root=root, env={"XDP_HEARTBEAT_SECONDS": "0.5"})
+    try:
+        cluster.start_gateway()
+        tokens = {"admin": cluster.token("admin", "admin"), "analyst": cluster.token("analyst", "analyst"),
+                  "hospital": cluster.token("holder", "hospital-holder"),
+                  "insurer": cluster.token("holder", "insurer-holder")}
+        mh = cluster.write_node_files("hospital-node", HOSPITAL.format(node="hospital-node", budget=1000,
+                                                                       max_rows=32, approval="false"),
+                                      {"hospital.csv": pops.hospital_csv})
+        mi = cluster.write_node_files("insurer-node", INSURER.format(node="insurer-node", budget=1000,
+                                                                     max_rows=32, approval="true"),
+                                      {"insurer.csv": pops.insurer_csv})
+        cluster.start_node("hospital-node", tokens["hospital"], mh)
+        cluster.start_node("insurer-node", tokens["insurer"], mi)
+        cluster.wait_online(tokens["admin"], ["hospital-node", "insurer-node"])
+        yield Joined(cluster, tokens, pops, root / "none")
+    finally:
+        cluster.close()
+
+
+def test_a_join_waits_for_the_owner_whose_dataset_requires_approval(approving: Joined, tmp_path: Path) -> None:
+    from xdp_compute.crypto.paillier import generate_keypair
+    from xdp_compute.sdk.he import decrypt_delivery
+
+    public, private = generate_keypair(2048)
+    a = analyst(approving, tmp_path)
+    job: Any = a._post("/v1/queries", json={"sql": COUNT, "epsilon": 30.0, "public_key": public.to_dict()})
+    assert job["status"] == "awaiting_approval"
+    insurer = Client(approving.cluster.url, approving.tokens["insurer"])
+    hospital = Client(approving.cluster.url, approving.tokens["hospital"])
+    pending = [x for x in insurer.approvals() if x["job_id"] == job["job_id"]]
+    assert pending and pending[0]["operation"] == "join_aggregate"
+    assert pending[0]["plan_summary"]["dataset"] == "insurer JOIN hospital"
+    assert not [x for x in hospital.approvals() if x["job_id"] == job["job_id"]]  # it requires none
+    insurer.approve(job["job_id"])
+    done = a._wait(job, 300)
+    r = decrypt_delivery(private, done)
+    true = len(set(approving.pops.hospital) & set(approving.pops.insurer))
+    low, high = r.intervals[0]["n"]
+    assert low <= true <= high
+    assert r.receipt["entry"]["approvers"] == ["insurer-holder"]  # type: ignore[index]

@@ -308,7 +308,10 @@ class JoinService:
         return JobDraft(kind=OPERATION, principal=p.principal, parts=parts, decisions=p.decisions,
                         spec_digest=p.spec_digest, spec=spec, cost=p.cost(), refusal=self.outcome(p),
                         plan={"join_plan": p.plan.to_dict(), "nodes": [x["node_id"] for x in parts],
-                              "level": p.level},
+                              "level": p.level,
+                              # what approvals and recovery summarise of any job (both datasets named)
+                              "plan": {"dataset": " JOIN ".join(p.datasets), "sql": p.plan.sql,
+                                       "group_columns": list(p.plan.inner.group_columns)}},
                         # Both datasets' ledgers are held in the one transaction of the job's creation.
                         holds=[ReservationRequest(x["ledger_id"], p.epsilon, p.delta) for x in parts],
                         analyst_hold=(p.epsilon, p.delta))
