@@ -112,6 +112,10 @@ class TaskHub:
         """Queue ``task`` for ``node_id`` and wait for its reply; NodeDropped on timeout."""
         if node_id in self._offline:
             raise NodeDropped(f"node {node_id} is offline")
+        if node_id not in self._heard:
+            # Never registered with this process (issue #18: the store may call it online because
+            # another gateway replica hears from it): no long poll will ever take the task.
+            raise NodeDropped(f"node {node_id} has no session with this gateway")
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[task.task_id] = (node_id, fut)
         await self._queue(node_id).put(task)
