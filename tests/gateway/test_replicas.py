@@ -206,3 +206,30 @@ def _job_row(s: object, principal_id: str) -> str:
                 compute_seconds=0.0))
     s.flush()  # type: ignore[attr-defined]
     return jid
+
+
+def test_a_node_without_a_session_here_is_dropped_at_once() -> None:
+    """The store may call a node online that only another replica hears from: this replica's
+    call fails at once instead of waiting out its timeout."""
+    import asyncio
+
+    from xdp_compute.gateway.hub import NodeDropped, Task, TaskHub
+
+    async def run() -> None:
+        hub = TaskHub()
+        with pytest.raises(NodeDropped, match="no session with this gateway"):
+            await asyncio.wait_for(hub.call("elsewhere", Task("query_begin", "j"), timeout=600), 5)
+        hub.registered("here")
+        with pytest.raises(NodeDropped, match="did not answer"):  # a node of ours is waited for
+            await hub.call("here", Task("query_begin", "j"), timeout=0.05)
+
+    asyncio.run(run())
+
+
+def test_a_node_takes_every_replica_address() -> None:
+    from xdp_compute.node.agent import NodeFatal, gateway_addresses
+
+    assert gateway_addresses("a:1, b:2,,a:1") == ["a:1", "b:2"]
+    assert gateway_addresses("a:1") == ["a:1"]
+    with pytest.raises(NodeFatal):
+        gateway_addresses(" , ")
