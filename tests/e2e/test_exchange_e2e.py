@@ -123,13 +123,20 @@ def test_query_product_subscription_allowance_and_metering(h: Hospitals) -> None
 
     with h.analyst() as a:
         assert [p.id for p in a.products()] == [product.id]
+        # Its owner sells queries on `visits` now: a query outside a subscription is refused (a dry run is free).
+        with pytest.raises(Forbidden, match="under a subscription"):
+            a.query(COUNT_BY_CLINIC, epsilon=0.4)
+        assert a.query(COUNT_BY_CLINIC, epsilon=0.4, dry_run=True).allowed
         sub = a.subscribe(product.id)
         assert sub.status == "pending"
         with pytest.raises(Forbidden, match="not approved|pending"):
             a.query(COUNT_BY_CLINIC, epsilon=0.4, subscription=sub.id)
     with owner(h) as c:
         assert [s.id for s in c.subscriptions()] == [sub.id]
-        assert c.approve_subscription(sub.id, reason="research").status == "approved"
+    r = xdp(h, h.tokens["clinic-0"], "products", "approve", sub.id, "--reason", "research", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "approved", r.stderr
+    r = xdp(h, h.tokens["analyst"], "products", "list", "--json")
+    assert [(p["id"], p["subscription"]["status"]) for p in json.loads(r.stdout)] == [(product.id, "approved")]
 
     with h.analyst() as a:
         # A shape the product does not allow is refused before anything is held.

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -396,6 +396,17 @@ class ExchangeService:
             raise AllowanceUsedUp(f"subscription {sub.id} has epsilon {max(product.allowance - sub.used - sub.held, 0):g} "
                                   f"left of {product.allowance:g}; this query needs {epsilon:g}", subscription=sub.id)
         return sub, product
+
+    def require_subscription(self, dataset: str) -> None:
+        """A dataset whose owner sells queries on it (a ``query`` product) is queried only under a
+        subscription: every such job is metered. Refused (403) before anything is reserved."""
+        with self.store.read() as s:
+            listed = s.scalars(select(m.Product.id).where(func.lower(m.Product.dataset_name) == dataset.lower(),
+                                                          m.Product.kind == "query").limit(3)).all()
+        if listed:
+            raise NotSubscribed(f"dataset {dataset!r} is queried under a subscription to one of its query products "
+                                f"({', '.join(listed)}): xdp products list --dataset {dataset}, subscribe, and pass "
+                                "--subscription")
 
     def hold_query(self, who: PrincipalView, subscription_id: str, epsilon: float) -> int:
         """Hold ``epsilon`` of the subscription's allowance (a conditional UPDATE: concurrent jobs

@@ -349,10 +349,12 @@ class QueryService:
         with self.svc.metrics.phase("he_query" if body.get("public_key") else "query", "plan"):
             p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
                                         body.get("level", 0.95), "query", body.get("public_key"))
-        if body.get("subscription"):  # data exchange (issue #17): checked, held and metered there
+        if body.get("subscription") or not body.get("dry_run"):  # data exchange (issue #17)
             from xdp_compute.gateway.exchange import ExchangeService
 
-            return await ExchangeService(self.svc).submit_query(self, who, p, body)
+            if body.get("subscription"):  # checked, held and metered there
+                return await ExchangeService(self.svc).submit_query(self, who, p, body)
+            await asyncio.to_thread(ExchangeService(self.svc).require_subscription, p.dataset)
         if body.get("dry_run"):
             return 200, self.dry_run(p)
         return await self.submit_prepared(who, p, body.get("idempotency_key"),
