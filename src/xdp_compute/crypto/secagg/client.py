@@ -311,6 +311,13 @@ class SecAggClient:
         survived, when U3 is disconnected in the neighbour graph, or when this node is not in
         U3; MalformedMessage when U3 lists a neighbour that never sent this node its shares.
         A repeated call with the same U3 signs again (the same statement); another U3 is refused.
+
+        The node reads and signs the whole U3, not only its neighbourhood's part: a part sent
+        with a digest of the set cannot be checked against that digest by the node, so a gateway
+        could pair one digest with parts of two different sets; signing the set itself binds every
+        honest signer to one U3 (``tests/crypto/test_secagg_scale.py``). Reading U3 is a byte
+        scan; the checks on it are O(k), connectivity O(|U3| log n) from ring gaps
+        (:meth:`SecAggConfig.is_connected`).
         """
         cfg, me = self.config, self.node_id
         req = coerce(request, ConsistencyCheck, "ConsistencyCheck")

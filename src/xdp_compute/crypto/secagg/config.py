@@ -22,7 +22,7 @@ from xdp_compute.errors import BadRequest, Conflict, InvalidSpec, ProtocolAborte
 
 MAX_SESSION_ID_BYTES = 256
 MAX_NODE_ID_BYTES = 256
-#: Shamir x-coordinates are u16 (1-based participant positions).
+#: Shamir x-coordinates are u16 (1-based participant positions, or places in a ring window).
 MAX_PARTICIPANTS = 65535
 #: 16 Mi words = 128 MiB per masked vector; anything larger is refused at decode time.
 MAX_VECTOR_LENGTH = 1 << 24
@@ -306,8 +306,9 @@ class SecAggConfig:
 
     ``session_id`` must be unique per job *and* round (e.g. ``f"{job_id}/round/{r}"``): every
     key and mask is derived through HKDF bound to it, so masks never repeat across sessions.
-    ``participants`` is the ordered roster; a node's Shamir x-coordinate is its 1-based
-    position, and the sign of a pairwise mask follows this order.
+    ``participants`` is the ordered roster; the sign of a pairwise mask follows this order, and
+    with the complete graph a node's Shamir x-coordinate is its 1-based position (SecAgg+: its
+    place in the owner's ring window, :meth:`share_x`).
 
     ``threshold`` t (default :func:`default_threshold`): shares are t-out-of-(holders), and the
     protocol aborts when fewer than t remain.

@@ -340,7 +340,8 @@ def _decode_share_map(r: Reader, name: str) -> dict[str, Share]:
 class UnmaskResponse:
     """Round 4, client -> server: shares of b_v for v in U3, of s_v^SK for v in U2 \\ U3.
 
-    Keys are the owners of the shared secrets; every share carries the sender's x-coordinate.
+    Keys are the owners of the shared secrets; every share carries the sender's x-coordinate
+    for that owner (``SecAggConfig.share_x``).
     """
 
     TYPE: ClassVar[int] = 7
