@@ -341,15 +341,11 @@ class JoinTasks:
         """This holder's noise share for one output ciphertext: one draw per A-cell slot."""
         plan = job.plan
         m = plan.inner.measurements[measurement]
-        pairs = plan.cell_pairs
-        slots = [0] * len(plan.a.cells)
+        # Every A-cell g pairs with B-cell b_cell (cells are the full cross product): one draw per slot.
+        del b_cell
         s2 = job.noise[m.key].sigma_node2
         draws = sample_discrete_gaussian_vector(s2, len(plan.a.cells), noise_source(self.node))
-        for c, (g, h) in enumerate(pairs):
-            if h == b_cell:
-                slots[g] = int(draws[g])
-        del c
-        return pack_slots(slots, job.public.n, plan.slot_bits)
+        return pack_slots([int(x) for x in draws], job.public.n, plan.slot_bits)
 
     # ------------------------------------------------------------------ round 0: policy, charge, key
     def keys(self, job_id: str, request: JoinKeys) -> JoinKeysReply:
@@ -435,9 +431,9 @@ class JoinTasks:
             rows.keys = []
             payload = b"".join(points[i] for i in order)
         else:
-            slots = len(job.plan.a.cells)
+            # One plaintext per row: 1 in the slot of its A-cell (0 everywhere when WHERE fails or
+            # for padding); Ion et al. 2020 §3 Round 1's encrypted associated value, packed.
             pts = [1 << (c * job.plan.slot_bits) if c is not None else 0 for c in rows.cells] + [0] * pad
-            del slots
             cts = self._encrypt(job.public, [pts[i] for i in order])
             payload = b"".join(points[i] for i in order) + self._cts_to_bytes(job.public, cts)
             job.rows = None
