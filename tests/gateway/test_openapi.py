@@ -44,6 +44,10 @@ OPERATION_IDS = {
     ("GET", "/v1/budget/{dataset}"): "jobs-budget",
     ("GET", "/v1/metering"): "metering-metering",
     ("GET", "/v1/metering/series"): "metering-metering-series",
+    # hidden lookups (issue #17)
+    ("POST", "/v1/lookups/{product}/table-info"): "lookups-table-info",
+    ("GET", "/v1/lookups/{product}/tables/{version}/parts/{part}"): "lookups-table-part",
+    ("POST", "/v1/lookups/{product}/evaluate"): "lookups-evaluate",
     # data exchange (issue #17)
     ("POST", "/v1/assets"): "exchange-register-asset",
     ("GET", "/v1/assets"): "exchange-list-assets",

@@ -15,11 +15,10 @@ from xdp_compute.contract.tasks import (
     decode_reply,
     encode,
 )
-from xdp_compute.crypto.pir import LookupTable, blind, finalize
+from xdp_compute.crypto.pir import LookupTable, blind, finalize, lookup_key_bytes
 from xdp_compute.crypto.psi import random_point
 from xdp_compute.domain.manifest import load_manifest
 from xdp_compute.node.executors import TaskExecutor
-from xdp_compute.node.tasks.lookup import lookup_key_bytes
 
 MANIFEST = """
 [node]

@@ -131,6 +131,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(members.router)
     app.include_router(jobs.router)
     app.include_router(metering.router)
+    from xdp_compute.gateway.routers import lookups as lookup_routes  # hidden lookups (issue #17)
+
+    app.include_router(lookup_routes.router)
     from xdp_compute.gateway.routers import exchange as exchange_routes  # data exchange (issue #17)
 
     app.include_router(exchange_routes.router)

@@ -610,6 +610,21 @@ class Client(BaseClient):
                               SignedTreeHead.from_dict(receipt["signed_tree_head"]), bytes.fromhex(key))
 
 
+    # -------------------------------------------------------------- hidden lookups (issue #17)
+    def lookup(self, product: str, key: str | int, columns: list[str] | None = None) -> Any:
+        """Look up one record by ``key`` in a lookup product, hidden from the holder and the gateway.
+
+        Returns a ``LookupResult``: ``found`` and ``record`` (the product's columns, or ``columns``),
+        or ``found=False`` for a key the holder does not have. The key never leaves this process
+        (an OPRF-blinded point does); the holder and the gateway learn neither the key nor whether
+        it matched. Counts one call under your subscription and writes one release-log entry.
+        Not differentially private: it releases one record (docs/hidden-lookup.md).
+        """
+        from xdp_compute.sdk.lookup import hidden_lookup
+
+        return hidden_lookup(self, product, key, columns)
+
+
 # ---------------------------------------------------------------------- asyncio I/O
 class AsyncClient(BaseClient):
     """The same calls as ``Client``, awaited: ``async with AsyncClient(url, token) as c: await c.query(...)``."""

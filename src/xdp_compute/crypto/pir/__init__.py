@@ -3,6 +3,7 @@
 The protocol and what each party learns are in docs/hidden-lookup.md.
 """
 
+from xdp_compute.crypto.pir.keys import lookup_key_bytes
 from xdp_compute.crypto.pir.oprf import OUTPUT_BYTES, POINT_BYTES, Blind, OprfKey, blind, finalize
 from xdp_compute.crypto.pir.table import (
     LabelTooLong,
@@ -26,4 +27,5 @@ __all__ = [
     "encode_label",
     "entry_bytes",
     "finalize",
+    "lookup_key_bytes",
 ]

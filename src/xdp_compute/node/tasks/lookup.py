@@ -37,7 +37,7 @@ from xdp_compute.contract.tasks import (
     LookupTablePartReply,
 )
 from xdp_compute.crypto.pir import OprfKey, build_table
-from xdp_compute.crypto.psi import normalise_key
+from xdp_compute.crypto.pir.keys import lookup_key_bytes
 from xdp_compute.domain.manifest import DatasetSpec, LookupSpec
 from xdp_compute.errors import BadRequest, Conflict, PolicyDenied, XdpError
 from xdp_compute.node.tasks.context import NodeContext
@@ -49,7 +49,6 @@ SQL_TABLE_MAX_AGE_SECONDS = 600.0
 # What the gateway (and through it the analyst) is told when a table cannot be built: the same
 # words whatever the reason, which this node's own log gives (it may depend on the data).
 NOT_BUILT = "the holder's node could not build the lookup table (the reason is in the node's log)"
-KEY_DOMAIN = "lookup"  # normalise_key rules for any non-phone, non-email domain: NFC, trimmed
 
 
 class StaleVersion(Conflict):
@@ -72,25 +71,6 @@ class _Table:
         return LookupPrepared(version=self.version, key_type=self.key_type, columns=list(self.columns),
                               capacity=self.spec.capacity, label_bytes=self.spec.label_bytes,
                               table_bytes=len(self.data), parts=max(1, math.ceil(len(self.data) / LOOKUP_PART_BYTES)))
-
-
-def lookup_key_bytes(key_type: str, value: Any) -> bytes | None:
-    """The canonical bytes of a key of a ``text`` or ``int`` column, the same on node and SDK.
-
-    Text: Unicode NFC, trimmed (``normalise_key``). Int: the decimal of the integer ("007" is 7).
-    None: no key (empty, or not an integer in an int column): such a record cannot be looked up.
-    """
-    if value is None:
-        return None
-    if key_type == "int":
-        if isinstance(value, float):  # the node's engine reads numeric columns as DOUBLE
-            return str(int(value)).encode() if value.is_integer() else None
-        text = str(value).strip()
-        try:
-            return str(int(text)).encode() if text and "." not in text else None
-        except ValueError:
-            return None
-    return normalise_key(KEY_DOMAIN, str(value))
 
 
 def _typed(ctype: str, value: Any) -> Any:
