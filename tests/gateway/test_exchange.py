@@ -147,3 +147,69 @@ def test_settlement_rule_splits_exactly_and_periods() -> None:
         check_period("2026-13")
     with pytest.raises(BadRequest):
         check_period("26-1")
+
+
+def job_under(store: Store, who: PrincipalView, sub_id: str, usage: int) -> str:
+    """A running job row that carries a subscription hold, as ``ExchangeService.submit_query`` stores it."""
+    import json
+    import time
+
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.store import new_id
+
+    jid = new_id()
+    with store.write() as s:
+        s.add(m.Job(id=jid, principal_id=who.id, kind="query", status="running",
+                    spec_json=json.dumps({"subscription": {"id": sub_id, "usage": usage}}), created_at=time.time(),
+                    updated_at=time.time()))
+    return jid
+
+
+def test_query_holds_never_exceed_the_allowance_and_are_metered_or_given_back(
+        ex: ExchangeService, store: Store, people: dict[str, Any]) -> None:
+    import time
+
+    from xdp_compute.gateway.metered import meter_release, period_of
+    from xdp_compute.gateway.release import FAILED
+
+    p = query_product(ex, people["owner"])  # 100 per epsilon, 1.0 epsilon per subscriber
+    sub = ex.subscribe(people["ana"], p["id"])["id"]
+    ex.decide(people["owner"], sub, True, None)
+    holds: list[Any] = []
+
+    def hold() -> None:
+        try:
+            holds.append(ex.hold_query(people["ana"], sub, 0.3))
+        except AllowanceUsedUp as e:
+            holds.append(e)
+
+    threads = [threading.Thread(target=hold) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [h for h in holds if isinstance(h, int)]
+    assert len(ids) == 3 and ex.subscription_of(people["ana"], p["id"])["held"] == pytest.approx(0.9)
+
+    # A job that releases nothing (a refusal) gives its hold back, once.
+    failed = job_under(store, people["ana"], sub, ids[0])
+    ex.svc.gate.refuse(failed, "ana", None, FAILED, "nodes went silent", refund=True)
+    ex.svc.gate.refuse(failed, "ana", None, FAILED, "again", refund=True)
+    assert ex.subscription_of(people["ana"], p["id"])["held"] == pytest.approx(0.6)
+
+    # A released job is metered: used, priced, in this period, with its nodes' holders as parties.
+    released = job_under(store, people["ana"], sub, ids[1])
+    from xdp_compute.gateway import models as m
+
+    with store.write() as s:
+        charge = meter_release(s, s.get(m.Job, released), ["a"])
+    assert charge is not None and charge["amount_micros"] == 30_000_000 and charge["period"] == period_of(time.time())
+    # An idempotent retry's own hold goes back; the hold its job carries stays.
+    ex.return_hold_unless_used(ids[2], released)
+    ex.return_hold_unless_used(ids[1], released)
+    state = ex.subscription_of(people["ana"], p["id"])
+    assert (state["used"], state["held"]) == (pytest.approx(0.3), pytest.approx(0.0))
+    [payer, earner] = ex.statements(people["ana"], period_of(time.time())) + \
+        ex.statements(people["owner"], period_of(time.time()))
+    assert (payer["side"], payer["total_micros"], earner["side"], earner["total_micros"]) == \
+        ("subscriber", 30_000_000, "holder", 30_000_000)
