@@ -48,6 +48,21 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/audit/proof/inclusion"): {"auditor"},
     ("GET", "/v1/audit/proof/consistency"): {"auditor"},
 }
+# Data exchange (issue #17): the owner registers and lists, analysts subscribe, admins settle.
+ALLOWED.update({
+    ("POST", "/v1/assets"): {"holder"},
+    ("GET", "/v1/assets"): {"admin", "holder", "analyst", "auditor"},
+    ("GET", "/v1/assets/{dataset}/history"): {"admin", "holder", "analyst", "auditor"},
+    ("GET", "/v1/products"): {"admin", "holder", "analyst", "auditor"},
+    ("POST", "/v1/products"): {"holder"},
+    ("GET", "/v1/products/{product_id}"): {"admin", "holder", "analyst", "auditor"},
+    ("POST", "/v1/products/{product_id}/subscribe"): {"analyst"},
+    ("GET", "/v1/subscriptions"): {"admin", "holder", "analyst", "auditor"},
+    ("POST", "/v1/subscriptions/{subscription_id}/approve"): {"holder"},
+    ("POST", "/v1/subscriptions/{subscription_id}/reject"): {"holder"},
+    ("GET", "/v1/statements"): {"admin", "holder", "analyst", "auditor"},
+    ("POST", "/v1/statements"): {"admin"},
+})
 # Routes whose object belongs to one holder: the other holder gets 404.
 HOLDER_OBJECTS = {("GET", "/v1/datasets/{name}"), ("GET", "/v1/datasets/{name}/mock"),
                   ("GET", "/v1/datasets/{name}/spend"),
@@ -68,7 +83,8 @@ def world(api: Any, store: Any) -> dict[str, Any]:
     holder = store.authenticate(tokens["holder"])
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     node_id = store.register_node(holder, "siming-hospital", "CN-FJ", [ds.to_dict()])
-    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0", "job_id": "no-such-job", "dataset": "patients", "holder": "holder-2"}}
+    return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0", "job_id": "no-such-job", "dataset": "patients", "holder": "holder-2",
+                                                  "product_id": "no-such-product", "subscription_id": "no-such-sub"}}
 
 
 def fill(path: str, params: dict[str, str]) -> str:
