@@ -6,7 +6,15 @@ import os
 
 import pytest
 
-from xdp_compute.crypto.pir import LabelTooLong, LookupTable, OprfKey, TableError, blind, build_table, finalize
+from xdp_compute.crypto.pir import (
+    LabelTooLong,
+    LookupTable,
+    OprfKey,
+    TableError,
+    blind,
+    build_table,
+    finalize,
+)
 from xdp_compute.crypto.pir.table import HEADER_BYTES, entry_bytes
 from xdp_compute.crypto.psi import InvalidPoint, check_point
 

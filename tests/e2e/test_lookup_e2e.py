@@ -17,7 +17,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,7 +197,7 @@ def node_tasks(relay: TcpRelay) -> list[pb.Task]:
             r = pb.PullTaskResponse()
             try:
                 r.ParseFromString(msg)
-            except Exception:  # noqa: BLE001 - another RPC's message
+            except Exception:  # noqa: BLE001, S112 - another RPC's message
                 continue
             if r.has_task and r.task.kind.startswith("lookup_"):
                 tasks.append(r.task)
@@ -213,7 +212,7 @@ def node_results(relay: TcpRelay, ids: set[str]) -> dict[str, pb.TaskResult]:
             r = pb.TaskResult()
             try:
                 r.ParseFromString(msg)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S112 - another RPC's message
                 continue
             if r.task_id in ids:
                 out[r.task_id] = r

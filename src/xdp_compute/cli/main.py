@@ -461,13 +461,3 @@ def _add_lookup() -> None:
 
 
 _add_lookup()
-
-
-def _add_lookup() -> None:
-    """``xdp lookup PRODUCT KEY``: hidden lookups (issue #17, cli/lookup.py)."""
-    from xdp_compute.cli.lookup import lookup
-
-    app.command("lookup")(lookup)
-
-
-_add_lookup()

@@ -482,31 +482,3 @@ class LookupEvaluation(ApiModel):
     log_index: int = Field(description="The release-log entry of this lookup (no key, no outcome)")
     calls_left: float = Field(description="Calls left on the subscription")
     receipt: dict[str, Any] = Field(description="Inclusion proof and signed tree head of the entry")
-
-
-# ---------------------------------------------------------------- hidden lookups (issue #17)
-class LookupTableInfo(ApiModel):
-    """A lookup product's current encoded table (docs/hidden-lookup.md): its public shape only."""
-
-    product: str
-    dataset: str
-    version: str = Field(description="32 hex digits; a new version whenever the data or the node's key changes")
-    key_type: Literal["text", "int"] = Field(description="How the SDK writes a key (text: NFC, trimmed; int: "
-                                                         "decimal)")
-    columns: list[str] = Field(description="The columns a found record holds")
-    capacity: int = Field(description="Entries in the table, dummies included (declared; not the row count)")
-    label_bytes: int = Field(description="Every record's padded size")
-    table_bytes: int
-    parts: int = Field(description="GET .../tables/{version}/parts/{0..parts-1}")
-    part_bytes: int
-
-
-class LookupEvaluation(ApiModel):
-    """One hidden lookup's evaluation: the holder's k·B for the SDK's blinded point B (RFC 9497)."""
-
-    product: str
-    version: str
-    point: str = Field(description="32 bytes, base64: the SDK unblinds it and looks the result up locally")
-    log_index: int = Field(description="The release-log entry of this lookup (no key, no outcome)")
-    calls_left: float = Field(description="Calls left on the subscription")
-    receipt: dict[str, Any] = Field(description="Inclusion proof and signed tree head of the entry")

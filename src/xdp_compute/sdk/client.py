@@ -609,7 +609,6 @@ class Client(BaseClient):
                               [bytes.fromhex(h) for h in receipt["inclusion_proof"]],
                               SignedTreeHead.from_dict(receipt["signed_tree_head"]), bytes.fromhex(key))
 
-
     # -------------------------------------------------------------- hidden lookups (issue #17)
     def lookup(self, product: str, key: str | int, columns: list[str] | None = None) -> Any:
         """Look up one record by ``key`` in a lookup product, hidden from the holder and the gateway.
