@@ -213,3 +213,17 @@ def test_query_holds_never_exceed_the_allowance_and_are_metered_or_given_back(
         ex.statements(people["owner"], period_of(time.time()))
     assert (payer["side"], payer["total_micros"], earner["side"], earner["total_micros"]) == \
         ("subscriber", 30_000_000, "holder", 30_000_000)
+
+
+def test_a_lookup_product_on_an_opted_in_dataset_takes_only_its_columns(ex: ExchangeService, store: Store) -> None:
+    text = example_manifest().replace("[datasets.columns]", '[datasets.lookup]\nkey = "name"\ncolumns = ["age"]\ncapacity = 1000\n\n'
+                                      "[datasets.columns]")
+    owner = principal(store, "holder", "siming")
+    store.register_node(owner, "a", "CN-FJ", [parse_manifest_text(text, check_files=False).datasets[0].to_dict()])
+    body = {"dataset": "patients", "kind": "lookup", "title": "age by name", "unit_price": 2.0, "allowance": 10}
+    with pytest.raises(BadRequest, match="not opened to lookups.*income"):
+        ex.create_product(owner, {**body, "columns": ["age", "income"]})
+    with pytest.raises(BadRequest, match="whole number"):
+        ex.create_product(owner, {**body, "allowance": 2.5})
+    p = ex.create_product(owner, body)
+    assert (p["unit"], p["terms"]["columns"]) == ("call", ["age"])
