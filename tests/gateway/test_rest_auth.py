@@ -60,6 +60,10 @@ ALLOWED.update({
     ("GET", "/v1/subscriptions"): {"admin", "holder", "analyst", "auditor"},
     ("POST", "/v1/subscriptions/{subscription_id}/approve"): {"holder"},
     ("POST", "/v1/subscriptions/{subscription_id}/reject"): {"holder"},
+    # hidden lookups (issue #17): analysts with a subscription
+    ("POST", "/v1/lookups/{product}/table-info"): {"analyst"},
+    ("GET", "/v1/lookups/{product}/tables/{version}/parts/{part}"): {"analyst"},
+    ("POST", "/v1/lookups/{product}/evaluate"): {"analyst"},
     ("GET", "/v1/statements"): {"admin", "holder", "analyst", "auditor"},
     ("POST", "/v1/statements"): {"admin"},
 })
@@ -84,7 +88,8 @@ def world(api: Any, store: Any) -> dict[str, Any]:
     ds = parse_manifest_text(example_manifest(), check_files=False).datasets[0]
     node_id = store.register_node(holder, "siming-hospital", "CN-FJ", [ds.to_dict()])
     return {"tokens": tokens, "params": {"name": "patients", "node_id": node_id, "index": "0", "job_id": "no-such-job", "dataset": "patients", "holder": "holder-2",
-                                                  "product_id": "no-such-product", "subscription_id": "no-such-sub"}}
+                                                  "product_id": "no-such-product", "subscription_id": "no-such-sub",
+                                                  "product": "no-such-product", "version": "0" * 32, "part": "0"}}
 
 
 def fill(path: str, params: dict[str, str]) -> str:
