@@ -42,6 +42,7 @@ from xdp_compute.contract.tasks import (
     LookupTablePart,
     LookupTablePartReply,
 )
+from xdp_compute.crypto.psi.group import check_point
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import Requester, evaluate
 from xdp_compute.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyDenied, ProtocolAborted
@@ -106,14 +107,14 @@ class TableCache:
 
 
 def decode_point(text: str) -> bytes:
-    """A base64 group element from the SDK: exactly ``LOOKUP_POINT_BYTES`` bytes (checked on the node)."""
+    """A base64 group element from the SDK: a valid point of the prime-order subgroup, or a 400."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("point: not base64") from None
     if len(raw) != LOOKUP_POINT_BYTES:
         raise BadRequest(f"point: a group element is {LOOKUP_POINT_BYTES} bytes, not {len(raw)}")
-    return raw
+    return check_point(raw)  # InvalidPoint (400) here already; the node checks again before using k
 
 
 class LookupService:
@@ -198,8 +199,8 @@ class LookupService:
 
     async def evaluate(self, who: PrincipalView, product_id: str, version: str, point: str) -> dict[str, Any]:
         """One hidden lookup: the node's ``k·B`` for the analyst's blinded point ``B``, counted and logged."""
+        blinded = decode_point(point)  # malformed input is refused before anything is looked up
         t = self.target(who, product_id)
-        blinded = decode_point(point)
         reply: LookupEvaluated = await self._ask(t, LookupEvaluate(dataset=t.dataset, product=t.product,
                                                                    version=version, point=blinded,
                                                                    principal=who.name), CALL_TIMEOUT)
