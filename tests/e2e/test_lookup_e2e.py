@@ -293,3 +293,16 @@ def test_holder_and_gateway_see_the_same_for_a_present_and_an_absent_key(ex: Exc
         for form in (key.encode(), key.encode("utf-16-le"), key[-8:].encode()):
             assert not any(form in blob for blob in seen), form
 
+
+
+def test_a_data_change_makes_a_new_table_version(ex: Exchange) -> None:
+    """Last in the module: the holder rewrites its file; the next lookup fetches the new version."""
+    newcomer = "350203200001011234"
+    with ex.cluster.client(ex.tokens["analyst"]) as c:
+        before = c.lookup(ex.product, PRESENT)
+        assert not c.lookup(ex.product, newcomer).found
+        path = ex.cluster.root / "bureau-node" / "credit.csv"
+        path.write_text(credit_csv() + f"{newcomer},880,false,Fuzhou,5\n")
+        after = c.lookup(ex.product, newcomer)
+    assert after.found and after.record == {"score": 880, "defaulted": False, "city": "Fuzhou"}
+    assert after.version != before.version
