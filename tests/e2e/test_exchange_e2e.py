@@ -194,3 +194,10 @@ def test_settlement_statements_equal_the_metered_usage(h: Hospitals) -> None:
             ad.statements("2026-13")
     report = verify_log(h)
     assert report["ok"] and report["tree_size"] > max(s["index"] for s in issued)
+    # The tables (no --json) print what a person reads.
+    r = xdp(h, h.tokens["clinic-0"], "statements", period)
+    assert r.returncode == 0 and f"{period} holder clinic-0-holder: total 40.00 (settled" in r.stdout, r.stderr
+    for args in (("products", "list"), ("products", "subscriptions"), ("assets", "history", "visits"),
+                 ("assets", "list")):
+        r = xdp(h, h.tokens["analyst"], *args)
+        assert r.returncode == 0 and r.stdout.strip() and "error" not in r.stderr, (args, r.stderr)
