@@ -4,6 +4,8 @@ rule, on the store directly (the REST, SDK and CLI paths are tests/e2e/test_exch
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,15 @@ from xdp_compute.gateway.exchange import (
 )
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView, Store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The store on SQLite and on PostgreSQL: the counters are conditional UPDATEs on both."""
+    url = f"sqlite:///{tmp_path / 'x.db'}" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_db")
+    s = Store.open(url)
+    yield s
+    s.close()
 
 
 def decl() -> dict[str, Any]:
