@@ -43,6 +43,7 @@ from xdp_compute.gateway.metered import (
     MICROS,
     check_period,
     give_back,
+    lock_periods,
     next_period,
     open_period,
     period_of,
@@ -502,7 +503,9 @@ class ExchangeService:
                 raise BadRequest(f"period {period} has not begun: nothing can be settled for it yet")
         out = []
         with self.log.transaction() as s:
-            # Closing first: from here on new usage is metered into a later period.
+            # No use is being metered into this period meanwhile (``lock_periods``); once these rows
+            # commit, new usage falls in a later period.
+            lock_periods(s)
             bodies = compute_statements(s, period)
             for body in bodies:
                 stored = self.log.append(s, {"kind": STATEMENT_ISSUED, "principal": who.name,

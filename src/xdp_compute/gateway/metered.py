@@ -15,13 +15,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from xdp_compute.errors import BadRequest
 from xdp_compute.gateway import models as m
 
 MICROS = 1_000_000
+PERIOD_LOCK_KEY = (0x58445043, 17)  # "XDPC", 17: billing periods (issue #17)
 
 
 def period_of(ts: float) -> str:
@@ -50,9 +51,24 @@ def to_micros(units: float, unit_price: float) -> int:
     return math.floor(units * unit_price * MICROS + 0.5)
 
 
+def lock_periods(s: Session) -> None:
+    """Serialise choosing a usage's billing period with settling one, until the transaction ends.
+
+    SQLite's write transactions are serial already (``BEGIN IMMEDIATE``). On PostgreSQL a use
+    metered while its period is being settled could otherwise read "not settled", then commit into
+    the period after its statements were computed; a transaction-scoped advisory lock (key space
+    of the release log's, object 17) makes the two take turns, on any number of gateway replicas.
+    Wherever both are held (a release, a settlement) the release log's lock is taken first, at the
+    start of its transaction, so the two cannot deadlock; ``charge_call`` takes this one only.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": PERIOD_LOCK_KEY[0], "b": PERIOD_LOCK_KEY[1]})
+
+
 def open_period(s: Session, now: float) -> str:
     """The billing period new usage falls in: this month, or the month after the last period
     already settled (a settled period never changes, so its statements stay equal to its usage)."""
+    lock_periods(s)
     current = period_of(now)
     closed = s.scalar(select(m.Statement.period).order_by(m.Statement.period.desc()).limit(1))
     if closed is not None and current <= closed:
