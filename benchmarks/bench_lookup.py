@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def run(n: int, repeat: int) -> dict[str, Any]:
                 "online_wire_bytes": int(statistics.median(wire)), "oprf_payload_bytes": 64}
     finally:
         cluster.close()
+        shutil.rmtree(root, ignore_errors=True)  # the data and the 10^6-row table are large
 
 
 def main() -> None:
