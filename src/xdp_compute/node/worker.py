@@ -221,9 +221,15 @@ def _worker_main(conn: Connection, manifest: Manifest, options: WorkerOptions) -
         with contextlib.suppress(OSError, ValueError), send_lock:
             conn.send((READY, True, {}, {}, None))
 
-    if options.preload:
+    spark = next((d.spark for d in manifest.datasets if d.spark is not None), None)
+    if options.preload or spark is not None:
         def preload() -> None:
-            _preload(options.threads)
+            if options.preload:
+                _preload(options.threads)
+            else:
+                _limit_torch_threads_when_loaded(options.threads)
+            if spark is not None:
+                _start_spark(spark)
             signal_ready()
 
         threading.Thread(target=preload, name="preload", daemon=True).start()
@@ -284,6 +290,22 @@ def _preload(threads: int) -> None:
             return
     _limit_torch_threads_when_loaded(threads)
     log.info("training libraries loaded in %.1fs", time.time() - started)
+
+
+def _start_spark(options: Any) -> None:
+    """Start the worker's one Spark session before the node registers (issue #18): its start takes
+    seconds to tens of seconds, which the first query would otherwise wait for, past the gateway's
+    round timeout on a busy machine. A session that cannot start is reported by that query."""
+    from xdp_compute.errors import XdpError
+    from xdp_compute.node.spark_source import spark_session
+
+    started = time.time()
+    try:
+        spark_session(options)
+    except XdpError as e:
+        log.warning("Spark did not start: %s", e.detail)
+        return
+    log.info("Spark session started in %.1fs", time.time() - started)
 
 
 def _limit_torch_threads_when_loaded(threads: int) -> None:
