@@ -26,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "gateway"))
 
 SQL = ("SELECT h.district, i.tier, COUNT(*) AS n, SUM(i.claim) AS total, AVG(i.claim) AS mean "
        "FROM hospital h JOIN insurer i ON h.citizen = i.citizen GROUP BY h.district, i.tier")
@@ -60,7 +59,7 @@ def exponentiation_ms(public: object, count: int = 20) -> float:
 
 
 def one(n: int, bits: int) -> dict[str, float]:
-    from test_join_protocol import Wire, delivery, prepared, write_nodes
+    from join_data import Wire, delivery, prepared, write_nodes
 
     from xdp_compute.crypto.paillier import generate_keypair
     from xdp_compute.gateway.join import private_join

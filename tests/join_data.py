@@ -7,10 +7,25 @@ repeated key is dropped by its holder, as docs/private-joins.md documents).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
 import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xdp_compute.contract import Record, decode_reply, encode
+from xdp_compute.crypto.paillier import ciphertexts_to_bytes
+from xdp_compute.domain.manifest import load_manifest
+from xdp_compute.gateway.hub import NodeFailed
+from xdp_compute.gateway.join import JoinPrepared
+from xdp_compute.gateway.store import PrincipalView
+from xdp_compute.node.executors import TaskExecutor
+from xdp_compute.query.join_plan import join_cost, join_noise_plan, plan_join
+from xdp_compute.query.joins import check_join
+from xdp_compute.query.parse import parse_statement
 
 HOSPITAL = """
 [node]
@@ -114,3 +129,65 @@ def populations(seed: int, n_hospital: int, n_insurer: int, overlap: int, duplic
                        text(["citizen", "phone", "claim", "tier"], i_rows),
                        hospital, insurer, [str(r[0]).strip() for r in h_rows + i_rows],
                        [str(r[2]) for r in h_rows] + [str(r[2]) for r in i_rows])
+
+
+# ---------------------------------------------------------------- the rounds in one process
+KEY_BITS = 2048
+
+
+class Wire:
+    """A hub stand-in: every request and reply goes through the contract's encoding to a real node
+    executor, and is recorded (what each node received, what the gateway received)."""
+
+    def __init__(self, nodes: dict[str, TaskExecutor]) -> None:
+        self.nodes = nodes
+        self.to_node: dict[str, list[tuple[str, dict[str, Any], dict[str, bytes]]]] = {n: [] for n in nodes}
+        self.to_gateway: list[tuple[str, dict[str, Any], dict[str, bytes]]] = []
+
+    async def ask(self, node: str, job_id: str, request: Record, timeout: float) -> Record:
+        header, blobs = encode(request)
+        self.to_node[node].append((request.KIND, header, blobs))
+        ex = self.nodes[node]
+        ex.node_id = node
+        out = await asyncio.to_thread(ex.handle, request.KIND, job_id, header, blobs)
+        if not out.ok:
+            raise NodeFailed(out.error)
+        self.to_gateway.append((request.KIND, out.header, out.blobs))
+        return decode_reply(request.KIND, out.header, out.blobs)
+
+
+def write_nodes(root: Path, seed: int, n_h: int, n_i: int, overlap: int, max_rows: int) -> tuple[Any, ...]:
+    pops = populations(seed, n_h, n_i, overlap)
+    (root / "h").mkdir(parents=True)
+    (root / "i").mkdir(parents=True)
+    (root / "h" / "hospital.csv").write_text(pops.hospital_csv)
+    (root / "i" / "insurer.csv").write_text(pops.insurer_csv)
+    (root / "h" / "node.toml").write_text(HOSPITAL.format(node="hospital-node", budget=1000, max_rows=max_rows,
+                                                          approval="false"))
+    (root / "i" / "node.toml").write_text(INSURER.format(node="insurer-node", budget=1000, max_rows=max_rows,
+                                                         approval="false"))
+    h = TaskExecutor(load_manifest(root / "h" / "node.toml"))
+    i = TaskExecutor(load_manifest(root / "i" / "node.toml"))
+    return pops, h, i
+
+
+def prepared(sql: str, h: TaskExecutor, i: TaskExecutor, public: Any, epsilon: float) -> JoinPrepared:
+    specs = {"hospital": h.manifest.datasets[0], "insurer": i.manifest.datasets[0]}
+    stmt = parse_statement(sql, allow_join=True)
+    shape = check_join(stmt, specs)
+    plan = plan_join(sql, stmt, specs[shape.left], specs[shape.right], shape.left_key, shape.right_key, epsilon,
+                     1e-6, left_alias=shape.left_alias, right_alias=shape.right_alias)
+    parts = {"hospital": {"node_id": "hospital-node", "node": "hospital-node"},
+             "insurer": {"node_id": "insurer-node", "node": "insurer-node"}}
+    eps, dlt = join_cost(plan)
+    return JoinPrepared(PrincipalView("p1", "analyst", "analyst", "CN-FJ"), plan,
+                        {"A": parts[plan.a.dataset], "B": parts[plan.b.dataset]}, join_noise_plan(plan), eps, dlt,
+                        0.95, [], "digest", public.to_dict())
+
+
+def delivery(p: JoinPrepared, public: Any, cts: list[int]) -> dict[str, Any]:
+    return {"operation": "join_aggregate", "result": {
+        "encrypted": True, "key_fingerprint": public.fingerprint, "join_plan": p.plan.to_dict(),
+        "noise": p.noise.to_dict(), "n_shares": 2, "level": 0.95, "datasets": p.datasets, "nodes": p.node_names,
+        "min_group_size": 1, "epsilon": p.epsilon, "delta": p.delta, "cells": len(p.plan.inner.cells),
+        "ciphertexts": base64.b64encode(ciphertexts_to_bytes(cts, public)).decode()}}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_join_protocol import KEY_BITS, Wire, prepared, write_nodes
+from join_data import KEY_BITS, Wire, prepared, write_nodes
 
 from xdp_compute.crypto.paillier import generate_keypair
 from xdp_compute.gateway.join import private_join
