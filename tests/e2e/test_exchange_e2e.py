@@ -7,6 +7,7 @@ settlement of the period those queries fell in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -153,6 +154,15 @@ def test_query_product_subscription_allowance_and_metering(h: Hospitals) -> None
         r = xdp(h, h.tokens["analyst"], "query", COUNT_BY_CLINIC, "--epsilon", "0.4", "--subscription", sub.id)
         assert r.returncode == 9 and r.stderr.startswith("error: ") and "left of 1" in r.stderr
         assert budget_of(a) == (spent, reserved)
+    # The same calls awaited (AsyncClient shares BaseClient's descriptions).
+    from xdp_compute import AsyncClient
+
+    async def browse() -> tuple[list[Any], list[Any]]:
+        async with AsyncClient(h.cluster.url, h.tokens["analyst"]) as ac:
+            return await ac.products(kind="query"), await ac.subscriptions()
+
+    products, subs = asyncio.run(browse())
+    assert [p.id for p in products] == [product.id] and [s.used for s in subs] == [pytest.approx(0.8)]
     for res in released:
         entry = res.delivery["receipt"]["entry"]
         assert entry["subscription"]["id"] == sub.id and entry["subscription"]["amount_micros"] == 40_000_000
