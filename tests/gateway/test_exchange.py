@@ -98,6 +98,16 @@ def test_subscribe_approve_and_only_the_owner_decides(ex: ExchangeService, peopl
         ex.decide(people["owner"], sub["id"], False, None)
     assert [s["id"] for s in ex.subscriptions(people["owner"])] == [sub["id"]]
     assert ex.subscriptions(people["bob"]) == []
+    # A rejected subscription holds nothing and runs nothing; the decision and its reason are logged.
+    bobs = ex.subscribe(people["bob"], p["id"])
+    rejected = ex.decide(people["owner"], bobs["id"], False, "not for marketing")
+    assert (rejected["status"], rejected["reason"]) == ("rejected", "not for marketing")
+    with pytest.raises(NotSubscribed, match="rejected"):
+        ex.check_query(people["bob"], bobs["id"], "patients", None, False, 0.1)
+    with pytest.raises(NotFound):  # another analyst's subscription is not yours to use
+        ex.check_query(people["bob"], sub["id"], "patients", None, False, 0.1)
+    entry = ex.svc.release_log.receipt(ex.svc.release_log.committed_size - 1)["entry"]
+    assert (entry["kind"], entry["decision"], entry["subscriber"]) == ("subscription_decided", "rejected", "bob")
 
 
 def lookup_product(ex: ExchangeService, store: Store, owner: PrincipalView, calls: int) -> str:
