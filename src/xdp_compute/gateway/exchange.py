@@ -61,6 +61,9 @@ UNIT_OF_KIND = {"query": "epsilon", "scoring": "row", "model": "call", "lookup":
 METERED_KINDS = ("query", "lookup")
 TOLERANCE = 1e-9
 QUERY_AGGREGATES = ("count", "sum", "avg", "variance", "stddev")
+# The most one subscription can cost (unit_price x allowance), in currency units: 1e15 micro-units,
+# so 9,000 subscriptions fit a statement's 64-bit total.
+MAX_SUBSCRIPTION_AMOUNT = 1e9
 
 # Log entry kinds of the exchange.
 PRODUCT_LISTED = "product_listed"
@@ -208,6 +211,12 @@ class ExchangeService:
             raise BadRequest("unit_price must be a finite number >= 0")
         if not math.isfinite(allowance) or allowance <= 0:
             raise BadRequest("allowance must be a finite number > 0 (units per subscriber)")
+        if price * allowance > MAX_SUBSCRIPTION_AMOUNT:
+            # Money is metered in 64-bit integer micro-units (PostgreSQL BIGINT, up to 9.2e18): one
+            # subscription's whole allowance must fit with room for thousands of them in a statement,
+            # else metering a release would overflow after the job computed (budget spent, nothing out).
+            raise BadRequest(f"unit_price x allowance is {price * allowance:.6g}; at most {MAX_SUBSCRIPTION_AMOUNT:.0e} "
+                             "per subscription")
         if kind == "lookup" and allowance != int(allowance):
             raise BadRequest("a lookup product's allowance is a whole number of calls")
         pid = new_id()
@@ -506,6 +515,10 @@ class ExchangeService:
             # No use is being metered into this period meanwhile (``lock_periods``); once these rows
             # commit, new usage falls in a later period.
             lock_periods(s)
+            # Checked again under the lock: a settlement running at the same time passed the check
+            # above too, and has committed its statements by now (409, not a unique-key error).
+            if s.scalar(select(m.Statement.id).where(m.Statement.period == period).limit(1)) is not None:
+                raise Conflict(f"period {period} is already settled; GET /v1/statements?period={period}")
             bodies = compute_statements(s, period)
             for body in bodies:
                 stored = self.log.append(s, {"kind": STATEMENT_ISSUED, "principal": who.name,

@@ -1,0 +1,202 @@
+"""Attacks on the data exchange (issue #17) through the in-process REST app: every party an adversary.
+
+Raw HTTP around the SDK with each role's token: authorization (who may list, approve, settle, read),
+bad input (NaN, huge, out-of-range and path-like values), races (two settlements at once), and
+money that must fit its integer columns. Real processes: tests/e2e/test_exchange_attacks_e2e.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from conftest import example_manifest
+
+from xdp_compute.domain.manifest import parse_manifest_text
+from xdp_compute.gateway.exchange import ExchangeService
+from xdp_compute.gateway.metered import period_of
+
+
+def decl(node: str = "siming-hospital") -> dict[str, Any]:
+    return parse_manifest_text(example_manifest(node=node), check_files=False).datasets[0].to_dict()
+
+
+@pytest.fixture
+def world(api: Any, services: Any) -> dict[str, Any]:
+    """An owner (siming) of ``patients``, a co-holder (huli) that adds its rows as a member, a
+    stranger holder, two analysts, an auditor and an admin; each with a bearer header."""
+    store = services.store
+    tokens = {name: store.create_principal(role, name, "CN-FJ") for role, name in
+              [("holder", "siming"), ("holder", "huli"), ("holder", "jimei"), ("analyst", "ana"),
+               ("analyst", "bob"), ("auditor", "aud"), ("admin", "root")]}
+    who = {n: store.authenticate(t) for n, t in tokens.items()}
+    store.register_node(who["siming"], "a", "CN-FJ", [decl("a")])
+    store.invite_member(who["siming"], "patients", "huli")
+    store.register_node(who["huli"], "b", "CN-FJ", [decl("b")])
+    return {"h": {n: {"Authorization": f"Bearer {t}"} for n, t in tokens.items()}, "who": who,
+            "ex": ExchangeService(services)}
+
+
+PRODUCT = {"dataset": "patients", "kind": "query", "title": "district counts", "unit_price": 100.0,
+           "allowance": 1.0, "shapes": {"aggregates": ["count"], "group_by": ["district"]}}
+
+
+def listed(api: Any, w: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    r = api.post("/v1/products", json={**PRODUCT, **kw}, headers=w["h"]["siming"])
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def subscribed(api: Any, w: dict[str, Any], product: str, analyst: str = "ana", approve: bool = True) -> str:
+    r = api.post(f"/v1/products/{product}/subscribe", headers=w["h"][analyst])
+    assert r.status_code == 201, r.text
+    if approve:
+        assert api.post(f"/v1/subscriptions/{r.json()['id']}/approve", headers=w["h"]["siming"]).status_code == 200
+    return r.json()["id"]  # type: ignore[no-any-return]
+
+
+def test_only_the_owner_lists_and_decides_whatever_token_is_sent(api: Any, world: dict[str, Any]) -> None:
+    h = world["h"]
+    for name, status in (("huli", 403), ("jimei", 403), ("ana", 403), ("aud", 403), ("root", 403)):
+        r = api.post("/v1/products", json=PRODUCT, headers=h[name])
+        assert r.status_code == status, (name, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    p = listed(api, world)
+    sub = subscribed(api, world, p["id"], approve=False)
+    # The subscriber approving itself, a co-holder, a stranger holder, an auditor, an admin: none decides.
+    for name in ("ana", "bob", "aud", "root"):
+        assert api.post(f"/v1/subscriptions/{sub}/approve", headers=h[name]).status_code == 403, name
+    for name in ("huli", "jimei"):  # another holder learns no more than for an id that does not exist
+        r = api.post(f"/v1/subscriptions/{sub}/approve", headers=h[name])
+        absent = api.post("/v1/subscriptions/0123456789abcdef/approve", headers=h[name])
+        assert (r.status_code, absent.status_code) == (404, 404), name
+        assert r.json()["type"] == absent.json()["type"]
+    assert api.get("/v1/subscriptions", headers=h["ana"]).json()[0]["status"] == "pending"
+    # Holders subscribe to nothing; the owner never to its own product.
+    assert api.post(f"/v1/products/{p['id']}/subscribe", headers=h["siming"]).status_code == 403
+
+
+def test_a_co_holder_neither_registers_nor_lists_and_only_admins_settle(api: Any, world: dict[str, Any]) -> None:
+    h = world["h"]
+    body = {"dataset": "patients", "description": "mine now", "licence": "any"}
+    for name in ("huli", "jimei"):
+        r = api.post("/v1/assets", json=body, headers=h[name])
+        assert r.status_code == 403 and "only the owner" in r.json()["detail"], r.text
+    for name in ("ana", "siming", "aud"):
+        assert api.post("/v1/statements", json={"period": period_of(0)}, headers=h[name]).status_code == 403
+
+
+def test_each_party_reads_only_its_own_subscriptions_and_statements(api: Any, world: dict[str, Any]) -> None:
+    h, ex, who = world["h"], world["ex"], world["who"]
+    p = listed(api, world)
+    subscribed(api, world, p["id"], "ana")
+    subscribed(api, world, p["id"], "bob")
+    assert [s["subscriber"] for s in api.get("/v1/subscriptions", headers=h["ana"]).json()] == ["ana"]
+    assert api.get("/v1/subscriptions", headers=h["huli"]).json() == []  # a co-holder: not its product
+    assert len(api.get("/v1/subscriptions", headers=h["siming"]).json()) == 2
+    bobs = api.get("/v1/subscriptions", headers=h["bob"]).json()[0]["id"]
+    # ana uses bob's subscription id: refused as if it did not exist, nothing held on bob's.
+    r = api.post("/v1/queries", json={"sql": "SELECT district, COUNT(*) FROM patients GROUP BY district",
+                                      "epsilon": 0.1, "subscription": bobs}, headers=h["ana"])
+    assert r.status_code == 404, r.text
+    assert ex.subscription_of(who["bob"], p["id"])["held"] == 0.0
+    metered(ex, who, p["id"], ["ana", "bob"])
+    period = period_of(__import__("time").time())
+    seen = {n: api.get(f"/v1/statements?period={period}", headers=h[n]).json() for n in h}
+    assert [s["party"] for s in seen["ana"]] == ["ana"] and [s["party"] for s in seen["bob"]] == ["bob"]
+    assert [s["party"] for s in seen["siming"]] == ["siming"]
+    assert seen["huli"] == [] and seen["jimei"] == []
+    assert len(seen["aud"]) == len(seen["root"]) == 3
+
+
+def metered(ex: ExchangeService, who: dict[str, Any], product: str, analysts: list[str]) -> None:
+    """One metered use per analyst: a hold metered as the release gate meters it."""
+    import json
+    import time
+
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.metered import meter_release
+    from xdp_compute.gateway.store import new_id
+
+    for a in analysts:
+        sub = ex.subscription_of(who[a], product)["id"]
+        usage = ex.hold_query(who[a], sub, 0.25)
+        with ex.store.write() as s:
+            job = m.Job(id=new_id(), principal_id=who[a].id, kind="query", status="running",
+                        spec_json=json.dumps({"subscription": {"id": sub, "usage": usage}}), created_at=time.time(),
+                        updated_at=time.time())
+            s.add(job)
+            s.flush()
+            meter_release(s, job, ["a"])
+
+
+@pytest.mark.parametrize("body, status", [
+    ('{"dataset":"patients","kind":"query","title":"t","unit_price":NaN,"allowance":1}', 422),
+    ('{"dataset":"patients","kind":"query","title":"t","unit_price":1,"allowance":Infinity}', 422),
+    ('{"dataset":"patients","kind":"query","title":"t","unit_price":-1,"allowance":1}', 422),
+    ('{"dataset":"patients","kind":"query","title":"t","unit_price":1,"allowance":0}', 422),
+    ('{"dataset":"patients","kind":"query","title":"t","unit_price":1e300,"allowance":1}', 422),
+    ('{"dataset":"../patients","kind":"query","title":"t","unit_price":1,"allowance":1}', 422),
+    ('{"dataset":"patients","kind":"query","title":"' + "x" * 5000 + '","unit_price":1,"allowance":1}', 422),
+    ('{"dataset":"patients","kind":"query","title":"t","unit_price":"1","allowance":1}', 422),
+])
+def test_bad_listings_are_clean_4xx(api: Any, world: dict[str, Any], body: str, status: int) -> None:
+    r = api.post("/v1/products", content=body, headers={**world["h"]["siming"], "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_price_times_allowance_past_what_money_columns_hold_is_refused(api: Any, world: dict[str, Any]) -> None:
+    """Micro-units are 64-bit integers (PostgreSQL BIGINT): a subscription's whole allowance at the
+    unit price must fit with room for many subscribers, or metering a release would fail after the
+    job computed (its privacy budget spent, nothing delivered)."""
+    r = api.post("/v1/products", json={**PRODUCT, "unit_price": 1e12, "allowance": 1e9}, headers=world["h"]["siming"])
+    assert r.status_code == 400 and "unit_price" in r.json()["detail"], r.text
+    assert api.get("/v1/products", headers=world["h"]["ana"]).json() == []
+    listed(api, world, unit_price=1e6, allowance=1000.0)  # a billion units a subscription is fine
+
+
+@pytest.mark.parametrize("period, status", [("2026-13", 400), ("2026-00", 400), ("../..", 422), ("2026-1", 422),
+                                            ("20261-01", 422), ("0000-01", 400)])
+def test_bad_periods_are_clean_4xx(api: Any, world: dict[str, Any], period: str, status: int) -> None:
+    r = api.get("/v1/statements", params={"period": period}, headers=world["h"]["aud"])
+    assert r.status_code == status, r.text
+    r = api.post("/v1/statements", json={"period": period}, headers=world["h"]["root"])
+    assert r.status_code == status, r.text
+
+
+def test_long_and_odd_ids_are_404_not_500(api: Any, world: dict[str, Any]) -> None:
+    h = world["h"]
+    for pid in ("x" * 5000, "%2e%2e", "' OR 1=1 --"):
+        assert api.get(f"/v1/products/{pid}", headers=h["ana"]).status_code in (404, 422)
+        assert api.post(f"/v1/products/{pid}/subscribe", headers=h["ana"]).status_code in (404, 422)
+        assert api.post(f"/v1/subscriptions/{pid}/approve", headers=h["siming"]).status_code in (404, 422)
+    assert api.get("/v1/assets/" + "x" * 5000 + "/history", headers=h["ana"]).status_code in (404, 422)
+
+
+def test_two_settlements_of_one_period_at_once_issue_it_once(api: Any, world: dict[str, Any]) -> None:
+    h, ex, who = world["h"], world["ex"], world["who"]
+    p = listed(api, world)
+    subscribed(api, world, p["id"], "ana")
+    metered(ex, who, p["id"], ["ana"])
+    period = period_of(__import__("time").time())
+    statuses: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def settle() -> None:
+        barrier.wait()
+        statuses.append(api.post("/v1/statements", json={"period": period}, headers=h["root"]).status_code)
+
+    threads = [threading.Thread(target=settle) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [201, 409, 409, 409], statuses
+    issued = api.get(f"/v1/statements?period={period}", headers=h["aud"]).json()
+    assert len(issued) == 2 and all(s["issued"] for s in issued)
+    # A use metered after the settlement lands in the next period, never in the settled one.
+    metered(ex, who, p["id"], ["ana"])
+    again = api.get(f"/v1/statements?period={period}", headers=h["aud"]).json()
+    assert [s["total_micros"] for s in again] == [s["total_micros"] for s in issued]
