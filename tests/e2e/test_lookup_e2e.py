@@ -306,3 +306,13 @@ def test_a_data_change_makes_a_new_table_version(ex: Exchange) -> None:
         after = c.lookup(ex.product, newcomer)
     assert after.found and after.record == {"score": 880, "defaulted": False, "city": "Fuzhou"}
     assert after.version != before.version
+
+
+def test_the_release_log_with_its_lookup_entries_verifies(ex: Exchange) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    env.update({"XDP_URL": ex.cluster.url, "XDP_TOKEN": ex.tokens["auditor"]})
+    r = subprocess.run([sys.executable, "-m", "xdp_compute", "audit", "verify", "--json"], capture_output=True,
+                       text=True, timeout=180, env=env, check=False)
+    assert r.returncode == 0, r.stderr + r.stdout
+    entries = Client(ex.cluster.url, ex.tokens["auditor"]).audit_entries(kind="lookup")
+    assert len(entries) >= 10 and all(e.principal == "lender" for e in entries)
