@@ -200,3 +200,57 @@ def test_two_settlements_of_one_period_at_once_issue_it_once(api: Any, world: di
     metered(ex, who, p["id"], ["ana"])
     again = api.get(f"/v1/statements?period={period}", headers=h["aud"]).json()
     assert [s["total_micros"] for s in again] == [s["total_micros"] for s in issued]
+
+
+def dry(api: Any, w: dict[str, Any], sql: str, sub: str | None, who: str = "ana") -> Any:
+    body: dict[str, Any] = {"sql": sql, "epsilon": 0.1, "dry_run": True}
+    if sub is not None:
+        body["subscription"] = sub
+    return api.post("/v1/queries", json=body, headers=w["h"][who])
+
+
+@pytest.mark.parametrize("sql, why", [
+    ("SELECT district, SUM(age) FROM patients GROUP BY district", "aggregate sum"),
+    ("SELECT district, SUM(age) AS xdp_group_size FROM patients GROUP BY district", None),  # the hidden count's name
+    ("SELECT district, COUNT(*), SUM(age) AS n FROM patients GROUP BY district", "aggregate sum"),
+    ("SELECT age AS district, COUNT(*) FROM patients GROUP BY age", None),
+    ("SELECT district AS d, COUNT(*) FROM patients GROUP BY district", "OK"),
+    ("SELECT COUNT(*) FROM patients WHERE age > 30", "WHERE on 'age'"),
+    ("SELECT COUNT(*) FROM patients WHERE district = 'Huli' AND (age > 30 OR age < 5)", "WHERE on 'age'"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM patients) t", None),
+    ("SELECT COUNT(*) FROM patients WHERE age IN (SELECT age FROM patients)", None),
+])
+def test_a_query_outside_the_products_shapes_is_refused_before_anything_is_held(
+        api: Any, world: dict[str, Any], sql: str, why: str | None) -> None:
+    ex, who = world["ex"], world["who"]
+    p = listed(api, world, shapes={"aggregates": ["count"], "group_by": ["district"], "filters": ["district"]})
+    sub = subscribed(api, world, p["id"])
+    r = dry(api, world, sql, sub)
+    if why == "OK":
+        assert r.status_code == 200, r.text
+    else:
+        assert 400 <= r.status_code < 500, r.text
+        if why is not None:
+            assert why in r.json()["detail"], r.text
+    state = ex.subscription_of(who["ana"], p["id"])
+    assert (state["used"], state["held"]) == (0.0, 0.0)  # a dry run is free, a refusal holds nothing
+
+
+def test_subscriptions_do_not_cross_datasets_kinds_or_analysts(api: Any, world: dict[str, Any]) -> None:
+    h = world["h"]
+    p = listed(api, world)
+    sub = subscribed(api, world, p["id"])
+    # Without a subscription the sold dataset is refused (403), a dry run stays free.
+    r = api.post("/v1/queries", json={"sql": "SELECT district, COUNT(*) FROM patients GROUP BY district",
+                                      "epsilon": 0.1}, headers=h["ana"])
+    assert r.status_code == 403 and r.json()["type"].endswith("/not-subscribed"), r.text
+    assert dry(api, world, "SELECT district, COUNT(*) FROM patients GROUP BY district", None).status_code == 200
+    # bob with ana's approved id; ana with a pending one; a product id passed as a subscription id.
+    assert dry(api, world, "SELECT COUNT(*) FROM patients", sub, "bob").status_code == 404
+    pending = subscribed(api, world, p["id"], "bob", approve=False)
+    assert dry(api, world, "SELECT COUNT(*) FROM patients", pending, "bob").status_code == 403
+    assert dry(api, world, "SELECT COUNT(*) FROM patients", p["id"]).status_code == 404
+    # Past the allowance in one query: 409 before anything is held.
+    r = api.post("/v1/queries", json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 1.5, "dry_run": True,
+                                      "subscription": sub}, headers=h["ana"])
+    assert r.status_code == 409 and r.json()["type"].endswith("/allowance-used-up"), r.text
