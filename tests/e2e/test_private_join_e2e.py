@@ -9,7 +9,11 @@ key and decrypts); the answers must hold the plaintext join's truth inside their
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +220,23 @@ def test_a_join_waits_for_the_owner_whose_dataset_requires_approval(approving: J
     low, high = r.intervals[0]["n"]
     assert abs(r.rows[0]["n"] - true) <= 1.5 * (high - low)
     assert r.receipt["entry"]["approvers"] == ["insurer-holder"]  # type: ignore[index]
+
+
+def xdp(j: Joined, keys: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+    env.update({"XDP_URL": j.cluster.url, "XDP_TOKEN": j.tokens["analyst"], "XDP_KEY_DIR": str(keys)})
+    return subprocess.run([sys.executable, "-m", "xdp_compute", *args], capture_output=True, text=True, check=False,
+                          timeout=600, env=env)
+
+
+def test_xdp_query_runs_a_join_and_prints_its_refusals_on_one_line(joined: Joined, tmp_path: Path) -> None:
+    keys = tmp_path.parent / "analyst-keys"  # the key the other tests made (3072-bit keygen is slow)
+    r = xdp(joined, keys, "query", COUNT, "--epsilon", "30", "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    doc = json.loads(r.stdout[r.stdout.index("{"):])
+    true = len(set(joined.pops.hospital) & set(joined.pops.insurer))
+    (row,), (iv,) = doc["rows"], doc["intervals"]
+    assert abs(row["n"] - true) <= 1.5 * (iv["n"][1] - iv["n"][0])
+    bad = xdp(joined, keys, "query", "SELECT COUNT(*) FROM hospital h LEFT JOIN insurer i ON h.citizen = i.citizen",
+              "--epsilon", "1")
+    assert bad.returncode != 0 and "only inner joins" in bad.stderr and "Traceback" not in bad.stderr
