@@ -254,3 +254,23 @@ def test_subscriptions_do_not_cross_datasets_kinds_or_analysts(api: Any, world: 
     r = api.post("/v1/queries", json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 1.5, "dry_run": True,
                                       "subscription": sub}, headers=h["ana"])
     assert r.status_code == 409 and r.json()["type"].endswith("/allowance-used-up"), r.text
+
+
+def test_an_owner_with_no_node_of_its_own_cannot_register_an_empty_commitment(
+        api: Any, world: dict[str, Any], services: Any) -> None:
+    """The owner's node no longer holds a part of the dataset while a member's still does (the row
+    is removed by hand here: no route does it today): a registration would commit to no rows at
+    all (the SHA-256 of an empty map), the same for any data."""
+    from sqlalchemy import delete
+
+    from xdp_compute.gateway import models as m
+
+    store = services.store
+    with store.write() as s:
+        node = s.query(m.Node).filter_by(name="a").one()
+        s.execute(delete(m.NodeDataset).where(m.NodeDataset.node_id == node.id))
+    assert [p["node"] for p in store.dataset_parts("patients")] == ["b"]
+    r = api.post("/v1/assets", json={"dataset": "patients", "description": "d", "licence": "l"},
+                 headers=world["h"]["siming"])
+    assert r.status_code == 409 and "no node" in r.json()["detail"], r.text
+    assert api.get("/v1/assets", headers=world["h"]["aud"]).json() == []

@@ -62,6 +62,8 @@ class AssetRegistry:
         if ds.owner_id != who.id:
             raise Forbidden(f"only the owner of dataset {name!r} may register it as an asset")
         own = [p for p in parts if p["holder_id"] == who.id]
+        if not own:  # no node of the owner's holds it: the commitment would be to no rows, for any data
+            raise Conflict(f"no node of yours declares dataset {name!r}: an asset commits to the owner's own rows")
         # Online in the store and connected to this gateway (a node never heard from cannot answer).
         offline = [p["node"] for p in own if not p["online"] or not self.svc.hub.is_online(p["node_id"])]
         if offline:
