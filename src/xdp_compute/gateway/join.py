@@ -270,8 +270,12 @@ class JoinService:
 
     def dry_run(self, p: JoinPrepared) -> dict[str, Any]:
         public = PaillierPublic.from_dict(p.public_key)
-        n_a, n_b = p.plan.a.max_rows + p.plan.dummy_max, p.plan.b.max_rows + p.plan.dummy_max
-        ct = public.ciphertext_bytes
+        ra, rb, dm = p.plan.a.max_rows, p.plan.b.max_rows, p.plan.dummy_max
+        ct, outs = public.ciphertext_bytes, len(p.plan.b.cells) * len(p.plan.inner.measurements)
+        # Approximate payload bytes (sealing and framing overheads left out), from public sizes only.
+        a_sends = ra * (32 + ct) + (rb + dm) * 16 + rb * ct + outs * ct
+        b_sends = rb * 32 + (ra + dm) * (16 + ct) + outs * ct
+        gateway_sends = ra * (32 + ct) + rb * 32 + (rb + dm) * ct + rb * ct + outs * ct
         return {
             "dry_run": True, "operation": OPERATION, "datasets": p.datasets, "dataset": " JOIN ".join(p.datasets),
             "plan": {"sql": p.plan.inner.sql, "digest": p.plan.digest(), "cells": len(p.plan.inner.cells),
@@ -286,9 +290,8 @@ class JoinService:
                                  "epsilon_card": p.plan.card_epsilon, "delta_card": p.plan.card_delta}},
             "protocol": ["join_keys", "join_seed", "join_begin", "join_double_blind", "align (gateway)",
                          "join_unpermute", "join_aggregate", "join_noise", "release gate: join_aggregate"],
-            "transfer_bytes": {"indicator_side_sends": n_a * (32 + ct) + n_b * 16,
-                               "value_side_sends": n_b * 32 + n_a * (16 + ct),
-                               "gateway_sends": n_b * ct + n_a * (32 + ct) + n_b * 32},
+            "transfer_bytes": {"indicator_side_sends": a_sends, "value_side_sends": b_sends,
+                               "gateway_sends": gateway_sends},
             "learns": LEARNS,
             "cost": p.cost(), "charged_on": p.datasets, "level": p.level,
             "decisions": [d.to_dict() for d in p.decisions],
