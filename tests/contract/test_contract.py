@@ -91,7 +91,7 @@ REPLY_EXAMPLES.update({
     "lookup_prepare": LookupPrepared(version=_V, key_type="text", columns=["score"], capacity=10, label_bytes=64,
                                      table_bytes=1000, parts=1),
     "lookup_table_part": LookupTablePartReply(version=_V, data=b"table"),
-    "lookup_evaluate": LookupEvaluated(version=_V, point=b"\x03" * 32),
+    "lookup_evaluate": LookupEvaluated(version=_V, point=b"\x03" * 32, proof=b"\x04" * 64),
 })
 
 # private joins (issue #16)

@@ -91,3 +91,22 @@ def test_parse_refuses_what_is_not_a_table() -> None:
     for bad in (b"", b"XDPLT0" + good[6:], good[:-1], good + b"\0"):
         with pytest.raises(TableError):
             LookupTable.parse(bad)
+
+
+def test_evaluation_proofs_bind_the_answer_to_the_tables_key() -> None:
+    from xdp_compute.crypto.pir.oprf import verify_proof
+
+    k, other = OprfKey(), OprfKey()
+    table = LookupTable.parse(build_table(k, os.urandom(16), [(b"a", {"x": 1})], capacity=2, label_bytes=32))
+    assert table.public_key == k.public_key()
+    state = blind(b"a")
+    z = k.blind_evaluate(state.blinded)
+    assert verify_proof(table.public_key, state.blinded, z, k.prove(state.blinded, z))
+    # A holder answering with another key, or a proof for another point, is caught.
+    wrong = other.blind_evaluate(state.blinded)
+    assert not verify_proof(table.public_key, state.blinded, wrong, other.prove(state.blinded, wrong))
+    assert not verify_proof(table.public_key, state.blinded, wrong, k.prove(state.blinded, z))
+    proof = bytearray(k.prove(state.blinded, z))
+    proof[40] ^= 1
+    assert not verify_proof(table.public_key, state.blinded, z, bytes(proof))
+    assert not verify_proof(table.public_key, state.blinded, z, b"\xff" * 64)

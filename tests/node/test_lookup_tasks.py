@@ -16,6 +16,7 @@ from xdp_compute.contract.tasks import (
     encode,
 )
 from xdp_compute.crypto.pir import LookupTable, blind, finalize, lookup_key_bytes
+from xdp_compute.crypto.pir.table import HEADER_BYTES
 from xdp_compute.crypto.psi import random_point
 from xdp_compute.domain.manifest import load_manifest
 from xdp_compute.node.executors import TaskExecutor
@@ -102,7 +103,7 @@ def test_table_size_is_the_declared_capacity_not_the_row_count(node: TaskExecuto
     (tmp_path / "credit.csv").write_text(ROWS.splitlines()[0] + "\n" + "ID1,400,true,1\n")
     os.utime(tmp_path / "credit.csv", ns=(1, 1))
     info2, _ = fetch(node, ["score"])
-    assert info2.version != info.version and info2.table_bytes == size == table.capacity * (16 + 64 + 16) + 28  # type: ignore[attr-defined]
+    assert info2.version != info.version and info2.table_bytes == size == table.capacity * (16 + 64 + 16) + HEADER_BYTES  # type: ignore[attr-defined]
 
 
 def test_data_change_makes_the_old_version_stale(node: TaskExecutor, tmp_path: Path) -> None:

@@ -479,6 +479,8 @@ class LookupEvaluation(ApiModel):
     product: str
     version: str
     point: str = Field(description="32 bytes, base64: the SDK unblinds it and looks the result up locally")
+    proof: str = Field(description="64 bytes, base64: the holder's proof that it used the key its table was "
+                                   "published under (RFC 9497 VOPRF); the SDK checks it")
     log_index: int = Field(description="The release-log entry of this lookup (no key, no outcome)")
     calls_left: float = Field(description="Calls left on the subscription")
     receipt: dict[str, Any] = Field(description="Inclusion proof and signed tree head of the entry")

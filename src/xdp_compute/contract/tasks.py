@@ -487,6 +487,7 @@ LOOKUP_PART_BYTES = 4 << 20  # the table travels in parts under gRPC's message l
 LOOKUP_STALE = "this lookup table version is no longer served; fetch the table again"
 _LookupPoint = Annotated[bytes, _Blob(), Field(min_length=LOOKUP_POINT_BYTES, max_length=LOOKUP_POINT_BYTES)]
 _LookupPart = Annotated[bytes, _Blob(), Field(max_length=LOOKUP_PART_BYTES)]
+_LookupProof = Annotated[bytes, _Blob(), Field(min_length=64, max_length=64)]
 _Name = Annotated[str, Field(min_length=1, max_length=200)]
 _TableVersion = Annotated[str, Field(pattern="^[0-9a-f]{32}$")]
 
@@ -542,6 +543,7 @@ class LookupEvaluated(Record):
     KIND: ClassVar[str] = "lookup_evaluate"
     version: _TableVersion
     point: _LookupPoint
+    proof: _LookupProof  # RFC 9497 VOPRF: point = k·B for the k of the table's public key
 
 
 LOOKUP_REQUESTS: tuple[type[Record], ...] = (LookupPrepare, LookupTablePart, LookupEvaluate)

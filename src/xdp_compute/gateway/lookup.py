@@ -211,5 +211,6 @@ class LookupService:
             "subscription": grant.subscription_id, "datasets": [t.dataset], "nodes": [t.node],
             "table_version": version, "columns": list(t.columns), "unit_price": grant.unit_price})
         return {"product": t.product, "version": reply.version,
-                "point": base64.b64encode(reply.point).decode(), "log_index": entry["index"],
+                "point": base64.b64encode(reply.point).decode(), "proof": base64.b64encode(reply.proof).decode(),
+                "log_index": entry["index"],
                 "calls_left": grant.calls_left, "receipt": self.svc.release_log.receipt(entry["index"])}

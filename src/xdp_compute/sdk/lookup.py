@@ -5,7 +5,9 @@ The analyst's side of docs/hidden-lookup.md (RFC 9497 OPRF; Kales et al. 2019 wi
 1. ``POST /v1/lookups/{product}/table-info``: the current table version (nothing counted).
 2. The table, once per version (``GET .../tables/{version}/parts/{n}``), kept with the client.
 3. ``Blind``: ``B = r·H(key)``; only ``B`` leaves this process, never the key.
-4. ``POST .../evaluate``: the holder's ``Z = k·B`` (one call counted, one log entry).
+4. ``POST .../evaluate``: the holder's ``Z = k·B`` (one call counted, one log entry), with a
+   proof (RFC 9497 VOPRF) checked against the ``pk`` in the table's header: a holder that
+   answers with another key is caught, not believed.
 5. ``Finalize`` and look the result up in the table: the record's declared columns, or "not found".
 
 Whether the key matched is known here only: the requests of a present and an absent key have
@@ -23,6 +25,7 @@ from urllib.parse import quote
 from xdp_compute import errors as E
 from xdp_compute.contract import api as A
 from xdp_compute.crypto.pir import LookupTable, TableError, blind, finalize, lookup_key_bytes
+from xdp_compute.crypto.pir.oprf import verify_proof
 
 if TYPE_CHECKING:
     from xdp_compute.sdk.client import Client
@@ -128,7 +131,11 @@ def hidden_lookup(client: Client, product: str, key: str | int, columns: list[st
             if attempt == 1 and _stale(e):
                 continue  # the data changed between steps 1 and 4: fetch the new version once
             raise
-        record = table.find(finalize(state, base64.b64decode(out.point)))  # step 5
+        evaluated, proof = base64.b64decode(out.point), base64.b64decode(out.proof)
+        if not verify_proof(table.public_key, state.blinded, evaluated, proof):  # RFC 9497 VOPRF
+            raise E.ProtocolAborted(f"the holder's answer for product {product!r} was not made with the key its "
+                                    "table was published under; nothing was looked up (the call was counted)")
+        record = table.find(finalize(state, evaluated))  # step 5
         shown = columns or info.columns
         if record is not None:
             record = {c: record.get(c) for c in shown}

@@ -15,6 +15,8 @@ holder, with ``out = F_k(key)`` (``oprf.OprfKey.evaluate``, 64 bytes):
 4. Dummy entries, made by the same steps from random keys, fill the table to ``capacity``:
    its size says the declared capacity, never the row count.
 5. Entries are sorted by tag (the order says nothing about rows) and the client binary-searches.
+6. The header carries the holder's ``pk = k·G``: each evaluation comes with a proof that it used
+   the same ``k`` (RFC 9497 VOPRF), so a holder cannot answer with another key unnoticed.
 
 Without an evaluation from the holder (one per charged lookup) the table is random bytes to its
 reader: tags and label keys are PRF outputs under ``k``.
@@ -49,14 +51,14 @@ __all__ = [
     "entry_bytes",
 ]
 
-MAGIC = b"XDPLT1"
+MAGIC = b"XDPLT2"
 VERSION_BYTES = 16
 TAG_BYTES = 16
 AEAD_BYTES = 16  # Poly1305 tag
 MAX_LABEL_BYTES = 4096
 _NONCE = bytes(12)
 _AAD = b"xdp-lookup/v1/label"
-_HEAD = struct.Struct(f">{len(MAGIC)}s{VERSION_BYTES}sIH")
+_HEAD = struct.Struct(f">{len(MAGIC)}s{VERSION_BYTES}s32sIH")  # magic, version, pk, capacity, label size
 HEADER_BYTES = _HEAD.size
 
 
@@ -124,7 +126,7 @@ def build_table(key: OprfKey, version: bytes, records: Iterable[tuple[bytes, dic
         out = key.evaluate(b"\x00dummy" + os.urandom(16))  # no normalised key starts with NUL
         entries.append(_entry(out, os.urandom(label_bytes), version))
     entries.sort()  # step 5
-    return _HEAD.pack(MAGIC, version, capacity, label_bytes) + b"".join(entries)
+    return _HEAD.pack(MAGIC, version, key.public_key(), capacity, label_bytes) + b"".join(entries)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class LookupTable:
     """A parsed table, as the analyst's SDK holds it: ``find`` a PRF output, get its record or None."""
 
     version: bytes
+    public_key: bytes  # pk = k·G: every evaluation's proof is checked against it (oprf.verify_proof)
     capacity: int
     label_bytes: int
     data: bytes
@@ -140,14 +143,14 @@ class LookupTable:
     def parse(cls, data: bytes) -> LookupTable:
         if len(data) < HEADER_BYTES:
             raise TableError("too short for a lookup table")
-        magic, version, capacity, label_bytes = _HEAD.unpack_from(data)
+        magic, version, pk, capacity, label_bytes = _HEAD.unpack_from(data)
         if magic != MAGIC:
             raise TableError("not a lookup table (bad magic)")
         if not 3 <= label_bytes <= MAX_LABEL_BYTES:
             raise TableError("label size out of range")
         if len(data) != HEADER_BYTES + capacity * entry_bytes(label_bytes):
             raise TableError(f"a table of {capacity} entries of {entry_bytes(label_bytes)} bytes has another size")
-        return cls(version, capacity, label_bytes, bytes(data))
+        return cls(version, pk, capacity, label_bytes, bytes(data))
 
     def _tag_at(self, i: int) -> bytes:
         start = HEADER_BYTES + i * entry_bytes(self.label_bytes)

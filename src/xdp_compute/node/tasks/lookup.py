@@ -209,10 +209,11 @@ class LookupTasks:
         return LookupTablePartReply(version=t.version, data=t.data[start:start + LOOKUP_PART_BYTES])
 
     def evaluate(self, job_id: str, request: LookupEvaluate) -> LookupEvaluated:
-        """RFC 9497 BlindEvaluate: ``k·B`` for the version's key; the point is checked first."""
+        """RFC 9497 BlindEvaluate: ``k·B`` for the version's key, with its VOPRF proof; ``B`` is checked first."""
         t = self._version(request.dataset, request.product, request.version)
         z = t.key.blind_evaluate(request.point)
+        proof = t.key.prove(request.point, z)  # RFC 9497 §2.2.1: the SDK checks z against the table's pk
         # The holder's own record of who looked up on which product: never a key (it has none).
         log.info("hidden lookup on dataset %s, product %s, by %s", request.dataset, request.product,
                  request.principal or "?")
-        return LookupEvaluated(version=t.version, point=z)
+        return LookupEvaluated(version=t.version, point=z, proof=proof)
