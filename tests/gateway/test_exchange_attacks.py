@@ -274,3 +274,39 @@ def test_an_owner_with_no_node_of_its_own_cannot_register_an_empty_commitment(
                  headers=world["h"]["siming"])
     assert r.status_code == 409 and "no node" in r.json()["detail"], r.text
     assert api.get("/v1/assets", headers=world["h"]["aud"]).json() == []
+
+
+def test_a_job_that_fails_outside_the_log_gives_its_hold_back_once(
+        api: Any, world: dict[str, Any], services: Any) -> None:
+    """A job waiting for approvals carries its hold; it later fails while the release log cannot be
+    written (``JobLifecycle.fail_unlogged``: failed, logged and refunded only at the next start).
+    Its hold must not block the subscription meanwhile, nor go back twice when recovery logs it."""
+    import json
+    import time
+
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.recovery import log_unlogged_failures
+    from xdp_compute.gateway.store import new_id
+
+    ex, who = world["ex"], world["who"]
+    p = listed(api, world)  # 1.0 epsilon per subscriber
+    sub = subscribed(api, world, p["id"])
+    usage = ex.hold_query(who["ana"], sub, 0.75)
+    jid = new_id()
+    with services.store.write() as s:
+        s.add(m.Job(id=jid, principal_id=who["ana"].id, kind="query", status="awaiting_approval",
+                    spec_json=json.dumps({"subscription": {"id": sub, "usage": usage}}), created_at=time.time(),
+                    updated_at=time.time()))
+    ex.return_hold_unless_used(usage, jid)  # submit_query's answer was 202: the job carries the hold
+    assert ex.subscription_of(who["ana"], p["id"])["held"] == 0.75
+    with services.store.write() as s:  # what fail_unlogged writes
+        job = s.get(m.Job, jid)
+        job.status, job.error_json = "failed", json.dumps({"detail": "job failed: x", "unlogged": True})
+    r = api.post("/v1/queries", json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.5, "dry_run": True,
+                                      "subscription": sub}, headers=world["h"]["ana"])
+    assert r.status_code == 200, r.text
+    assert ex.subscription_of(who["ana"], p["id"])["held"] == 0.0
+    second = ex.hold_query(who["ana"], sub, 0.75)
+    log_unlogged_failures(services)  # the next start logs the failure: the hold is not given twice
+    state = ex.subscription_of(who["ana"], p["id"])
+    assert (state["held"], state["used"]) == (0.75, 0.0) and second != usage

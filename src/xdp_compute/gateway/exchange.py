@@ -47,6 +47,7 @@ from xdp_compute.gateway.metered import (
     next_period,
     open_period,
     period_of,
+    reclaim_ended,
     to_micros,
 )
 from xdp_compute.gateway.services import Services
@@ -170,6 +171,7 @@ class ExchangeService:
                 state = "no subscription" if sub is None else f"the subscription is {sub.status}"
                 raise NotSubscribed(f"{who.name!r} may not call product {product.id!r}: {state} "
                                     f"(xdp products subscribe {product.id}, then the owner approves)")
+            reclaim_ended(s, sub.id)
             res = s.execute(update(m.Subscription)
                             .where(m.Subscription.id == sub.id,
                                    m.Subscription.used + m.Subscription.held + 1 <= product.allowance + TOLERANCE)
@@ -373,10 +375,14 @@ class ExchangeService:
         dataset or kind, a shape the product does not allow, or past the allowance. Holds nothing."""
         from xdp_compute.query.finalize import GROUP_SIZE_ALIAS
 
-        with self.store.read() as s:
+        with self.store.write() as s:
             sub = s.get(m.Subscription, subscription_id)
             if sub is None or sub.principal_id != who.id:
                 raise NotFound(f"no subscription {subscription_id!r} of yours")
+            reclaim_ended(s, sub.id)
+        with self.store.read() as s:
+            sub = s.get(m.Subscription, subscription_id)
+            assert sub is not None
             product = s.get(m.Product, sub.product_id)
             assert product is not None
         if sub.status != "approved":
@@ -425,6 +431,7 @@ class ExchangeService:
             sub = s.get(m.Subscription, subscription_id)
             product = s.get(m.Product, sub.product_id) if sub is not None else None
             assert sub is not None and product is not None
+            reclaim_ended(s, sub.id)
             res = s.execute(update(m.Subscription)
                             .where(m.Subscription.id == sub.id, m.Subscription.status == "approved",
                                    m.Subscription.used + m.Subscription.held + epsilon
@@ -476,6 +483,11 @@ class ExchangeService:
                 job = s.get(m.Job, job_id)
                 carried = json.loads(job.spec_json).get("subscription") if job is not None else None
                 if carried and carried.get("usage") == usage_id:
+                    # The hold is the job's now (it waits for approvals, or has ended): name the job
+                    # on it, so that a job that ends without a release gives it back (``reclaim_ended``).
+                    row = s.get(m.Usage, usage_id)
+                    if row is not None and row.state == "held" and row.job_id is None:
+                        row.job_id = job_id
                     return
             else:
                 row = s.get(m.Usage, usage_id)

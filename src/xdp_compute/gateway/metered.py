@@ -86,6 +86,22 @@ def give_back(s: Session, usage_id: int) -> None:
     row.state = "returned"
 
 
+def reclaim_ended(s: Session, subscription_id: str) -> None:
+    """Give back the holds of this subscription's jobs that ended without a release.
+
+    A job's refusal gives its hold back in its own transaction (``return_job_hold``). One path
+    does not: a job that fails while the release log cannot be written is marked failed outside
+    the log (``JobLifecycle.fail_unlogged``), and its entry and refund wait for the next start
+    (``recovery.log_unlogged_failures``). Its hold would block the subscription until then; a
+    failed or denied job releases nothing, so the hold goes back now (``give_back`` is idempotent,
+    so the later refusal does not give it twice)."""
+    ended = s.scalars(select(m.Usage.id).join(m.Job, m.Job.id == m.Usage.job_id)
+                      .where(m.Usage.subscription_id == subscription_id, m.Usage.state == "held",
+                             m.Job.status.in_(("failed", "denied")))).all()
+    for usage_id in ended:
+        give_back(s, usage_id)
+
+
 def _job_hold(job: m.Job | None) -> int | None:
     if job is None:
         return None
