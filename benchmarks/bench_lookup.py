@@ -9,7 +9,7 @@ N keys (default 10^4, 10^5, 10^6) and a lookup product; the analyst is subscribe
 * **online**: ``Client.lookup`` with the table cached (one table-info and one evaluate round trip,
   each reaching the node), median and 90th percentile of ``--repeat`` lookups, half of them of
   absent keys; bytes on the wire per lookup (HTTP requests and answers, measured by a TCP relay),
-  against the OPRF payload itself (32 bytes each way);
+  against the OPRF payload itself (32 bytes up; 32 bytes and a 64-byte proof down);
 * **baseline**: in the same run, an authenticated ``GET /v1/me`` round trip, so latencies read as
   ratios on this machine.
 
@@ -123,7 +123,8 @@ def run(n: int, repeat: int) -> dict[str, Any]:
                 "online_p90_ms": round(1000 * percentile(online, 0.9), 2),
                 "baseline_me_median_ms": round(1000 * statistics.median(me), 2),
                 "online_over_baseline": round(statistics.median(online) / statistics.median(me), 1),
-                "online_wire_bytes": int(statistics.median(wire)), "oprf_payload_bytes": 64}
+                "online_wire_bytes": int(statistics.median(wire)),
+                "oprf_payload_bytes": 32 + 32 + 64}  # blinded point up; evaluated point and proof down
     finally:
         cluster.close()
         shutil.rmtree(root, ignore_errors=True)  # the data and the 10^6-row table are large
