@@ -310,3 +310,70 @@ def test_a_job_that_fails_outside_the_log_gives_its_hold_back_once(
     log_unlogged_failures(services)  # the next start logs the failure: the hold is not given twice
     state = ex.subscription_of(who["ana"], p["id"])
     assert (state["held"], state["used"]) == (0.75, 0.0) and second != usage
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_racing_settlements_and_calls_on_both_stores(request: pytest.FixtureRequest, tmp_path: Any, db: str) -> None:
+    """On SQLite and PostgreSQL: six settlements of one period at once issue it once (the others
+    409), and calls metered meanwhile land either in it (before) or in the next period (after),
+    so the issued statements equal the period's usage exactly."""
+    import json
+    import time
+
+    from xdp_compute.config import Settings
+    from xdp_compute.errors import Conflict
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.exchange import AllowanceUsedUp, next_period
+    from xdp_compute.gateway.services import Services
+    from xdp_compute.gateway.store import Store
+
+    url = f"sqlite:///{tmp_path / 'x.db'}" if db == "sqlite" else request.getfixturevalue("fresh_pg_db")
+    store = Store.open(url)
+    try:
+        ex = ExchangeService(Services(settings=Settings(db_url="sqlite://"), store=store))
+        who = {n: store.authenticate(store.create_principal(r, n, "CN-FJ"))
+               for r, n in (("holder", "siming"), ("analyst", "ana"), ("admin", "root"))}
+        store.register_node(who["siming"], "a", "CN-FJ", [decl("a")])
+        with store.write() as s:
+            s.add(m.Product(id="lk1", dataset_name="patients", owner_id=who["siming"].id, kind="lookup", title="who",
+                            description="", unit="call", unit_price=2.5, allowance=40.0,
+                            terms_json=json.dumps({"columns": ["age"]}), log_index=0, created_at=time.time()))
+        sub = ex.subscribe(who["ana"], "lk1")["id"]
+        ex.decide(who["siming"], sub, True, None)
+        ex.charge_call(who["ana"].id, "lk1", "lookup")
+        period = period_of(time.time())
+        out: list[Any] = []
+        barrier = threading.Barrier(12)
+
+        def settle() -> None:
+            barrier.wait()
+            try:
+                out.append(len(ex.issue(who["root"], period)))
+            except Conflict as e:
+                out.append(e)
+
+        def call() -> None:
+            barrier.wait()
+            for _ in range(3):
+                try:
+                    out.append(ex.charge_call(who["ana"].id, "lk1", "lookup"))
+                except AllowanceUsedUp as e:  # pragma: no cover - 40 calls are more than enough
+                    out.append(e)
+
+        threads = [threading.Thread(target=settle) for _ in range(6)] + [threading.Thread(target=call) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        settled = [x for x in out if isinstance(x, int)]
+        assert settled == [2] and sum(isinstance(x, Conflict) for x in out) == 5, out
+        with store.read() as s:
+            by_period: dict[str, int] = {}
+            for u in s.scalars(__import__("sqlalchemy").select(m.Usage)).all():
+                by_period[u.period] = by_period.get(u.period, 0) + u.amount_micros
+        issued = ex.statements(who["root"], period)
+        assert all(x["issued"] for x in issued)
+        assert [x["total_micros"] for x in issued] == [by_period[period]] * 2
+        assert by_period[period] + by_period.get(next_period(period), 0) == 19 * 2_500_000
+    finally:
+        store.close()
