@@ -377,3 +377,111 @@ def test_racing_settlements_and_calls_on_both_stores(request: pytest.FixtureRequ
         assert by_period[period] + by_period.get(next_period(period), 0) == 19 * 2_500_000
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_a_hold_given_back_while_its_job_releases_is_still_metered(request: pytest.FixtureRequest, tmp_path: Any,
+                                                                  db: str) -> None:
+    """An analyst drops its request while the job is in the release gate: the request's error path
+    gives the hold back (``return_hold_unless_used``) while the gate's thread meters it. Whichever
+    comes first, a released job is metered once (units used, money charged) and the held count
+    never goes below zero or counts twice."""
+    import json
+    import time
+
+    from xdp_compute.config import Settings
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.metered import give_back, meter_release
+    from xdp_compute.gateway.services import Services
+    from xdp_compute.gateway.store import Store, new_id
+
+    url = f"sqlite:///{tmp_path / 'x.db'}" if db == "sqlite" else request.getfixturevalue("fresh_pg_db")
+    store = Store.open(url)
+    try:
+        ex = ExchangeService(Services(settings=Settings(db_url="sqlite://"), store=store))
+        who = {n: store.authenticate(store.create_principal(r, n, "CN-FJ"))
+               for r, n in (("holder", "siming"), ("analyst", "ana"))}
+        store.register_node(who["siming"], "a", "CN-FJ", [decl("a")])
+        p = ex.create_product(who["siming"], {**PRODUCT, "allowance": 100.0})
+        sub = ex.subscribe(who["ana"], p["id"])["id"]
+        ex.decide(who["siming"], sub, True, None)
+
+        def job_with(usage: int) -> str:
+            jid = new_id()
+            with store.write() as s:
+                s.add(m.Job(id=jid, principal_id=who["ana"].id, kind="query", status="running",
+                            spec_json=json.dumps({"subscription": {"id": sub, "usage": usage}}),
+                            created_at=time.time(), updated_at=time.time()))
+            return jid
+
+        def release(jid: str) -> None:
+            with store.write() as s:
+                meter_release(s, s.get(m.Job, jid), ["a"])
+
+        # The give-back first, then the release: still metered.
+        usage = ex.hold_query(who["ana"], sub, 0.5)
+        jid = job_with(usage)
+        with store.write() as s:
+            give_back(s, usage)
+        release(jid)
+        # Then racing, ten times.
+        for _ in range(10):
+            usage = ex.hold_query(who["ana"], sub, 0.5)
+            jid = job_with(usage)
+            barrier = threading.Barrier(2)
+
+            def back(u: int = usage, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait()
+                with store.write() as s:
+                    give_back(s, u)
+
+            def meter(j: str = jid, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait()
+                release(j)
+
+            threads = [threading.Thread(target=back), threading.Thread(target=meter)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        state = ex.subscription_of(who["ana"], p["id"])
+        assert (state["used"], state["held"]) == (pytest.approx(5.5), pytest.approx(0.0))
+        with store.read() as s:
+            rows = s.scalars(__import__("sqlalchemy").select(m.Usage)).all()
+            assert [u.state for u in rows] == ["metered"] * 11
+            assert sum(u.amount_micros for u in rows) == 11 * 50_000_000
+    finally:
+        store.close()
+
+
+def test_a_dropped_request_leaves_the_hold_with_its_running_job(api: Any, world: dict[str, Any],
+                                                                 services: Any) -> None:
+    """The request's error path does not free the allowance while its job still runs; once the job
+    fails without a logged refusal, the hold goes back (``reclaim_ended``); once it is released, it
+    is metered."""
+    import json
+    import time
+
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.store import new_id
+
+    ex, who = world["ex"], world["who"]
+    p = listed(api, world)
+    sub = subscribed(api, world, p["id"])
+    usage = ex.hold_query(who["ana"], sub, 0.75)
+    jid = new_id()
+    with services.store.write() as s:
+        s.add(m.Job(id=jid, principal_id=who["ana"].id, kind="query", status="running",
+                    spec_json=json.dumps({"subscription": {"id": sub, "usage": usage}}), created_at=time.time(),
+                    updated_at=time.time()))
+    ex.return_hold_unless_used(usage)  # submit_query's except path: the job is still running
+    assert ex.subscription_of(who["ana"], p["id"])["held"] == 0.75
+    r = api.post("/v1/queries", json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.5, "dry_run": True,
+                                      "subscription": sub}, headers=world["h"]["ana"])
+    assert r.status_code == 409, r.text  # the allowance is still the running job's
+    with services.store.write() as s:
+        s.get(m.Job, jid).status = "failed"
+    r = api.post("/v1/queries", json={"sql": "SELECT COUNT(*) FROM patients", "epsilon": 0.5, "dry_run": True,
+                                      "subscription": sub}, headers=world["h"]["ana"])
+    assert r.status_code == 200, r.text
+    assert ex.subscription_of(who["ana"], p["id"])["held"] == 0.0

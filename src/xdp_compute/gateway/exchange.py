@@ -493,6 +493,15 @@ class ExchangeService:
                 row = s.get(m.Usage, usage_id)
                 if row is not None and row.job_id is not None:
                     return
+                # The request failed, but its job may still be running (an analyst that drops its
+                # request leaves the job to the release gate): then the hold stays the job's, and
+                # its release meters it or its refusal gives it back (``reclaim_ended`` if neither
+                # is logged). Giving it back here would free the allowance while the job releases.
+                carrier = _active_carrier(s, row) if row is not None else None
+                if carrier is not None:
+                    if row is not None and row.state == "held":
+                        row.job_id = carrier
+                    return
             give_back(s, usage_id)
 
 
@@ -556,6 +565,21 @@ def _where_columns(node: Any) -> set[str]:
         for v in node:
             out |= _where_columns(v)
     return out
+
+
+def _active_carrier(s: Session, row: m.Usage) -> str | None:
+    """The id of a job not yet ended that carries the hold ``row`` (its subscriber's jobs only)."""
+    sub = s.get(m.Subscription, row.subscription_id)
+    if sub is None:
+        return None
+    jobs = s.execute(select(m.Job.id, m.Job.spec_json)
+                     .where(m.Job.principal_id == sub.principal_id,
+                            m.Job.status.in_(("reserved", "awaiting_approval", "running")))).all()
+    for job_id, spec in jobs:
+        carried = json.loads(spec or "{}").get("subscription")
+        if isinstance(carried, dict) and carried.get("usage") == row.id:
+            return str(job_id)
+    return None
 
 
 def _sees(who: PrincipalView, party_id: str) -> bool:

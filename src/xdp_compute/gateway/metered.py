@@ -79,11 +79,22 @@ def open_period(s: Session, now: float) -> str:
 def give_back(s: Session, usage_id: int) -> None:
     """Return a held usage's units to its subscription (idempotent: only a ``held`` row moves)."""
     row = s.get(m.Usage, usage_id)
-    if row is None or row.state != "held":
+    if row is None:
         return
-    s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
-              .values(held=m.Subscription.held - row.units))
-    row.state = "returned"
+    # A conditional UPDATE, not a read then a write: the release gate may be metering this very
+    # hold in another transaction (an analyst who drops its request while its job is released);
+    # exactly one of the two moves it out of ``held`` (on PostgreSQL the loser re-checks the row).
+    if _move(s, usage_id, "held", "returned"):
+        s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
+                  .values(held=m.Subscription.held - row.units))
+    s.refresh(row)
+
+
+def _move(s: Session, usage_id: int, old: str, new: str, **values: Any) -> bool:
+    """Move a usage row from state ``old`` to ``new`` if it is still in ``old``; whether it moved."""
+    res = s.execute(update(m.Usage).where(m.Usage.id == usage_id, m.Usage.state == old)
+                    .values(state=new, **values).execution_options(synchronize_session=False))
+    return res.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
 def reclaim_ended(s: Session, subscription_id: str) -> None:
@@ -120,18 +131,25 @@ def meter_release(s: Session, job: m.Job, nodes: list[str]) -> dict[str, Any] | 
     if usage_id is None:
         return None
     row = s.get(m.Usage, usage_id)
-    if row is None or row.state != "held":
+    if row is None or row.state == "metered":
         return None
     product = s.get(m.Product, row.product_id)
     assert product is not None
     holders = sorted(set(s.scalars(select(m.Node.holder_id).where(m.Node.name.in_(nodes))).all())) or [product.owner_id]
     now = time.time()
-    s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
-              .values(held=m.Subscription.held - row.units, used=m.Subscription.used + row.units))
-    row.state, row.job_id, row.metered_at = "metered", job.id, now
-    row.amount_micros = to_micros(row.units, product.unit_price)
-    row.period = open_period(s, now)
-    row.parties_json = json.dumps(holders)
+    values = {"job_id": job.id, "metered_at": now, "amount_micros": to_micros(row.units, product.unit_price),
+              "period": open_period(s, now), "parties_json": json.dumps(holders)}
+    # Whatever happened to the hold, a released job is metered once. Still held: held becomes used.
+    # Already given back (its request's error path ran while this release went on): used only.
+    if _move(s, usage_id, "held", "metered", **values):
+        s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
+                  .values(held=m.Subscription.held - row.units, used=m.Subscription.used + row.units))
+    elif _move(s, usage_id, "returned", "metered", **values):
+        s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
+                  .values(used=m.Subscription.used + row.units))
+    else:
+        return None
+    s.refresh(row)
     return {"id": row.subscription_id, "product_id": product.id, "units": row.units, "unit": product.unit,
             "amount_micros": row.amount_micros, "period": row.period, "usage_id": row.id}
 
