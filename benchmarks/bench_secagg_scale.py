@@ -18,10 +18,14 @@
     aggregation of an older tree (``git archive REV src``), alternating with this tree's run by
     run, each in its own process, so both see the same load.
 
+    Costs are the CPU time of the one thread (``--clock cpu``, the default; ``--clock wall`` for
+    elapsed time, which on a shared machine swings with the load). ``--src DIR`` measures another
+    src/ tree (e.g. a frozen ``git archive`` of this one) in a child process.
+
 Run: .venv/bin/python benchmarks/bench_secagg_scale.py [--quick] [--repeats R] [--m M]
-         [--baseline-rev REV | --baseline-src DIR] [--sizes 100,300,1000]
+         [--baseline-rev REV | --baseline-src DIR] [--src DIR] [--sizes 100,300,1000] [--clock cpu|wall]
 Prints a table and a final ``RESULT {json}`` line. Best of the repeats, and every run (the
-machine is shared).
+machine is shared), with the 1-minute load seen between runs.
 """
 
 from __future__ import annotations
