@@ -90,6 +90,38 @@ def test_the_demo_walks_every_role_as_its_own_principal() -> None:
     assert "predict() on raw rows" in out and "onnxruntime alone gives P(readmitted=yes)" in out
     acc = re.search(r"accuracy of predict\(\) on 400 fresh synthetic patients' raw rows: (\d\.\d+)", out)
     assert acc and 0.0 <= float(acc[1]) <= 1.0
+    # Issue #16: a second holder's node; a private join of two holders' datasets, printed with its intervals.
+    assert "a second holder, 'xiamen-insurer-holder', runs xiamen-insurer" in out
+    assert "catalog: 'claims' (owner xiamen-insurer-holder) on xiamen-insurer; join key citizen (citizen-id)" in out
+    assert "dry run: join_aggregate over admissions, claims; indicators from 'admissions', values from 'claims'" in out
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("ward ") and "people" in ln and "avg_claim" in ln)
+    assert lines[at - 1].strip().startswith("SQL: SELECT h.ward, COUNT(*) AS people, AVG(i.claim)") or any(
+        "JOIN claims i ON h.citizen = i.citizen" in ln for ln in lines[max(0, at - 5):at])
+    for ward in ("cardiology", "general", "oncology"):  # every group, printed with its 95% intervals "[lo, hi]"
+        assert re.search(rf"^{ward}\s+.*\[-?[\d,.]+, -?[\d,.]+\]", out, re.MULTILINE), ward
+    assert re.search(r"private join released in \d+\.\ds .* delivered encrypted", out)
+    # Issue #17: the exchange — an asset, a query product, an approved subscription, a metered query.
+    assert re.search(r"xiamen-insurer-holder registers asset 'claims' version 1 \(log #\d+\): content commitment "
+                     r"[0-9a-f]{16}\.\.\., metadata commitment [0-9a-f]{16}", out)
+    assert "from now on queries on 'claims' need a subscription" in out
+    sub = re.search(r"health-bureau-analyst subscribes: (\w+) pending", out)
+    assert sub and f"xiamen-insurer-holder approves subscription {sub[1]}: approved" in out
+    assert re.search(r"^basic\s+\S+ \[", out, re.MULTILINE) and "metered on release: 0.4 epsilon, amount 40.00" in out
+    # A hidden lookup: the present key's record, the absent key not found, the holder saw neither.
+    assert re.search(r"lookup 350203198807150042: found \{'tier': '(basic|gold)', 'premium': [\d.]+\}", out)
+    assert re.search(r"lookup 350203199912319999: not found \(log #\d+\); 8 calls left", out)
+    assert "opted in ([datasets.lookup], capacity 256)" in out
+    assert "xiamen-insurer-holder's node saw neither key" in out
+    # Settlement: one statement per party, each from the log; both equal the metered usage.
+    assert re.search(r"settles \d{4}-\d\d: 2 statements written", out)
+    for side, party in (("subscriber", "health-bureau-analyst"), ("holder", "xiamen-insurer-holder")):
+        assert re.search(rf"statement \d{{4}}-\d\d {side} {party}: total 41\.00 \(settled, log #\d+\)", out), party
+    # The auditor verifies the whole log, the new kinds included.
+    for kind in (r"join_aggregate", r"asset_registered", r"product_listed", r"subscription_decided",
+                 r"lookup\s+lookup", r"statement_issued"):
+        assert re.search(rf"#\d+\s+\w*\s*{kind}", out), kind
+    n = re.search(r"verified: True; (\d+) entries", out)
+    assert n and int(n[1]) == len(re.findall(r"^  #\d+ ", out, re.MULTILINE))
     assert "verified: True" in out and "demo finished" in out
     # Every process it started is gone.
     assert descendants(os.getpid()) <= before

@@ -86,5 +86,122 @@ def synthetic_prescriptions(rows: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DISTRICTS", "HOSPITALS", "MANIFEST", "PRESCRIPTIONS", "synthetic_patients",
+# ---------------------------------------------------------------- private joins, exchange, lookups
+# (issues #16, #17) A second holder, a city insurer, knows the claims of people the Siming hospital
+# admitted; both write the citizen id of the "citizen-id" domain. Each joined dataset is held by one
+# node, so the hospital's admissions live on a node of their own. max_rows stays small: a private
+# join's Paillier work follows each side's max_rows.
+INSURER_HOLDER = "xiamen-insurer-holder"
+INSURER_NODE = "xiamen-insurer"
+ADMISSIONS_NODE = "siming-admissions"
+WARDS = ["cardiology", "general", "oncology"]
+JOIN_MAX_ROWS = 48
+
+ADMISSIONS = """\
+[node]
+name = "{node}"
+region = "CN-FJ"
+
+[[datasets]]
+name = "admissions"
+source = "admissions.csv"
+classification = "sensitive"
+categories = ["health"]
+epsilon_budget = 20.0
+delta = 1e-5
+min_group_size = 3
+max_rows = {max_rows}
+max_epsilon_per_query = 10
+
+[datasets.columns]
+citizen = {{ type = "text", uses = ["join"], join_domain = "citizen-id" }}
+ward    = {{ type = "category", values = ["cardiology", "general", "oncology"], uses = ["group", "filter"] }}
+age     = {{ type = "int", min = 0, max = 110, uses = ["aggregate", "filter"] }}
+"""
+
+INSURER = """\
+[node]
+name = "{node}"
+region = "CN-FJ"
+
+[[datasets]]
+name = "claims"
+source = "claims.csv"
+classification = "sensitive"
+categories = ["insurance"]
+epsilon_budget = 20.0
+delta = 1e-5
+min_group_size = 3
+max_rows = {max_rows}
+max_epsilon_per_query = 10
+
+[datasets.columns]
+citizen = {{ type = "text", uses = ["join"], join_domain = "citizen-id" }}
+claim   = {{ type = "float", min = 0, max = 3000, uses = ["aggregate", "filter"] }}
+tier    = {{ type = "category", values = ["basic", "gold"], uses = ["group", "filter"] }}
+
+[[datasets]]
+name = "policies"
+source = "policies.csv"
+classification = "sensitive"
+categories = ["insurance"]
+epsilon_budget = 5.0
+
+[datasets.lookup]
+key = "citizen_id"
+columns = ["tier", "premium"]
+capacity = {capacity}
+label_bytes = 64
+
+[datasets.columns]
+citizen_id = {{ type = "text", uses = [] }}
+tier       = {{ type = "category", values = ["basic", "gold"], uses = ["group"] }}
+premium    = {{ type = "float", min = 0, max = 20000, uses = ["aggregate"] }}
+"""
+
+LOOKUP_CAPACITY = 256
+LOOKUP_PRESENT = "350203198807150042"  # a citizen id the insurer's policies hold
+LOOKUP_ABSENT = "350203199912319999"   # one they do not
+
+
+def citizen_id(i: int) -> str:
+    """A synthetic 18-digit citizen id (not a real one: the checksum digit is not computed)."""
+    return f"3502031988{i:08d}"
+
+
+def synthetic_join_sides(admitted: int, insured: int, shared: int, seed: int) -> tuple[str, str]:
+    """Admissions (citizen, ward, age) and claims (citizen, claim, tier) whose citizens overlap in
+    ``shared`` people, each side listing its rows in its own random order."""
+    rng = np.random.default_rng(seed)
+    people = rng.permutation(10_000)[:admitted + insured - shared]
+    hospital = list(people[:admitted])
+    insurer = list(people[admitted - shared:])
+    rng.shuffle(hospital)
+    rng.shuffle(insurer)
+    adm = ["citizen,ward,age"]
+    for p in hospital:
+        ward = WARDS[int(p) % 3]
+        adm.append(f"{citizen_id(int(p))},{ward},{int(np.clip(rng.normal(50 + 10 * WARDS.index(ward), 15), 0, 110))}")
+    cl = ["citizen,claim,tier"]
+    for p in insurer:
+        gold = rng.random() < 0.3
+        claim = min(3000.0, rng.lognormal(np.log(1800.0 if WARDS[int(p) % 3] == "oncology" else 600.0), 0.4))
+        cl.append(f"{citizen_id(int(p))},{claim:.2f},{'gold' if gold else 'basic'}")
+    return "\n".join(adm) + "\n", "\n".join(cl) + "\n"
+
+
+def synthetic_policies(rows: int, seed: int) -> str:
+    """The insurer's policies by citizen id (tier, yearly premium); one row is ``LOOKUP_PRESENT``'s."""
+    rng = np.random.default_rng(seed)
+    lines = ["citizen_id,tier,premium"]
+    for i in range(rows):
+        gold = rng.random() < 0.3
+        cid = LOOKUP_PRESENT if i == rows // 3 else citizen_id(20_000 + i)
+        lines.append(f"{cid},{'gold' if gold else 'basic'},{rng.uniform(4000, 9000) if gold else rng.uniform(800, 3000):.2f}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ADMISSIONS", "ADMISSIONS_NODE", "DISTRICTS", "HOSPITALS", "INSURER", "INSURER_HOLDER", "INSURER_NODE",
+           "JOIN_MAX_ROWS", "LOOKUP_ABSENT", "LOOKUP_CAPACITY", "LOOKUP_PRESENT", "MANIFEST", "PRESCRIPTIONS",
+           "WARDS", "citizen_id", "synthetic_join_sides", "synthetic_patients", "synthetic_policies",
            "synthetic_prescriptions"]

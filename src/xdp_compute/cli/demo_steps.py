@@ -130,12 +130,12 @@ def _rows_table(rows: list[dict[str, Any]], p_yes: Any, predicted: Any) -> Any:
 def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str]) -> None:
     from xdp_compute.sdk.audit import verify_remote
 
-    console.rule("[bold]7. Auditor: the release log, verified")
+    console.rule("[bold]11. Auditor: the release log, verified (every entry above, the new kinds too)")
     with cluster.client(tokens["auditor"]) as auditor:
         entries = as_data(auditor.audit_entries())
         for e in entries:
             cost = (e.get("privacy_cost") or {}).get("epsilon")
-            console.print(f"  #{e['index']:<3} {e['kind']:<17} {e.get('operation') or '':<10} "
+            console.print(f"  #{e['index']:<3} {e['kind']:<20} {e.get('operation') or '':<14} "
                           f"{e.get('principal') or '':<24} eps={'' if cost is None else f'{cost:.3g}':<6} "
                           f"payload={(e.get('payload_digest') or '-')[:16]}")
         # The nodes witness the log; an auditor pins their keys once (here straight from the gateway,
@@ -159,11 +159,146 @@ def audit_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str])
                           f"{int(m['cells_released'])} cells, {m['compute_seconds']:.2f}s compute")
 
 
+# ---------------------------------------------------------------- private joins, exchange, lookups (#16, #17)
+JOIN_SQL = ("SELECT h.ward, COUNT(*) AS people, AVG(i.claim) AS avg_claim "
+            "FROM admissions h JOIN claims i ON h.citizen = i.citizen GROUP BY h.ward")
+CLAIMS_SQL = "SELECT tier, COUNT(*) AS claims FROM claims GROUP BY tier"
+
+
+def start_insurer(cluster: LocalCluster, tokens: dict[str, str]) -> None:
+    """Launch a second holder's node (the insurer, its own principal) and the Siming hospital's admissions
+    node; they dial in and register while the training step runs (``private_join_steps`` waits for them)."""
+    from xdp_compute.cli.demo_data import (
+        ADMISSIONS,
+        ADMISSIONS_NODE,
+        DISTRICTS,
+        HOSPITALS,
+        INSURER,
+        INSURER_HOLDER,
+        INSURER_NODE,
+        JOIN_MAX_ROWS,
+        LOOKUP_CAPACITY,
+        synthetic_join_sides,
+        synthetic_policies,
+    )
+
+    tokens["insurer"] = cluster.token("holder", INSURER_HOLDER)
+    admissions, claims = synthetic_join_sides(admitted=44, insured=40, shared=32, seed=300)
+    hospital = HOSPITALS[DISTRICTS[0]]
+    ma = cluster.write_node_files(ADMISSIONS_NODE, ADMISSIONS.format(node=ADMISSIONS_NODE, max_rows=JOIN_MAX_ROWS),
+                                  {"admissions.csv": admissions})
+    mi = cluster.write_node_files(INSURER_NODE, INSURER.format(node=INSURER_NODE, max_rows=JOIN_MAX_ROWS,
+                                                               capacity=LOOKUP_CAPACITY),
+                                  {"claims.csv": claims, "policies.csv": synthetic_policies(200, seed=301)})
+    cluster.start_node(ADMISSIONS_NODE, tokens[hospital], ma)
+    cluster.start_node(INSURER_NODE, tokens["insurer"], mi)
+
+
+def private_join_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
+    """Two holders' datasets sharing the ``citizen-id`` join domain, joined without either seeing the other's keys."""
+    import time
+
+    from xdp_compute.cli.demo_data import ADMISSIONS_NODE, DISTRICTS, HOSPITALS, INSURER_HOLDER, INSURER_NODE
+
+    console.rule("[bold]7. Analyst: a private join of two holders' datasets (ECDH double blinding + Paillier)")
+    cluster.wait_online(tokens["admin"], [ADMISSIONS_NODE, INSURER_NODE], timeout=300)
+    console.print(f"  {HOSPITALS[DISTRICTS[0]]}-holder runs {ADMISSIONS_NODE} (dataset 'admissions', 44 rows); a "
+                  f"second holder, {INSURER_HOLDER!r}, runs {INSURER_NODE} ('claims', 40 rows; 'policies', 200 rows)")
+    for ds in (analyst.dataset("admissions"), analyst.dataset("claims")):
+        keys = [f"{c['name']} ({c['join_domain']})" for c in ds.columns if c.get("join_domain")]
+        console.print(f"  catalog: {ds.name!r} (owner {ds.owner}) on {', '.join(n.name for n in ds.nodes)}; "
+                      f"join key {', '.join(keys)}")
+    console.print(f"  SQL: {JOIN_SQL}")
+    plan = as_data(analyst.query(JOIN_SQL, epsilon=8.0, dry_run=True))
+    console.print(f"  dry run: {plan['operation']} over {', '.join(plan['datasets'])}; indicators from "
+                  f"{plan['plan']['indicator_side']['dataset']!r}, values from {plan['plan']['value_side']['dataset']!r}; "
+                  f"cost epsilon={plan['cost']['epsilon']:.4g} on each dataset")
+    started = time.monotonic()
+    r = analyst.query(JOIN_SQL, epsilon=8.0, idempotency_key="demo-join-1")
+    took = time.monotonic() - started
+    console.print(r.table())
+    console.print(f"  private join released in {took:.1f}s (keys padded to max_rows on each side); delivered "
+                  f"encrypted under the analyst's Paillier key; spent epsilon={r.epsilon:.4g} on both ledgers; "
+                  "the gateway saw blinded tags only, neither holder learned which of its rows matched")
+
+
+def exchange_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> str:
+    """The insurer registers ``claims`` as an asset and sells queries on it; returns the billing period."""
+    from datetime import UTC, datetime
+
+    from xdp_compute.cli.demo_data import INSURER_HOLDER
+
+    console.rule("[bold]8. Data exchange: an asset, a query product, a subscription, a metered query")
+    with cluster.client(tokens["insurer"]) as owner:
+        v = owner.register_asset("claims", "Insurance claims of Xiamen residents, 2026", "DP aggregates only",
+                                 grade="L2")
+        console.print(f"  {INSURER_HOLDER} registers asset 'claims' version {v.version} (log #{v.index}): content "
+                      f"commitment {v.content_commitment[:16]}..., metadata commitment {v.metadata_commitment[:16]}...")
+        product = owner.create_product("claims", "query", "Claims per tier", unit_price=100.0, allowance=1.0,
+                                       shapes={"aggregates": ["count"], "group_by": ["tier"]})
+        console.print(f"  {INSURER_HOLDER} lists query product {product.id} {product.title!r}: {product.unit_price:g} "
+                      f"per {product.unit}, allowance {product.allowance_per_subscriber:g} per subscriber; from now "
+                      "on queries on 'claims' need a subscription")
+        sub = analyst.subscribe(product.id)
+        console.print(f"  health-bureau-analyst subscribes: {sub.id} {sub.status}")
+        sub = owner.approve_subscription(sub.id)
+        console.print(f"  {INSURER_HOLDER} approves subscription {sub.id}: {sub.status}")
+    console.print(f"  SQL: {CLAIMS_SQL}  (under subscription {sub.id})")
+    r = analyst.query(CLAIMS_SQL, epsilon=0.4, subscription=sub.id)
+    console.print(r.table())
+    charge = r.delivery["receipt"]["entry"]["subscription"]
+    console.print(f"  metered on release: {charge['units']:g} epsilon, amount {charge['amount_micros'] / 1e6:.2f}, "
+                  f"period {charge['period']}")
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+def lookup_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
+    """A hidden lookup on the insurer's opted-in ``policies``: one present key, one absent."""
+    from xdp_compute.cli.demo_data import INSURER_HOLDER, LOOKUP_ABSENT, LOOKUP_CAPACITY, LOOKUP_PRESENT
+
+    console.rule("[bold]9. Analyst: hidden lookups (not DP: one record, exactly) on an opted-in dataset")
+    with cluster.client(tokens["insurer"]) as owner:
+        product = owner.create_product("policies", "lookup", "Policy tier by citizen id", unit_price=0.5,
+                                       allowance=10, columns=["tier", "premium"])
+        console.print(f"  'policies' is opted in (\\[datasets.lookup], capacity {LOOKUP_CAPACITY}); {INSURER_HOLDER} "
+                      f"lists lookup product {product.id}: {product.unit_price:g} per {product.unit}")
+        sub = analyst.subscribe(product.id)
+        owner.approve_subscription(sub.id)
+        console.print(f"  health-bureau-analyst subscribes ({sub.id}); {INSURER_HOLDER} approves")
+    hit = analyst.lookup(product.id, LOOKUP_PRESENT)
+    console.print(f"  lookup {LOOKUP_PRESENT}: " + (f"found {hit.record}" if hit.found else "not found")
+                  + f" (log #{hit.log_index})")
+    miss = analyst.lookup(product.id, LOOKUP_ABSENT)
+    console.print(f"  lookup {LOOKUP_ABSENT}: " + (f"found {miss.record}" if miss.found else "not found")
+                  + f" (log #{miss.log_index}); {miss.calls_left:g} calls left")
+    console.print(f"  {INSURER_HOLDER}'s node saw neither key, nor whether it matched: only a blinded point per "
+                  "call; the log entries name the call, not the key")
+
+
+def settlement_steps(console: Console, cluster: LocalCluster, tokens: dict[str, str], period: str) -> None:
+    """The operator settles the period; each party reads its own statement."""
+    console.rule(f"[bold]10. Data exchange: settling {period}, each party's statement")
+    with cluster.client(tokens["admin"]) as admin:
+        issued = admin.settle(period)
+    console.print(f"  city-data-office settles {period}: {len(issued)} statements written to the release log")
+    for who in ("analyst", "insurer"):
+        with cluster.client(tokens[who]) as party:
+            for st in party.statements(period):
+                lines = "; ".join(f"{ln.product!r} {ln.uses} uses, {ln.amount_micros / 1e6:.2f}" for ln in st.lines)
+                console.print(f"  statement {st.period} {st.side} {st.party}: total {st.total:.2f} "
+                              f"({'settled, log #' + str(st.index) if st.issued else 'not settled'}) — {lines}")
+
+
 def run_all(console: Console, cluster: LocalCluster, tokens: dict[str, str], analyst: Any) -> None:
     """Each capability adds its step here."""
     joint_statistics(console, analyst)
     if "prescriptions" in {d.name for d in analyst.datasets()}:
         approval_steps(console, cluster, tokens, analyst)
     he_steps(console, cluster, tokens, analyst)
+    start_insurer(cluster, tokens)  # the join's two nodes start while the model trains
     training_steps(console, cluster, tokens, analyst)
+    private_join_steps(console, cluster, tokens, analyst)
+    period = exchange_steps(console, cluster, tokens, analyst)
+    lookup_steps(console, cluster, tokens, analyst)
+    settlement_steps(console, cluster, tokens, period)
     audit_steps(console, cluster, tokens)
