@@ -485,3 +485,33 @@ def test_a_dropped_request_leaves_the_hold_with_its_running_job(api: Any, world:
                                       "subscription": sub}, headers=world["h"]["ana"])
     assert r.status_code == 200, r.text
     assert ex.subscription_of(who["ana"], p["id"])["held"] == 0.0
+
+
+def test_a_hold_no_job_ever_carried_goes_back_after_a_while(api: Any, world: dict[str, Any], services: Any) -> None:
+    """A gateway that stops between holding and creating the job leaves a hold no job carries: it
+    goes back once it is older than any request takes (``ORPHAN_AFTER_SECONDS``); an old hold a
+    running job carries stays."""
+    import json
+    import time
+
+    from xdp_compute.gateway import models as m
+    from xdp_compute.gateway.metered import ORPHAN_AFTER_SECONDS
+    from xdp_compute.gateway.store import new_id
+
+    ex, who = world["ex"], world["who"]
+    p = listed(api, world)
+    sub = subscribed(api, world, p["id"])
+    orphan = ex.hold_query(who["ana"], sub, 0.5)
+    carried = ex.hold_query(who["ana"], sub, 0.25)
+    old = time.time() - ORPHAN_AFTER_SECONDS - 5
+    with services.store.write() as s:
+        for u in (orphan, carried):
+            s.get(m.Usage, u).created_at = old
+        s.add(m.Job(id=new_id(), principal_id=who["ana"].id, kind="query", status="running",
+                    spec_json=json.dumps({"subscription": {"id": sub, "usage": carried}}), created_at=old + 0.01,
+                    updated_at=old))
+    fresh = ex.hold_query(who["ana"], sub, 0.5)  # reclaims first: the orphan's 0.5 makes room for this
+    state = ex.subscription_of(who["ana"], p["id"])
+    assert state["held"] == pytest.approx(0.75) and fresh not in (orphan, carried)
+    with services.store.read() as s:
+        assert [s.get(m.Usage, u).state for u in (orphan, carried, fresh)] == ["returned", "held", "held"]

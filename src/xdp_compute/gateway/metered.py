@@ -23,6 +23,9 @@ from xdp_compute.gateway import models as m
 
 MICROS = 1_000_000
 PERIOD_LOCK_KEY = (0x58445043, 17)  # "XDPC", 17: billing periods (issue #17)
+# A hold that no job carries after this long was left by a gateway that stopped between holding
+# and creating the job (``reclaim_ended``); a request takes milliseconds between the two.
+ORPHAN_AFTER_SECONDS = 600.0
 
 
 def period_of(ts: float) -> str:
@@ -105,12 +108,32 @@ def reclaim_ended(s: Session, subscription_id: str) -> None:
     the log (``JobLifecycle.fail_unlogged``), and its entry and refund wait for the next start
     (``recovery.log_unlogged_failures``). Its hold would block the subscription until then; a
     failed or denied job releases nothing, so the hold goes back now (``give_back`` is idempotent,
-    so the later refusal does not give it twice)."""
+    so the later refusal does not give it twice). Orphaned holds go back too (below)."""
     ended = s.scalars(select(m.Usage.id).join(m.Job, m.Job.id == m.Usage.job_id)
                       .where(m.Usage.subscription_id == subscription_id, m.Usage.state == "held",
                              m.Job.status.in_(("failed", "denied")))).all()
     for usage_id in ended:
         give_back(s, usage_id)
+    # Orphans: a hold that no job carries, older than any request takes from its hold to its job's
+    # row (a gateway that stopped in between). A job carries its hold in its spec from the moment
+    # it exists, so only the subscriber's jobs created since the hold need reading.
+    cutoff = time.time() - ORPHAN_AFTER_SECONDS
+    orphans = s.execute(select(m.Usage.id, m.Usage.created_at)
+                        .where(m.Usage.subscription_id == subscription_id, m.Usage.state == "held",
+                               m.Usage.job_id.is_(None), m.Usage.created_at < cutoff)).all()
+    if orphans:
+        sub = s.get(m.Subscription, subscription_id)
+        assert sub is not None
+        since = min(t for _, t in orphans) - 60.0  # clocks of replicas may differ a little
+        carried = set()
+        for (spec,) in s.execute(select(m.Job.spec_json).where(m.Job.principal_id == sub.principal_id,
+                                                               m.Job.created_at >= since)).all():
+            hold = json.loads(spec or "{}").get("subscription")
+            if isinstance(hold, dict):
+                carried.add(hold.get("usage"))
+        for usage_id, _ in orphans:
+            if usage_id not in carried:
+                give_back(s, usage_id)
 
 
 def _job_hold(job: m.Job | None) -> int | None:
