@@ -190,6 +190,21 @@ def synthetic_join_sides(admitted: int, insured: int, shared: int, seed: int) ->
     return "\n".join(adm) + "\n", "\n".join(cl) + "\n"
 
 
+JOIN_SIDES = {"admitted": 44, "insured": 40, "shared": 32, "seed": 307}
+
+
+def join_truth(admissions: str, claims: str) -> dict[str, tuple[int, float]]:
+    """The plaintext answer of the demo's join, per ward: (people, mean claim). Only the demo, which made
+    both files, can compute it; no party of the protocol sees both."""
+    ward = dict(line.split(",")[:2] for line in admissions.splitlines()[1:])
+    claim = {c: float(v) for c, v, _ in (line.split(",") for line in claims.splitlines()[1:])}
+    out: dict[str, tuple[int, float]] = {}
+    for w in WARDS:
+        vals = [claim[c] for c in claim if ward.get(c) == w]
+        out[w] = (len(vals), sum(vals) / len(vals) if vals else 0.0)
+    return out
+
+
 def synthetic_policies(rows: int, seed: int) -> str:
     """The insurer's policies by citizen id (tier, yearly premium); one row is ``LOOKUP_PRESENT``'s."""
     rng = np.random.default_rng(seed)
@@ -202,6 +217,6 @@ def synthetic_policies(rows: int, seed: int) -> str:
 
 
 __all__ = ["ADMISSIONS", "ADMISSIONS_NODE", "DISTRICTS", "HOSPITALS", "INSURER", "INSURER_HOLDER", "INSURER_NODE",
-           "JOIN_MAX_ROWS", "LOOKUP_ABSENT", "LOOKUP_CAPACITY", "LOOKUP_PRESENT", "MANIFEST", "PRESCRIPTIONS",
-           "WARDS", "citizen_id", "synthetic_join_sides", "synthetic_patients", "synthetic_policies",
+           "JOIN_MAX_ROWS", "JOIN_SIDES", "LOOKUP_ABSENT", "LOOKUP_CAPACITY", "LOOKUP_PRESENT", "MANIFEST",
+           "PRESCRIPTIONS", "WARDS", "citizen_id", "join_truth", "synthetic_join_sides", "synthetic_patients", "synthetic_policies",
            "synthetic_prescriptions"]

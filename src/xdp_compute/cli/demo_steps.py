@@ -177,13 +177,14 @@ def start_insurer(cluster: LocalCluster, tokens: dict[str, str]) -> None:
         INSURER_HOLDER,
         INSURER_NODE,
         JOIN_MAX_ROWS,
+        JOIN_SIDES,
         LOOKUP_CAPACITY,
         synthetic_join_sides,
         synthetic_policies,
     )
 
     tokens["insurer"] = cluster.token("holder", INSURER_HOLDER)
-    admissions, claims = synthetic_join_sides(admitted=44, insured=40, shared=32, seed=300)
+    admissions, claims = synthetic_join_sides(**JOIN_SIDES)
     hospital = HOSPITALS[DISTRICTS[0]]
     ma = cluster.write_node_files(ADMISSIONS_NODE, ADMISSIONS.format(node=ADMISSIONS_NODE, max_rows=JOIN_MAX_ROWS),
                                   {"admissions.csv": admissions})
@@ -198,7 +199,16 @@ def private_join_steps(console: Console, cluster: LocalCluster, tokens: dict[str
     """Two holders' datasets sharing the ``citizen-id`` join domain, joined without either seeing the other's keys."""
     import time
 
-    from xdp_compute.cli.demo_data import ADMISSIONS_NODE, DISTRICTS, HOSPITALS, INSURER_HOLDER, INSURER_NODE
+    from xdp_compute.cli.demo_data import (
+        ADMISSIONS_NODE,
+        DISTRICTS,
+        HOSPITALS,
+        INSURER_HOLDER,
+        INSURER_NODE,
+        JOIN_SIDES,
+        join_truth,
+        synthetic_join_sides,
+    )
 
     console.rule("[bold]7. Analyst: a private join of two holders' datasets (ECDH double blinding + Paillier)")
     cluster.wait_online(tokens["admin"], [ADMISSIONS_NODE, INSURER_NODE], timeout=300)
@@ -217,6 +227,9 @@ def private_join_steps(console: Console, cluster: LocalCluster, tokens: dict[str
     r = analyst.query(JOIN_SQL, epsilon=8.0, idempotency_key="demo-join-1")
     took = time.monotonic() - started
     console.print(r.table())
+    truth = join_truth(*synthetic_join_sides(**JOIN_SIDES))
+    console.print("  plaintext truth (only the demo, which wrote both files, can compute it): " + "; ".join(
+        f"{w} {n} people, mean claim {m:,.2f}" for w, (n, m) in truth.items()))
     console.print(f"  private join released in {took:.1f}s (keys padded to max_rows on each side); delivered "
                   f"encrypted under the analyst's Paillier key; spent epsilon={r.epsilon:.4g} on both ledgers; "
                   "the gateway saw blinded tags only, neither holder learned which of its rows matched")
