@@ -110,7 +110,9 @@ class ObfuscatorPool:
         goal = self.target if count is None else count
         with self._lock:
             self._harvest()
-            self._schedule(goal - len(self._ready) - sum(self._pending.values()))
+            short = goal - len(self._ready) - sum(self._pending.values())
+            # Large fills go in larger chunks (at most 1024): fewer tasks to submit and wait on.
+            self._schedule(short, chunk=max(self.chunk, min(1024, short // (4 * self._workers))))
             pending = list(self._pending)
         if wait_done and pending:
             wait(pending)
