@@ -1,5 +1,6 @@
 """The demo's walkthrough steps after the catalog: joint statistics, a holder's approval, HE, training and
-using the released model, audit."""
+using the released model, a private join of two holders' datasets, the data exchange (asset, product,
+subscription, metered query), hidden lookups, settlement and statements, audit. Public SDK calls only."""
 
 from __future__ import annotations
 
