@@ -222,6 +222,32 @@ def test_a_join_waits_for_the_owner_whose_dataset_requires_approval(approving: J
     assert r.receipt["entry"]["approvers"] == ["insurer-holder"]  # type: ignore[index]
 
 
+def test_a_join_on_a_dataset_sold_under_subscription_is_refused(approving: Joined, tmp_path: Path) -> None:
+    """The data exchange (issue #17): once an owner lists a query product on its dataset, every
+    query on it is metered under a subscription; a join cannot run under one, so it is refused
+    before anything is reserved (it used to run unmetered). Runs last on this cluster."""
+    from xdp_compute.errors import BadRequest, Forbidden
+
+    hospital = Client(approving.cluster.url, approving.tokens["hospital"])
+    product = hospital.create_product("hospital", "query", "Patients per district", unit_price=10.0,
+                                      allowance=5.0, shapes={"aggregates": ["count"], "group_by": ["district"]})
+    a = analyst(approving, tmp_path)
+    before = a.budget("insurer")
+    with pytest.raises(Forbidden, match="under a subscription"):
+        a.query(COUNT, epsilon=1.0)
+    sub = a.subscribe(product.id)
+    hospital.approve_subscription(sub.id)
+    with pytest.raises(Forbidden, match="under a subscription"):  # the SDK sends a join without it
+        a.query(COUNT, epsilon=1.0, subscription=sub.id)
+    from xdp_compute.crypto.paillier import generate_keypair
+
+    public, _ = generate_keypair(2048)
+    with pytest.raises(BadRequest, match="does not run under a subscription"):  # raw REST, with it
+        a._post("/v1/queries", json={"sql": COUNT, "epsilon": 1.0, "public_key": public.to_dict(),
+                                     "subscription": sub.id})
+    assert a.budget("insurer").model_dump() == before.model_dump()  # nothing reserved or spent
+
+
 def xdp(j: Joined, keys: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
     env.update({"XDP_URL": j.cluster.url, "XDP_TOKEN": j.tokens["analyst"], "XDP_KEY_DIR": str(keys)})

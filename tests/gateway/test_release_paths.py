@@ -66,4 +66,8 @@ def test_every_job_kind_runner_ends_in_the_gate() -> None:
     assert "qs.run(" in approved
     from xdp_compute.gateway.runners import RUNNERS
 
-    assert set(RUNNERS) == {"query", "he_query", "training"}
+    assert set(RUNNERS) == {"query", "he_query", "training", "join_aggregate"}
+    # A private join (issue #16) releases through the same lifecycle helper, and its approved
+    # runner reaches that producer.
+    assert "self.jobs.release(job_id" in body("join.py", "_run")
+    assert "js.run(" in fn_text("join.py", "run_approved_join")

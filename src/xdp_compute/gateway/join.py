@@ -325,6 +325,7 @@ class JoinService:
             p = await asyncio.to_thread(self.prepare, who, body)
         if body.get("dry_run"):
             return 200, self.dry_run(p)
+        await asyncio.to_thread(self._require_no_product, p, body)
         spec = {"sql": body["sql"], "epsilon": body["epsilon"], "delta": body.get("delta"), "level": p.level,
                 "public_key": p.public_key}
 
@@ -333,6 +334,19 @@ class JoinService:
 
         return await self.jobs.submit(self.draft(p, spec), body.get("idempotency_key"), start,
                                       self.jobs.await_existing)
+
+    def _require_no_product(self, p: JoinPrepared, body: dict[str, Any]) -> None:
+        """The data exchange (issue #17): a dataset whose owner sells queries on it is queried only
+        under a subscription, and a subscription's allowed shapes are single-dataset queries; so a
+        join reads only datasets without a query product (refused before anything is reserved)."""
+        from xdp_compute.gateway.exchange import ExchangeService
+
+        if body.get("subscription"):
+            raise BadRequest("a private join does not run under a subscription: a query product covers "
+                             "single-dataset queries of its allowed shapes")
+        exchange = ExchangeService(self.svc)
+        for name in p.datasets:
+            exchange.require_subscription(name)
 
     async def run(self, job_id: str, p: JoinPrepared, background: bool = False) -> dict[str, Any]:
         await asyncio.to_thread(self.jobs.start, job_id)
