@@ -8,8 +8,9 @@ SQL, so clipping, the WHERE, the declared-values filter on group keys and the ag
 inside Spark. What ``collect()`` brings into the node's process is the aggregate rows, one per
 present group cell, never a data row (``tests/node/test_spark_source.py`` counts them).
 
-One Spark session per process (``spark_session``), started at the first Spark dataset a task
-opens and kept until the process ends: a session costs seconds to start, a query milliseconds.
+One Spark session per process (``spark_session``), started by the node's task worker before the
+node registers (``node/worker.py``; else at the first Spark dataset a task opens) and kept until
+the process ends: a session costs seconds to start, a query milliseconds.
 Every Spark dataset of a node must ask for the same session (the manifest checks it).
 
 The session stays on loopback and downloads nothing: ``SPARK_LOCAL_IP``, the driver's host and
