@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import math
 import os
@@ -77,7 +78,17 @@ from xdp_compute.query.join_plan import (
     pack_slots,
 )
 from xdp_compute.query.plan import _bound_magnitude
-from xdp_compute.query.where import And, Between, Compare, InList, IsNull, Not, Or, Predicate
+from xdp_compute.query.where import (
+    And,
+    Between,
+    Compare,
+    InList,
+    IsNull,
+    Not,
+    Or,
+    Predicate,
+    predicate_columns,
+)
 
 if TYPE_CHECKING:
     from xdp_compute.crypto.paillier import PaillierPublic
@@ -560,10 +571,28 @@ def check_join_side(ds: DatasetSpec, plan: JoinPlan, side: JoinSide, *, is_b: bo
         if mine is None or mine.to_dict() != c.to_dict():
             raise BadRequest(f"plan does not match this node's manifest: column {c.name!r} of {ds.name!r}")
     used = {c.name for c in side.columns}
+    # The gateway builds the plan and this node cannot re-derive it from the SQL (it holds one of
+    # the two manifests): each use the plan makes of this node's columns is checked against this
+    # node's own ``uses`` here, as ``query.parse`` does for a single dataset (issue #16 Build 2).
+    if key.name in used or key.name in side.groups:
+        raise BadRequest(f"plan reads the join key {key.name!r} of {ds.name!r} outside ON: a key never leaves "
+                         "this node except blinded; refused")
     for g in side.groups:
         if g not in used:
             raise BadRequest(f"plan groups by {g!r}, which it does not declare")
-    if plan.card_epsilon <= 0 or plan.dummy_shift < dummy_shift_for(plan.card_epsilon, plan.card_delta):
+        if "group" not in (ds.column(g) or key).uses:
+            raise BadRequest(f"plan groups by {g!r} of {ds.name!r}, which this node does not open to group")
+    declared = [tuple((ds.column(g) or key).values or ()) for g in side.groups]
+    if side.cells != tuple(itertools.product(*declared)):
+        raise BadRequest(f"plan's cells of {ds.name!r} are not the declared values of its group columns: refused")
+    for c in predicate_columns(side.where) if side.where is not None else ():
+        mine = ds.column(c)
+        if mine is None or c not in used or "filter" not in mine.uses:
+            raise BadRequest(f"plan filters on {c!r} of {ds.name!r}, which this node does not open to filter")
+    if not (math.isfinite(plan.card_epsilon) and plan.card_epsilon > 0 and math.isfinite(plan.card_delta)
+            and 0 < plan.card_delta < 1):
+        raise BadRequest("the plan's dummies' (epsilon, delta) is out of range (epsilon > 0, 0 < delta < 1): refused")
+    if plan.dummy_shift < dummy_shift_for(plan.card_epsilon, plan.card_delta):
         raise BadRequest("the plan's matched dummies are fewer than their (epsilon, delta) require: refused")
     if is_b:
         for m in plan.inner.measurements:
@@ -572,6 +601,9 @@ def check_join_side(ds: DatasetSpec, plan: JoinPlan, side: JoinSide, *, is_b: bo
             mine = ds.column(m.column)
             if mine is None or m.column not in used:
                 raise BadRequest(f"plan aggregates {m.column!r}, not a column of {ds.name!r} here")
+            if "aggregate" not in mine.uses:
+                raise BadRequest(f"plan aggregates {m.column!r} of {ds.name!r}, which this node does not open to "
+                                 "aggregate")
             b = _bound_magnitude(mine)
             bound = 1.0 if m.kind == "count" else (b if m.kind == "sum" else b * b)
             if m.bound != bound:
