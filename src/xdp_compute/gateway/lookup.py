@@ -42,6 +42,7 @@ from xdp_compute.contract.tasks import (
     LookupTablePart,
     LookupTablePartReply,
 )
+from xdp_compute.crypto.pir.table import NO_SUCH_PART
 from xdp_compute.crypto.psi.group import check_point
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.policy import Requester, evaluate
@@ -174,6 +175,8 @@ class LookupService:
         except NodeFailed as e:
             if e.error == LOOKUP_STALE:
                 raise LookupVersionStale(f"{LOOKUP_STALE} (POST /v1/lookups/{t.product}/table-info)") from None
+            if e.error == NO_SUCH_PART:  # the analyst asked past the last part: its mistake, not an outage
+                raise NotFound(f"{NO_SUCH_PART} (table-info gives the number of parts)") from None
             raise ProtocolAborted(f"node {t.node!r} refused: {e.error}") from None
 
     async def table_info(self, who: PrincipalView, product_id: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ __all__ = [
     "AEAD_BYTES",
     "HEADER_BYTES",
     "MAX_LABEL_BYTES",
+    "NO_SUCH_PART",
     "TAG_BYTES",
     "VERSION_BYTES",
     "LabelTooLong",
@@ -57,6 +58,8 @@ TAG_BYTES = 16
 AEAD_BYTES = 16  # Poly1305 tag
 MAX_LABEL_BYTES = 4096
 _NONCE = bytes(12)
+#: A node's refusal of a part number past a table version's last part (the gateway answers 404).
+NO_SUCH_PART = "this lookup table version has no part with that number"
 _AAD = b"xdp-lookup/v1/label"
 _HEAD = struct.Struct(f">{len(MAGIC)}s{VERSION_BYTES}s32sIH")  # magic, version, pk, capacity, label size
 HEADER_BYTES = _HEAD.size

@@ -38,6 +38,7 @@ from xdp_compute.contract.tasks import (
 )
 from xdp_compute.crypto.pir import OprfKey, build_table
 from xdp_compute.crypto.pir.keys import lookup_key_bytes
+from xdp_compute.crypto.pir.table import NO_SUCH_PART
 from xdp_compute.domain.manifest import DatasetSpec, LookupSpec
 from xdp_compute.errors import BadRequest, Conflict, PolicyDenied, XdpError
 from xdp_compute.node.tasks.context import NodeContext
@@ -205,7 +206,7 @@ class LookupTasks:
         t = self._version(request.dataset, request.product, request.version)
         start = request.part * LOOKUP_PART_BYTES
         if start >= len(t.data):
-            raise BadRequest(f"table part {request.part} does not exist")
+            raise BadRequest(NO_SUCH_PART)
         return LookupTablePartReply(version=t.version, data=t.data[start:start + LOOKUP_PART_BYTES])
 
     def evaluate(self, job_id: str, request: LookupEvaluate) -> LookupEvaluated:
