@@ -389,6 +389,8 @@ def train(
     delta: float = typer.Option(None),
     max_grad_norm: float = typer.Option(None),
     hidden: str = typer.Option(None, help="MLP hidden sizes, e.g. 64,32"),
+    subscription: str = typer.Option(None, "--subscription", help="Run under this approved subscription to a "
+                                     "model product (one training is one unit, metered at release)"),
     save: Path = typer.Option(None, help="Save the released model's state_dict here (torch.save)"),
     out: Path = typer.Option(None, "--out", help="Export the released model with its feature encoding as ONNX "
                              "(a path ending in .onnx); it takes raw values and runs with onnxruntime alone"),
@@ -407,7 +409,7 @@ def train(
         job = c.train(dataset, model=model, features=[f.strip() for f in features.split(",") if f.strip()],
                       label=label, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr,
                       target_epsilon=target_epsilon, delta=delta, max_grad_norm=max_grad_norm,
-                      hidden=[int(h) for h in hidden.split(",")] if hidden else None)
+                      hidden=[int(h) for h in hidden.split(",")] if hidden else None, subscription=subscription)
         job.wait(progress=not as_json)
         card = job.model_card()
         if save:

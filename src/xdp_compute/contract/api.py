@@ -438,7 +438,7 @@ class StatementLine(ApiModel):
     uses: int
     units: float
     amount_micros: int
-    log_indexes: list[int] = Field(description="Released entries metered on this line (query jobs)")
+    log_indexes: list[int] = Field(description="Released entries metered on this line (jobs: queries, scores, trainings)")
 
 
 class Statement(ApiModel):

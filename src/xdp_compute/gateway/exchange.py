@@ -12,8 +12,9 @@ How a unit is counted, by product kind:
 | query   | epsilon | held at submission (refused past the allowance before any budget is held), |
 |         |         | metered in the release gate's transaction, given back if nothing released  |
 | lookup  | call    | ``charge_call``: one call counted and metered at once, atomically          |
-| scoring | row     | listed and subscribed to; no job runs under it yet (refused with a reason) |
-| model   | call    | listed and subscribed to; no job runs under it yet (refused with a reason) |
+| scoring | row     | held at submission: the plan's public size (``score_rows``), metered at    |
+|         |         | release like a query, given back if nothing released                      |
+| model   | call    | one training job is one unit: held at submission, metered at release      |
 
 Money is kept in integer micro-units (``amount_micros``) so that statement totals equal the sum
 of the metered usage exactly.
@@ -59,7 +60,13 @@ __all__ = ["AllowanceUsedUp", "ExchangeService", "Grant", "NotSubscribed", "chec
 PRODUCT_KINDS = ("query", "scoring", "model", "lookup")
 UNIT_OF_KIND = {"query": "epsilon", "scoring": "row", "model": "call", "lookup": "call"}
 # Kinds that a job or a call can run under today.
-METERED_KINDS = ("query", "lookup")
+METERED_KINDS = ("query", "scoring", "model", "lookup")
+# The product kinds that put a dataset's jobs of each operation under a subscription
+# (``require_subscription``): a score is a DP query of feature sums, so a dataset whose scores are
+# sold cannot be queried for the same sums unmetered; a training needs a subscription wherever any
+# job product is sold on the dataset. Lookups are a separate opt-in (``charge_call``).
+GUARDING_KINDS = {"query": ("query", "scoring"), "scoring": ("query", "scoring", "model"),
+                  "model": ("query", "scoring", "model")}
 TOLERANCE = 1e-9
 QUERY_AGGREGATES = ("count", "sum", "avg", "variance", "stddev")
 # The most one subscription can cost (unit_price x allowance), in currency units: 1e15 micro-units,
@@ -413,20 +420,33 @@ class ExchangeService:
                                   f"left of {product.allowance:g}; this query needs {epsilon:g}", subscription=sub.id)
         return sub, product
 
-    def require_subscription(self, dataset: str) -> None:
-        """A dataset whose owner sells queries on it (a ``query`` product) is queried only under a
-        subscription: every such job is metered. Refused (403) before anything is reserved."""
+    def require_subscription(self, dataset: str, operation: str = "query") -> None:
+        """A dataset whose owner sells jobs on it is used only under a subscription: every such job
+        is metered. ``operation`` (query, scoring, model) picks the product kinds that guard it
+        (``GUARDING_KINDS``). Refused (403) before anything is reserved; dry runs are not asked."""
+        kinds = GUARDING_KINDS[operation]
         with self.store.read() as s:
-            listed = s.scalars(select(m.Product.id).where(func.lower(m.Product.dataset_name) == dataset.lower(),
-                                                          m.Product.kind == "query").limit(3)).all()
+            listed = s.execute(select(m.Product.id, m.Product.kind)
+                               .where(func.lower(m.Product.dataset_name) == dataset.lower(),
+                                      m.Product.kind.in_(kinds)).order_by(m.Product.id).limit(3)).all()
         if listed:
-            raise NotSubscribed(f"dataset {dataset!r} is queried under a subscription to one of its query products "
-                                f"({', '.join(listed)}): xdp products list --dataset {dataset}, subscribe, and pass "
+            what = {"query": "queried", "scoring": "scored", "model": "trained on"}[operation]
+            offered = ", ".join(f"{pid} ({kind})" for pid, kind in listed)
+            raise NotSubscribed(f"dataset {dataset!r} is {what} only under a subscription to a product sold on "
+                                f"it ({offered}): xdp products list --dataset {dataset}, subscribe, and pass "
                                 "--subscription")
+
+    def hold_units(self, subscription_id: str, units: float) -> int:
+        """Hold ``units`` of the subscription's allowance (``hold_query`` for any job kind;
+        scores and trainings: ``gateway/exchange_jobs.py``)."""
+        return self._hold(subscription_id, units)
 
     def hold_query(self, who: PrincipalView, subscription_id: str, epsilon: float) -> int:
         """Hold ``epsilon`` of the subscription's allowance (a conditional UPDATE: concurrent jobs
         can never hold more than the allowance together); returns the hold's usage id."""
+        return self._hold(subscription_id, epsilon)
+
+    def _hold(self, subscription_id: str, epsilon: float) -> int:
         with self.store.write() as s:
             sub = s.get(m.Subscription, subscription_id)
             product = s.get(m.Product, sub.product_id) if sub is not None else None
@@ -438,7 +458,7 @@ class ExchangeService:
                                    <= product.allowance + TOLERANCE)
                             .values(held=m.Subscription.held + epsilon))
             if res.rowcount != 1:  # type: ignore[attr-defined]
-                raise AllowanceUsedUp(f"subscription {sub.id} cannot cover epsilon {epsilon:g} more "
+                raise AllowanceUsedUp(f"subscription {sub.id} cannot cover {epsilon:g} {product.unit}(s) more "
                                       f"(allowance {product.allowance:g})", subscription=sub.id)
             usage = m.Usage(subscription_id=sub.id, product_id=product.id, job_id=None, state="held",
                             units=epsilon, amount_micros=0, period=None, parties_json="[]", log_index=None,

@@ -60,7 +60,7 @@ def _spec_and_shape(qs: QueryService, body: dict[str, Any]
     from xdp_compute.training.features import label_of
     from xdp_compute.training.spec import encoded_width
 
-    raw = {k: v for k, v in body.items() if k not in ("idempotency_key",) and v is not None}
+    raw = {k: v for k, v in body.items() if k not in ("idempotency_key", "subscription") and v is not None}
     spec = TrainingSpec.from_dict(raw)
     parts = [p for p in qs.lookup(spec.dataset) if p["online"]]
     if not parts:
@@ -161,7 +161,30 @@ async def submit_training(svc: Services, qs: QueryService, who: PrincipalView, b
         start_background(svc, job_id)
         return 202, {"job_id": job_id, "status": "reserved"}
 
-    return await jobs.submit(draft, body.get("idempotency_key"), start, jobs.status_of)
+    # Data exchange (issue #17): a training under a model product is one unit, checked and held
+    # before anything is reserved and metered by the release gate; without a subscription, a
+    # dataset that sells jobs refuses it (403) before anything is reserved.
+    from xdp_compute.gateway.exchange import ExchangeService
+    from xdp_compute.gateway.exchange_jobs import submit_job
+
+    exchange = ExchangeService(svc)
+    if not body.get("subscription"):
+        await asyncio.to_thread(exchange.require_subscription, spec.dataset, "model")
+        return await jobs.submit(draft, body.get("idempotency_key"), start, jobs.status_of)
+
+    async def submit(hold: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        draft.spec["subscription"] = hold
+        return await jobs.submit(draft, body.get("idempotency_key"), start, jobs.status_of)
+
+    where_columns = sorted(_where_columns((where_plan or {}).get("where")))
+    return await submit_job(exchange, who, "model", body["subscription"], spec.dataset,
+                            [*spec.features, spec.label, *where_columns], 1.0, submit)
+
+
+def _where_columns(node: Any) -> set[str]:
+    from xdp_compute.gateway.exchange import _where_columns as columns
+
+    return columns(node)
 
 
 def start_background(svc: Services, job_id: str) -> None:

@@ -558,25 +558,31 @@ class Client(BaseClient):
     def score(self, dataset: str, features: list[str], weights: list[float], bias: float = 0.0,
               where: str | None = None, group_by: list[str] | None = None, *, epsilon: float,
               delta: float | None = None, level: float = 0.95, idempotency_key: str | None = None,
-              wait: float = 600.0) -> QueryResult:
+              wait: float = 600.0, subscription: str | None = None) -> QueryResult:
         """The mean of w.x + bias per group over the holders' rows; the weights never leave here.
 
         The gateway releases DP per-group counts and feature sums (``POST /v1/scores``, charged
         like any query); the score and its interval are computed locally from them.
         ``rows`` hold ``score`` (mean) and ``n`` (noisy group size) per group.
+        ``subscription``: run under an approved subscription to a scoring product (issue #17),
+        metered per row of the plan's declared size (the receipt's ``subscription`` says how many).
         """
         from xdp_compute.sdk.scoring import linear_score
 
         _args.query_body("SELECT 1", epsilon, delta, False, idempotency_key, level)
+        sub = None if subscription is None else _args.text("subscription", subscription, max_len=64)
         return linear_score(self, dataset, features, weights, bias, where, group_by, epsilon, delta, level,
-                            idempotency_key, wait)
+                            idempotency_key, wait, subscription=sub)
 
     def train(self, dataset: str, model: str = "logreg", features: list[str] | None = None, label: str = "",
               rounds: int = 10, local_epochs: int = 1, batch_size: int = 64, lr: float | None = None,
               target_epsilon: float = 3.0, delta: float | None = None, max_grad_norm: float | None = None,
               where: str | None = None, hidden: list[int] | None = None,
-              idempotency_key: str | None = None) -> Any:
-        """Start DP federated training of a vetted model; returns a TrainingJob (``.wait()``, ``.model()``)."""
+              idempotency_key: str | None = None, subscription: str | None = None) -> Any:
+        """Start DP federated training of a vetted model; returns a TrainingJob (``.wait()``, ``.model()``).
+
+        ``subscription``: run under an approved subscription to a model product (issue #17); one
+        training is one unit, metered when the model is released."""
         from xdp_compute.sdk.training import TrainingJob
 
         body = {"dataset": dataset, "model": model, "features": list(features or []), "label": label,
@@ -584,6 +590,8 @@ class Client(BaseClient):
                 "target_epsilon": _args.epsilon(target_epsilon, "target_epsilon"),
                 "delta": None if delta is None else _args.delta(delta), "max_grad_norm": max_grad_norm,
                 "where": where, "hidden": hidden, "idempotency_key": idempotency_key}
+        if subscription is not None:  # data exchange (issue #17)
+            body["subscription"] = _args.text("subscription", subscription, max_len=64)
         out = self._post("/v1/trainings", json=body)
         return TrainingJob(self, out["job_id"])
 

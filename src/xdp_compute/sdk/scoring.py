@@ -56,7 +56,8 @@ def group_score(row: dict[str, Any], noise_sd: dict[str, float], features: list[
 
 def linear_score(client: Any, dataset: str, features: list[str], weights: list[float], bias: float,
                  where: str | None, group_by: list[str] | None, epsilon: float, delta: float | None,
-                 level: float, idempotency_key: str | None, wait: float) -> QueryResult:
+                 level: float, idempotency_key: str | None, wait: float,
+                 subscription: str | None = None) -> QueryResult:
     """Mean of ``w . x + bias`` per group over the holders' rows; the weights stay in this process."""
     features = list(features)
     if len(weights) != len(features):
@@ -73,6 +74,8 @@ def linear_score(client: Any, dataset: str, features: list[str], weights: list[f
             raise InvalidSpec(f"group column {g!r} has no declared values")
     body = {"dataset": dataset, "features": features, "where": where, "group_by": groups or None,
             "epsilon": epsilon, "delta": delta, "level": level, "idempotency_key": idempotency_key}
+    if subscription is not None:  # data exchange (issue #17): under a scoring product
+        body["subscription"] = subscription
     out = client._post("/v1/scores", json=body)
     if out.get("status") != "released":
         out = client._wait(out, wait)

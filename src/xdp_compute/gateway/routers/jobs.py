@@ -70,6 +70,9 @@ class ScoreBody(BaseModel):
     level: float = 0.95
     dry_run: bool = False
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    subscription: str | None = Field(None, min_length=1, max_length=64,
+                                     description="Run under this approved subscription to a scoring product: "
+                                                 "metered per row of the plan's declared size (issue #17)")
     # The first version's secret-weights fields: accepted only to be refused with the reason.
     score_bound: float | None = Field(None, description="not offered: refused (see POST /v1/scores)")
     context: str | None = Field(None, description="not offered: refused")
@@ -105,6 +108,9 @@ class TrainBody(BaseModel):
     where: str | None = None
     hidden: list[int] | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    subscription: str | None = Field(None, min_length=1, max_length=64,
+                                     description="Run under this approved subscription to a model product: "
+                                                 "one training is one unit, metered at release (issue #17)")
 
 
 @router.post("/trainings", openapi_extra=body_openapi(TrainBody), response_model=None, responses=SUBMIT_ANSWERS)
