@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from join_data import KEY_BITS, prepared, write_nodes
 
-from xdp_compute.contract.tasks import JoinKeys
+from xdp_compute.contract.tasks import JoinBegin, JoinKeys, JoinSeed
 from xdp_compute.crypto.paillier import generate_keypair
 from xdp_compute.errors import BadRequest, InvalidKey, XdpError
 from xdp_compute.node.tasks.join import check_join_side
@@ -113,3 +113,19 @@ def test_a_node_refuses_a_crafted_paillier_key(nodes: Any, public: Any, n: int) 
     with pytest.raises(InvalidKey):
         i.join.keys("j", JoinKeys(plan=plan.to_dict(), side="B", peer="hospital-node",
                                   public_key={"scheme": "paillier", "n": str(n)}))
+
+
+def test_holders_given_different_plans_by_the_gateway_stop_before_reading_a_row(nodes: Any, public: Any) -> None:
+    # The gateway shows A one plan and B another (here: another epsilon, so different noise and
+    # charges). Each plan passes its holder's own checks; the holders compare digests in the sealed
+    # seed round and stop.
+    h, i = nodes
+    plan = prepared(SQL, h, i, public, 4.0).plan
+    other = dataclasses.replace(plan, query_epsilon=plan.query_epsilon / 2)
+    ka = h.join.keys("j", JoinKeys(plan=plan.to_dict(), side="A", peer="insurer-node", public_key=public.to_dict()))
+    kb = i.join.keys("j", JoinKeys(plan=other.to_dict(), side="B", peer="hospital-node", public_key=public.to_dict()))
+    sa = h.join.seed("j", JoinSeed(peer_key=kb.key, peer_signature=kb.signature, peer_certificate=kb.certificate))
+    sb = i.join.seed("j", JoinSeed(peer_key=ka.key, peer_signature=ka.signature, peer_certificate=ka.certificate))
+    for node, sealed in ((h, sb.sealed), (i, sa.sealed)):
+        with pytest.raises(BadRequest, match="another plan"):
+            node.join.begin("j", JoinBegin(sealed=sealed))

@@ -8,7 +8,8 @@ Rounds (the gateway drives them, ``gateway/join.py``; names as in the doc's "Mes
    ledger and journal, then advertises a fresh X25519 key for the sealed channel to the other
    holder, signed with its certificate when the deployment has a PKI (as secure aggregation's
    AdvertiseKeys, Bonawitz et al. 2017, Fig. 4).
-0b. ``join_seed``: checks the peer's key and signature; sends its half of the dummy seed, sealed.
+0b. ``join_seed``: checks the peer's key and signature; sends its half of the dummy seed and the
+   plan's digest, sealed (each holder checks the other was shown the same plan).
 1. ``join_begin`` (Ion et al. 2020, §3 Round 1): loads its rows, normalises keys, drops every row
    whose key occurs more than once and rows without a key, pads to its declared ``max_rows`` with
    random points, blinds ``s·H(d, k)`` and shuffles. A also encrypts each row's packed
@@ -419,16 +420,22 @@ class JoinTasks:
         job.box = Box(job.secret, PublicKey(request.peer_key))
         job.seed_half = os.urandom(32)
         job.step = "seed"
-        return JoinSealed(sealed=self._seal(job_id, job, b"seed", job.seed_half))
+        # The plan's digest travels with the seed half: the gateway shows each holder the plan, and
+        # a gateway showing the two holders different plans is caught before a row is read.
+        digest = bytes.fromhex(job.plan.digest())
+        return JoinSealed(sealed=self._seal(job_id, job, b"seed", job.seed_half + digest))
 
     # ------------------------------------------------------------------ round 1: blind (and encrypt)
     def begin(self, job_id: str, request: JoinBegin) -> JoinSealed:
         """Ion et al. 2020 §3 Round 1: [s·H(d, k)] in a secret order, padded to max_rows with random
         points; A adds Enc(packed indicators) of each row (Enc(0) for padding)."""
         job = self._job(job_id, "seed")
-        peer_half = self._open(job_id, job, b"seed", request.sealed)
-        if len(peer_half) != 32:
+        opened = self._open(job_id, job, b"seed", request.sealed)
+        if len(opened) != 64:
             raise BadRequest("the other holder's seed half is malformed")
+        peer_half, peer_digest = opened[:32], opened[32:]
+        if not hmac.compare_digest(peer_digest, bytes.fromhex(job.plan.digest())):
+            raise BadRequest("the other holder was given another plan for this job by the gateway: refused")
         halves = (job.seed_half, peer_half) if job.side == "A" else (peer_half, job.seed_half)
         job.seed = hashlib.sha256(_SEED_CONTEXT + halves[0] + halves[1]).digest()
         job.dummies = dummy_count(job.plan, job.seed)
