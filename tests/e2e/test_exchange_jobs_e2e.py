@@ -8,6 +8,9 @@ statements of the period, whose totals equal the metered usage.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,6 +108,14 @@ def test_one_training_runs_under_a_model_product_metered_per_call(h: Hospitals) 
         assert budget_of(a) == (spent, reserved)
         [state] = [s for s in a.subscriptions() if s.id == sub.id]
         assert (state.used, state.held) == (1.0, 0)
+        # The same refusal through the CLI: one line, the conflict exit code, nothing reserved.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XDP_")}
+        env.update({"XDP_URL": h.cluster.url, "XDP_TOKEN": h.tokens["analyst"]})
+        r = subprocess.run([sys.executable, "-m", "xdp_compute", "train", "visits", "--model", "linreg",
+                            "--features", "age", "--label", "cost", "--rounds", "1", "--subscription", sub.id],
+                           capture_output=True, text=True, check=False, timeout=180, env=env)
+        assert r.returncode == 9 and r.stderr.startswith("error: ") and "left of 1" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and budget_of(a) == (spent, reserved)
     STATE["model"] = (product.id, sub.id)
 
 
