@@ -158,3 +158,18 @@ def test_subscription_field_is_validated_at_the_border(x: dict[str, Any]) -> Non
         for bad in ("", "x" * 65, 7):
             r = post(x, path, {**body, "subscription": bad})
             assert r.status_code == 422, r.text
+
+
+def test_a_score_that_fails_after_its_hold_gives_it_back(x: dict[str, Any]) -> None:
+    """Held, its job created, then secure aggregation aborts (no node answers here): the refusal
+    gives the hold back in its own transaction, and nothing is metered."""
+    scoring = product(x, "scoring", 3 * MAX_ROWS)
+    mine = subscribed(x, scoring)
+    r = post(x, "/v1/scores", {**SCORE, "subscription": mine})
+    assert r.status_code == 503 and r.json()["type"].endswith("protocol-aborted"), r.text
+    state = x["ex"].subscription_of(x["ana_p"], scoring)
+    assert (state["held"], state["used"], state["left"]) == (0.0, 0.0, 3.0 * MAX_ROWS)
+    with x["store"].read() as s:
+        [usage] = s.query(m.Usage).all()
+        [job] = s.query(m.Job).all()
+    assert (usage.state, usage.amount_micros, job.status) == ("returned", 0, "failed")
