@@ -129,3 +129,44 @@ def test_holders_given_different_plans_by_the_gateway_stop_before_reading_a_row(
     for node, sealed in ((h, sb.sealed), (i, sa.sealed)):
         with pytest.raises(BadRequest, match="another plan"):
             node.join.begin("j", JoinBegin(sealed=sealed))
+
+
+def test_with_a_pki_a_key_the_gateway_substitutes_is_refused(tmp_path: Path, public: Any) -> None:
+    """The sealed channel's keys are signed by the nodes' certificates: a gateway that puts its own key
+    in place of B's (to read A's blinded keys and play B, docs/private-joins.md "Attacks tried") is
+    refused, unsigned, signed for another side, or signed for another job."""
+    from nacl.public import PrivateKey
+
+    from xdp_compute.crypto.pki import PkiPaths, init_pki, issue_node_certificate
+    from xdp_compute.domain.manifest import load_manifest
+    from xdp_compute.node.executors import TaskExecutor
+    from xdp_compute.node.identity import NodeIdentity
+
+    _, h0, i0 = write_nodes(tmp_path, 8, 10, 10, 5, 20)
+    h0.close()
+    i0.close()
+    paths = init_pki(tmp_path / "pki")
+    ex = {}
+    for node, folder in (("hospital-node", "h"), ("insurer-node", "i")):
+        cert, key = issue_node_certificate(paths.root, node, f"{node}-holder")
+        ex[node] = TaskExecutor(load_manifest(tmp_path / folder / "node.toml"),
+                                NodeIdentity(PkiPaths(paths.root).ca_cert, cert, key))
+        ex[node].node_id = node
+    h, i = ex["hospital-node"], ex["insurer-node"]
+    try:
+        plan = prepared(SQL, h, i, public, 4.0).plan
+        ka = h.join.keys("j", JoinKeys(plan=plan.to_dict(), side="A", peer="insurer-node", public_key=public.to_dict()))
+        kb = i.join.keys("j", JoinKeys(plan=plan.to_dict(), side="B", peer="hospital-node", public_key=public.to_dict()))
+        assert ka.signature and kb.signature
+        mine = bytes(PrivateKey.generate().public_key)
+        for forged, words in ((JoinSeed(peer_key=mine, peer_signature=b"", peer_certificate=b""), "not signed"),
+                              (JoinSeed(peer_key=mine, peer_signature=kb.signature, peer_certificate=kb.certificate),
+                               "does not verify"),
+                              (JoinSeed(peer_key=ka.key, peer_signature=ka.signature, peer_certificate=ka.certificate),
+                               "does not verify")):  # A's own key reflected back as B's
+            with pytest.raises(InvalidKey, match=words):
+                h.join.seed("j", forged)
+        h.join.seed("j", JoinSeed(peer_key=kb.key, peer_signature=kb.signature, peer_certificate=kb.certificate))
+    finally:
+        h.close()
+        i.close()
