@@ -376,12 +376,9 @@ class ExchangeService:
             return subscription_dict(sub, product, subscriber.name if subscriber else "?")
 
     # ------------------------------------------------------------------ query jobs under a subscription
-    def check_query(self, who: PrincipalView, subscription_id: str, dataset: str, plan: Any, hidden_count: bool,
-                    epsilon: float) -> tuple[m.Subscription, m.Product]:
-        """Refuse a query its subscription does not cover: not the caller's, not approved, another
-        dataset or kind, a shape the product does not allow, or past the allowance. Holds nothing."""
-        from xdp_compute.query.finalize import GROUP_SIZE_ALIAS
-
+    def own_approved(self, who: PrincipalView, subscription_id: str) -> tuple[m.Subscription, m.Product]:
+        """The caller's own approved subscription and its product, after giving back the holds of
+        jobs that ended (404 not the caller's, 403 not approved)."""
         with self.store.write() as s:
             sub = s.get(m.Subscription, subscription_id)
             if sub is None or sub.principal_id != who.id:
@@ -394,6 +391,15 @@ class ExchangeService:
             assert product is not None
         if sub.status != "approved":
             raise NotSubscribed(f"subscription {sub.id} is {sub.status}: the product's owner has not approved it")
+        return sub, product
+
+    def check_query(self, who: PrincipalView, subscription_id: str, dataset: str, plan: Any, hidden_count: bool,
+                    epsilon: float) -> tuple[m.Subscription, m.Product]:
+        """Refuse a query its subscription does not cover: not the caller's, not approved, another
+        dataset or kind, a shape the product does not allow, or past the allowance. Holds nothing."""
+        from xdp_compute.query.finalize import GROUP_SIZE_ALIAS
+
+        sub, product = self.own_approved(who, subscription_id)
         if product.kind != "query":
             raise BadRequest(f"subscription {sub.id} is to a {product.kind} product, not a query product")
         if product.dataset_name.lower() != dataset.lower():

@@ -21,10 +21,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from xdp_compute.errors import BadRequest, NotFound
+from xdp_compute.errors import BadRequest
 from xdp_compute.gateway import models as m
-from xdp_compute.gateway.exchange import TOLERANCE, AllowanceUsedUp, ExchangeService, NotSubscribed
-from xdp_compute.gateway.metered import reclaim_ended
+from xdp_compute.gateway.exchange import TOLERANCE, AllowanceUsedUp, ExchangeService
 from xdp_compute.gateway.store import PrincipalView
 
 __all__ = ["JOB_OF_KIND", "check_job", "submit_job"]
@@ -39,18 +38,7 @@ def check_job(ex: ExchangeService, who: PrincipalView, subscription_id: str, kin
     another kind or dataset or a column outside the product's ``columns``, 409 past the
     allowance. Holds nothing; ``columns`` are every column the job reads (features, label,
     WHERE, GROUP BY), public in its request."""
-    with ex.store.write() as s:
-        sub = s.get(m.Subscription, subscription_id)
-        if sub is None or sub.principal_id != who.id:
-            raise NotFound(f"no subscription {subscription_id!r} of yours")
-        reclaim_ended(s, sub.id)
-    with ex.store.read() as s:
-        sub = s.get(m.Subscription, subscription_id)
-        assert sub is not None
-        product = s.get(m.Product, sub.product_id)
-        assert product is not None
-    if sub.status != "approved":
-        raise NotSubscribed(f"subscription {sub.id} is {sub.status}: the product's owner has not approved it")
+    sub, product = ex.own_approved(who, subscription_id)
     job = JOB_OF_KIND[kind]
     if product.kind != kind:
         raise BadRequest(f"subscription {sub.id} is to a {product.kind} product; {job} runs under a {kind} product")
