@@ -7,13 +7,13 @@ import os
 import pytest
 
 from xdp_compute.crypto.pir import (
-    LabelTooLong,
     LookupTable,
     OprfKey,
     TableError,
     blind,
     build_table,
     finalize,
+    select_records,
 )
 from xdp_compute.crypto.pir.table import HEADER_BYTES, entry_bytes
 from xdp_compute.crypto.psi import InvalidPoint, check_point
@@ -76,14 +76,43 @@ def test_an_evaluation_of_another_version_decrypts_nothing() -> None:
     assert t1.find(out) == {"x": 1} and t2.find(out) is None
 
 
-def test_build_refuses_too_many_records_duplicates_and_long_labels() -> None:
+def _found(table: LookupTable, k: OprfKey, key: bytes) -> dict | None:
+    state = blind(key)
+    return table.find(finalize(state, k.blind_evaluate(state.blinded)))
+
+
+def test_build_leaves_out_repeated_keys_keys_beyond_capacity_and_long_labels_never_fails() -> None:
+    """Observable rule: the source's defects never stop a build (a failure the analyst would see)."""
     k, version = OprfKey(), os.urandom(16)
-    with pytest.raises(ValueError, match="capacity"):
-        build_table(k, version, [(bytes([i]), {}) for i in range(3)], capacity=2, label_bytes=32)
-    with pytest.raises(ValueError, match="same key"):
-        build_table(k, version, [(b"a", {}), (b"a", {})], capacity=4, label_bytes=32)
-    with pytest.raises(LabelTooLong):
-        build_table(k, version, [(b"a", {"t": "x" * 40})], capacity=4, label_bytes=32)
+    records = [(b"b", {"x": 1}), (b"a", {"x": 2}), (b"d", {"x": 3}), (b"a", {"x": 4}), (b"c", {"t": "x" * 40}),
+               (b"e", {"x": 5}), (b"a", {"x": 6})]
+    chosen = select_records(records, capacity=3, label_bytes=32)
+    # every row of the repeated key "a" is left out; of b, c, d, e the first three in byte order stay;
+    # c's label does not fit, so its slot is a dummy.
+    assert [key for key, _ in chosen.entries] == [b"b", b"d"]
+    assert chosen.counts() == {"rows": 7, "entries": 2, "repeated_keys": 1, "repeated_rows": 3,
+                               "beyond_capacity": 1, "labels_too_long": 1}
+    assert chosen.left_out == 5
+    table = LookupTable.parse(build_table(k, version, records, capacity=3, label_bytes=32))
+    assert table.capacity == 3
+    assert [_found(table, k, key) for key in (b"a", b"b", b"c", b"d", b"e")] == [None, {"x": 1}, None, {"x": 3}, None]
+
+
+def test_which_keys_stay_does_not_depend_on_the_source_order() -> None:
+    rows = [(f"k{i:03d}".encode(), {"x": i}) for i in range(50)] + [(b"k007", {"x": -1})]
+    a = select_records(rows, capacity=20, label_bytes=32)
+    b = select_records(list(reversed(rows)), capacity=20, label_bytes=32)
+    assert a.entries == b.entries and a.counts() == b.counts()
+    assert [key for key, _ in a.entries] == sorted(f"k{i:03d}".encode() for i in range(21) if i != 7)
+
+
+def test_a_table_with_defects_has_the_size_and_steps_of_one_without() -> None:
+    k, version = OprfKey(), os.urandom(16)
+    clean = build_table(k, version, [(bytes([i]), {"x": i}) for i in range(10)], capacity=10, label_bytes=32)
+    broken = build_table(k, version, [(bytes([i % 5]), {"x": i}) for i in range(30)], capacity=10, label_bytes=32)
+    assert len(clean) == len(broken) == HEADER_BYTES + 10 * entry_bytes(32)
+    with pytest.raises(ValueError, match="capacity"):  # only the declared shape can be refused
+        build_table(k, version, [], capacity=0, label_bytes=32)
 
 
 def test_parse_refuses_what_is_not_a_table() -> None:

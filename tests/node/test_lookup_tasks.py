@@ -131,15 +131,41 @@ def test_node_refuses_an_invalid_point(node: TaskExecutor) -> None:
     run(node, LookupEvaluate(dataset="credit", product="p1", version=info.version, point=random_point()))  # type: ignore[attr-defined]
 
 
-def test_build_failures_say_the_same_to_the_gateway(node: TaskExecutor, tmp_path: Path) -> None:
-    (tmp_path / "credit.csv").write_text(ROWS + "ID0001,999,true,1\n")  # a duplicate key
-    with pytest.raises(RuntimeError) as dup:
+def test_a_repeated_key_or_rows_beyond_capacity_change_nothing_the_gateway_sees(
+        node: TaskExecutor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The observable rule: a source's defects no longer fail the build (the gateway and the analyst
+    would see the failure); the rows are left out by a fixed rule and only the holder is told."""
+    header = ROWS.splitlines()[0] + "\n"
+    seen = []
+    sources = [ROWS,
+               ROWS + "ID0001,999,true,1\n",  # ID0001 twice: both rows left out
+               ROWS + "".join(f"ZZ{i:03d},400,true,1\n" for i in range(40)),  # 60 keys for 50 slots
+               header + "".join(f"ID{i:04d},{300 + i},false,1\n" for i in range(20)) + "ID0003,301,true,2\n"]
+    for text in sources:
+        (tmp_path / "credit.csv").write_text(text)
+        info, table = fetch(node, ["score"])
+        seen.append(({k: v for k, v in info.__dict__.items() if k != "version"}, table.capacity,  # type: ignore[attr-defined]
+                     lookup(node, info, table, "ID0006"), lookup(node, info, table, "ID9999")))
+        if text is sources[1]:
+            assert lookup(node, info, table, "ID0001") is None  # a repeated key reads as absent
+        if text is sources[2]:
+            assert lookup(node, info, table, "ZZ029") == {"score": 400}   # the first 50 in key order stay
+            assert lookup(node, info, table, "ZZ030") is None             # the last 10 are left out
+    assert all(s == seen[0] for s in seen[1:]), seen
+    messages = [r.getMessage() for r in caplog.records if r.name == "xdp.node.lookup"]
+    assert any("1 key repeated (2 rows;" in m for m in messages), messages
+    assert any("10 keys beyond the capacity 50" in m for m in messages), messages
+    assert not any("ID0001" in m or "ZZ0" in m for m in messages)
+
+
+def test_a_source_that_cannot_be_read_says_the_same_whatever_the_reason(node: TaskExecutor, tmp_path: Path) -> None:
+    (tmp_path / "credit.csv").write_text("citizen_id,defaulted\nID1,true\n")  # the score column is missing
+    with pytest.raises(RuntimeError) as missing:
         fetch(node, ["score"])
-    (tmp_path / "credit.csv").write_text(ROWS.splitlines()[0] + "\n" + "".join(
-        f"X{i},400,true,1\n" for i in range(60)))  # more rows than the capacity
-    with pytest.raises(RuntimeError) as many:
+    (tmp_path / "credit.csv").unlink()
+    with pytest.raises(RuntimeError) as gone:
         fetch(node, ["score"])
-    assert str(dup.value) == str(many.value) and "node's log" in str(dup.value)
+    assert str(missing.value) == str(gone.value) and "node's log" in str(missing.value)
 
 
 def test_int_keys_are_canonical_decimals() -> None:

@@ -12,7 +12,10 @@ Report shape::
      "problems": ["column 'age' missing", ...],
      "warnings": ["the database role can INSERT on the table; ...", ...],  (do not affect ok)
      "columns": {"age": {"present": bool, "nulls": n, "type_violations": n,
-                         "out_of_bounds": n, "undeclared_values": n}, ...}}
+                         "out_of_bounds": n, "undeclared_values": n}, ...},
+     "lookup": {"capacity": n, "label_bytes": n, "rows": n, "entries": n, "repeated_keys": n,
+                "repeated_rows": n, "beyond_capacity": n, "labels_too_long": n, "left_out": n}}
+                (only for a dataset with ``[datasets.lookup]``)
 
 (counts are None for a column that could not be checked.)
 
@@ -20,6 +23,11 @@ Report shape::
   also rejects non-integral numbers; a bool column accepts what the engine casts to BOOLEAN);
 * ``out_of_bounds`` — castable values outside [min, max] (NaN and infinities included);
 * ``undeclared_values`` — non-NULL category values not in the declared list;
+* ``lookup`` — what a hidden-lookup table of the dataset would leave out
+  (``crypto.pir.table.select_records``): every row of a key that several rows have, the keys
+  beyond the declared ``capacity`` (the last in key order), records longer than ``label_bytes``
+  (measured with all the lookup columns). Each is a problem: lookups of those keys answer "not
+  found". Only the holder reads this (the node's answer to the analyst is the same either way);
 * ``ok`` — no structural problem and every violation count is zero (NULLs are allowed).
 """
 
@@ -30,7 +38,8 @@ from typing import Any
 from sqlglot import exp
 
 from xdp_compute.domain.manifest import ColumnSpec, DatasetSpec, Manifest
-from xdp_compute.node.sources import DuckDBSource, PostgresSource, SourceError, open_source
+from xdp_compute.errors import XdpError
+from xdp_compute.node.sources import DuckDBSource, LocalSource, PostgresSource, SourceError, open_source
 
 _COUNT_KEYS = ("nulls", "type_violations", "out_of_bounds", "undeclared_values")
 
@@ -246,6 +255,30 @@ def _validate_postgres(src: PostgresSource, dataset: DatasetSpec, report: dict[s
         report["columns"][spec.name].update({k: int(v or 0) for k, v in zip(_COUNT_KEYS, counts, strict=True)})
 
 
+def _validate_lookup(src: LocalSource, dataset: DatasetSpec, report: dict[str, Any]) -> None:
+    """The lookup table's left-outs, as counts and problems (the node's build leaves the same out)."""
+    from xdp_compute.node.tasks.lookup import lookup_report
+
+    spec = dataset.lookup
+    assert spec is not None
+    try:
+        counts = lookup_report(src, dataset)
+    except (XdpError, SourceError, ValueError):  # never echo engine messages
+        report["problems"].append("the lookup table's rows could not be checked")
+        return
+    report["lookup"] = counts
+    if counts["repeated_keys"]:
+        report["problems"].append(f"{counts['repeated_keys']} value(s) of the lookup key '{spec.key}' are repeated "
+                                  f"({counts['repeated_rows']} rows): a lookup table leaves every one of those rows "
+                                  "out")
+    if counts["beyond_capacity"]:
+        report["problems"].append(f"{counts['beyond_capacity']} lookup key(s) beyond the declared capacity "
+                                  f"{spec.capacity}: a lookup table leaves out the last in key order")
+    if counts["labels_too_long"]:
+        report["problems"].append(f"{counts['labels_too_long']} record(s) longer than the declared label_bytes "
+                                  f"{spec.label_bytes} with all lookup columns: a lookup table leaves them out")
+
+
 def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
     """Check ``dataset``'s source against its declaration; counts of violations only, never values.
 
@@ -281,6 +314,8 @@ def validate_source(manifest: Manifest, dataset: DatasetSpec) -> dict[str, Any]:
 
             assert isinstance(src, SparkSource)
             validate_spark(src, dataset, report)
+        if dataset.lookup is not None and not report["problems"]:
+            _validate_lookup(src, dataset, report)
     except Exception:  # noqa: BLE001 - never raise on bad data; never echo engine messages
         report["problems"].append("source could not be validated (unexpected engine error)")
     finally:

@@ -8,10 +8,13 @@ from xdp_compute.crypto.pir.oprf import OUTPUT_BYTES, POINT_BYTES, Blind, OprfKe
 from xdp_compute.crypto.pir.table import (
     LabelTooLong,
     LookupTable,
+    Selection,
     TableError,
+    build_selected,
     build_table,
     encode_label,
     entry_bytes,
+    select_records,
 )
 
 __all__ = [
@@ -21,11 +24,14 @@ __all__ = [
     "LabelTooLong",
     "LookupTable",
     "OprfKey",
+    "Selection",
     "TableError",
     "blind",
+    "build_selected",
     "build_table",
     "encode_label",
     "entry_bytes",
     "finalize",
     "lookup_key_bytes",
+    "select_records",
 ]

@@ -20,6 +20,12 @@ holder, with ``out = F_k(key)`` (``oprf.OprfKey.evaluate``, 64 bytes):
 
 Without an evaluation from the holder (one per charged lookup) the table is random bytes to its
 reader: tags and label keys are PRF outputs under ``k``.
+
+Which records enter the table (``select_records``) never stops the build: a source that breaks
+its declaration (a repeated key, more keys than ``capacity``, a label longer than ``label_bytes``)
+would otherwise make every lookup fail, a failure the analyst sees and whose cause is rows it did
+not ask for (the observable rule, DESIGN.md). The records that break it are left out by a fixed
+rule, and the counts go to the holder only.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import json
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -45,11 +51,14 @@ __all__ = [
     "VERSION_BYTES",
     "LabelTooLong",
     "LookupTable",
+    "Selection",
     "TableError",
+    "build_selected",
     "build_table",
     "decode_label",
     "encode_label",
     "entry_bytes",
+    "select_records",
 ]
 
 MAGIC = b"XDPLT2"
@@ -103,33 +112,105 @@ def _entry(out: bytes, label: bytes, version: bytes) -> bytes:
     return out[:TAG_BYTES] + ChaCha20Poly1305(out[32:64]).encrypt(_NONCE, label, _AAD + version)
 
 
-def build_table(key: OprfKey, version: bytes, records: Iterable[tuple[bytes, dict[str, Any]]], *,
-                capacity: int, label_bytes: int) -> bytes:
-    """The table of ``records`` (normalised key bytes, declared columns) under ``key``, ``capacity`` entries.
+def _check_shape(capacity: int, label_bytes: int) -> None:
+    if not 1 <= capacity <= 2**32 - 1 or not 3 <= label_bytes <= MAX_LABEL_BYTES:
+        raise ValueError("capacity must be in [1, 2^32) and label_bytes in [3, 4096]")
 
-    ``ValueError`` when there are more records than ``capacity`` or two records share a key;
-    ``LabelTooLong`` when a label does not fit. The caller reports these to its holder only.
+
+@dataclass
+class Selection:
+    """The records that enter a table, and how many were left out and why (for the holder only).
+
+    ``entries`` are (normalised key, encoded label), at most ``capacity`` of them, keys unique.
+    The counts name no key and no value; they describe the holder's source, so they go to its
+    node's log and its validation report, never to the gateway's answer to an analyst.
+    """
+
+    entries: list[tuple[bytes, bytes]] = field(default_factory=list)
+    rows: int = 0                # records read (with a key)
+    repeated_keys: int = 0       # keys that more than one record has: every one of their records is left out
+    repeated_rows: int = 0       # the records of those keys
+    beyond_capacity: int = 0     # unique keys left out because more than ``capacity`` remained
+    labels_too_long: int = 0     # kept keys whose record does not fit ``label_bytes``: left out
+
+    @property
+    def left_out(self) -> int:
+        """Records read that are not in the table."""
+        return self.repeated_rows + self.beyond_capacity + self.labels_too_long
+
+    def counts(self) -> dict[str, int]:
+        return {"rows": self.rows, "entries": len(self.entries), "repeated_keys": self.repeated_keys,
+                "repeated_rows": self.repeated_rows, "beyond_capacity": self.beyond_capacity,
+                "labels_too_long": self.labels_too_long}
+
+
+def select_records(records: Iterable[tuple[bytes, dict[str, Any]]], *, capacity: int,
+                   label_bytes: int) -> Selection:
+    """Which records enter the table: a fixed rule of the source alone, never of who asks or for what.
+
+    1. A key that two or more records have: all of its records are left out. Keeping one of them
+       would pick a value arbitrarily (source order is not stable, e.g. a PostgreSQL scan), and a
+       lookup must not answer with a record the holder did not single out. The key reads as absent.
+    2. Of the remaining keys, more than ``capacity``: the first ``capacity`` in byte order of the
+       normalised key are kept, the rest left out. Byte order is the same on every build of the
+       same data and does not depend on the analyst, the product's columns or the source's order.
+    3. A kept key whose record's label does not fit ``label_bytes`` is left out (its slot becomes
+       a dummy). Applied after step 2 so that which keys exceed the capacity depends on the key
+       column alone.
+    """
+    _check_shape(capacity, label_bytes)
+    by_key: dict[bytes, dict[str, Any] | None] = {}
+    out = Selection()
+    for k, record in records:
+        out.rows += 1
+        if k in by_key:
+            if by_key[k] is not None:  # its second record: the key is repeated (step 1)
+                out.repeated_keys += 1
+                out.repeated_rows += 1
+                by_key[k] = None
+            out.repeated_rows += 1
+        else:
+            by_key[k] = record
+    unique = sorted(k for k, r in by_key.items() if r is not None)
+    out.beyond_capacity = max(0, len(unique) - capacity)  # step 2
+    for k in unique[:capacity]:
+        try:
+            out.entries.append((k, encode_label(by_key[k], label_bytes)))  # type: ignore[arg-type]
+        except LabelTooLong:  # step 3
+            out.labels_too_long += 1
+    return out
+
+
+def build_selected(key: OprfKey, version: bytes, selection: Selection, *, capacity: int,
+                   label_bytes: int) -> bytes:
+    """The table of ``selection``'s entries under ``key``: exactly ``capacity`` entries.
+
+    It evaluates the PRF ``capacity`` times whatever the rows (kept entries and dummies alike), so
+    the build takes the same steps for any source of the same declared shape.
     """
     if len(version) != VERSION_BYTES:
         raise ValueError(f"a table version is {VERSION_BYTES} bytes")
-    if not 1 <= capacity <= 2**32 - 1 or not 3 <= label_bytes <= MAX_LABEL_BYTES:
-        raise ValueError("capacity must be in [1, 2^32) and label_bytes in [3, 4096]")
-    entries: list[bytes] = []
-    seen: set[bytes] = set()
-    for k, record in records:
-        if len(entries) >= capacity:
-            raise ValueError(f"more records than the declared capacity {capacity}")
-        out = key.evaluate(k)
-        if out[:TAG_BYTES] in seen:
-            raise ValueError("two records have the same key")
-        seen.add(out[:TAG_BYTES])
-        entries.append(_entry(out, encode_label(record, label_bytes), version))
+    _check_shape(capacity, label_bytes)
+    if len(selection.entries) > capacity:
+        raise ValueError(f"more entries than the declared capacity {capacity} (select_records keeps at most it)")
+    entries = [_entry(key.evaluate(k), label, version) for k, label in selection.entries]
     # Step 4: dummies by the same steps (so building costs the same whatever the row count).
     while len(entries) < capacity:
         out = key.evaluate(b"\x00dummy" + os.urandom(16))  # no normalised key starts with NUL
         entries.append(_entry(out, os.urandom(label_bytes), version))
     entries.sort()  # step 5
     return _HEAD.pack(MAGIC, version, key.public_key(), capacity, label_bytes) + b"".join(entries)
+
+
+def build_table(key: OprfKey, version: bytes, records: Iterable[tuple[bytes, dict[str, Any]]], *,
+                capacity: int, label_bytes: int) -> bytes:
+    """The table of ``records`` (normalised key bytes, declared columns) under ``key``, ``capacity`` entries.
+
+    Records are chosen by ``select_records`` (repeated keys, keys beyond the capacity and labels
+    too long are left out, never a failure); call it and ``build_selected`` to have the counts.
+    """
+    return build_selected(key, version, select_records(records, capacity=capacity, label_bytes=label_bytes),
+                          capacity=capacity, label_bytes=label_bytes)
 
 
 @dataclass(frozen=True)

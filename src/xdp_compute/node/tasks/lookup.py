@@ -11,6 +11,13 @@ What the node sees of a lookup is ``LookupEvaluate``: a uniformly random group e
 analyst's ``r·H(key)``), the product and who asks. It learns neither the key nor whether it
 matched: the match happens in the analyst's SDK. Its own policy is checked first: the dataset
 must be opted in (``[datasets.lookup]``) and the product may ask only for columns listed there.
+
+A source that breaks its lookup declaration (a repeated key, more keys than ``capacity``, a record
+longer than ``label_bytes``) does not stop the build: those records are left out by the fixed
+rule of ``crypto.pir.table.select_records`` and the table is built from the rest, padded to the
+capacity as always. What was left out is this node's log's business and its validation report's
+(``lookup_report``), never the gateway's: a failure there would tell the analyst about rows it
+did not ask for (the observable rule, DESIGN.md).
 """
 
 from __future__ import annotations
@@ -36,11 +43,12 @@ from xdp_compute.contract.tasks import (
     LookupTablePart,
     LookupTablePartReply,
 )
-from xdp_compute.crypto.pir import OprfKey, build_table
+from xdp_compute.crypto.pir import OprfKey, Selection, build_selected, select_records
 from xdp_compute.crypto.pir.keys import lookup_key_bytes
 from xdp_compute.crypto.pir.table import NO_SUCH_PART
 from xdp_compute.domain.manifest import DatasetSpec, LookupSpec
 from xdp_compute.errors import BadRequest, Conflict, PolicyDenied, XdpError
+from xdp_compute.node.sources import LocalSource
 from xdp_compute.node.tasks.context import NodeContext
 
 log = logging.getLogger("xdp.node.lookup")
@@ -48,7 +56,8 @@ log = logging.getLogger("xdp.node.lookup")
 # A PostgreSQL table has no file state to compare: its lookup table is rebuilt once this old.
 SQL_TABLE_MAX_AGE_SECONDS = 600.0
 # What the gateway (and through it the analyst) is told when a table cannot be built: the same
-# words whatever the reason, which this node's own log gives (it may depend on the data).
+# words whatever the reason, which this node's own log gives. Only the source itself can cause it
+# now (unreadable, a declared column missing): the rows' contents no longer stop a build.
 NOT_BUILT = "the holder's node could not build the lookup table (the reason is in the node's log)"
 
 
@@ -94,6 +103,57 @@ def _typed(ctype: str, value: Any) -> Any:
     return str(value)
 
 
+def read_records(src: LocalSource, ds: DatasetSpec, spec: LookupSpec, columns: tuple[str, ...]
+                 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """The source's records as (normalised key, declared columns); a record without a key is skipped
+    (nobody can look it up). ``BadRequest`` when a column is missing from the source."""
+    key_col = ds.column(spec.key)
+    assert key_col is not None
+    types = {c: ds.column(c).type for c in columns}  # type: ignore[union-attr]
+    actual = {n.lower(): n for n in src.column_names()}
+    wanted = (spec.key, *columns)
+    missing = [c for c in wanted if c.lower() not in actual]
+    if missing:
+        raise BadRequest(f"column {missing[0]!r} is missing from the source")
+    select = ", ".join(exp.to_identifier(actual[c.lower()], quoted=True).sql(dialect=src.dialect) for c in wanted)
+    rows = src.execute(f"SELECT {select} FROM {src.relation_sql()}")
+    for row in rows:
+        k = lookup_key_bytes(key_col.type, row[0])
+        if k is None:
+            continue
+        yield k, {c: _typed(types[c], v) for c, v in zip(columns, row[1:], strict=True)}
+
+
+def left_out_text(chosen: Selection, spec: LookupSpec) -> str:
+    """What was left out of a table, in counts, for the holder (its node's log)."""
+    parts = []
+    if chosen.repeated_keys:
+        parts.append(f"{chosen.repeated_keys} key{'s' * (chosen.repeated_keys != 1)} repeated "
+                     f"({chosen.repeated_rows} rows; every row of a repeated key is left out)")
+    if chosen.beyond_capacity:
+        parts.append(f"{chosen.beyond_capacity} key{'s' * (chosen.beyond_capacity != 1)} beyond the capacity "
+                     f"{spec.capacity} (the last in key order are left out)")
+    if chosen.labels_too_long:
+        parts.append(f"{chosen.labels_too_long} record{'s' * (chosen.labels_too_long != 1)} longer than "
+                     f"label_bytes={spec.label_bytes}")
+    return (f"{chosen.left_out} of {chosen.rows} rows with a key left out: " + "; ".join(parts)
+            + ". Lookups of those keys answer \"not found\"; fix the source or the [datasets.lookup] declaration")
+
+
+def lookup_report(src: LocalSource, ds: DatasetSpec) -> dict[str, Any]:
+    """For ``xdp node validate``: which of the source's rows a lookup table would leave out, in counts.
+
+    Labels are measured with every ``[datasets.lookup]`` column (the longest a product can ask
+    for), so ``labels_too_long`` is an upper bound for a product that asks for fewer.
+    """
+    spec = ds.lookup
+    assert spec is not None
+    chosen = select_records(read_records(src, ds, spec, tuple(spec.columns)), capacity=spec.capacity,
+                            label_bytes=spec.label_bytes)
+    return {"capacity": spec.capacity, "label_bytes": spec.label_bytes, **chosen.counts(),
+            "left_out": chosen.left_out}
+
+
 class LookupTasks:
     """The node's lookup tables and keys, per (dataset, product); thread-safe."""
 
@@ -134,26 +194,6 @@ class LookupTasks:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     # ------------------------------------------------------------------ building
-    def _records(self, ds: DatasetSpec, spec: LookupSpec, columns: tuple[str, ...]
-                 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        key_col = ds.column(spec.key)
-        assert key_col is not None
-        types = {c: ds.column(c).type for c in columns}  # type: ignore[union-attr]
-        with self.node.sources.open(self.node.manifest, ds) as src:
-            actual = {n.lower(): n for n in src.column_names()}
-            wanted = (spec.key, *columns)
-            missing = [c for c in wanted if c.lower() not in actual]
-            if missing:
-                raise BadRequest(f"column {missing[0]!r} is missing from the source")
-            select = ", ".join(exp.to_identifier(actual[c.lower()], quoted=True).sql(dialect=src.dialect)
-                               for c in wanted)
-            rows = src.execute(f"SELECT {select} FROM {src.relation_sql()}")
-        for row in rows:
-            k = lookup_key_bytes(key_col.type, row[0])
-            if k is None:
-                continue  # no key: nobody can look this record up
-            yield k, {c: _typed(types[c], v) for c, v in zip(columns, row[1:], strict=True)}
-
     def _build(self, ds: DatasetSpec, spec: LookupSpec, columns: tuple[str, ...], fingerprint: Any) -> _Table:
         key_col = ds.column(spec.key)
         assert key_col is not None
@@ -161,16 +201,20 @@ class LookupTasks:
         version = os.urandom(16)
         started = time.monotonic()
         try:
-            data = build_table(oprf, version, self._records(ds, spec, columns), capacity=spec.capacity,
-                               label_bytes=spec.label_bytes)
+            with self.node.sources.open(self.node.manifest, ds) as src:
+                chosen = select_records(read_records(src, ds, spec, columns), capacity=spec.capacity,
+                                        label_bytes=spec.label_bytes)
+            data = build_selected(oprf, version, chosen, capacity=spec.capacity, label_bytes=spec.label_bytes)
         except (ValueError, XdpError) as e:
-            # The reason may depend on the data (too many rows, a duplicate key, a long label):
-            # the holder reads it here; the gateway and the analyst get NOT_BUILT.
+            # Only the source can fail here (unreadable, a column missing), not its rows' values.
             log.error("lookup table of dataset %s not built: %s", ds.name,
                       e.detail if isinstance(e, XdpError) else e)
             raise BadRequest(NOT_BUILT) from None
         log.info("lookup table of dataset %s built: %d entries in %.1fs", ds.name, spec.capacity,
                  time.monotonic() - started)
+        if chosen.left_out:
+            # The holder's eyes only: counts, never a key. The gateway gets the same table shape.
+            log.warning("lookup table of dataset %s: %s", ds.name, left_out_text(chosen, spec))
         return _Table(version.hex(), oprf, columns, fingerprint, data, spec, key_col.type)
 
     def _table(self, dataset: str, product: str, columns: list[str]) -> _Table:
