@@ -11,15 +11,18 @@ subscription and logs it. The protocol is docs/hidden-lookup.md (OPRF keyword PI
 
 It learns neither the key nor whether it matched, and logs neither (the key never reaches it;
 the match happens in the SDK). Each evaluation is one call under an approved subscription to a
-lookup product (``ExchangeService.charge_call``) and one release-log entry, written through the
-release gate's ``record`` path: principal, product, subscription, dataset, node, table version,
-time. A lookup releases one record, not a DP aggregate: it is offered only on datasets whose owner
-opted in (``[datasets.lookup]``), for the columns it lists, and the node checks both again.
+lookup product (held by ``ExchangeService.hold_units``, metered by ``metered.meter_call``) and one
+release-log entry, written through the release gate's ``record`` path: principal, product,
+subscription, dataset, node, table version, time. A lookup releases one record, not a DP
+aggregate: it is offered only on datasets whose owner opted in (``[datasets.lookup]``), for the
+columns it lists, and the node checks both again.
 
-Order of an evaluation: the subscription and allowance are checked (nothing counted), the node
-evaluates, then the call is counted atomically and logged, then the point is returned. A call
-refused at counting (two concurrent calls for the last unit) returns nothing; a node that fails
-costs nothing. Refusals are answered as problems and are not log entries (they release nothing).
+Order of an evaluation: the subscription and the dataset's policy are checked; the call is
+counted (one unit held on the subscription, atomically: concurrent calls never hold more than
+the allowance), and only then is the node asked, so a call past the allowance costs the node no
+work; the node's answer meters the held unit and is logged, then the point is returned. A node
+that fails to evaluate gives the unit back (``evaluate`` says why that refund cannot depend on
+the data). Refusals are answered as problems and are not log entries (they release nothing).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from xdp_compute.domain.policy import Requester, evaluate
 from xdp_compute.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyDenied, ProtocolAborted
 from xdp_compute.gateway.exchange import AllowanceUsedUp, ExchangeService, NotSubscribed
 from xdp_compute.gateway.hub import NodeDropped, NodeFailed
+from xdp_compute.gateway.metered import meter_call
 from xdp_compute.gateway.services import Services
 from xdp_compute.gateway.store import PrincipalView, node_parts
 
@@ -67,13 +71,16 @@ class LookupVersionStale(Conflict):
 
 @dataclass(frozen=True)
 class Target:
-    """Where a product's lookups go: its dataset, its columns and the one node holding it."""
+    """Where a product's lookups go: its dataset, its columns and the one node holding it; the
+    caller's subscription to it (its id and allowance, in calls)."""
 
     product: str
     dataset: str
     columns: tuple[str, ...]
     node_id: str
     node: str
+    subscription: str
+    allowance: float
 
 
 class TableCache:
@@ -164,7 +171,7 @@ class LookupService:
         if not part["online"]:
             raise Conflict(f"the node holding dataset {spec.name!r} is offline")
         columns = tuple(product["terms"].get("columns") or spec.lookup.columns)
-        return Target(product_id, spec.name, columns, part["node_id"], part["node"])
+        return Target(product_id, spec.name, columns, part["node_id"], part["node"], sub["id"], sub["allowance"])
 
     # ------------------------------------------------------------------ node calls
     async def _ask(self, t: Target, request: Any, timeout: float) -> Any:
@@ -204,16 +211,41 @@ class LookupService:
         """One hidden lookup: the node's ``k·B`` for the analyst's blinded point ``B``, counted and logged."""
         blinded = decode_point(point)  # malformed input is refused before anything is looked up
         t = self.target(who, product_id)
-        reply: LookupEvaluated = await self._ask(t, LookupEvaluate(dataset=t.dataset, product=t.product,
-                                                                   version=version, point=blinded,
-                                                                   principal=who.name), CALL_TIMEOUT)
-        grant = self.exchange.charge_call(who.id, product_id, "lookup")
+        # Count first: one call held on the subscription by a conditional UPDATE (``hold_units``), so
+        # of any number of concurrent calls exactly the allowance get past here, and a call past it
+        # never makes the node evaluate (a deviating analyst cannot make the holder work for free).
+        try:
+            hold = self.exchange.hold_units(t.subscription, 1.0)
+        except AllowanceUsedUp:
+            raise AllowanceUsedUp(f"subscription {t.subscription} has used all {t.allowance:g} calls of product "
+                                  f"{product_id!r}", subscription=t.subscription) from None
+        try:
+            reply: LookupEvaluated = await self._ask(t, LookupEvaluate(dataset=t.dataset, product=t.product,
+                                                                       version=version, point=blinded,
+                                                                       principal=who.name), CALL_TIMEOUT)
+        except BaseException:
+            # The node did not evaluate: the call is given back. This refund is not data-dependent
+            # (DESIGN.md: an abort whose cause can depend on data is charged), because no cause of
+            # an evaluation failure reads a row: the node checks its opt-in (the manifest), the
+            # version against its source's file state or age (a new version is public anyway: the
+            # next table-info shows it) and the point (the analyst's own input, checked here
+            # already); then it computes k·B and a proof, which take the same steps for any B and
+            # never touch the source. A build that could fail on the rows is no longer a cause
+            # either: rows that break the declaration are left out (``crypto.pir.select_records``),
+            # and a build happens in table-info, which counts nothing. What remains is the node or
+            # the link being down or slow, which the holder's data does not decide.
+            self.exchange.return_hold(hold)
+            raise
+        with self.svc.store.write() as s:
+            metered = meter_call(s, hold)
+        if metered is None:  # given back meanwhile (an orphan after ten minutes): answer nothing
+            raise ProtocolAborted("the call's hold was given back before the node's answer arrived; retry")
         # The entry names who, what and when; never the key (the gateway has none) nor any outcome.
         entry = self.svc.gate.record({
             "kind": LOOKUP, "operation": "lookup", "principal": who.name, "product": t.product,
-            "subscription": grant.subscription_id, "datasets": [t.dataset], "nodes": [t.node],
-            "table_version": version, "columns": list(t.columns), "unit_price": grant.unit_price})
+            "subscription": metered["subscription"], "datasets": [t.dataset], "nodes": [t.node],
+            "table_version": version, "columns": list(t.columns), "unit_price": metered["unit_price"]})
         return {"product": t.product, "version": reply.version,
                 "point": base64.b64encode(reply.point).decode(), "proof": base64.b64encode(reply.proof).decode(),
                 "log_index": entry["index"],
-                "calls_left": grant.calls_left, "receipt": self.svc.release_log.receipt(entry["index"])}
+                "calls_left": metered["calls_left"], "receipt": self.svc.release_log.receipt(entry["index"])}

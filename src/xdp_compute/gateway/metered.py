@@ -2,7 +2,9 @@
 
 The release gate meters a job under a subscription in the very transaction that appends its
 released entry (``meter_release``, ``metered_entry``), and gives the hold back in a refusal's
-(``return_job_hold``); the exchange service (``gateway/exchange.py``) uses the same helpers. These
+(``return_job_hold``); the exchange service (``gateway/exchange.py``) uses the same helpers. A
+hidden lookup holds its call before the node is asked and meters it once the node answered
+(``meter_call``), or gives it back (``give_back``). These
 functions take an open ``Session`` and import nothing of the gateway but its tables, so the gate
 can call them without depending on the services.
 """
@@ -134,6 +136,32 @@ def reclaim_ended(s: Session, subscription_id: str) -> None:
         for usage_id, _ in orphans:
             if usage_id not in carried:
                 give_back(s, usage_id)
+
+
+def meter_call(s: Session, usage_id: int) -> dict[str, Any] | None:
+    """Meter one held call (a hidden lookup the node has answered): held becomes used.
+
+    Priced at the product's unit price, in the open billing period, with the product's owner as
+    the party (as ``ExchangeService.charge_call`` meters a call). Returns the subscription, the
+    unit price and the calls left; None when the unit is no longer held (given back meanwhile as
+    an orphan, ``reclaim_ended``): the caller must then not answer, or the call would go uncounted.
+    """
+    row = s.get(m.Usage, usage_id)
+    if row is None:
+        return None
+    product = s.get(m.Product, row.product_id)
+    assert product is not None
+    now = time.time()
+    if not _move(s, usage_id, "held", "metered", metered_at=now, amount_micros=to_micros(row.units, product.unit_price),
+                 period=open_period(s, now), parties_json=json.dumps([product.owner_id])):
+        return None
+    s.execute(update(m.Subscription).where(m.Subscription.id == row.subscription_id)
+              .values(held=m.Subscription.held - row.units, used=m.Subscription.used + row.units))
+    sub = s.get(m.Subscription, row.subscription_id)
+    assert sub is not None
+    s.refresh(sub)
+    return {"subscription": sub.id, "unit_price": product.unit_price,
+            "calls_left": max(product.allowance - sub.used - sub.held, 0.0)}
 
 
 def _job_hold(job: m.Job | None) -> int | None:
