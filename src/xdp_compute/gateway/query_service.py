@@ -398,7 +398,8 @@ class QueryService:
                                                                     noise_basis=basis, principal=who),
                                    threshold=p.threshold, neighbours=p.neighbours,
                                    round_timeout=self.svc.settings.round_timeout_seconds,
-                                   begin_timeout=self.svc.settings.round_timeout_seconds * 6)
+                                   begin_timeout=self.svc.settings.round_timeout_seconds * 6,
+                                   late_input=True)  # nodes read their rows while the session sets up
         except ProtocolAborted as e:
             raise await self.aborted(job_id, p, e) from None
         survivors = [names[u] for u in res.survivors]

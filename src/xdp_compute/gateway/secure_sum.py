@@ -55,7 +55,8 @@ class SecureSumResult:
     survivors: list[str]                   # node ids whose input is in the total (U3)
     first_replies: dict[str, Any] = field(default_factory=dict)  # round-0 replies (QueryBegun, TrainRoundBegun)
     dropped: dict[str, str] = field(default_factory=dict)   # node id -> phase where it dropped
-    refused: dict[str, str] = field(default_factory=dict)   # node id -> its error, if it answered round 0 with one
+    # node id -> its error, if it answered round 0 with one (or round 2, with ``late_input``)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def session_parameters(n: int, *, complete_threshold: int, dropout_rate: float, corrupt_rate: float,
@@ -123,11 +124,17 @@ async def _gather(hub: TaskHub, job_id: str, requests: dict[str, Record], timeou
 async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: list[str], vector_length: int,
                      begin: Callable[[str, SecAggSession], Record], *, threshold: int | None,
                      neighbours: int | None = None, round_timeout: float,
-                     begin_timeout: float) -> SecureSumResult:
+                     begin_timeout: float, late_input: bool = False) -> SecureSumResult:
     """Run rounds 0-4; ``begin(node, session)`` builds each node's round-0 request (the node
     computes its input then), which carries the session configuration. ``threshold`` and
     ``neighbours`` (SecAgg+ degree k, None for the complete graph) come from the plan
-    (``session_parameters``); nodes check them against their own rule before computing."""
+    (``session_parameters``); nodes check them against their own rule before computing.
+
+    ``late_input``: the nodes answer round 0 once their checks and charge are done and compute
+    their input meanwhile (the plain query, issue #13), so round 2 is where a data step ends: it
+    gets ``begin_timeout``, and a node that answers it with an error is a refusal, exactly as
+    one answering round 0 with an error (its cause may depend on the node's data: an abort is
+    then charged, ``QueryService.aborted``), not a silent drop-out."""
     config = SecAggConfig(session_id=session_id, participants=participants, vector_length=vector_length,
                           threshold=threshold, neighbours=neighbours)
     session = SecAggSession(session_id=session_id, participants=participants, vector_length=vector_length,
@@ -137,15 +144,16 @@ async def secure_sum(hub: TaskHub, job_id: str, session_id: str, participants: l
     refused: dict[str, str] = {}
     try:
         return await _rounds(hub, job_id, session_id, participants, session, server, begin, refused, dropped,
-                             round_timeout, begin_timeout)
+                             round_timeout, begin_timeout, late_input)
     except ProtocolAborted as e:
-        e.node_errors = dict(refused)  # type: ignore[attr-defined]  # errors in the data step (round 0)
+        e.node_errors = dict(refused)  # type: ignore[attr-defined]  # errors in the data step (round 0 or 2)
         raise
 
 
 async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list[str], session: SecAggSession,
                   server: SecAggServer, begin: Callable[[str, SecAggSession], Record], refused: dict[str, str],
-                  dropped: dict[str, str], round_timeout: float, begin_timeout: float) -> SecureSumResult:
+                  dropped: dict[str, str], round_timeout: float, begin_timeout: float,
+                  late_input: bool) -> SecureSumResult:
     def feed(replies: dict[str, SecAggMessage], expected: list[str], phase: str) -> None:
         for node in expected:
             r = replies.get(node)
@@ -161,7 +169,8 @@ async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list
                 else:
                     raise
 
-    # Round 0 (AdvertiseKeys): each node computes its input and advertises two public keys.
+    # Round 0 (AdvertiseKeys): each node computes its input (or, with ``late_input``, starts to)
+    # and advertises two public keys.
     replies = await _gather(hub, job_id, {node: begin(node, session) for node in participants}, begin_timeout,
                             refused)
     first = dict(replies)
@@ -174,11 +183,12 @@ async def _rounds(hub: TaskHub, job_id: str, session_id: str, participants: list
                             round_timeout)
     feed(replies, u1, "share_keys")
     server.close_share_keys()
-    # Round 2 (MaskedInputCollection): deliver each node its shares; collect masked vectors.
+    # Round 2 (MaskedInputCollection): deliver each node its shares; collect masked vectors (with
+    # ``late_input``, each node's data step ends here: its time and its errors are round 0's).
     u2 = list(server.survivors(Phase.SHARE_KEYS))
     replies = await _gather(hub, job_id, {u: SecAggMaskedInput(session_id=session_id,
                                                                secagg=server.shares_for(u).encode()) for u in u2},
-                            round_timeout)
+                            begin_timeout if late_input else round_timeout, refused if late_input else None)
     feed(replies, u2, "masked_input")
     check = server.close_masked_input()
     # Round 3 (ConsistencyCheck): every survivor signs the survivor set U3 it was told.

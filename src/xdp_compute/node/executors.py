@@ -112,8 +112,9 @@ class TaskExecutor:
         self.node.node_id = value
 
     def close(self) -> None:
-        """Stop the helper processes the tasks started (Paillier obfuscator pools)."""
+        """Stop the helper processes the tasks started (Paillier obfuscator pools) and the data steps' threads."""
         self.he.close()
+        self.query.close()
 
     def handle(self, kind: str, job_id: str, header: dict[str, Any], blobs: dict[str, bytes]) -> TaskOutcome:
         """Decode the task, run its handler, encode the reply; a refusal is a failed outcome.

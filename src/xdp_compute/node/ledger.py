@@ -193,11 +193,18 @@ class NodeLedger:
                     f"this task's delta {entry.delta:.3g} would exceed it: refused")
             line = (json.dumps(entry.to_dict(), sort_keys=True, separators=(",", ":")) + "\n").encode()
             os.write(fd, line)
-            os.fsync(fd)  # durable before the task runs: a restart keeps the charge
+            # Durable before the task runs: a restart keeps the charge. fdatasync flushes the line
+            # and the file's new size (what reading it back needs), not its timestamps (issue #13).
+            _sync_data(fd)
             self._offset += len(line)
             self._add(entry)
             self._charged_here.add(job_id)
             return entry
+
+
+def _sync_data(fd: int) -> None:
+    sync = getattr(os, "fdatasync", None)  # not on macOS: fsync there
+    (sync or os.fsync)(fd)
 
 
 def read_journal(state_dir: Path) -> list[JournalEntry]:

@@ -8,7 +8,9 @@ this node's input to secure aggregation (``tasks.secagg``).
 
 Before any of that the node enforces its own policy (issue #12): the noise it must add is
 recomputed from its own manifest and the declared (epsilon, delta) (``node.policy``), and the
-job is charged to its own ledger and journal (``node.ledger``).
+job is charged to its own ledger and journal (``node.ledger``) — in Round 0, synchronously
+(``admit_query_task``). The data step itself (``noisy_vector``) then runs in the background
+while secure aggregation sets up (issue #13); Round 2 waits for its vector.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
 
 from xdp_compute.contract import HeQueryBegin, QueryBegin, QueryBegun
+from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.errors import BadRequest
 from xdp_compute.node.policy import check_query_task
-from xdp_compute.node.sources import run_local_query
+from xdp_compute.node.sources import run_checked_query
 from xdp_compute.node.tasks.context import NodeContext
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.privacy import sample_discrete_gaussian_vector
@@ -32,7 +36,6 @@ from xdp_compute.privacy.randomness import RandomnessSource, SeededRandomness, S
 from xdp_compute.query import QueryPlan, validate_plan_for
 
 log = logging.getLogger("xdp.node.query")
-
 
 
 def noise_source(node: NodeContext) -> RandomnessSource:
@@ -79,14 +82,15 @@ def _test_only_slowdown() -> None:
         sum(range(busy))  # one C call: no other thread of this process runs until it returns
 
 
-def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin
-                       ) -> tuple[QueryPlan, np.ndarray]:
-    """This node's vector for the task's plan plus its noise share, after the node's own checks.
+def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin
+                     ) -> tuple[QueryPlan, DatasetSpec]:
+    """The node's own checks of a query task and its charge, all before a row is read.
 
-    In this order, all before a row is read (so a refusal depends on public inputs only): the
-    plan re-derived from this node's manifest; the noise recomputed by this node's policy and
-    the task's ``sigma_node2`` refused if below it (``node.policy``); the job charged to this
-    node's own ledger and journaled (``node.ledger``; refused past its own budget).
+    In this order (so a refusal depends on public inputs only): the plan re-derived from this
+    node's manifest; the noise recomputed by this node's policy and the task's ``sigma_node2``
+    refused if below it (``node.policy``); the job charged to this node's own ledger and
+    journaled, durably, before this returns (``node.ledger``; refused past its own budget).
+    Returns the re-derived plan and this node's dataset.
     """
     plan = QueryPlan.from_dict(request.plan)
     ds = node.manifest.dataset(plan.dataset)
@@ -101,9 +105,25 @@ def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: Query
                            node.manifest.max_colluding_nodes)
     node.ledger.charge(ds, job_id=job_id, kind=kind, principal=request.principal, plan_digest=plan.digest(),
                        epsilon=own.epsilon, delta=own.delta)
-    vec = run_local_query(plan, node.manifest, ds, sources=node.sources)
+    return plan, ds
+
+
+def noisy_vector(node: NodeContext, plan: QueryPlan, ds: DatasetSpec, sigma_node2: Mapping[str, Fraction],
+                 rng: RandomnessSource) -> np.ndarray:
+    """The data step of an admitted task (``admit_query_task``): the pushdown SQL on this node's
+    engine, then its noise share. Its errors (a bad source, a fixed-point overflow) may depend
+    on the rows."""
+    vec = run_checked_query(plan, node.manifest, ds, sources=node.sources)
     _test_only_slowdown()
-    return plan, add_noise(vec, plan, request.sigma_node2, noise_source(node))
+    return add_noise(vec, plan, sigma_node2, rng)
+
+
+def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin
+                       ) -> tuple[QueryPlan, np.ndarray]:
+    """This node's vector for the task's plan plus its noise share, after the node's own checks
+    and charge (``admit_query_task``), computed before this returns (the encrypted query)."""
+    plan, ds = admit_query_task(node, job_id, kind, request)
+    return plan, noisy_vector(node, plan, ds, request.sigma_node2, noise_source(node))
 
 
 def declared_parties(request: QueryBegin | HeQueryBegin) -> dict[str, str]:
@@ -113,14 +133,39 @@ def declared_parties(request: QueryBegin | HeQueryBegin) -> dict[str, str]:
 
 
 class QueryTasks:
-    """``query_begin``: the plain federated query's round 0."""
+    """``query_begin``: the plain federated query's round 0.
+
+    The data step runs in the background (issue #13): Round 0 answers with this node's keys as
+    soon as its checks and its charge are done, and the rows are read and the noise drawn while
+    the gateway runs Round 1 (ShareKeys) and this node expands its masks; Round 2
+    (MaskedInputCollection) waits for the vector. A data step that fails makes Round 2 fail: the
+    gateway counts that as a refusal, as it did one in Round 0 (``gateway.secure_sum``).
+    """
+
+    #: Data steps running at once; more wait for a free thread (the worker runs 4 tasks at once).
+    DATA_STEPS = 4
 
     def __init__(self, node: NodeContext, sessions: SecAggSessions) -> None:
         self.node, self.sessions = node, sessions
+        self._data_steps = ThreadPoolExecutor(max_workers=self.DATA_STEPS, thread_name_prefix="data-step")
 
     def begin(self, job_id: str, request: QueryBegin) -> QueryBegun:
-        """Compute the noisy vector, then advertise keys for its secure aggregation (Round 0)."""
+        """Check and charge, start the data step, and advertise keys at once (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
-        _, vec = local_noisy_vector(self.node, job_id, "query", request)
-        return QueryBegun(secagg=self.sessions.start(job_id, self.node.node_id, config, vec,
-                                                     parties=declared_parties(request)))
+        plan, ds = admit_query_task(self.node, job_id, "query", request)
+        if plan.vector_length != config.vector_length:
+            raise BadRequest("the plan's vector does not match the session's vector length")
+        # The noise source is taken here, in task order (test-only seeded noise is keyed by it).
+        rng = noise_source(self.node)
+        vector = self._data_steps.submit(noisy_vector, self.node, plan, ds, request.sigma_node2, rng)
+        try:
+            keys = self.sessions.start(job_id, self.node.node_id, config, vector,
+                                       parties=declared_parties(request))
+        except BaseException:
+            vector.cancel()
+            raise
+        return QueryBegun(secagg=keys)
+
+    def close(self) -> None:
+        """Stop taking data steps (the worker is ending)."""
+        self._data_steps.shutdown(wait=False, cancel_futures=True)

@@ -2,7 +2,8 @@
 
 A job's round-0 handler (``query_begin``, ``train_begin``) checks the session it was sent
 (``SecAggSessions.config_for``), computes this node's input vector — already carrying its DP
-noise share — and calls ``start``, which runs Round 0 (AdvertiseKeys). The step handlers then
+noise share — and calls ``start``, which runs Round 0 (AdvertiseKeys). ``query_begin`` hands
+``start`` the vector still in the making (a ``Future``): Round 2 waits for it (issue #13). The step handlers then
 run Round 1 (ShareKeys), Round 2 (MaskedInputCollection), Round 3 (ConsistencyCheck) and Round 4
 (Unmasking). Only signed public keys, encrypted shares, the masked vector, a signature over the
 survivor set and unmasking shares leave the node.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +61,9 @@ MAX_SPENT_SESSIONS = 100_000
 class _Session:
     job_id: str
     client: SecAggClient
-    vector: np.ndarray | None  # the unmasked input, until Round 2 has masked it
+    # The unmasked input, until Round 2 has masked it; a Future while the data step still runs
+    # (the plain query starts it in Round 0 and answers with its keys at once, issue #13).
+    vector: np.ndarray | Future[np.ndarray] | None
     started: float
     # Sealed sessions (encrypted delivery): the only coordinates of the masked input that may
     # leave in the clear; the rest leaves only encrypted. None: a plain session.
@@ -73,6 +77,23 @@ class _Session:
         if self.precompute is not None:
             self.precompute.join()
             self.precompute = None
+
+    def await_input(self) -> np.ndarray:
+        """The input vector, once the data step has produced it; its error otherwise (which may
+        depend on the rows: the gateway counts a failed Round 2 as a refusal)."""
+        vector = self.vector
+        if vector is None:
+            raise BadRequest("masked input already sent for this session")
+        if isinstance(vector, Future):
+            try:
+                vector = vector.result()
+            except BaseException:
+                self.vector = None  # a failed data step leaves nothing to mask, now or later
+                raise
+            self.vector = vector
+        if vector.dtype != np.uint64 or vector.shape != (self.client.config.vector_length,):
+            raise BadRequest("input vector does not match the session's vector length")
+        return vector
 
 
 class SecAggSessions:
@@ -117,15 +138,18 @@ class SecAggSessions:
                              + "): refused")
         return config
 
-    def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray, *,
+    def start(self, job_id: str, node_id: str, config: SecAggConfig, vector: np.ndarray | Future[np.ndarray], *,
               revealed: tuple[int, ...] | None = None, parties: Mapping[str, str] | None = None) -> bytes:
         """Round 0 (AdvertiseKeys): keep ``vector`` for Round 2; return the node's (signed) public keys.
+
+        ``vector`` may still be in the making (a ``Future`` of the data step): Round 2 waits for
+        it, and fails with its error.
 
         ``revealed``: a sealed session, whose Round 2 answers only ``sealed_masked_input``.
         ``parties``: the node -> party map the input's noise was calibrated for; in Round 1 the
         roster's certificates must group the nodes the same way.
         """
-        if vector.dtype != np.uint64 or vector.shape != (config.vector_length,):
+        if not isinstance(vector, Future) and (vector.dtype != np.uint64 or vector.shape != (config.vector_length,)):
             raise BadRequest("input vector does not match the session's vector length")
         if revealed is not None and not all(0 <= i < config.vector_length for i in revealed):
             raise BadRequest("revealed coordinates lie outside the session's vector")
@@ -168,10 +192,9 @@ class SecAggSessions:
             # A sealed session's masked input never leaves whole in the clear: with the
             # unmasking shares, the gateway would learn the sum it must not see.
             raise BadRequest("this session is sealed (encrypted delivery): its masked input is not sent in the clear")
-        if s.vector is None:
-            raise BadRequest("masked input already sent for this session")
+        vector = self._input(s, request.session_id)
         s.await_masks()
-        msg = s.client.masked_input(s.vector, request.secagg).encode()
+        msg = s.client.masked_input(vector, request.secagg).encode()
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
         self._mark_spent(request.session_id)
         return SecAggMessage(secagg=msg)
@@ -182,10 +205,9 @@ class SecAggSessions:
         s = self._get(job_id, request.session_id)
         if s.revealed is None:
             raise BadRequest("this session is not sealed: its masked input is collected by secagg_masked_input")
-        if s.vector is None:
-            raise BadRequest("masked input already sent for this session")
+        vector = self._input(s, request.session_id)
         s.await_masks()
-        full = s.client.masked_input(s.vector, request.secagg)
+        full = s.client.masked_input(vector, request.secagg)
         s.vector = None  # the unmasked input is no longer needed; do not keep it around
         self._mark_spent(request.session_id)
         shown = MaskedInput(full.session_id, full.sender, np.ascontiguousarray(full.vector[list(s.revealed)]))
@@ -202,6 +224,16 @@ class SecAggSessions:
         msg = s.client.unmask(request.secagg).encode()
         self.end(request.session_id)
         return SecAggMessage(secagg=msg)
+
+    def _input(self, s: _Session, session_id: str) -> np.ndarray:
+        """Round 2's input; a failed data step ends the session (its keys are not kept around)."""
+        running = isinstance(s.vector, Future)
+        try:
+            return s.await_input()
+        except BaseException:
+            if running:
+                self.end(session_id)
+            raise
 
     # ------------------------------------------------------------------ store
     def _mark_spent(self, session_id: str) -> None:
