@@ -27,7 +27,7 @@ from xdp_compute.crypto.secagg import (
     UnmaskResponse,
     decode_message,
 )
-from xdp_compute.crypto.shamir import PRIME, Share
+from xdp_compute.crypto.shamir import LANES, PRIME, Share
 from xdp_compute.errors import BadRequest, XdpError
 
 SID = b"job-7/round-3"
@@ -53,7 +53,7 @@ def _samples() -> list[secagg.SecAggMessage]:
         UnmaskRequest(SID, ("c", "a", "b")),
         UnmaskRequest(SID, ("c", "a", "b"), {"a": SIG, "c": SIG2}),
         UnmaskRequest(SID, ("c", "a", "b"), {"a": b"", "b": b"", "c": b""}),
-        UnmaskResponse(SID, "a", {"a": Share(1, 5), "b": Share(1, PRIME - 1)}, {"c": Share(1, 0)}),
+        UnmaskResponse(SID, "a", {"a": Share.of(1, [5] * LANES), "b": Share.of(1, [PRIME - 1] * LANES)}, {"c": Share.of(1, [0] * LANES)}),
     ]
 
 
@@ -218,12 +218,15 @@ def test_bad_fields_rejected() -> None:
 
 
 def test_share_values_are_range_checked() -> None:
-    ok = UnmaskResponse(SID, "a", {"a": Share(1, 5)}, {}).encode()
-    y_at = ok.index(Share(1, 5).encode()) + 2
-    too_big = ok[:y_at] + PRIME.to_bytes(66, "big") + ok[y_at + 66 :]
+    five = Share.of(1, [5] * LANES)
+    ok = UnmaskResponse(SID, "a", {"a": five}, {}).encode()
+    y_at = ok.index(five.encode()) + 2
+    # One lane (the last) equal to p: not a field element.
+    too_big = ok[:y_at] + bytes(4 * (LANES - 1)) + PRIME.to_bytes(4, "big") + ok[y_at + 4 * LANES :]
+    assert len(too_big) == len(ok)
     with pytest.raises(MalformedMessage):
         UnmaskResponse.decode(too_big)
-    both = UnmaskResponse(SID, "a", {"b": Share(1, 5)}, {"b": Share(1, 6)}).encode()
+    both = UnmaskResponse(SID, "a", {"b": five}, {"b": Share.of(1, [6] * LANES)}).encode()
     with pytest.raises(MalformedMessage, match="both kinds"):
         UnmaskResponse.decode(both)
 

@@ -499,7 +499,7 @@ def test_server_rejects_unmask_response_with_wrong_share_sets() -> None:
         good.session_id,
         "node-0",
         dict(good.self_mask_shares),
-        {"node-4": type(good.secret_key_shares["node-4"])(2, 5)},
+        {"node-4": type(good.secret_key_shares["node-4"])(2, good.secret_key_shares["node-4"].y)},
     )
     with pytest.raises(MalformedMessage):
         s.server.receive("node-0", forged_x)

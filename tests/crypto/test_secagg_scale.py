@@ -127,11 +127,12 @@ def test_window_interpolation_agrees_with_generic_shamir(h: int, t: int) -> None
     with pytest.raises(shamir.InvalidShare, match=f"need {t} shares"):
         interpolate_secret(points, h, t, 32)
     bad = {s.x: s.y for s in shares}
-    bad[shares[0].x] = secrets.randbelow(shamir.PRIME)  # a garbage share (a small offset goes unseen)
+    # A garbage share (random lanes; a small offset goes unseen): caught but with probability < 2^-84.
+    bad[shares[0].x] = shamir.Share.of(1, [secrets.randbelow(shamir.PRIME) for _ in range(shamir.LANES)]).y
     with pytest.raises(shamir.InvalidShare, match="not a valid secret"):
         interpolate_secret(bad, h, t, 32)
     with pytest.raises(shamir.InvalidShare, match="outside"):
-        interpolate_secret({h + 1: 5, **{s.x: s.y for s in shares[:t]}}, h, t, 32)
+        interpolate_secret({h + 1: shares[0].y, **{s.x: s.y for s in shares[:t]}}, h, t, 32)
 
 
 def test_sessions_with_dropouts_sum_correctly_in_both_graphs() -> None:

@@ -167,8 +167,8 @@ class SecAggClient:
         self._b = secrets.token_bytes(prg.SEED_BYTES)
         order = sorted(roster_here, key=cfg.index)
         xs = [cfg.share_x(me, v) for v in order]
-        sk_shares = shamir.split_secret(self._s_sk.private_bytes_raw(), cfg.t, len(xs), xs=xs)
-        b_shares = shamir.split_secret(self._b, cfg.t, len(xs), xs=xs)
+        # Both secrets in one pass (each lane of each its own random polynomial, ``shamir``).
+        sk_shares, b_shares = shamir.split_secrets([self._s_sk.private_bytes_raw(), self._b], cfg.t, xs)
         cts: dict[str, bytes] = {}
         for v, sk_sh, b_sh in zip(order, sk_shares, b_shares, strict=True):
             if v == me:

@@ -448,8 +448,8 @@ class SecAggServer:
         responses = self._responses
         need_b, need_sk = self._needs()
         # Shares by owner, each point keyed by its x (1..h, see SecAggConfig.share_x): O(n k) in all.
-        b_points: dict[str, dict[int, int]] = {u: {} for u in need_b}
-        sk_points: dict[str, dict[int, int]] = {u: {} for u in need_sk}
+        b_points: dict[str, dict[int, bytes]] = {u: {} for u in need_b}
+        sk_points: dict[str, dict[int, bytes]] = {u: {} for u in need_sk}
         for v in u4:
             resp = responses[v]
             for owner, sh in resp.self_mask_shares.items():
@@ -493,19 +493,20 @@ class SecAggServer:
 
 @functools.lru_cache(maxsize=16)
 def _window_weights(size: int) -> tuple[int, ...]:
-    """Lagrange basis at 0 for the points 1..size: L_i(0) = (-1)^(i-1) C(size, i) (index 0 unused)."""
-    return (0, *((-1) ** (i - 1) * math.comb(size, i) for i in range(1, size + 1)))
+    """Lagrange basis at 0 for the points 1..size, mod p: L_i(0) = (-1)^(i-1) C(size, i) (index 0 unused)."""
+    return (0, *((-1) ** (i - 1) * math.comb(size, i) % shamir.PRIME for i in range(1, size + 1)))
 
 
-def interpolate_secret(points: Mapping[int, int], size: int, threshold: int, secret_len: int) -> bytes:
-    """The secret behind Shamir shares ``points`` (x -> y) whose x-coordinates lie in 1..``size``.
+def interpolate_secret(points: Mapping[int, bytes], size: int, threshold: int, secret_len: int) -> bytes:
+    """The secret behind Shamir shares ``points`` (x -> ``Share.y``) with x in 1..``size``.
 
     Every share of one secret sits at x in 1..h (``SecAggConfig.share_x``), so the basis values
     at 0 over all of 1..h are signed binomials, and the points present are that window minus
     the missing holders M: L_i(0) = (-1)^(i-1) C(h, i) * prod_{c in M} (c - i) / prod_{c in M} c.
-    Each secret costs O(h * |M|) small-integer products and one inversion mod p, instead of
-    t^2 products and t inversions for an arbitrary set of t points. All points present are
-    used: more than t points of a degree t-1 polynomial interpolate to the same f(0).
+    Each secret costs O(h * |M|) small products mod p, one inversion and one vectorised sum over
+    its lanes (``shamir.combine_at_zero``), instead of t^2 products and t inversions for an
+    arbitrary set of t points. All points present are used: more than t points of a degree t-1
+    polynomial interpolate to the same f(0).
     Raises shamir.InvalidShare with fewer than ``threshold`` points, an x outside the window,
     or a result that is not a well-formed secret of ``secret_len`` bytes.
     """
@@ -513,16 +514,15 @@ def interpolate_secret(points: Mapping[int, int], size: int, threshold: int, sec
         raise shamir.InvalidShare(f"need {threshold} shares, got {len(points)}")
     if any(not 1 <= x <= size for x in points):
         raise shamir.InvalidShare(f"share x-coordinate outside 1..{size}")
+    p = shamir.PRIME
     weights = _window_weights(size)
     missing = [c for c in range(1, size + 1) if c not in points]
-    acc = 0
-    for x, y in points.items():
-        w = weights[x]
+    scale = pow(math.prod(missing) % p, -1, p) if missing else 1
+    ws = []
+    for x in points:
+        w = weights[x] * scale
         for c in missing:
-            w *= c - x
-        acc += w * y
-    s = acc * pow(math.prod(missing), -1, shamir.PRIME) % shamir.PRIME
-    raw = s.to_bytes((s.bit_length() + 7) // 8, "big")
-    if not raw or raw[0] != 0x01 or len(raw) - 1 != secret_len:
-        raise shamir.InvalidShare("shares are inconsistent: reconstruction is not a valid secret")
-    return raw[1:]
+            w = w * (c - x) % p
+        ws.append(w % p)
+    values = shamir.combine_at_zero(ws, list(points.values()))
+    return shamir.secret_from_values(values, secret_len=secret_len)
