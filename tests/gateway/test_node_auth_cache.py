@@ -21,7 +21,7 @@ import pytest
 
 from xdp_compute.errors import Unauthorized
 from xdp_compute.gateway.grpc_service import NodeService, build_server
-from xdp_compute.gateway.hub import TaskHub
+from xdp_compute.gateway.hub import NodeDropped, Task, TaskHub
 from xdp_compute.gateway.store import Store
 from xdp_compute.gateway.tls import grpc_server_credentials
 from xdp_compute.gateway.tokens import revoke_token, rotate_token
@@ -35,11 +35,11 @@ def other_process(db: str) -> Store:
 
 
 def run_node_service(store: Store, body: Callable[[str, Any], Awaitable[None]],
-                     tls: tuple[Path, Path, Path] | None = None) -> None:
+                     tls: tuple[Path, Path, Path] | None = None, hub: TaskHub | None = None) -> None:
     """Serve ``NodeService`` on a loopback port and run ``body(address, server)``."""
 
     async def main() -> None:
-        server = build_server(NodeService(store, TaskHub(), 2.0), 1 << 20)
+        server = build_server(NodeService(store, hub or TaskHub(), 2.0), 1 << 20)
         if tls is None:
             port = server.add_insecure_port("127.0.0.1:0")
         else:
@@ -241,3 +241,164 @@ def test_rest_answers_401_on_the_next_request_after_a_revocation_elsewhere(api: 
     admin.close()
     r = api.get("/v1/me", headers=h)
     assert r.status_code == 401 and "revoked" in r.text
+
+
+# ---------------------------------------------------------------- the task channel (one stream per session)
+
+async def open_channel(stub: Any, token: str, reg: pb.RegisterResponse) -> Any:
+    call = stub.TaskChannel(metadata=auth(token))
+    await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id))  # the opening
+    return call
+
+
+def test_the_task_channel_carries_tasks_down_and_results_up(db: str) -> None:
+    store, hub = Store.open(db), TaskHub()
+    tok = store.create_principal("holder", "h1", "CN-FJ")
+
+    async def body(addr: str, _: Any) -> None:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = pb_grpc.NodeServiceStub(ch)
+            reg = await register(stub, tok, "n1")
+            hub.registered(reg.node_id)
+            call = await open_channel(stub, tok, reg)
+            for i in range(3):
+                asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", f"job{i}", {"i": i}, {}), 10))
+                down = await asyncio.wait_for(call.read(), 10)
+                assert down.known and down.has_task and down.task.kind == "validate"
+                await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
+                                               task_id=down.task.task_id, ok=True, header_json=f'{{"i": {i}}}',
+                                               blobs={"b": b"x"}))
+                reply = await asyncio.wait_for(asked, 10)
+                assert reply.ok and reply.header == {"i": i} and reply.blobs == {"b": b"x"}
+            # A malformed result fails its task at once instead of at its timeout.
+            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "bad", {}, {}), 10))
+            down = await asyncio.wait_for(call.read(), 10)
+            await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
+                                           task_id=down.task.task_id, ok=True, header_json="[1"))
+            reply = await asyncio.wait_for(asked, 10)
+            assert not reply.ok and "malformed" in reply.error
+            await call.done_writing()
+
+    try:
+        run_node_service(store, body, hub=hub)
+    finally:
+        store.close()
+
+
+def test_a_revocation_ends_an_open_task_channel_before_the_next_task(db: str) -> None:
+    store, hub = Store.open(db), TaskHub()
+    tok = store.create_principal("holder", "h1", "CN-FJ")
+
+    async def body(addr: str, _: Any) -> None:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = pb_grpc.NodeServiceStub(ch)
+            reg = await register(stub, tok, "n1")
+            hub.registered(reg.node_id)
+            call = await open_channel(stub, tok, reg)
+            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "j1", {}, {}), 10))
+            down = await asyncio.wait_for(call.read(), 10)
+            assert down.has_task  # the token is cached and the stream open
+            admin = other_process(db)
+            assert revoke_token(admin, "h1")
+            admin.close()
+            # The result of the task in flight is not taken, and the stream ends, revoked.
+            await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
+                                           task_id=down.task.task_id, ok=True, header_json="{}"))
+            await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "revoked")
+            with pytest.raises(NodeDropped):
+                await asyncio.wait_for(asked, 10)
+
+    try:
+        run_node_service(store, body, hub=hub)
+    finally:
+        store.close()
+
+
+def test_a_revocation_while_the_channel_idles_withholds_the_next_task(db: str) -> None:
+    store, hub = Store.open(db), TaskHub()
+    tok = store.create_principal("holder", "h1", "CN-FJ")
+
+    async def body(addr: str, _: Any) -> None:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = pb_grpc.NodeServiceStub(ch)
+            reg = await register(stub, tok, "n1")
+            hub.registered(reg.node_id)
+            call = await open_channel(stub, tok, reg)
+            await asyncio.sleep(0.2)  # the gateway waits for a task for this node
+            admin = other_process(db)
+            assert revoke_token(admin, "h1")
+            admin.close()
+            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "secret-job", {"x": 1}, {}), 2))
+            await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "revoked")  # not the task
+            with pytest.raises(NodeDropped):
+                await asked
+
+    try:
+        run_node_service(store, body, hub=hub)
+    finally:
+        store.close()
+
+
+def test_a_channel_for_another_holders_node_or_a_stale_session_is_refused(db: str) -> None:
+    store, hub = Store.open(db), TaskHub()
+    a = store.create_principal("holder", "ha", "CN-FJ")
+    b = store.create_principal("holder", "hb", "CN-FJ")
+    analyst = store.create_principal("analyst", "an", "CN-FJ")
+
+    async def body(addr: str, _: Any) -> None:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = pb_grpc.NodeServiceStub(ch)
+            ra = await register(stub, a, "na")
+            hub.registered(ra.node_id)
+            asked = asyncio.ensure_future(hub.call(ra.node_id, Task("validate", "j", {}, {}), 3))
+            # B, with A's node id and session id, gets no task of A's node.
+            call = await open_channel(stub, b, ra)
+            await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "does not own")
+            call = await open_channel(stub, analyst, ra)
+            await refused(call.read(), grpc.StatusCode.PERMISSION_DENIED, "holder")
+            # A itself with a session id that is not the current one: told to register again.
+            stale = pb.RegisterResponse(node_id=ra.node_id, session_id="0" * 32)
+            call = await open_channel(stub, a, stale)
+            down = await asyncio.wait_for(call.read(), 10)
+            assert not down.known and not down.has_task
+            # The task is still there for A's real session.
+            call = await open_channel(stub, a, ra)
+            down = await asyncio.wait_for(call.read(), 10)
+            assert down.known and down.has_task
+            await call.write(pb.TaskResult(node_id=ra.node_id, session_id=ra.session_id,
+                                           task_id=down.task.task_id, ok=True, header_json="{}"))
+            assert (await asyncio.wait_for(asked, 10)).ok
+
+    try:
+        run_node_service(store, body, hub=hub)
+    finally:
+        store.close()
+
+
+def test_a_broken_channel_leaves_no_waiting_pull_to_steal_the_next_task(db: str) -> None:
+    store, hub = Store.open(db), TaskHub()
+    tok = store.create_principal("holder", "h1", "CN-FJ")
+
+    async def body(addr: str, _: Any) -> None:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = pb_grpc.NodeServiceStub(ch)
+            reg = await register(stub, tok, "n1")
+            hub.registered(reg.node_id)
+            for _ in range(3):  # streams that break while the gateway waits for a task
+                old = await open_channel(stub, tok, reg)
+                await asyncio.sleep(0.2)
+                old.cancel()
+            await asyncio.sleep(0.2)
+            call = await open_channel(stub, tok, reg)
+            await asyncio.sleep(0.2)
+            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "j", {}, {}), 10))
+            down = await asyncio.wait_for(call.read(), 10)
+            assert down.has_task  # taken by the live stream, not by a pull of a broken one
+            await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
+                                           task_id=down.task.task_id, ok=True, header_json="{}"))
+            assert (await asyncio.wait_for(asked, 10)).ok
+
+    try:
+        run_node_service(store, body, hub=hub)
+    finally:
+        store.close()

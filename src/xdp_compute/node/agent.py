@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -168,6 +169,8 @@ class GatewayLink:
         self._stub: pb_grpc.NodeServiceStub | None = None
         self._connected = threading.Condition()
         self._channel: grpc.Channel | None = None
+        self._outbox: queue.Queue[Any] | None = None  # results to send on the open task channel
+        self._use_channel = True  # False once a gateway answered UNIMPLEMENTED (an older gateway)
 
     # ------------------------------------------------------------------ plumbing
     def _register(self, stub: pb_grpc.NodeServiceStub) -> Session:
@@ -232,7 +235,13 @@ class GatewayLink:
         self._deliver(task, out)
 
     def _deliver(self, task: pb.Task, out: TaskOutcome, patience: float = 60.0) -> None:
-        """Send a result, retrying through reconnects: the work is done, do not lose it."""
+        """Send a result on the open task channel, or else by SubmitResult, retrying through
+        reconnects: the work is done, do not lose it."""
+        with self._connected:
+            outbox = self._outbox
+        if outbox is not None:
+            outbox.put((task, out))
+            return
         deadline = time.monotonic() + patience
         while not self.stop_event.is_set():
             cur = self._current(max(deadline - time.monotonic(), 0.0))
@@ -263,6 +272,15 @@ class GatewayLink:
                               name="heartbeat")
         hb.start()
         threading.Thread(target=self._witness_loop, daemon=True, name="witness", args=(stub, session, lost)).start()
+        if self._use_channel:
+            try:
+                self._serve_channel(stub, session, lost)
+                return
+            except grpc.RpcError as e:
+                if not (hasattr(e, "code") and e.code() == grpc.StatusCode.UNIMPLEMENTED):
+                    raise
+                log.info("gateway %s has no task channel; long polling instead", self.gateway)
+                self._use_channel = False
         while not self.stop_event.is_set():
             if lost.is_set():
                 raise _Reconnect("gateway no longer knows this session")
@@ -273,6 +291,61 @@ class GatewayLink:
                 raise _Reconnect("gateway no longer knows this session")
             if resp.has_task:
                 self.agent._pool.submit(self._submit, resp.task, session.node_id)
+
+    def _serve_channel(self, stub: pb_grpc.NodeServiceStub, session: Session, lost: threading.Event) -> None:
+        """Tasks and results on one stream (``TaskChannel``) until the node stops or the session ends.
+
+        Results go up through ``_outbox`` (filled by ``_deliver`` from the task threads); those still
+        queued when the stream ends are sent again by SubmitResult once the node is connected."""
+        outbox: queue.Queue[tuple[pb.Task, TaskOutcome] | None] = queue.Queue()
+
+        def up() -> Any:
+            yield pb.TaskResult(node_id=session.node_id, session_id=session.session_id)  # the opening
+            while (item := outbox.get()) is not None:
+                task, out = item
+                yield pb.TaskResult(node_id=session.node_id, session_id=session.session_id, task_id=task.task_id,
+                                    ok=out.ok, error=out.error, header_json=json.dumps(out.header), blobs=out.blobs)
+
+        call = stub.TaskChannel(up(), metadata=self._metadata)
+        ended = threading.Event()
+
+        def watch() -> None:  # the heartbeat lost the session, or the node stops: end the stream now
+            while not ended.is_set() and not self.stop_event.is_set() and not lost.is_set():
+                lost.wait(0.25)
+            call.cancel()
+
+        with self._connected:
+            self._outbox = outbox
+        threading.Thread(target=watch, daemon=True, name="channel-watch").start()
+        try:
+            for resp in call:
+                if not resp.known:
+                    raise _Reconnect("gateway no longer knows this session")
+                if resp.has_task:
+                    self.agent._pool.submit(self._submit, resp.task, session.node_id)
+        except grpc.RpcError as e:
+            if not (hasattr(e, "code") and e.code() == grpc.StatusCode.CANCELLED and
+                    (self.stop_event.is_set() or lost.is_set())):
+                raise
+        finally:
+            ended.set()
+            with self._connected:
+                self._outbox = None
+            left = []
+            while True:
+                try:
+                    item = outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    left.append(item)
+            outbox.put(None)  # ends the request iterator
+            for task, out in left:  # not yet sent: by SubmitResult, after reconnecting if need be
+                self.agent._pool.submit(self._deliver, task, out)
+        if self.stop_event.is_set():
+            return
+        raise _Reconnect("gateway no longer knows this session" if lost.is_set()
+                         else "the gateway ended the task channel")
 
     def close(self) -> None:
         ch = self._channel

@@ -54,6 +54,11 @@ class NodeServiceStub:
                 request_serializer=xdp__compute_dot_v1_dot_node__pb2.TaskResult.SerializeToString,
                 response_deserializer=xdp__compute_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
                 _registered_method=True)
+        self.TaskChannel = channel.stream_stream(
+                '/xdp_compute.v1.NodeService/TaskChannel',
+                request_serializer=xdp__compute_dot_v1_dot_node__pb2.TaskResult.SerializeToString,
+                response_deserializer=xdp__compute_dot_v1_dot_node__pb2.PullTaskResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/xdp_compute.v1.NodeService/GetCheckpoint',
                 request_serializer=xdp__compute_dot_v1_dot_node__pb2.CheckpointRequest.SerializeToString,
@@ -97,6 +102,19 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TaskChannel(self, request_iterator, context):
+        """The task channel: PullTask and SubmitResult on one stream per node session, the same messages.
+        Up, first: a TaskResult naming the node and its session, with no task_id (the opening); then
+        one TaskResult per task. Down: a PullTaskResponse per task, and one with has_task=false as a
+        sign of life when no task came for a while; known=false ends the session (the node registers
+        again). The token is checked when the stream opens and again before every task sent and
+        every result taken, so a revocation ends the stream at once. Nodes fall back to
+        PullTask/SubmitResult when a gateway does not implement it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCheckpoint(self, request, context):
         """Witnessing the release log (C2SP tlog-witness, turned around: nodes dial out). The node asks
         for the latest checkpoint with a consistency proof from the size it last cosigned...
@@ -134,6 +152,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.SubmitResult,
                     request_deserializer=xdp__compute_dot_v1_dot_node__pb2.TaskResult.FromString,
                     response_serializer=xdp__compute_dot_v1_dot_node__pb2.SubmitResultResponse.SerializeToString,
+            ),
+            'TaskChannel': grpc.stream_stream_rpc_method_handler(
+                    servicer.TaskChannel,
+                    request_deserializer=xdp__compute_dot_v1_dot_node__pb2.TaskResult.FromString,
+                    response_serializer=xdp__compute_dot_v1_dot_node__pb2.PullTaskResponse.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
@@ -254,6 +277,33 @@ class NodeService:
             '/xdp_compute.v1.NodeService/SubmitResult',
             xdp__compute_dot_v1_dot_node__pb2.TaskResult.SerializeToString,
             xdp__compute_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskChannel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/xdp_compute.v1.NodeService/TaskChannel',
+            xdp__compute_dot_v1_dot_node__pb2.TaskResult.SerializeToString,
+            xdp__compute_dot_v1_dot_node__pb2.PullTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
