@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import bindparam, create_engine, event, func, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -573,15 +573,10 @@ class Store:
         """
         tol = EPS_TOLERANCE
         for h in sorted(holds, key=lambda x: x.node_dataset_id):
-            res = s.execute(
-                update(m.NodeDataset)
-                .where(m.NodeDataset.id == h.node_dataset_id,
-                       m.NodeDataset.eps_spent + m.NodeDataset.eps_reserved + h.eps <= m.NodeDataset.eps_budget + tol,
-                       m.NodeDataset.delta_spent + m.NodeDataset.delta_reserved + h.delta
-                       <= m.NodeDataset.delta_budget + 1e-15)
-                .values(eps_reserved=m.NodeDataset.eps_reserved + h.eps,
-                        delta_reserved=m.NodeDataset.delta_reserved + h.delta))
+            res = s.execute(_RESERVE_LEDGER, {"b_id": h.node_dataset_id, "b_eps": h.eps, "b_delta": h.delta,
+                                              "b_tol": tol})
             if res.rowcount != 1:  # type: ignore[attr-defined]
+                _expire_budgets(s)
                 nd = s.get(m.NodeDataset, h.node_dataset_id)
                 node = s.get(m.Node, nd.node_id) if nd else None
                 left = (nd.eps_budget - nd.eps_spent - nd.eps_reserved) if nd else 0.0
@@ -591,19 +586,13 @@ class Store:
                     f"(left: {max(left, 0.0):g})", node=node.name if node else None, epsilon_left=max(left, 0.0))
             s.add(m.Reservation(job_id=job_id, node_dataset_id=h.node_dataset_id, analyst_id=None,
                                 eps=h.eps, delta=h.delta, state="reserved"))
-        res = s.execute(
-            update(m.AnalystBudget)
-            .where(m.AnalystBudget.principal_id == analyst_id,
-                   m.AnalystBudget.eps_spent + m.AnalystBudget.eps_reserved + analyst_eps
-                   <= m.AnalystBudget.eps_budget + tol,
-                   m.AnalystBudget.delta_spent + m.AnalystBudget.delta_reserved + analyst_delta
-                   <= m.AnalystBudget.delta_budget + 1e-15)
-            .values(eps_reserved=m.AnalystBudget.eps_reserved + analyst_eps,
-                    delta_reserved=m.AnalystBudget.delta_reserved + analyst_delta))
+        res = s.execute(_RESERVE_ANALYST, {"b_id": analyst_id, "b_eps": analyst_eps, "b_delta": analyst_delta,
+                                           "b_tol": tol})
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise BudgetExhausted(f"your analyst budget cannot afford epsilon={analyst_eps:g}")
         s.add(m.Reservation(job_id=job_id, node_dataset_id=None, analyst_id=analyst_id, eps=analyst_eps,
                             delta=analyst_delta, state="reserved"))
+        _expire_budgets(s)
 
     def settle(self, s: Session, job_id: str, commit: bool,
                actual: dict[int, tuple[float, float]] | None = None,
@@ -615,7 +604,11 @@ class Store:
         """
         rows = s.scalars(select(m.Reservation).where(m.Reservation.job_id == job_id,
                                                      m.Reservation.state == "reserved")).all()
-        # The lock order of ``reserve``: ledger rows by id, then the analyst's row.
+        # The lock order of ``reserve``: ledger rows by id, then the analyst's row. One statement
+        # per table, executed for all its rows (issue #13: one compiled UPDATE per row was ~10% of
+        # the gateway's CPU with 20 nodes); executemany runs the rows in the list's order.
+        ledger: list[dict[str, Any]] = []
+        analysts: list[dict[str, Any]] = []
         for r in sorted(rows, key=lambda x: (x.node_dataset_id is None, x.node_dataset_id or 0)):
             spend_eps, spend_delta = r.eps, r.delta
             if commit and actual is not None and r.node_dataset_id in actual:
@@ -623,21 +616,19 @@ class Store:
                 spend_delta = min(r.delta, actual[r.node_dataset_id][1])
             if commit and analyst_actual is not None and r.analyst_id is not None:
                 spend_eps, spend_delta = min(r.eps, analyst_actual[0]), min(r.delta, analyst_actual[1])
-            if r.node_dataset_id is not None:
-                tbl: Any = m.NodeDataset
-                cond = m.NodeDataset.id == r.node_dataset_id
-            else:
-                tbl = m.AnalystBudget
-                cond = m.AnalystBudget.principal_id == r.analyst_id
-            values: dict[str, Any] = {"eps_reserved": tbl.eps_reserved - r.eps,
-                                      "delta_reserved": tbl.delta_reserved - r.delta}
-            if commit:
-                values["eps_spent"] = tbl.eps_spent + spend_eps
-                values["delta_spent"] = tbl.delta_spent + spend_delta
-            s.execute(update(tbl).where(cond).values(**values))
+            if not commit:
+                spend_eps = spend_delta = 0.0
+            params = {"b_id": r.node_dataset_id if r.node_dataset_id is not None else r.analyst_id,
+                      "b_eps": r.eps, "b_delta": r.delta, "b_spend_eps": spend_eps, "b_spend_delta": spend_delta}
+            (ledger if r.node_dataset_id is not None else analysts).append(params)
             r.state = "committed" if commit else "refunded"
             if commit:
                 r.eps, r.delta = spend_eps, spend_delta
+        if ledger:
+            s.execute(_SETTLE_LEDGER, ledger)
+        if analysts:
+            s.execute(_SETTLE_ANALYST, analysts)
+        _expire_budgets(s)
 
     def analyst_budget(self, principal_id: str) -> dict[str, float]:
         with self.read() as s:
@@ -655,6 +646,38 @@ class Store:
                 row = m.Secret(name=name, value=factory())
                 s.add(row)
             return bytes(row.value)
+
+
+def _budget_statements(table: Any, key: Any) -> tuple[Any, Any]:
+    """(reserve, settle) for a budget table, compiled once: the conditional hold of ``reserve`` and
+    the reservation-to-spend (or refund, with zero spend) of ``settle``, keyed by ``b_id``."""
+    c = table.c
+    reserve = (update(table)
+               .where(key == bindparam("b_id"),
+                      c.eps_spent + c.eps_reserved + bindparam("b_eps") <= c.eps_budget + bindparam("b_tol"),
+                      c.delta_spent + c.delta_reserved + bindparam("b_delta") <= c.delta_budget + 1e-15)
+               .values(eps_reserved=c.eps_reserved + bindparam("b_eps"),
+                       delta_reserved=c.delta_reserved + bindparam("b_delta")))
+    settle = (update(table).where(key == bindparam("b_id"))
+              .values(eps_reserved=c.eps_reserved - bindparam("b_eps"),
+                      delta_reserved=c.delta_reserved - bindparam("b_delta"),
+                      eps_spent=c.eps_spent + bindparam("b_spend_eps"),
+                      delta_spent=c.delta_spent + bindparam("b_spend_delta")))
+    return reserve, settle
+
+
+_LEDGER_TABLE: Any = m.NodeDataset.__table__
+_ANALYST_TABLE: Any = m.AnalystBudget.__table__
+_RESERVE_LEDGER, _SETTLE_LEDGER = _budget_statements(_LEDGER_TABLE, _LEDGER_TABLE.c.id)
+_RESERVE_ANALYST, _SETTLE_ANALYST = _budget_statements(_ANALYST_TABLE, _ANALYST_TABLE.c.principal_id)
+
+
+def _expire_budgets(s: Session) -> None:
+    """Budget rows this session loaded are stale once the table-level UPDATEs above ran: expire them
+    so a later read in the same transaction reloads them."""
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, m.NodeDataset | m.AnalystBudget):
+            s.expire(obj)
 
 
 def node_parts(parts: list[dict[str, Any]]) -> list[NodePart]:
