@@ -183,3 +183,45 @@ def test_policy_refusals_stay_in_round_0_before_any_row_is_read(
     assert read == []  # no data step was started
     assert all(n.executor.node.ledger.entries() == [] for n in nodes)
 
+
+
+def test_the_charge_is_on_disk_before_the_data_step_reads_a_row(
+        nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    from xdp_compute.node.ledger import NodeLedger
+
+    events: list[tuple[str, str]] = []
+    real_read, real_sync = query_task.run_checked_query, NodeLedger.sync
+
+    def read(plan: QueryPlan, manifest: Any, ds: Any, **kw: Any) -> np.ndarray:
+        events.append(("read", manifest.node_name))
+        return real_read(plan, manifest, ds, **kw)
+
+    def sync(self: NodeLedger) -> None:
+        real_sync(self)
+        events.append(("sync", self.path.parent.name))
+
+    monkeypatch.setattr(query_task, "run_checked_query", read)
+    monkeypatch.setattr(NodeLedger, "sync", sync)
+    _run(LocalHub(nodes), nodes, _begin(_plan(nodes[0])))
+    for n in nodes:
+        mine = [kind for kind, who in events if who == n.name]
+        assert mine == ["sync", "read"], events
+
+
+def test_a_validated_plan_is_remembered_and_a_refused_one_is_refused_every_time(nodes: list[Node]) -> None:
+    from dataclasses import replace
+
+    from xdp_compute.errors import InvalidQuery
+    from xdp_compute.query import validate_plan_for
+
+    ds = nodes[0].manifest.datasets[0]
+    plan = _plan(nodes[0])
+    first = query_task.validated_plan(plan, ds)
+    assert first.to_dict() == validate_plan_for(plan, ds).to_dict()
+    assert query_task.validated_plan(plan, ds) is first  # remembered
+    # The same plan against another dataset object is derived again: tighter bounds there refuse it.
+    cols = tuple(replace(c, max=500.0) if c.name == "income" else c for c in ds.columns)
+    tighter = replace(ds, columns=cols)
+    for _ in range(2):
+        with pytest.raises(InvalidQuery, match="income"):
+            query_task.validated_plan(plan, tighter)

@@ -8,8 +8,9 @@ afford it, whatever the gateway's ledger says. Sequential composition: a dataset
 sum of its entries' (epsilon, delta), as on the gateway.
 
 The journal is the ledger: one append-only JSON Lines file (``journal.jsonl`` in the node's
-state folder), one line per accepted task, each written and fsynced before the task runs, so a
-restart (or a crash) keeps every charge. A job is charged once (the gateway may ask again): the
+state folder), one line per accepted task, each written and fsynced before the task reads a row
+(the plain query answers its Round 0 with public keys meanwhile: ``charge(..., durable=False)``
+then ``sync``), so a restart (or a crash) keeps every charge. A job is charged once (the gateway may ask again): the
 same job id with the same kind, dataset, plan digest, epsilon and delta is the same charge; the
 same job id with anything else is refused. ``xdp node audit`` reads the same file and checks that
 each entry appears in the gateway's release log.
@@ -158,8 +159,13 @@ class NodeLedger:
 
     # ------------------------------------------------------------------ charging
     def charge(self, ds: DatasetSpec, *, job_id: str, kind: str, principal: str | None, plan_digest: str,
-               epsilon: float, delta: float) -> JournalEntry:
+               epsilon: float, delta: float, durable: bool = True) -> JournalEntry:
         """Charge (epsilon, delta) to ``ds`` for ``job_id`` and journal it, or refuse.
+
+        ``durable=False``: the line is written (every reader of the journal sees it at once) but
+        not yet synced to disk; the caller must call ``sync`` before it reads a row for the task
+        (the plain query does so first thing in its background data step, issue #13), so the
+        charge is still on disk before anything is computed from the data.
 
         Idempotent per job within one run of the node: the same task again returns its first
         entry and charges nothing. A job charged by an earlier run (before a restart of the node
@@ -195,11 +201,21 @@ class NodeLedger:
             os.write(fd, line)
             # Durable before the task runs: a restart keeps the charge. fdatasync flushes the line
             # and the file's new size (what reading it back needs), not its timestamps (issue #13).
-            _sync_data(fd)
+            if durable:
+                _sync_data(fd)
             self._offset += len(line)
             self._add(entry)
             self._charged_here.add(job_id)
             return entry
+
+
+    def sync(self) -> None:
+        """Flush every line written so far to disk (after ``charge(..., durable=False)``)."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            _sync_data(fd)  # syncs the file, whichever descriptor wrote it
+        finally:
+            os.close(fd)
 
 
 def _sync_data(fd: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -82,15 +83,39 @@ def _test_only_slowdown() -> None:
         sum(range(busy))  # one C call: no other thread of this process runs until it returns
 
 
-def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin
-                     ) -> tuple[QueryPlan, DatasetSpec]:
+# Plans this worker has re-derived from its manifest (issue #13: the re-derivation re-parses
+# the SQL, ~1 ms per task): (dataset, canonical plan JSON) -> the plan. The same plan asked again
+# against the same dataset object is the same deterministic re-derivation.
+_VALIDATED: dict[tuple[int, str], tuple[DatasetSpec, QueryPlan]] = {}
+_VALIDATED_MAX = 256
+_validated_lock = threading.Lock()
+
+
+def validated_plan(plan: QueryPlan, ds: DatasetSpec) -> QueryPlan:
+    """``validate_plan_for(plan, ds)``, remembered for plans that passed (refusals are not kept)."""
+    key = (id(ds), plan.to_json())
+    with _validated_lock:
+        hit = _VALIDATED.get(key)
+    if hit is not None and hit[0] is ds:
+        return hit[1]
+    checked = validate_plan_for(plan, ds)
+    with _validated_lock:
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.pop(next(iter(_VALIDATED)))
+        _VALIDATED[key] = (ds, checked)  # ``ds`` held: its id is not reused while the entry lives
+    return checked
+
+
+def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin,
+                     *, durable: bool = True) -> tuple[QueryPlan, DatasetSpec]:
     """The node's own checks of a query task and its charge, all before a row is read.
 
     In this order (so a refusal depends on public inputs only): the plan re-derived from this
     node's manifest; the noise recomputed by this node's policy and the task's ``sigma_node2``
     refused if below it (``node.policy``); the job charged to this node's own ledger and
-    journaled, durably, before this returns (``node.ledger``; refused past its own budget).
-    Returns the re-derived plan and this node's dataset.
+    journaled (``node.ledger``; refused past its own budget), on disk before this returns —
+    or, with ``durable=False``, once the caller's data step has called ``node.ledger.sync()``,
+    which it does before it reads a row. Returns the re-derived plan and this node's dataset.
     """
     plan = QueryPlan.from_dict(request.plan)
     ds = node.manifest.dataset(plan.dataset)
@@ -100,19 +125,22 @@ def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBe
         # The plan's fixed-point headroom assumes at most plan.max_rows_per_node rows here.
         raise BadRequest(f"this node declares max_rows {ds.max_rows} for {plan.dataset!r}, more than the plan's "
                          f"{plan.max_rows_per_node}")
-    plan = validate_plan_for(plan, ds)
+    plan = validated_plan(plan, ds)
     own = check_query_task(ds, plan, request.sigma_node2, request.noise_basis, request.secagg,
                            node.manifest.max_colluding_nodes)
     node.ledger.charge(ds, job_id=job_id, kind=kind, principal=request.principal, plan_digest=plan.digest(),
-                       epsilon=own.epsilon, delta=own.delta)
+                       epsilon=own.epsilon, delta=own.delta, durable=durable)
     return plan, ds
 
 
 def noisy_vector(node: NodeContext, plan: QueryPlan, ds: DatasetSpec, sigma_node2: Mapping[str, Fraction],
-                 rng: RandomnessSource) -> np.ndarray:
+                 rng: RandomnessSource, *, sync_ledger: bool = False) -> np.ndarray:
     """The data step of an admitted task (``admit_query_task``): the pushdown SQL on this node's
     engine, then its noise share. Its errors (a bad source, a fixed-point overflow) may depend
-    on the rows."""
+    on the rows. ``sync_ledger``: first put the task's charge on disk (admitted with
+    ``durable=False``)."""
+    if sync_ledger:
+        node.ledger.sync()  # the charge is durable before a row is read, as in admit_query_task
     vec = run_checked_query(plan, node.manifest, ds, sources=node.sources)
     _test_only_slowdown()
     return add_noise(vec, plan, sigma_node2, rng)
@@ -152,12 +180,14 @@ class QueryTasks:
     def begin(self, job_id: str, request: QueryBegin) -> QueryBegun:
         """Check and charge, start the data step, and advertise keys at once (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
-        plan, ds = admit_query_task(self.node, job_id, "query", request)
+        # The charge's fsync moves into the data step, ahead of its first row (``durable=False``).
+        plan, ds = admit_query_task(self.node, job_id, "query", request, durable=False)
         if plan.vector_length != config.vector_length:
             raise BadRequest("the plan's vector does not match the session's vector length")
         # The noise source is taken here, in task order (test-only seeded noise is keyed by it).
         rng = noise_source(self.node)
-        vector = self._data_steps.submit(noisy_vector, self.node, plan, ds, request.sigma_node2, rng)
+        vector = self._data_steps.submit(noisy_vector, self.node, plan, ds, request.sigma_node2, rng,
+                                         sync_ledger=True)
         try:
             keys = self.sessions.start(job_id, self.node.node_id, config, vector,
                                        parties=declared_parties(request))
