@@ -9,13 +9,20 @@ log. Baseline and ours alternate, in the same run, on the same machine; medians 
 Also printed, not part of the goal: the first query of a fresh cluster (each node opens its
 engine and, for CSV, loads the file) and DuckDB over the union already loaded into memory.
 Issue #13 goal 1: <= 3x at 10k rows per node (a floor of tens of ms), <= 1.5x at 1M.
+
+``--baseline-rev REV`` (or ``--baseline-src DIR``) also starts a cluster whose gateway and nodes
+run another tree's ``src`` (``git archive REV src``), on the same files, and measures it in the
+same loop: DuckDB, the baseline cluster and this tree's cluster take turns, query by query.
+``--src DIR`` runs this side from another ``src`` too (e.g. HEAD plus only some files).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,16 +55,17 @@ def write_csv(path: Path, rows: int, seed: int) -> None:
     write_data(path, rows, seed)
 
 
-def three_node_cluster(rows: int, prefix: str, fmt: str = "csv") -> tuple[Any, str, list[Path], Path]:
+def three_node_cluster(rows: int, prefix: str, fmt: str = "csv", src: Path | None = None
+                       ) -> tuple[Any, str, list[Path], Path]:
     """A gateway and three node processes over ``rows`` rows each (``fmt``: csv or parquet), sharing
     ``visits`` (the first holder owns it and invites the others). Returns (cluster, analyst token,
-    data files, root)."""
+    data files, root). ``src``: run the gateway and nodes from this ``src`` folder (PYTHONPATH)."""
     from e2e_helpers import MANIFEST, start_sharing
 
     from xdp_compute.cli.cluster import LocalCluster
 
     root = Path(tempfile.mkdtemp(prefix=prefix))
-    cluster = LocalCluster(root=root / "c")
+    cluster = LocalCluster(root=root / "c", env={"PYTHONPATH": str(src)} if src is not None else {})
     cluster.start_gateway()
     admin, analyst = cluster.token("admin", "admin"), cluster.token("analyst", "analyst")
     files, nodes = [], []
@@ -80,48 +88,82 @@ def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:8.1f} ms  [{min(xs) * 1000:.1f}-{max(xs) * 1000:.1f}]"
 
 
-def measure(rows: int, fmt: str, repeat: int) -> dict[str, Any]:
+def baseline_src(rev: str) -> Path:
+    """``src`` of ``rev`` in a temporary directory (the baseline cluster runs it)."""
+    out = Path(tempfile.mkdtemp(prefix="xdp-bench-q-base-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out / "src"
+
+
+def measure(rows: int, fmt: str, repeat: int, src: Path | None = None, baseline: Path | None = None,
+            baseline_name: str = "baseline") -> dict[str, Any]:
     from xdp_compute import Client
 
-    cluster, analyst, files, _ = three_node_cluster(rows, "xdp-bench-q-", fmt)
+    variants = {"ours": src} | ({baseline_name: baseline} if baseline is not None else {})
+    clusters: dict[str, tuple[Any, Any]] = {}
+    first: dict[str, float] = {}
     try:
+        files: list[Path] = []
+        for name, tree in variants.items():
+            cluster, analyst, files, _ = three_node_cluster(rows, "xdp-bench-q-" + ("ours-" if name == "ours" else "base-"), fmt, tree)
+            c = Client(cluster.url, analyst)
+            clusters[name] = (cluster, c)
+        for name, (_, c) in clusters.items():
+            t = time.perf_counter()
+            c.query(SQL, epsilon=0.1)  # the first query: nodes open their engines (and load a CSV)
+            first[name] = time.perf_counter() - t
+            c.query(SQL, epsilon=0.1)  # warm-up of the steady state
         union = ", ".join(f"'{f}'" for f in files)
         reader = f"read_csv([{union}], header=true)" if fmt == "csv" else f"read_parquet([{union}])"
         baseline_sql = f"SELECT clinic, COUNT(*), AVG(cost) FROM {reader} WHERE age > 30 GROUP BY clinic"
         con = duckdb.connect()
         con.execute(f"CREATE TABLE loaded AS SELECT * FROM {reader}")
         loaded_sql = "SELECT clinic, COUNT(*), AVG(cost) FROM loaded WHERE age > 30 GROUP BY clinic"
-        c = Client(cluster.url, analyst)
-        t = time.perf_counter()
-        c.query(SQL, epsilon=0.1)  # the first query: nodes open their engines (and load a CSV)
-        first = time.perf_counter() - t
-        c.query(SQL, epsilon=0.1)  # warm-up of the steady state
-        base, ours, loaded, ratios = [], [], [], []
-        for _ in range(repeat):
+        base: list[float] = []
+        loaded: list[float] = []
+        times: dict[str, list[float]] = {name: [] for name in clusters}
+        ratios: dict[str, list[float]] = {name: [] for name in clusters}
+        for i in range(repeat):
             t = time.perf_counter()
             con.execute(baseline_sql).fetchall()
             base.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            c.query(SQL, epsilon=0.1)
-            ours.append(time.perf_counter() - t)
-            ratios.append(ours[-1] / base[-1])
+            order = list(clusters) if i % 2 == 0 else list(reversed(clusters))  # neither always goes first
+            for name in order:
+                t = time.perf_counter()
+                clusters[name][1].query(SQL, epsilon=0.1)
+                times[name].append(time.perf_counter() - t)
+                ratios[name].append(times[name][-1] / base[-1])
             t = time.perf_counter()
             con.execute(loaded_sql).fetchall()
             loaded.append(time.perf_counter() - t)
     finally:
-        cluster.close()
-    b, o = statistics.median(base), statistics.median(ours)
+        for cluster, _ in clusters.values():
+            cluster.close()
+    b = statistics.median(base)
     goal = GOALS.get(rows)
-    print(f"\n{fmt.upper()}, rows per node: {rows:,} (3 nodes), {repeat} alternating runs, median [min-max]")
+    print(f"\n{fmt.upper()}, rows per node: {rows:,} (3 nodes), {repeat} alternating runs, median [min-max]; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"  {'plaintext DuckDB over the union of the files':<48} {_spread(base)}")
-    print(f"  {'federated DP query (3 node processes)':<48} {_spread(ours)}")
-    print(f"  {'ratio' + (f' (goal <= {goal:g}x)' if goal else ''):<48} {o / b:8.2f} x  "
-          f"(paired ratios {min(ratios):.2f}-{max(ratios):.2f})")
-    print(f"  {'first query of a fresh cluster':<48} {first * 1000:8.1f} ms")
+    out: dict[str, Any] = {"format": fmt, "rows_per_node": rows, "duckdb_ms": b * 1000, "goal": goal,
+                           "duckdb_loaded_ms": statistics.median(loaded) * 1000, "load": os.getloadavg()[0]}
+    for name in clusters:
+        o = statistics.median(times[name])
+        label = "federated DP query (3 node processes)" if name == "ours" else f"the same on {name}"
+        print(f"  {label:<48} {_spread(times[name])}")
+        print(f"  {'  ratio' + (f' (goal <= {goal:g}x)' if goal else ''):<48} {o / b:8.2f} x  "
+              f"(paired ratios {min(ratios[name]):.2f}-{max(ratios[name]):.2f})")
+        print(f"  {'  first query of a fresh cluster':<48} {first[name] * 1000:8.1f} ms")
+        prefix = "" if name == "ours" else "baseline_"
+        out |= {f"{prefix}federated_ms": o * 1000, f"{prefix}ratio": o / b,
+                f"{prefix}paired_ratio_min": min(ratios[name]), f"{prefix}paired_ratio_max": max(ratios[name]),
+                f"{prefix}first_query_ms": first[name] * 1000}
+    if len(clusters) > 1:
+        paired = [x / y for x, y in zip(times["ours"], times[baseline_name], strict=True)]
+        out["vs_baseline"] = statistics.median(paired)
+        print(f"  {'this tree / ' + baseline_name + ', paired median':<48} {out['vs_baseline']:8.2f} x  "
+              f"[{min(paired):.2f}-{max(paired):.2f}]")
     print(f"  {'DuckDB over the union loaded in memory':<48} {_spread(loaded)}")
-    out = {"format": fmt, "rows_per_node": rows, "duckdb_ms": b * 1000, "federated_ms": o * 1000, "ratio": o / b,
-           "paired_ratio_min": min(ratios), "paired_ratio_max": max(ratios), "first_query_ms": first * 1000,
-           "duckdb_loaded_ms": statistics.median(loaded) * 1000, "goal": goal}
     print("RESULT " + json.dumps(out))
     return out
 
@@ -131,13 +173,22 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000], help="rows per node (one or more)")
     ap.add_argument("--formats", nargs="+", choices=["csv", "parquet"], default=["csv", "parquet"])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--src", type=Path, default=None, help="run this side's gateway and nodes from this src/")
+    ap.add_argument("--baseline-rev", default=None, help="also measure the src of this git revision, same run")
+    ap.add_argument("--baseline-src", type=Path, default=None, help="also measure this src/ directory, same run")
     args = ap.parse_args()
-    results = [measure(rows, fmt, args.repeat) for rows in args.rows for fmt in args.formats]
+    baseline = args.baseline_src or (baseline_src(args.baseline_rev) if args.baseline_rev else None)
+    name = args.baseline_rev or (str(args.baseline_src) if args.baseline_src else "baseline")
+    print(f"machine load {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores; this side: "
+          f"{args.src or 'the installed tree'}; baseline: {name if baseline else 'none'}", flush=True)
+    results = [measure(rows, fmt, args.repeat, args.src, baseline, name) for rows in args.rows for fmt in args.formats]
     print("\nsummary")
     for r in results:
         goal = f"goal <= {r['goal']:g}x" if r["goal"] else ""
+        vs = (f"  (baseline {r['baseline_federated_ms']:.1f} ms, paired {r['vs_baseline']:.2f}x)"
+              if "vs_baseline" in r else "")
         print(f"  {r['format']:<8} {r['rows_per_node']:>10,} rows/node  {r['federated_ms']:8.1f} ms vs "
-              f"{r['duckdb_ms']:7.1f} ms  {r['ratio']:5.2f}x  {goal}")
+              f"{r['duckdb_ms']:7.1f} ms  {r['ratio']:5.2f}x  {goal}{vs}")
 
 
 if __name__ == "__main__":
