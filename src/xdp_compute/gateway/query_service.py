@@ -478,8 +478,10 @@ class QueryService:
         charged and its reason names nobody (issue #11: a refund would be a noise-free bit)."""
         data_errors = bool(getattr(e, "node_errors", None))
         reason = "secure aggregation aborted" if data_errors else f"secure aggregation aborted: {e.detail}"
+        # Charged means committed: the hold becomes spent (without ``charge`` it stayed reserved,
+        # neither spent nor returned).
         await asyncio.to_thread(self.gate.refuse, job_id, p.principal.name, self.outcome_for(p), FAILED,
-                                reason, refund=not data_errors)
+                                reason, refund=not data_errors, charge=data_errors)
         return ProtocolAborted(reason)
 
     def finalize(self, p: Prepared, total: np.ndarray, n_shares: int) -> dict[str, Any]:
