@@ -249,7 +249,8 @@ class NodeService(pb_grpc.NodeServiceServicer):
             lg = self.release_log
             if lg is None or not await self._node(p, request.node_id, request.session_id):
                 return pb.CheckpointOffer()
-            key = (lg.committed_size, int(request.old_size))
+            # The size this replica knows (caught up from the store only if the witness saw more).
+            key = (lg.at_least(int(request.old_size)), int(request.old_size))
             body = self._offers.get(key)
             if body is None:
                 body = await asyncio.to_thread(checkpoint_offer, lg, key[1])
@@ -257,7 +258,7 @@ class NodeService(pb_grpc.NodeServiceServicer):
                     self._offers.clear()
                 # Keyed by the size read before the offer was built: the offer may be of a newer
                 # size (an append committed meanwhile), which nodes take as well; keep it only if not.
-                if lg.committed_size == key[0]:
+                if lg.local_size == key[0]:
                     self._offers[key] = body
             return pb.CheckpointOffer(add_checkpoint=body, log_vkey=lg.vkey)
 

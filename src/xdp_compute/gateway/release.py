@@ -100,6 +100,17 @@ class ReleaseLog:
             self.catch_up()
             return self._committed
 
+    @property
+    def local_size(self) -> int:
+        """The committed size this replica knows without reading the store: every entry up to it is
+        committed. Callers that only need *a* committed size at least some n use it and catch up
+        only when n is past it (issue #13: a catch-up read per witness call and per receipt)."""
+        return self._committed
+
+    def at_least(self, size: int) -> int:
+        """A committed size >= ``size`` if the log has one (caught up only when needed)."""
+        return self._committed if size <= self._committed else self.committed_size
+
     def catch_up(self) -> int:
         """Append to the tree in memory the entries committed in the store since it was read
         (by another replica); returns how many. Checks them against their signed head."""
@@ -187,7 +198,7 @@ class ReleaseLog:
     def checkpoint(self, size: int | None = None) -> tuple[Checkpoint, str]:
         """The C2SP checkpoint of a committed size (default the latest) and its signed note."""
         with self.lock:
-            committed = self.committed_size
+            committed = self.committed_size if size is None else self.at_least(size)
             size = committed if size is None else size
             if not 0 <= size <= committed:
                 raise LogIntegrityError(f"no committed tree of size {size}")
@@ -251,7 +262,7 @@ class ReleaseLog:
     def receipt(self, index: int) -> dict[str, Any]:
         """Log index, inclusion proof and the signed head of the latest committed size."""
         with self.lock:
-            size = self.committed_size  # caught up: the entry may come from another replica
+            size = self.at_least(index + 1)  # caught up if the entry came from another replica
             proof = self.tree.inclusion_proof(index, size)
         with self.store.read() as s:
             head = s.get(m.TreeHead, size)

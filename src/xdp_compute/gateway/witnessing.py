@@ -39,7 +39,8 @@ def checkpoint_offer(release_log: ReleaseLog, old_size: int) -> str:
     A witness ahead of this log (it cosigned more than the log now holds) gets the latest
     checkpoint with no proof: it will refuse it, which is the point.
     """
-    cp, note = release_log.checkpoint()
+    # The latest size this replica knows (read from the store only if the witness saw more).
+    cp, note = release_log.checkpoint(release_log.at_least(old_size))
     if cp.tree_size == 0:
         return ""
     proof: list[bytes] = []
@@ -63,7 +64,7 @@ def accept_cosignature(release_log: ReleaseLog, node: m.Node, public_key: bytes,
         raise BadRequest(f"cosignature refused: {exc.detail}") from None
     if cp.origin != release_log.origin:
         raise BadRequest(f"cosignature is for log {cp.origin!r}, not this log")
-    ours, _ = release_log.checkpoint(min(cp.tree_size, release_log.committed_size))
+    ours, _ = release_log.checkpoint(min(cp.tree_size, release_log.at_least(cp.tree_size)))
     if ours != cp:
         raise BadRequest(f"cosigned checkpoint of size {cp.tree_size} is not one this log signed")
     with release_log.store.write() as s:
