@@ -176,3 +176,18 @@ def test_lagrange_coefficients_sum_to_one() -> None:
     # sum_i L_i(0) = 1 for any point set (interpolating the constant polynomial 1).
     for xs in [(1, 2), (3, 9, 27), tuple(range(1, 52))]:
         assert sum(shamir.lagrange_at_zero(xs)) % PRIME == 1
+
+
+@pytest.mark.parametrize("lane", [0, 7, LANES - 1])
+def test_each_lane_is_range_checked_at_the_prime(lane: int) -> None:
+    # decode checks all lanes on one integer; every lane must still be held to [0, p).
+    for value, ok in ((0, True), (PRIME - 1, True), (PRIME, False), (2**21 - 1, False), (2**21, False),
+                      (2**32 - 1, False)):
+        lanes = [PRIME - 1] * LANES
+        lanes[lane] = value
+        raw = (3).to_bytes(2, "big") + b"".join(v.to_bytes(4, "big") for v in lanes)
+        if ok:
+            assert Share.decode(raw).values == tuple(lanes)
+        else:
+            with pytest.raises(shamir.InvalidShare, match="not a field element"):
+                Share.decode(raw)

@@ -59,6 +59,8 @@ _MAX_X = 0xFFFF
 _LANES_FORMAT = struct.Struct(f">{LANES}I")
 #: Encoded size of one share: 2-byte x then 17 big-endian 32-bit field elements.
 SHARE_BYTES = 2 + _LANES_FORMAT.size
+_HIGH_BITS = sum(((1 << 32) - (1 << 21)) << (32 * i) for i in range(LANES))
+_NINES = sum((2**21 - PRIME) << (32 * i) for i in range(LANES))
 #: float64 sums of products below 2^42 are exact for up to this many terms (< 2^53).
 _EXACT_TERMS = 1 << 11
 #: OpenBLAS runs a product of m*n*k up to 2^18 on the calling thread; larger ones wake its
@@ -110,7 +112,10 @@ class Share:
         if x == 0:
             raise InvalidShare("share x-coordinate must be >= 1")
         y = raw[2:]
-        if max(_LANES_FORMAT.unpack(y)) >= PRIME:
+        # Every lane < p = 2^21 - 9, all lanes at once on one integer: no lane has a bit at 21..31,
+        # nor does it after adding 9 to each lane (a lane below 2^21 + 9 carries into no other).
+        v = int.from_bytes(y, "big")
+        if v & _HIGH_BITS or (v + _NINES) & _HIGH_BITS:
             raise InvalidShare("share value is not a field element")
         return cls(x, y)
 

@@ -432,11 +432,19 @@ class SecAggConfig:
         O(n) hashes once per session; a node's neighbourhood is then read off the ring in O(k),
         without building the whole graph (issue #13: per-node cost ~ k, not n).
         """
-        # Keyed BLAKE2b (a PRF, one C call per node: 2.5x cheaper than HMAC-SHA256 here, and the
-        # n hashes are the one O(n) step of a node's setup); ids break ties, which never occur.
+        # Keyed BLAKE2b (a PRF: 2.5x cheaper than HMAC-SHA256 here, and the n hashes are the one
+        # O(n) step of a node's setup). The keyed state is set up once and copied per id (the key
+        # block is hashed once, not n times); sorting (digest, id) pairs compares ids only on a
+        # tie, which never occurs. Same order as sorting ids by their keyed digest.
         key = hashlib.sha256(prg.hkdf_info("neighbour-graph v2", [self.session_id])).digest()
-        ring = tuple(sorted(self.participants,
-                            key=lambda p: (hashlib.blake2b(p.encode(), key=key, digest_size=16).digest(), p)))
+        keyed = hashlib.blake2b(key=key, digest_size=16)
+        tagged = []
+        for p in self.participants:
+            h = keyed.copy()
+            h.update(p.encode())
+            tagged.append((h.digest(), p))
+        tagged.sort()
+        ring = tuple(p for _, p in tagged)
         return ring, {p: i for i, p in enumerate(ring)}
 
     @cached_property
