@@ -507,16 +507,21 @@ class SecAggConfig:
         the ring needs two such gaps, and with one the members form a chain. O(|nodes| log n),
         no graph traversal.
         """
-        members = set(nodes)
-        for v in members:
-            self.index(v)
+        members = nodes if isinstance(nodes, (set, frozenset)) else set(nodes)
         if not members:
             return False
         if not self.sparse:
+            for v in members:
+                self.index(v)
             return True
         ring, pos = self._ring
         n, half = len(ring), (self.neighbours or 0) // 2
-        at = sorted(pos[v] for v in members)
+        try:  # ring positions double as the membership check (a node reads U3 this way each session)
+            at = sorted([pos[v] for v in members])
+        except (KeyError, TypeError):
+            for v in members:
+                self.index(v)  # names the stranger
+            raise
         wide = sum(1 for a, b in itertools.pairwise(at) if b - a > half)
         wide += (at[0] + n - at[-1]) > half
         return wide <= 1
