@@ -341,20 +341,27 @@ class QueryService:
 
     async def submit(self, who: PrincipalView, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handle POST /v1/queries. Returns (HTTP status, body)."""
+        from xdp_compute.gateway.exchange import ExchangeService
         from xdp_compute.gateway.join import JoinService, is_join
 
-        if isinstance(body.get("sql"), str) and await asyncio.to_thread(is_join, body["sql"]):
+        def plan() -> Prepared | None:
+            """The join check, the plan and the subscription check in one trip off the event loop
+            (issue #13: each trip is a thread hand-off, up to milliseconds on a busy machine)."""
+            if isinstance(body.get("sql"), str) and is_join(body["sql"]):
+                return None
+            with self.svc.metrics.phase("he_query" if body.get("public_key") else "query", "plan"):
+                p = self.prepare(who, body["sql"], body["epsilon"], body.get("delta"), body.get("level", 0.95),
+                                 "query", body.get("public_key"))
+            if not body.get("subscription") and not body.get("dry_run"):  # data exchange (issue #17)
+                ExchangeService(self.svc).require_subscription(p.dataset)
+            return p
+
+        p = await asyncio.to_thread(plan)
+        if p is None:
             # Two datasets: the private join (issue #16, docs/private-joins.md); query.joins checks it.
             return await JoinService(self.svc).submit(who, body)
-        with self.svc.metrics.phase("he_query" if body.get("public_key") else "query", "plan"):
-            p = await asyncio.to_thread(self.prepare, who, body["sql"], body["epsilon"], body.get("delta"),
-                                        body.get("level", 0.95), "query", body.get("public_key"))
-        if body.get("subscription") or not body.get("dry_run"):  # data exchange (issue #17)
-            from xdp_compute.gateway.exchange import ExchangeService
-
-            if body.get("subscription"):  # checked, held and metered there
-                return await ExchangeService(self.svc).submit_query(self, who, p, body)
-            await asyncio.to_thread(ExchangeService(self.svc).require_subscription, p.dataset)
+        if body.get("subscription"):  # data exchange (issue #17): checked, held and metered there
+            return await ExchangeService(self.svc).submit_query(self, who, p, body)
         if body.get("dry_run"):
             return 200, self.dry_run(p)
         return await self.submit_prepared(who, p, body.get("idempotency_key"),
