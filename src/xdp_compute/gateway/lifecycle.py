@@ -116,8 +116,10 @@ class JobLifecycle:
             raise Conflict("could not take the lease of a new job; try again")
         try:
             with self.store.write() as s:
+                # A job with nobody to approve it starts at once: it is written running (recovery
+                # treats reserved and running alike: failed and charged) and ``start`` writes nothing.
                 s.add(m.Job(id=job_id, principal_id=d.principal.id, kind=d.kind,
-                            status="awaiting_approval" if approvals else "reserved",
+                            status="awaiting_approval" if approvals else "running",
                             spec_json=json.dumps({**d.spec, "digest": d.spec_digest}),
                             plan_json=json.dumps({**d.plan, "decisions": [x.to_dict() for x in d.decisions]}),
                             cost_json=json.dumps(d.cost), idempotency_key=key, created_at=now, updated_at=now,
@@ -139,13 +141,18 @@ class JobLifecycle:
         except BaseException:
             self.svc.leases.give_back(job_id)
             raise
+        if not approvals:
+            self.svc.born_running.add(job_id)
         return job_id, True
 
     # ------------------------------------------------------------------ approval -> run
     def start(self, job_id: str) -> None:
         """reserved -> running, and only that: a denied or finished job never starts. This replica
         holds the job's lease from here until ``guarded`` ends (another replica may be recovering
-        it: then it does not start)."""
+        it: then it does not start). A job this process created running already holds both."""
+        if job_id in self.svc.born_running:
+            self.svc.born_running.discard(job_id)
+            return
         if not self.svc.leases.take(job_id):
             raise Conflict(f"job {job_id} is held by another gateway replica; it cannot start here")
         try:
@@ -202,12 +209,12 @@ class JobLifecycle:
 
     # ------------------------------------------------------------------ gate -> settle
     async def release(self, job_id: str, principal: str, outcome: Outcome, started: float) -> dict[str, Any]:
-        """Record compute time, then pass the outcome through the one ReleaseGate with its approvers."""
-        await asyncio.to_thread(self._record_compute, job_id, time.time() - started)
-        self.svc.metrics.observe_phase(outcome.operation, "rounds", time.time() - started)
-        approvers = await asyncio.to_thread(self.approvers, job_id)
+        """Pass the outcome through the one ReleaseGate, which records the compute time and the
+        job's approvers in its own transaction (issue #13: two round trips to the store less)."""
+        seconds = time.time() - started
+        self.svc.metrics.observe_phase(outcome.operation, "rounds", seconds)
         with self.svc.metrics.phase(outcome.operation, "release"):
-            return await asyncio.to_thread(self.gate.release, job_id, principal, outcome, approvers)
+            return await asyncio.to_thread(self.gate.release, job_id, principal, outcome, None, seconds)
 
     def hand_over(self, job_id: str, delivery: dict[str, Any], background: bool) -> dict[str, Any]:
         """An encrypted answer that nobody is waiting for is held in memory until fetched once."""
@@ -237,18 +244,6 @@ class JobLifecycle:
         job = await asyncio.to_thread(self._load, job_id)
         assert job is not None
         return 202, {"job_id": job.id, "status": job.status}
-
-    def approvers(self, job_id: str) -> list[str]:
-        with self.store.read() as s:
-            rows = s.execute(select(m.Principal.name).join(m.Approval, m.Approval.holder_id == m.Principal.id)
-                             .where(m.Approval.job_id == job_id, m.Approval.decision == "approved")).all()
-        return sorted(r[0] for r in rows)
-
-    def _record_compute(self, job_id: str, seconds: float) -> None:
-        with self.store.write() as s:
-            job = s.get(m.Job, job_id)
-            if job is not None:
-                job.compute_seconds = seconds
 
     def _load(self, job_id: str) -> m.Job | None:
         with self.store.read() as s:

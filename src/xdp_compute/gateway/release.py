@@ -424,11 +424,20 @@ class ReleaseGate:
         return {f"{name}/{nd.dataset_name}": round(nd.eps_budget - nd.eps_spent - nd.eps_reserved, 9)
                 for nd, name in rows}
 
-    def release(self, job_id: str, principal: str, outcome: Outcome, approvers: list[str] | None = None) -> dict[str, Any]:
-        """Pass ``outcome`` through the gate; return the delivery (result + receipt) or raise."""
+    def release(self, job_id: str, principal: str, outcome: Outcome, approvers: list[str] | None = None,
+                compute_seconds: float | None = None) -> dict[str, Any]:
+        """Pass ``outcome`` through the gate; return the delivery (result + receipt) or raise.
+
+        ``approvers`` None: the holders who approved the job, read in the release's transaction;
+        ``compute_seconds`` is recorded on the job there too."""
         decisions = self.recheck(outcome)
         denied = [d for d in decisions if not d["allowed"]]
         if denied:
+            if compute_seconds is not None:
+                with self.store.write() as s:
+                    job = s.get(m.Job, job_id)
+                    if job is not None:
+                        job.compute_seconds = compute_seconds
             # A noisy value exists already: the reservation is charged, nothing is released.
             self.refuse(job_id, principal, outcome, DENIED, f"policy re-check at release: {denied[0]['reason']}",
                         refund=False, charge=True, decisions=decisions)
@@ -441,6 +450,13 @@ class ReleaseGate:
                     raise Conflict(f"job {job_id} is {job.status if job else 'unknown'}, not running; "
                                    "nothing is released")
                 self.store.settle(s, job_id, commit=True, actual=outcome.actual_charges)
+                if compute_seconds is not None:
+                    job.compute_seconds = compute_seconds
+                if approvers is None:
+                    approvers = sorted(s.scalars(select(m.Principal.name)
+                                                 .join(m.Approval, m.Approval.holder_id == m.Principal.id)
+                                                 .where(m.Approval.job_id == job_id,
+                                                        m.Approval.decision == "approved")).all())
                 left = self._budget_left(s, job_id)
                 entry = {
                     "kind": RELEASED, "job_id": job_id, "principal": principal, "operation": outcome.operation,

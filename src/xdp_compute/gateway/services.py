@@ -30,6 +30,9 @@ class Services:
     # Encrypted answers of approved jobs that nobody waited for: handed over once, then dropped
     # (the gateway keeps only their digest).
     undelivered: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Jobs this process created already running (no approval needed): their ``start`` has nothing
+    # left to write (``JobLifecycle._create``; issue #13: one write transaction less per job).
+    born_running: set[str] = field(default_factory=set)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     grpc_address: tuple[str, int] | None = None  # (host, bound port) once the node server is serving
     release_log: ReleaseLog = field(init=False)
