@@ -11,7 +11,8 @@ How a unit is counted, by product kind:
 |---------|---------|----------------------------------------------------------------------------|
 | query   | epsilon | held at submission (refused past the allowance before any budget is held), |
 |         |         | metered in the release gate's transaction, given back if nothing released  |
-| lookup  | call    | ``charge_call``: one call counted and metered at once, atomically          |
+| lookup  | call    | held before the node evaluates (``hold_units``), metered on its answer     |
+|         |         | (``metered.meter_call``), given back if the node fails to evaluate         |
 | scoring | row     | held at submission: the plan's public size (``score_rows``), metered at    |
 |         |         | release like a query, given back if nothing released                      |
 | model   | call    | one training job is one unit: held at submission, metered at release      |
@@ -64,7 +65,7 @@ METERED_KINDS = ("query", "scoring", "model", "lookup")
 # The product kinds that put a dataset's jobs of each operation under a subscription
 # (``require_subscription``): a score is a DP query of feature sums, so a dataset whose scores are
 # sold cannot be queried for the same sums unmetered; a training needs a subscription wherever any
-# job product is sold on the dataset. Lookups are a separate opt-in (``charge_call``).
+# job product is sold on the dataset. Lookups are a separate opt-in (``gateway/lookup.py``).
 GUARDING_KINDS = {"query": ("query", "scoring"), "scoring": ("query", "scoring", "model"),
                   "model": ("query", "scoring", "model")}
 TOLERANCE = 1e-9
