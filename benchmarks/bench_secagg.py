@@ -8,7 +8,7 @@
     with certified identities (ECDSA P-256 signatures on keys and survivor sets, certificates
     checked against the CA) against the same session unauthenticated, alternating, same run.
 
-Run: .venv/bin/python benchmarks/bench_secagg.py [--quick]
+Run: .venv/bin/python benchmarks/bench_secagg.py [--quick] [--only a|c|d]
 Prints tables and a final ``RESULT {json}`` line. Timings are medians; the machine is shared.
 """
 
@@ -275,10 +275,22 @@ def bench_signatures(sizes: list[int], m: int, repeats: int) -> list[dict[str, A
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--only", choices=("a", "c", "d"), default=None, help="run one part only")
     args = ap.parse_args()
+    result: dict[str, Any] = {}
     repeats_a = 7 if args.quick else 21
     repeats_c = 1 if args.quick else 3
 
+    if args.only in (None, "a"):
+        result["masking"] = _part_a(repeats_a)
+    if args.only in (None, "c"):
+        result |= _part_c(repeats_c)
+    if args.only in (None, "d"):
+        result["signatures"] = _part_d(args.quick)
+    print("RESULT " + json.dumps(result))
+
+
+def _part_a(repeats_a: int) -> dict[str, Any]:
     a = bench_masking(1_000_000, repeats_a)
     print("(a) masking 1M uint64 words, 3-node job (self mask + 2 pairwise masks) vs DuckDB SUM")
     print(f"    {'what':<52} {'median':>8} {'x DuckDB':>9} {'min':>8} {'x DuckDB':>9}")
@@ -296,7 +308,10 @@ def main() -> None:
             f"    {label:<52} {med:8.2f} {med / a['duckdb_sum_ms']:9.2f} {best:8.2f} "
             f"{best / a['duckdb_sum_min_ms']:9.2f}"
         )
+    return a
 
+
+def _part_c(repeats_c: int) -> dict[str, Any]:
     m_c = 1000
     rows = bench_protocol([10, 50, 100], m_c, repeats_c)
     print(
@@ -319,16 +334,18 @@ def main() -> None:
         print(
             f"    {mode}: per-node client cost x{growth[mode]:.1f} from n=10 to n=100 (linear would be x10)"
         )
+    return {"protocol": rows, "per_node_growth_10_to_100": growth}
 
-    sig = bench_signatures([3, 10], m_c, 5 if args.quick else 15)
+
+def _part_d(quick: bool) -> list[dict[str, Any]]:
+    m_c = 1000
+    sig = bench_signatures([3, 10], m_c, 5 if quick else 15)
     print(f"\n(d) authentication: whole session (all nodes in one process), vector length {m_c}, medians")
     print(f"    {'n':>4} {'unauthenticated ms':>19} {'authenticated ms':>17} {'ratio':>6} {'extra ms/node':>14}")
     for r in sig:
         print(f"    {r['n']:>4} {r['unauthenticated_ms']:19.1f} {r['authenticated_ms']:17.1f} {r['ratio']:6.2f} "
               f"{r['extra_ms_per_node']:14.2f}")
-
-    print("RESULT " + json.dumps({"masking": a, "protocol": rows, "per_node_growth_10_to_100": growth,
-                                  "signatures": sig}))
+    return sig
 
 
 if __name__ == "__main__":

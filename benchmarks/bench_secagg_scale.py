@@ -13,6 +13,8 @@
     1,000 whole graphs of the old code need not sit in memory at once). Each node gets the
     Round 4 request the gateway sends it: its share holders' signatures only
     (``SecAggServer.unmask_request_for``) where the code has it, else the one broadcast request.
+    Each client gets the server's messages as bytes and decodes them itself, as the node's task
+    does (``node/tasks/secagg.py`` passes the gRPC payload straight to ``SecAggClient``).
 
     ``--baseline-rev REV`` (or ``--baseline-src DIR``): the same driver against the secure
     aggregation of an older tree (``git archive REV src``), alternating with this tree's run by
@@ -53,14 +55,10 @@ def run_session(n: int, m: int, k: int | None, t: int, dropout: float, seed: int
     """One session; returns mean client ms per surviving node (setup included), the setup part,
     and the server's total ms. Checks the sum."""
     from xdp_compute.crypto.secagg import (
-        ConsistencyCheck,
-        EncryptedShares,
-        KeyRoster,
         Phase,
         SecAggClient,
         SecAggConfig,
         SecAggServer,
-        UnmaskRequest,
         decode_message,
     )
 
@@ -115,25 +113,24 @@ def run_session(n: int, m: int, k: int | None, t: int, dropout: float, seed: int
     for u in server.survivors(Phase.ADVERTISE_KEYS):
         if active(u, Phase.SHARE_KEYS):
             roster = as_server(lambda u=u: server.roster_for(u).encode())
-            raw = as_client(u, lambda u=u, r=roster: clients[u].share_keys(KeyRoster.decode(r)).encode())
+            raw = as_client(u, lambda u=u, r=roster: clients[u].share_keys(r).encode())
             as_server(lambda u=u, raw=raw: server.receive(u, raw))
     as_server(server.close_share_keys)
     for u in server.survivors(Phase.SHARE_KEYS):
         if active(u, Phase.MASKED_INPUT):
             es = as_server(lambda u=u: server.shares_for(u).encode())
-            raw = as_client(u, lambda u=u, es=es: clients[u].masked_input(inputs[u],
-                                                                          EncryptedShares.decode(es)).encode())
+            raw = as_client(u, lambda u=u, es=es: clients[u].masked_input(inputs[u], es).encode())
             as_server(lambda u=u, raw=raw: server.receive(u, raw))
     check = as_server(lambda: server.close_masked_input().encode())
     for u in server.survivors(Phase.MASKED_INPUT):
         if active(u, Phase.CONSISTENCY):
-            raw = as_client(u, lambda u=u: clients[u].consistency_check(ConsistencyCheck.decode(check)).encode())
+            raw = as_client(u, lambda u=u: clients[u].consistency_check(check).encode())
             as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
     broadcast = as_server(lambda: server.close_consistency().encode())
     for u in server.survivors(Phase.CONSISTENCY):
         if active(u, Phase.UNMASK):
             req = as_server(lambda u=u: server.unmask_request_for(u).encode()) if per_node else broadcast
-            raw = as_client(u, lambda u=u, req=req: clients[u].unmask(UnmaskRequest.decode(req)).encode())
+            raw = as_client(u, lambda u=u, req=req: clients[u].unmask(req).encode())
             as_server(lambda u=u, raw=raw: server.receive(u, decode_message(raw)))
     total = as_server(server.close_unmask)
     expect = np.zeros(m, dtype=np.uint64)

@@ -47,6 +47,7 @@ from xdp_compute.crypto.secagg.messages import (
     ConsistencySignature,
     EncryptedShares,
     KeyRoster,
+    KnownSurvivors,
     MaskedInput,
     NodeKeys,
     ShareKeys,
@@ -81,6 +82,7 @@ class SecAggClient:
         self._signed_u3: frozenset[str] | None = None
         self._statement = b""  # survivors_statement of the signed U3, built once
         self._signed_order: tuple[str, ...] | None = None  # U3 as listed when it was signed
+        self._u3_wire: KnownSurvivors | None = None  # and its bytes, when it came as bytes
         self._phase = Phase.ADVERTISE_KEYS
         self._c_sk: X25519PrivateKey | None = None
         self._s_sk: X25519PrivateKey | None = None
@@ -320,7 +322,11 @@ class SecAggClient:
         (:meth:`SecAggConfig.is_connected`).
         """
         cfg, me = self.config, self.node_id
-        req = coerce(request, ConsistencyCheck, "ConsistencyCheck")
+        known: KnownSurvivors | None = None
+        if isinstance(request, (bytes, bytearray, memoryview)):
+            req, known = ConsistencyCheck.decode_keeping_survivors(bytes(request))
+        else:
+            req = coerce(request, ConsistencyCheck, "ConsistencyCheck")
         self._check_session(req.session_id)
         u3 = self._check_survivors(req.survivors)
         if self._signed_u3 is not None:
@@ -344,6 +350,8 @@ class SecAggClient:
                 raise self._fail(Phase.CONSISTENCY, "survivors are disconnected in the neighbour graph; the server "
                                                     "would learn partial sums")
             self._signed_u3, self._signed_order = u3, tuple(req.survivors)
+            if known is not None:
+                self._u3_wire = (known[0], self._signed_order)
             self._phase = Phase.UNMASK
             if self._signer is not None or self._verifier is not None:
                 self._statement = survivors_statement(cfg.session_id, u3)
@@ -395,7 +403,11 @@ class SecAggClient:
         server can never obtain both kinds of share for one peer.
         """
         cfg, me = self.config, self.node_id
-        req = coerce(request, UnmaskRequest, "UnmaskRequest")
+        if isinstance(request, (bytes, bytearray, memoryview)):
+            # U3 comes back in the bytes this node read in Round 3: compared, not read again.
+            req = UnmaskRequest.decode(bytes(request), known_survivors=self._u3_wire)
+        else:
+            req = coerce(request, UnmaskRequest, "UnmaskRequest")
         self._check_session(req.session_id)
         # The set this node signed comes back in Round 4: recognise it without re-checking n names.
         u3 = self._signed_u3 if req.survivors == self._signed_order else self._check_survivors(req.survivors)

@@ -93,6 +93,18 @@ class Reader:
     def remaining(self) -> int:
         return len(self._b) - self._pos
 
+    @property
+    def position(self) -> int:
+        """Bytes read so far (the frame's offset of the next read)."""
+        return self._pos
+
+    def skip_if_next(self, data: bytes) -> bool:
+        """Consume ``data`` if the frame continues with exactly these bytes (one memcmp)."""
+        if data and self._b.startswith(data, self._pos):
+            self._pos += len(data)
+            return True
+        return False
+
     def take(self, k: int) -> bytes:
         pos = self._pos
         if pos + k > len(self._b):

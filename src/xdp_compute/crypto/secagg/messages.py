@@ -230,7 +230,13 @@ def _survivors_bytes(survivors: tuple[str, ...]) -> bytes:
     return w.body()
 
 
-def _read_survivors(r: Reader, name: str) -> tuple[str, ...]:
+#: U3 as a node already read it: its bytes on the wire and the names they decode to.
+KnownSurvivors = tuple[bytes, tuple[str, ...]]
+
+
+def _read_survivors(r: Reader, name: str, known: KnownSurvivors | None = None) -> tuple[str, ...]:
+    if known is not None and r.skip_if_next(known[0]):
+        return known[1]  # the very bytes decoded before: the same names, without reading n of them again
     count = r.count(3, "survivor")
     nodes = r.node_ids(count, "survivor")
     if len(set(nodes)) != len(nodes):
@@ -253,10 +259,19 @@ class ConsistencyCheck:
 
     @classmethod
     def decode(cls, data: bytes) -> ConsistencyCheck:
+        return cls.decode_keeping_survivors(data)[0]
+
+    @classmethod
+    def decode_keeping_survivors(cls, data: bytes) -> tuple[ConsistencyCheck, KnownSurvivors]:
+        """Decode, and return U3's wire bytes with its names: a node that signs this U3 passes
+        them to :meth:`UnmaskRequest.decode`, which then recognises the same set by a byte
+        comparison instead of reading n names again."""
         r = Reader(data, cls.TYPE, cls.__name__)
+        start = r.position
         nodes = _read_survivors(r, cls.__name__)
+        section = bytes(data[start : r.position])
         r.end()
-        return cls(r.session_id, nodes)
+        return cls(r.session_id, nodes), (section, nodes)
 
 
 @dataclass(frozen=True)
@@ -308,9 +323,12 @@ class UnmaskRequest:
         return w.getvalue()
 
     @classmethod
-    def decode(cls, data: bytes) -> UnmaskRequest:
+    def decode(cls, data: bytes, *, known_survivors: KnownSurvivors | None = None) -> UnmaskRequest:
+        """``known_survivors``: U3 as this node read it in Round 3
+        (:meth:`ConsistencyCheck.decode_keeping_survivors`); when the request carries exactly
+        those bytes, their names are reused (any other set is decoded and checked as usual)."""
         r = Reader(data, cls.TYPE, cls.__name__)
-        nodes = _read_survivors(r, cls.__name__)
+        nodes = _read_survivors(r, cls.__name__, known_survivors)
         count = r.count(5, "signature")
         pairs = [(r.node_id(), r.blob16(MAX_SIGNATURE_BYTES, "signature")) for _ in range(count)]
         r.end()
