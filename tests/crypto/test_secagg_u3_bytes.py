@@ -41,7 +41,7 @@ def _to_round_four(n: int = 6, drop: str | None = "node-5") -> tuple[SecAggConfi
 
 
 def test_round_four_from_bytes_completes_and_sums() -> None:
-    cfg, server, clients, _ = _to_round_four()
+    _, server, clients, _ = _to_round_four()
     for u in server.survivors(Phase.CONSISTENCY):
         server.receive(u, clients[u].unmask(server.unmask_request_for(u).encode()).encode())
     assert server.close_unmask().tolist() == [0 + 1 + 2 + 3 + 4] * 4
@@ -59,7 +59,7 @@ def test_known_survivors_reuse_only_identical_bytes() -> None:
 
 
 def test_another_survivor_set_in_bytes_is_still_refused() -> None:
-    cfg, server, clients, _ = _to_round_four()
+    _, server, clients, _ = _to_round_four()
     request = server.unmask_request_for("node-0")
     everyone = UnmaskRequest(cfg.session_id, cfg.participants, dict(request.signatures))  # adds dropped node-5
     with pytest.raises(ProtocolAborted, match="another survivor set"):
