@@ -59,7 +59,7 @@ def test_known_survivors_reuse_only_identical_bytes() -> None:
 
 
 def test_another_survivor_set_in_bytes_is_still_refused() -> None:
-    _, server, clients, _ = _to_round_four()
+    cfg, server, clients, _ = _to_round_four()
     request = server.unmask_request_for("node-0")
     everyone = UnmaskRequest(cfg.session_id, cfg.participants, dict(request.signatures))  # adds dropped node-5
     with pytest.raises(ProtocolAborted, match="another survivor set"):
