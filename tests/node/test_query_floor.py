@@ -225,3 +225,14 @@ def test_a_validated_plan_is_remembered_and_a_refused_one_is_refused_every_time(
     for _ in range(2):
         with pytest.raises(InvalidQuery, match="income"):
             query_task.validated_plan(plan, tighter)
+
+
+def test_a_session_whose_vector_differs_from_the_plan_is_refused_before_the_charge(nodes: list[Node]) -> None:
+    plan = _plan(nodes[0])
+    ex = nodes[0].executor
+    session = SecAggSession(session_id="job-1:sum", participants=[ex.node_id, "id-x", "id-y"],
+                            vector_length=plan.vector_length + 1, threshold=2)
+    header, blobs = encode(_begin(plan)(ex.node_id, session))
+    out = ex.handle(QueryBegin.KIND, "job-1", header, blobs)
+    assert not out.ok and "vector length" in out.error
+    assert ex.node.ledger.entries() == []
