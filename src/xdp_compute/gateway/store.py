@@ -492,11 +492,17 @@ class Store:
 
     # ----------------------------------------------------------------- catalog
     def lookup_parts(self, name: str) -> list[dict[str, Any]]:
-        """``dataset_parts`` of the dataset named ``name`` in any letter case; NotFound if none."""
-        for n in self.dataset_names():
-            if n.lower() == name.lower():
-                return self.dataset_parts(n)
-        raise NotFound(f"no dataset named {name!r}")
+        """``dataset_parts`` of the dataset named ``name`` in any letter case; NotFound if none.
+        One read transaction (issue #13: it ran twice per query, with a scan of every name)."""
+        with self.read() as s:
+            real = s.scalar(select(m.Dataset.name).where(func.lower(m.Dataset.name) == name.lower())
+                            .order_by(m.Dataset.name).limit(1))
+            if real is None:  # SQL's lower() folds ASCII only: compare the rest as Python does
+                real = next((n for n in s.scalars(select(m.Dataset.name).order_by(m.Dataset.name))
+                             if n.lower() == name.lower()), None)
+            if real is None:
+                raise NotFound(f"no dataset named {name!r}")
+            return self._parts(s, real)
 
     def dataset_parts(self, name: str) -> list[dict[str, Any]]:
         """Every part of a dataset held by its owner or a current member: node id/name/region/online,
@@ -507,27 +513,34 @@ class Store:
         owner's terms. Parts of a holder no longer a member are left out.
         """
         with self.read() as s:
-            ds = s.get(m.Dataset, name)
-            if ds is None:
-                return []
-            member_ids = set(s.scalars(select(m.DatasetMember.holder_id)
-                                       .where(m.DatasetMember.dataset_name == name)).all())
-            policy = json.loads(ds.policy_json or "{}")
-            rows = s.execute(select(m.NodeDataset, m.Node).join(m.Node, m.Node.id == m.NodeDataset.node_id)
-                             .where(m.NodeDataset.dataset_name == name).order_by(m.Node.name)).all()
-            out = []
-            for nd, n in rows:
-                owner = ds.owner_id is None or n.holder_id == ds.owner_id
-                if not owner and n.holder_id not in member_ids:
-                    continue
-                spec = json.loads(nd.spec_json)
-                out.append({"node_id": n.id, "node": n.name, "region": n.region, "online": n.online,
-                            "holder_id": n.holder_id, "owner_id": ds.owner_id or n.holder_id,
-                            "role": "owner" if owner else "member", "ledger_id": nd.id,
-                            "spec": spec if owner else under_owner_policy(spec, policy),
-                            "eps_budget": nd.eps_budget, "eps_spent": nd.eps_spent, "eps_reserved": nd.eps_reserved,
-                            "delta_budget": nd.delta_budget, "delta_spent": nd.delta_spent})
-            return out
+            return self._parts(s, name)
+
+    @staticmethod
+    def _parts(s: Session, name: str) -> list[dict[str, Any]]:
+        ds = s.get(m.Dataset, name)
+        if ds is None:
+            return []
+        member_ids = set(s.scalars(select(m.DatasetMember.holder_id)
+                                   .where(m.DatasetMember.dataset_name == name)).all())
+        policy = json.loads(ds.policy_json or "{}")
+        nd, n = m.NodeDataset, m.Node
+        rows = s.execute(select(n.id, n.name, n.region, n.online, n.holder_id, nd.id, nd.spec_json, nd.eps_budget,
+                                nd.eps_spent, nd.eps_reserved, nd.delta_budget, nd.delta_spent)
+                         .join(n, n.id == nd.node_id).where(nd.dataset_name == name).order_by(n.name)).all()
+        out = []
+        for (node_id, node, region, online, holder_id, ledger_id, spec_json, eps_budget, eps_spent, eps_reserved,
+             delta_budget, delta_spent) in rows:
+            owner = ds.owner_id is None or holder_id == ds.owner_id
+            if not owner and holder_id not in member_ids:
+                continue
+            spec = json.loads(spec_json)
+            out.append({"node_id": node_id, "node": node, "region": region, "online": online,
+                        "holder_id": holder_id, "owner_id": ds.owner_id or holder_id,
+                        "role": "owner" if owner else "member", "ledger_id": ledger_id,
+                        "spec": spec if owner else under_owner_policy(spec, policy),
+                        "eps_budget": eps_budget, "eps_spent": eps_spent, "eps_reserved": eps_reserved,
+                        "delta_budget": delta_budget, "delta_spent": delta_spent})
+        return out
 
     def dataset_membership(self, name: str) -> dict[str, Any]:
         """The dataset's owner and members (``gateway.membership.membership``)."""
@@ -649,8 +662,7 @@ class Store:
 
 
 def _budget_statements(table: Any, key: Any) -> tuple[Any, Any]:
-    """(reserve, settle) for a budget table, compiled once: the conditional hold of ``reserve`` and
-    the reservation-to-spend (or refund, with zero spend) of ``settle``, keyed by ``b_id``."""
+    """(reserve, settle) statements of a budget table, built once, keyed by ``b_id`` (refund: zero spend)."""
     c = table.c
     reserve = (update(table)
                .where(key == bindparam("b_id"),
@@ -673,8 +685,7 @@ _RESERVE_ANALYST, _SETTLE_ANALYST = _budget_statements(_ANALYST_TABLE, _ANALYST_
 
 
 def _expire_budgets(s: Session) -> None:
-    """Budget rows this session loaded are stale once the table-level UPDATEs above ran: expire them
-    so a later read in the same transaction reloads them."""
+    """Expire budget rows this session loaded: the table-level UPDATEs above made them stale."""
     for obj in list(s.identity_map.values()):
         if isinstance(obj, m.NodeDataset | m.AnalystBudget):
             s.expire(obj)
