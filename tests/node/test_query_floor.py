@@ -227,7 +227,10 @@ def test_a_validated_plan_is_remembered_and_a_refused_one_is_refused_every_time(
             query_task.validated_plan(plan, tighter)
 
 
-def test_a_session_whose_vector_differs_from_the_plan_is_refused_before_the_charge(nodes: list[Node]) -> None:
+def test_a_session_whose_vector_differs_from_the_plan_is_refused_before_any_row_is_read(
+        nodes: list[Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    read: list[str] = []
+    monkeypatch.setattr(query_task, "run_checked_query", lambda *a, **k: read.append("read"))
     plan = _plan(nodes[0])
     ex = nodes[0].executor
     session = SecAggSession(session_id="job-1:sum", participants=[ex.node_id, "id-x", "id-y"],
@@ -235,4 +238,4 @@ def test_a_session_whose_vector_differs_from_the_plan_is_refused_before_the_char
     header, blobs = encode(_begin(plan)(ex.node_id, session))
     out = ex.handle(QueryBegin.KIND, "job-1", header, blobs)
     assert not out.ok and "vector length" in out.error
-    assert ex.node.ledger.entries() == []
+    assert read == [] and len(ex.secagg) == 0

@@ -107,7 +107,7 @@ def validated_plan(plan: QueryPlan, ds: DatasetSpec) -> QueryPlan:
 
 
 def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin,
-                     *, durable: bool = True, vector_length: int | None = None) -> tuple[QueryPlan, DatasetSpec]:
+                     *, durable: bool = True) -> tuple[QueryPlan, DatasetSpec]:
     """The node's own checks of a query task and its charge, all before a row is read.
 
     In this order (so a refusal depends on public inputs only): the plan re-derived from this
@@ -115,8 +115,7 @@ def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBe
     refused if below it (``node.policy``); the job charged to this node's own ledger and
     journaled (``node.ledger``; refused past its own budget), on disk before this returns —
     or, with ``durable=False``, once the caller's data step has called ``node.ledger.sync()``,
-    which it does before it reads a row. ``vector_length``: the session's, which the plan's
-    vector must match. Returns the re-derived plan and this node's dataset.
+    which it does before it reads a row. Returns the re-derived plan and this node's dataset.
     """
     plan = QueryPlan.from_dict(request.plan)
     ds = node.manifest.dataset(plan.dataset)
@@ -127,8 +126,6 @@ def admit_query_task(node: NodeContext, job_id: str, kind: str, request: QueryBe
         raise BadRequest(f"this node declares max_rows {ds.max_rows} for {plan.dataset!r}, more than the plan's "
                          f"{plan.max_rows_per_node}")
     plan = validated_plan(plan, ds)
-    if vector_length is not None and plan.vector_length != vector_length:
-        raise BadRequest("the plan's vector does not match the session's vector length")
     own = check_query_task(ds, plan, request.sigma_node2, request.noise_basis, request.secagg,
                            node.manifest.max_colluding_nodes)
     node.ledger.charge(ds, job_id=job_id, kind=kind, principal=request.principal, plan_digest=plan.digest(),
@@ -184,8 +181,9 @@ class QueryTasks:
         """Check and charge, start the data step, and advertise keys at once (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         # The charge's fsync moves into the data step, ahead of its first row (``durable=False``).
-        plan, ds = admit_query_task(self.node, job_id, "query", request, durable=False,
-                                    vector_length=config.vector_length)
+        plan, ds = admit_query_task(self.node, job_id, "query", request, durable=False)
+        if plan.vector_length != config.vector_length:  # before a row is read (it was after, in start)
+            raise BadRequest("the plan's vector does not match the session's vector length")
         # The noise source is taken here, in task order (test-only seeded noise is keyed by it).
         rng = noise_source(self.node)
         vector = self._data_steps.submit(noisy_vector, self.node, plan, ds, request.sigma_node2, rng,
