@@ -192,6 +192,7 @@ def _mulmod(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[n
         for r0 in range(0, rows, step_r):
             part = af[r0 : r0 + step_r, k0 : k0 + step_k] @ bk
             out[r0 : r0 + step_r] += part.astype(np.int64) % PRIME
+    bf.fill(0)  # b holds the secrets' lanes when called from split_secrets: no copy outlives the call
     return out % PRIME
 
 
