@@ -45,7 +45,10 @@ def bind_listener(host: str, port: int, what: str, env: str) -> socket.socket:
     gateway share the port with the first and split its connections.
     """
     family, addr = _addrinfo(host, port)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose protocol says
+    # TCP (they inherit the listener's). Without it Nagle held each response's body for the
+    # client's delayed ACK: ~40 ms on every REST call (issue #13).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
