@@ -245,98 +245,97 @@ def test_rest_answers_401_on_the_next_request_after_a_revocation_elsewhere(api: 
 
 # ---------------------------------------------------------------- the task channel (one stream per session)
 
+Body = Callable[[Any, str, pb.RegisterResponse, TaskHub], Awaitable[None]]
+
+
+def with_one_node(db: str, body: Body) -> None:
+    """A gateway ``NodeService`` with one holder ("h1") whose node "n1" registered; run ``body(stub,
+    token, registration, hub)``."""
+    store, hub = Store.open(db), TaskHub()
+    tok = store.create_principal("holder", "h1", "CN-FJ")
+
+    async def run(addr: str, _: Any) -> None:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = pb_grpc.NodeServiceStub(ch)
+            reg = await register(stub, tok, "n1")
+            hub.registered(reg.node_id)
+            await body(stub, tok, reg, hub)
+
+    try:
+        run_node_service(store, run, hub=hub)
+    finally:
+        store.close()
+
+
 async def open_channel(stub: Any, token: str, reg: pb.RegisterResponse) -> Any:
     call = stub.TaskChannel(metadata=auth(token))
     await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id))  # the opening
     return call
 
 
+def ask(hub: TaskHub, reg: pb.RegisterResponse, job: str, timeout: float = 10, **header: Any) -> Any:
+    return asyncio.ensure_future(hub.call(reg.node_id, Task("validate", job, header, {}), timeout))
+
+
+async def answer(call: Any, reg: pb.RegisterResponse, down: pb.PullTaskResponse, header_json: str = "{}",
+                 **blobs: bytes) -> None:
+    await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id, task_id=down.task.task_id,
+                                   ok=True, header_json=header_json, blobs=blobs))
+
+
+def revoke_elsewhere(db: str) -> None:
+    admin = other_process(db)
+    assert revoke_token(admin, "h1")
+    admin.close()
+
+
 def test_the_task_channel_carries_tasks_down_and_results_up(db: str) -> None:
-    store, hub = Store.open(db), TaskHub()
-    tok = store.create_principal("holder", "h1", "CN-FJ")
-
-    async def body(addr: str, _: Any) -> None:
-        async with grpc.aio.insecure_channel(addr) as ch:
-            stub = pb_grpc.NodeServiceStub(ch)
-            reg = await register(stub, tok, "n1")
-            hub.registered(reg.node_id)
-            call = await open_channel(stub, tok, reg)
-            for i in range(3):
-                asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", f"job{i}", {"i": i}, {}), 10))
-                down = await asyncio.wait_for(call.read(), 10)
-                assert down.known and down.has_task and down.task.kind == "validate"
-                await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
-                                               task_id=down.task.task_id, ok=True, header_json=f'{{"i": {i}}}',
-                                               blobs={"b": b"x"}))
-                reply = await asyncio.wait_for(asked, 10)
-                assert reply.ok and reply.header == {"i": i} and reply.blobs == {"b": b"x"}
-            # A malformed result fails its task at once instead of at its timeout.
-            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "bad", {}, {}), 10))
+    async def body(stub: Any, tok: str, reg: pb.RegisterResponse, hub: TaskHub) -> None:
+        call = await open_channel(stub, tok, reg)
+        for i in range(3):
+            asked = ask(hub, reg, f"job{i}", i=i)
             down = await asyncio.wait_for(call.read(), 10)
-            await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
-                                           task_id=down.task.task_id, ok=True, header_json="[1"))
+            assert down.known and down.has_task and down.task.kind == "validate"
+            await answer(call, reg, down, f'{{"i": {i}}}', b=b"x")
             reply = await asyncio.wait_for(asked, 10)
-            assert not reply.ok and "malformed" in reply.error
-            await call.done_writing()
+            assert reply.ok and reply.header == {"i": i} and reply.blobs == {"b": b"x"}
+        # A malformed result fails its task at once instead of at its timeout.
+        asked = ask(hub, reg, "bad")
+        await answer(call, reg, await asyncio.wait_for(call.read(), 10), "[1")
+        reply = await asyncio.wait_for(asked, 10)
+        assert not reply.ok and "malformed" in reply.error
+        await call.done_writing()
 
-    try:
-        run_node_service(store, body, hub=hub)
-    finally:
-        store.close()
+    with_one_node(db, body)
 
 
 def test_a_revocation_ends_an_open_task_channel_before_the_next_task(db: str) -> None:
-    store, hub = Store.open(db), TaskHub()
-    tok = store.create_principal("holder", "h1", "CN-FJ")
+    async def body(stub: Any, tok: str, reg: pb.RegisterResponse, hub: TaskHub) -> None:
+        call = await open_channel(stub, tok, reg)
+        asked = ask(hub, reg, "j1")
+        down = await asyncio.wait_for(call.read(), 10)
+        assert down.has_task  # the token is cached and the stream open
+        revoke_elsewhere(db)
+        # The result of the task in flight is not taken, and the stream ends, revoked.
+        await answer(call, reg, down)
+        await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "revoked")
+        with pytest.raises(NodeDropped):
+            await asyncio.wait_for(asked, 10)
 
-    async def body(addr: str, _: Any) -> None:
-        async with grpc.aio.insecure_channel(addr) as ch:
-            stub = pb_grpc.NodeServiceStub(ch)
-            reg = await register(stub, tok, "n1")
-            hub.registered(reg.node_id)
-            call = await open_channel(stub, tok, reg)
-            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "j1", {}, {}), 10))
-            down = await asyncio.wait_for(call.read(), 10)
-            assert down.has_task  # the token is cached and the stream open
-            admin = other_process(db)
-            assert revoke_token(admin, "h1")
-            admin.close()
-            # The result of the task in flight is not taken, and the stream ends, revoked.
-            await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
-                                           task_id=down.task.task_id, ok=True, header_json="{}"))
-            await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "revoked")
-            with pytest.raises(NodeDropped):
-                await asyncio.wait_for(asked, 10)
-
-    try:
-        run_node_service(store, body, hub=hub)
-    finally:
-        store.close()
+    with_one_node(db, body)
 
 
 def test_a_revocation_while_the_channel_idles_withholds_the_next_task(db: str) -> None:
-    store, hub = Store.open(db), TaskHub()
-    tok = store.create_principal("holder", "h1", "CN-FJ")
+    async def body(stub: Any, tok: str, reg: pb.RegisterResponse, hub: TaskHub) -> None:
+        call = await open_channel(stub, tok, reg)
+        await asyncio.sleep(0.2)  # the gateway waits for a task for this node
+        revoke_elsewhere(db)
+        asked = ask(hub, reg, "secret-job", 2, x=1)
+        await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "revoked")  # not the task
+        with pytest.raises(NodeDropped):
+            await asked
 
-    async def body(addr: str, _: Any) -> None:
-        async with grpc.aio.insecure_channel(addr) as ch:
-            stub = pb_grpc.NodeServiceStub(ch)
-            reg = await register(stub, tok, "n1")
-            hub.registered(reg.node_id)
-            call = await open_channel(stub, tok, reg)
-            await asyncio.sleep(0.2)  # the gateway waits for a task for this node
-            admin = other_process(db)
-            assert revoke_token(admin, "h1")
-            admin.close()
-            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "secret-job", {"x": 1}, {}), 2))
-            await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "revoked")  # not the task
-            with pytest.raises(NodeDropped):
-                await asked
-
-    try:
-        run_node_service(store, body, hub=hub)
-    finally:
-        store.close()
+    with_one_node(db, body)
 
 
 def test_a_channel_for_another_holders_node_or_a_stale_session_is_refused(db: str) -> None:
@@ -350,7 +349,7 @@ def test_a_channel_for_another_holders_node_or_a_stale_session_is_refused(db: st
             stub = pb_grpc.NodeServiceStub(ch)
             ra = await register(stub, a, "na")
             hub.registered(ra.node_id)
-            asked = asyncio.ensure_future(hub.call(ra.node_id, Task("validate", "j", {}, {}), 3))
+            asked = ask(hub, ra, "j", 3)
             # B, with A's node id and session id, gets no task of A's node.
             call = await open_channel(stub, b, ra)
             await refused(call.read(), grpc.StatusCode.UNAUTHENTICATED, "does not own")
@@ -365,8 +364,7 @@ def test_a_channel_for_another_holders_node_or_a_stale_session_is_refused(db: st
             call = await open_channel(stub, a, ra)
             down = await asyncio.wait_for(call.read(), 10)
             assert down.known and down.has_task
-            await call.write(pb.TaskResult(node_id=ra.node_id, session_id=ra.session_id,
-                                           task_id=down.task.task_id, ok=True, header_json="{}"))
+            await answer(call, ra, down)
             assert (await asyncio.wait_for(asked, 10)).ok
 
     try:
@@ -376,29 +374,18 @@ def test_a_channel_for_another_holders_node_or_a_stale_session_is_refused(db: st
 
 
 def test_a_broken_channel_leaves_no_waiting_pull_to_steal_the_next_task(db: str) -> None:
-    store, hub = Store.open(db), TaskHub()
-    tok = store.create_principal("holder", "h1", "CN-FJ")
-
-    async def body(addr: str, _: Any) -> None:
-        async with grpc.aio.insecure_channel(addr) as ch:
-            stub = pb_grpc.NodeServiceStub(ch)
-            reg = await register(stub, tok, "n1")
-            hub.registered(reg.node_id)
-            for _ in range(3):  # streams that break while the gateway waits for a task
-                old = await open_channel(stub, tok, reg)
-                await asyncio.sleep(0.2)
-                old.cancel()
+    async def body(stub: Any, tok: str, reg: pb.RegisterResponse, hub: TaskHub) -> None:
+        for _ in range(3):  # streams that break while the gateway waits for a task
+            old = await open_channel(stub, tok, reg)
             await asyncio.sleep(0.2)
-            call = await open_channel(stub, tok, reg)
-            await asyncio.sleep(0.2)
-            asked = asyncio.ensure_future(hub.call(reg.node_id, Task("validate", "j", {}, {}), 10))
-            down = await asyncio.wait_for(call.read(), 10)
-            assert down.has_task  # taken by the live stream, not by a pull of a broken one
-            await call.write(pb.TaskResult(node_id=reg.node_id, session_id=reg.session_id,
-                                           task_id=down.task.task_id, ok=True, header_json="{}"))
-            assert (await asyncio.wait_for(asked, 10)).ok
+            old.cancel()
+        await asyncio.sleep(0.2)
+        call = await open_channel(stub, tok, reg)
+        await asyncio.sleep(0.2)
+        asked = ask(hub, reg, "j")
+        down = await asyncio.wait_for(call.read(), 10)
+        assert down.has_task  # taken by the live stream, not by a pull of a broken one
+        await answer(call, reg, down)
+        assert (await asyncio.wait_for(asked, 10)).ok
 
-    try:
-        run_node_service(store, body, hub=hub)
-    finally:
-        store.close()
+    with_one_node(db, body)
