@@ -161,6 +161,48 @@ def test_parquet_is_kept_and_sees_changes(tmp_path: Path, cache: SourceCache) ->
     assert len(cache._sources) == 1
 
 
+@pytest.mark.parametrize("sql", QUERIES)
+def test_parquet_matches_brute_force_loaded_or_scanned_with_enum_keys(tmp_path: Path, cache: SourceCache,
+                                                                       sql: str) -> None:
+    """Issue #13: a Parquet source above the table limit is scanned with its group keys as ENUMs
+    (``local_sql(enum_keys=True)``); below it, loaded into a table with the IN list. Both give
+    what a brute force over the rows gives, malformed cells (stored as text) included."""
+    import duckdb
+
+    rows = _make_rows(2000, seed=5)
+    _write_csv(tmp_path / "people.csv", rows)
+    duckdb.execute(f"COPY (SELECT * FROM read_csv('{tmp_path / 'people.csv'}', all_varchar=true)) "
+                   f"TO '{tmp_path / 'people.parquet'}' (FORMAT parquet)")
+    m, ds = _load(tmp_path, "people.parquet")
+    plan = plan_query(sql, ds)
+    with cache.open(m, ds) as src:
+        scanned = "read_parquet" in src.relation_sql().lower()
+        assert src.enum_keys is scanned
+        assert scanned is (cache.materialise_max_bytes == 0)
+    for _ in range(2):
+        _check(plan, run_local_query(plan, m, ds, sources=cache), _brute_force(plan, ds, rows))
+
+
+def test_parquet_above_a_mebibyte_is_scanned_not_loaded(tmp_path: Path) -> None:
+    import duckdb
+
+    from xdp_compute.node.sources import PARQUET_TABLE_MAX_BYTES
+
+    path = tmp_path / "people.parquet"
+    duckdb.execute(f"COPY (SELECT (random() * 100)::INT AS age, random() * 1e5 AS income, 'north' AS region, "
+                   f"true AS smoker, 'f' AS sex FROM range(300000)) TO '{path}' (FORMAT parquet)")
+    assert path.stat().st_size > PARQUET_TABLE_MAX_BYTES
+    m, ds = _load(tmp_path, "people.parquet")
+    cache = SourceCache()  # the default limit (256 MiB) would have loaded it before
+    try:
+        with cache.open(m, ds) as src:
+            assert "read_parquet" in src.relation_sql().lower() and src.enum_keys
+        plan = plan_query("SELECT region, COUNT(*) FROM people GROUP BY region", ds)
+        assert list(decode_totals(plan, run_local_query(plan, m, ds, sources=cache))[0]) == [300000]
+    finally:
+        cache.close()
+
+
 def test_concurrent_queries_on_one_kept_source(tmp_path: Path, cache: SourceCache) -> None:
     rows = _make_rows(3000, seed=11)
     _write_csv(tmp_path / "people.csv", rows)

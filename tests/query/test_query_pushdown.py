@@ -125,3 +125,78 @@ def test_memoised_sql_is_the_generated_sql_and_keys_on_the_canonical_plan() -> N
     for rel in ('"a"', '"b"', '"c"'):
         memo.get(one, rel, "duckdb", None)
     assert [k[1] for k in memo._entries] == ['"b"', '"c"']  # bounded: the oldest went first
+
+
+ENUM_QUERIES = (
+    "SELECT g, COUNT(*), COUNT(v), SUM(v), VARIANCE(v) FROM t GROUP BY g",
+    "SELECT g, b, COUNT(*), AVG(v), SUM(two) FROM t WHERE v BETWEEN -10 AND 50 OR g IN ('plain') GROUP BY g, b",
+    "SELECT b, SUM(two), COUNT(*) FROM t GROUP BY b",
+    f"SELECT g, COUNT(*) FROM t WHERE g <> '{EVIL.replace(chr(39), chr(39) * 2)}' GROUP BY g",
+    "SELECT COUNT(*), SUM(v) FROM t",
+)
+
+
+def _near_undeclared(c: duckdb.DuckDBPyConnection) -> None:
+    """Keys one character or one case away from a declared value, which an ENUM must not match."""
+    c.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", [
+        ("1", "Plain", "true", "yes"), ("1", "plain ", "true", "yes"), ("1", " plain", "false", "no"),
+        ("1", "o'brien'", "true", "yes"), ("1", "", "true", "yes"), ("2", "plain", "true", "yes"),
+    ])
+
+
+@pytest.mark.parametrize("sql", ENUM_QUERIES)
+def test_enum_keys_give_the_same_rows_as_the_in_list(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Issue #13: category keys as ENUMs of the declared values are a faster spelling of the same
+    query; undeclared, near-miss and NULL keys stay out, the evil value stays data."""
+    _near_undeclared(con)
+    p = plan_query(sql, _ds())
+    enum_sql = local_sql(p, "t", "duckdb", enum_keys=True)
+    assert ("ENUM(" in enum_sql) is bool(p.group_columns and "g" in p.group_columns)
+    want = sorted(con.execute(local_sql(p, "t", "duckdb")).fetchall(), key=repr)
+    got = sorted(con.execute(enum_sql).fetchall(), key=repr)
+    assert got == want
+    assert all(isinstance(r[i], str) for r in got for i in range(len(p.group_columns)))  # keys back as text
+    assert con.execute("SELECT COUNT(*) FROM t").fetchone() == (14,)
+
+
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_enum_keys_on_parquet_match_with_and_without_dictionary_encoding(tmp_path, dictionary: bool) -> None:
+    """The Parquet scan the node runs (``DuckDBSource.enum_keys``), on a file whose category column
+    is dictionary-encoded and on one whose is not, and on a category stored as integers."""
+    c = duckdb.connect(":memory:")
+    c.execute("CREATE TABLE raw AS SELECT (i % 50)::DOUBLE / 3 AS v, "
+              "CASE i % 7 WHEN 0 THEN 'plain' WHEN 1 THEN 'o''brien' WHEN 2 THEN 'PLAIN' WHEN 3 THEN NULL "
+              "ELSE 'other' || (i % 5)::VARCHAR END AS g, i % 2 = 0 AS b, "
+              "CASE WHEN i % 3 = 0 THEN 'yes' ELSE 'no' END AS two, i % 4 AS n FROM range(5000) r(i)")
+    path = tmp_path / "t.parquet"
+    opts = "" if dictionary else ", STRING_DICTIONARY_PAGE_SIZE_LIMIT 1"
+    c.execute(f"COPY raw TO '{path}' (FORMAT parquet{opts})")
+    encodings = {r[0]: r[1] for r in c.execute(f"SELECT path_in_schema, encodings FROM parquet_metadata('{path}')")
+                 .fetchall()}
+    assert ("DICTIONARY" in encodings["g"]) is dictionary
+    ds = DatasetSpec(
+        name="t", source="t.parquet", table=None, classification="internal", categories=(), epsilon_budget=1,
+        delta=1e-6, min_group_size=0, require_approval=False,
+        columns=(
+            ColumnSpec("v", "float", 0.0, 10.0, uses=("aggregate", "filter")),
+            ColumnSpec("g", "category", values=("o'brien", "plain", "gone"), uses=("group", "filter")),
+            ColumnSpec("b", "bool", values=("false", "true"), uses=("aggregate", "group", "filter")),
+            ColumnSpec("two", "category", values=("no", "yes"), uses=("aggregate", "group")),
+            ColumnSpec("n", "category", values=("1", "3"), uses=("group",)),
+        ))
+    rel = f"read_parquet('{path}')"
+    for sql in ("SELECT g, two, COUNT(*), SUM(v) FROM t GROUP BY g, two", "SELECT n, b, COUNT(*) FROM t GROUP BY n, b",
+                "SELECT g, COUNT(v), AVG(v) FROM t WHERE b AND v > 3 GROUP BY g"):
+        p = plan_query(sql, ds)
+        want = sorted(c.execute(local_sql(p, rel, "duckdb")).fetchall(), key=repr)
+        got = sorted(c.execute(local_sql(p, rel, "duckdb", enum_keys=True)).fetchall(), key=repr)
+        assert got == want and got
+        keys = {r[0] for r in got}
+        assert keys <= {"o'brien", "plain", "1", "3"} and "gone" not in keys
+
+
+def test_enum_keys_are_duckdb_only() -> None:
+    p = plan_query("SELECT g, COUNT(*) FROM t GROUP BY g", _ds())
+    with pytest.raises(ValueError):
+        local_sql(p, '"t"', "postgres", enum_keys=True)
+    assert local_sql(p, '"t"', "duckdb", enum_keys=True) != local_sql(p, '"t"', "duckdb")  # memo keys on it

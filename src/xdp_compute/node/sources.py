@@ -71,6 +71,9 @@ class LocalSource(ABC):
 
     dialect: str
     kind: str
+    #: The relation scans Parquet files with DuckDB: group keys go as ENUMs (``local_sql``'s
+    #: ``enum_keys``), cheap on the dictionary-encoded columns Parquet writers make of categories.
+    enum_keys: bool = False
 
     @abstractmethod
     def execute(self, sql: str) -> list[tuple[Any, ...]]:
@@ -117,6 +120,7 @@ class DuckDBSource(LocalSource):
         if suffix not in (".csv", ".parquet"):
             raise SourceError(f"dataset '{dataset}': unsupported source file type {suffix or '(none)'!r}")
         self.kind = suffix[1:]
+        self.enum_keys = self.kind == "parquet"  # relation_sql is always the file scan
         self.skip_malformed_lines = skip_malformed_lines
         self.materialise_max_bytes = materialise_max_bytes
         self._duckdb = duckdb
@@ -225,8 +229,14 @@ class DuckDBSource(LocalSource):
     @property
     def materialise_limit(self) -> int:
         """Largest source (bytes on disk) served from a loaded table. Parquet is compressed: a
-        file expands several times in memory, so it gets a quarter of the CSV limit."""
-        return self.materialise_max_bytes if self.kind == "csv" else self.materialise_max_bytes // 4
+        file expands several times in memory, so it gets a quarter of the CSV limit, and at most
+        ``PARQUET_TABLE_MAX_BYTES``: a loaded table saves opening the files on a small source,
+        but above ~100k rows DuckDB scans the Parquet file as fast as its own table, and a
+        dictionary-encoded category grouped as an ENUM faster (issue #13: 1M rows, one thread,
+        the pushdown query 33 ms on the table, 20 ms on the file)."""
+        if self.kind == "csv":
+            return self.materialise_max_bytes
+        return min(self.materialise_max_bytes // 4, PARQUET_TABLE_MAX_BYTES)
 
     def snapshot(self, columns: Sequence[ColumnSpec]) -> LocalSource:
         """A view of the file as it is now, for one query; close it when the query is done.
@@ -240,7 +250,8 @@ class DuckDBSource(LocalSource):
         if state is None:
             raise SourceError(f"dataset '{self.dataset}': source file not found")
         if sum(st.size for _, st in state) > self.materialise_limit:
-            return _Snapshot(self, self.relation_sql(), self.column_names(), lambda: None)
+            return _Snapshot(self, self.relation_sql(), self.column_names(), lambda: None,
+                             enum_keys=self.enum_keys)
         with self._lock:
             table = self._table if self._table is not None and self._table.state == state else None
             if table is None:
@@ -329,8 +340,8 @@ class _Snapshot(LocalSource):
     dialect = "duckdb"
 
     def __init__(self, owner: DuckDBSource, relation: str, columns: list[str],
-                 release: Callable[[], None]) -> None:
-        self.kind = owner.kind
+                 release: Callable[[], None], *, enum_keys: bool = False) -> None:
+        self.kind, self.enum_keys = owner.kind, enum_keys
         self._owner, self._relation, self._columns, self._release = owner, relation, columns, release
         self._closed = False
 
@@ -470,6 +481,8 @@ def parquet_files(manifest: Manifest, dataset: DatasetSpec) -> ParquetFiles | No
 # A CSV file up to this size is loaded into the node's engine once per version of the file; a
 # larger one is scanned by every query (its table could crowd the holder's memory).
 DEFAULT_MATERIALISE_MAX_BYTES = 256 * 2**20
+#: Parquet sources up to this size (on disk) are loaded into a table (``materialise_limit``).
+PARQUET_TABLE_MAX_BYTES = 2**20
 
 
 class SourceCache:
@@ -602,6 +615,6 @@ def run_checked_query(checked: QueryPlan, manifest: Manifest, dataset: DatasetSp
             source = stack.enter_context(sources.open(manifest, dataset) if sources is not None
                                          else open_source(manifest, dataset))
         cmap = column_map_for(checked, source)
-        sql = local_sql(checked, source.relation_sql(), source.dialect, column_map=cmap)
+        sql = local_sql(checked, source.relation_sql(), source.dialect, column_map=cmap, enum_keys=source.enum_keys)
         rows = source.execute(sql)
     return encode_rows(checked, rows)

@@ -16,7 +16,13 @@ the plan and is quoted by sqlglot, never spliced as text), a query of the shape:
 * a bool column contributes 1.0/0.0; a two-valued category contributes 1.0 for its second
   declared value, 0.0 for its first, NULL for anything else;
 * a group key is the category value as text (bool: 'true'/'false'); rows whose key is not a
-  declared value (or NULL) are excluded, so a node never reveals undeclared values;
+  declared value (or NULL) are excluded, so a node never reveals undeclared values. With
+  ``enum_keys`` (DuckDB over Parquet, issue #13) a category key is instead
+  ``TRY_CAST(text AS ENUM(<declared values>))`` — NULL for anything not declared, exactly as the
+  IN list excludes it — and rows whose key is NULL are left out: on a dictionary-encoded column
+  DuckDB casts each dictionary entry once and groups on small integers, where the IN list
+  compared every row's string (1M rows: 27 -> 20 ms on one thread). The key is cast back to text
+  on the (few) result rows;
 * WHERE compares the *unclipped* typed value.
 
 The query is generated in the DuckDB dialect and transpiled by sqlglot to the target dialect
@@ -70,9 +76,10 @@ def _literal(value: Scalar) -> exp.Expression:
 class _Columns:
     """Typed, clipped and key expressions for the plan's columns over the source relation."""
 
-    def __init__(self, plan: QueryPlan, column_map: Mapping[str, str] | None) -> None:
+    def __init__(self, plan: QueryPlan, column_map: Mapping[str, str] | None, enum_keys: bool = False) -> None:
         self.plan = plan
         self.column_map = {k.lower(): v for k, v in (column_map or {}).items()}
+        self.enum_keys = enum_keys
 
     def raw(self, name: str) -> exp.Column:
         actual = self.column_map.get(name.lower(), name)
@@ -127,7 +134,19 @@ class _Columns:
                 exp.If(this=exp.EQ(this=t.copy(), expression=exp.true()), true=exp.Literal.string("true")),
                 exp.If(this=exp.EQ(this=t.copy(), expression=exp.false()), true=exp.Literal.string("false")),
             ])
+        if self.enum_keys:
+            return exp.TryCast(this=t, to=self.enum(name))
         return t
+
+    def enum(self, name: str) -> exp.DataType:
+        """DuckDB's ENUM of the column's declared values (unique: the manifest refuses repeats)."""
+        values = self.spec(name).values or ()
+        return exp.DataType(this=exp.DataType.Type.ENUM, expressions=[exp.Literal.string(v) for v in values],
+                            nested=False)
+
+    def enum_key(self, name: str) -> bool:
+        """The group key of ``name`` is an ENUM (``enum_keys`` and a category column)."""
+        return self.enum_keys and self.spec(name).type != "bool"
 
     def predicate(self, p: Predicate) -> exp.Expression:
         if isinstance(p, And | Or):
@@ -176,16 +195,17 @@ class _SqlMemo:
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str, str, tuple[tuple[str, str], ...]], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, tuple[tuple[str, str], ...], bool], str] = OrderedDict()
 
-    def get(self, plan: QueryPlan, source_sql: str, dialect: str, column_map: Mapping[str, str] | None) -> str:
-        key = (plan.to_json(), source_sql, dialect, tuple(sorted((column_map or {}).items())))
+    def get(self, plan: QueryPlan, source_sql: str, dialect: str, column_map: Mapping[str, str] | None,
+            enum_keys: bool = False) -> str:
+        key = (plan.to_json(), source_sql, dialect, tuple(sorted((column_map or {}).items())), enum_keys)
         with self._lock:
             sql = self._entries.get(key)
             if sql is not None:
                 self._entries.move_to_end(key)
                 return sql
-        sql = _generate_local_sql(plan, source_sql, dialect, column_map)
+        sql = _generate_local_sql(plan, source_sql, dialect, column_map, enum_keys)
         with self._lock:
             self._entries[key] = sql
             while len(self._entries) > self.size:
@@ -197,25 +217,29 @@ _MEMO = _SqlMemo()
 
 
 def local_sql(plan: QueryPlan, source_sql: str, dialect: str, *,
-              column_map: Mapping[str, str] | None = None) -> str:
+              column_map: Mapping[str, str] | None = None, enum_keys: bool = False) -> str:
     """The node-local query for ``plan`` over ``source_sql`` in ``dialect`` ("duckdb", "postgres" or "spark").
 
     ``source_sql`` is a FROM-able relation from the node's own configuration (DuckDB:
     ``read_csv(...)``/``read_parquet(...)``; PostgreSQL: a quoted table name). ``column_map``
     maps declared column names (case-insensitively) to the source's actual spelling.
     Result columns: one per group column (text), then one per measurement in plan order.
+    ``enum_keys`` (DuckDB only): category keys as ENUMs of the declared values (see above); the
+    same rows and the same result, faster on a dictionary-encoded Parquet column.
     Memoised (the last 256 distinct inputs): the same inputs give the same text.
     """
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {DIALECTS}")
-    return _MEMO.get(plan, source_sql, dialect, column_map)
+    if enum_keys and dialect != "duckdb":
+        raise ValueError("enum_keys is for the duckdb dialect only")
+    return _MEMO.get(plan, source_sql, dialect, column_map, enum_keys)
 
 
 def _generate_local_sql(plan: QueryPlan, source_sql: str, dialect: str,
-                        column_map: Mapping[str, str] | None) -> str:
+                        column_map: Mapping[str, str] | None, enum_keys: bool = False) -> str:
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {DIALECTS}")
-    cols = _Columns(plan, column_map)
+    cols = _Columns(plan, column_map, enum_keys)
 
     inner_select: list[exp.Expression] = []
     for i, g in enumerate(plan.group_columns):
@@ -234,8 +258,11 @@ def _generate_local_sql(plan: QueryPlan, source_sql: str, dialect: str,
     def tcol(name: str) -> exp.Column:
         return exp.column(name, table="t", quoted=True)
 
-    outer_select: list[exp.Expression] = [exp.alias_(tcol(f"g{i}"), f"g{i}", quoted=True)
-                                          for i in range(len(plan.group_columns))]
+    def key_out(i: int, g: str) -> exp.Expression:  # an ENUM key back to text, on the result rows
+        return exp.Cast(this=tcol(f"g{i}"), to=exp.DataType.build("VARCHAR")) if cols.enum_key(g) else tcol(f"g{i}")
+
+    outer_select: list[exp.Expression] = [exp.alias_(key_out(i, g), f"g{i}", quoted=True)
+                                          for i, g in enumerate(plan.group_columns)]
     for j, m in enumerate(plan.measurements):
         agg: exp.Expression
         if m.kind == "count":
@@ -251,6 +278,9 @@ def _generate_local_sql(plan: QueryPlan, source_sql: str, dialect: str,
     if plan.group_columns:
         conds = []
         for i, g in enumerate(plan.group_columns):
+            if cols.enum_key(g):  # NULL: not a declared value (or no value)
+                conds.append(exp.Not(this=exp.Is(this=tcol(f"g{i}"), expression=exp.Null())))
+                continue
             values = cols.spec(g).values or ()
             conds.append(exp.In(this=tcol(f"g{i}"), expressions=[exp.Literal.string(v) for v in values]))
         outer = outer.where(exp.and_(*conds), copy=False)
