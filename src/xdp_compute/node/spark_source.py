@@ -136,6 +136,7 @@ class SparkSource:
     """
 
     dialect = "spark"
+    enum_keys = False  # DuckDB's ENUM keys (``LocalSource.enum_keys``); Spark groups on the text
 
     def __init__(self, manifest: Manifest, dataset: DatasetSpec) -> None:
         opts = dataset.spark
