@@ -239,3 +239,91 @@ def test_a_session_whose_vector_differs_from_the_plan_is_refused_before_any_row_
     out = ex.handle(QueryBegin.KIND, "job-1", header, blobs)
     assert not out.ok and "vector length" in out.error
     assert read == [] and len(ex.secagg) == 0
+
+
+# ---------------------------------------------------------------- the encrypted query (Paillier)
+def _sealed_run(hub: LocalHub, nodes: list[Node], public: Any) -> Any:
+    """The gateway's sealed driver (``encrypted_secure_sum``) over the in-process nodes."""
+    from xdp_compute.crypto.paillier import ring_scheme
+    from xdp_compute.gateway.encrypted_sum import SealedSession, encrypted_secure_sum
+    from xdp_compute.query.sealed import revealed_slots
+
+    plan = _plan(nodes[0])
+    scheme = ring_scheme(public.bits)
+    ids = [n.executor.node_id for n in nodes]
+
+    def begin(node: str, s: SecAggSession) -> Record:
+        from xdp_compute.contract import HeQueryBegin
+
+        return HeQueryBegin(plan=plan.to_dict(), sigma_node2=_sigmas(plan), public_key=public.to_dict(),
+                            scheme=scheme.to_dict(), secagg=s, noise_basis=BASIS)
+
+    sealed = SealedSession(public, scheme, revealed_slots(plan), 1 << 22)
+    return asyncio.run(encrypted_secure_sum(hub, "job-1", "job-1:sealed", ids,  # type: ignore[arg-type]
+                                            plan.vector_length, sealed, begin, threshold=2,
+                                            round_timeout=WAIT, begin_timeout=WAIT))
+
+
+@pytest.fixture(scope="module")
+def paillier_keys() -> Any:
+    paillier = pytest.importorskip("xdp_compute.crypto.paillier")
+    return paillier.generate_keypair(2048)
+
+
+@pytest.fixture
+def he_nodes(nodes: list[Node]) -> list[Node]:
+    yield nodes
+    for n in nodes:
+        n.executor.close()  # the obfuscator pools' background processes
+
+
+def test_encrypted_query_answers_round_0_before_any_row_is_read_and_sums_the_same(
+        he_nodes: list[Node], paillier_keys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #13: the encrypted query's data step overlaps the setup rounds too."""
+    from xdp_compute.contract import HeQueryBegun, HeQueryMaskedInput
+    from xdp_compute.crypto.paillier import aggregate_encrypted, decrypt_ring_sum, unmask_sealed_sum
+
+    monkeypatch.setenv("XDP_TEST_NOISE_SEED", SEED)
+    release, done = _gate_data_steps(monkeypatch)
+    nodes, (public, private) = he_nodes, paillier_keys
+    seen: list[tuple[int, int]] = []
+    answered_round_0: list[str] = []
+    real_ask = LocalHub.ask
+
+    def before(node: str, request: Record) -> None:
+        if isinstance(request, HeQueryMaskedInput) and not release.is_set():
+            seen.extend((len(done), len(n.executor.node.ledger.entries())) for n in nodes)
+            release.set()
+
+    hub = LocalHub(nodes, before)
+
+    async def ask(self: LocalHub, node_id: str, job_id: str, request: Record, timeout: float) -> Record:
+        reply = await real_ask(self, node_id, job_id, request, timeout)
+        if isinstance(reply, HeQueryBegun):
+            answered_round_0.append(node_id)
+        return reply
+
+    monkeypatch.setattr(LocalHub, "ask", ask)
+    res = _sealed_run(hub, nodes, public)
+    # Every node answered Rounds 0 and 1 with no row read, its charge already journaled.
+    assert len(answered_round_0) == 3 and seen and all(d == 0 and charged == 1 for d, charged in seen)
+    assert sorted(done) == sorted(n.name for n in nodes)
+    plan = _plan(nodes[0])
+    total = unmask_sealed_sum(public, aggregate_encrypted(public, [res.sealed_sum]), res.mask_total)
+    expected = _sum([_expected_noisy(n, plan, 0) for n in nodes])
+    assert decrypt_ring_sum(private, total) == [int(x) for x in expected]
+    assert not res.refused and not res.dropped
+
+
+def test_encrypted_query_a_failed_data_step_is_a_refusal_in_round_2(
+        he_nodes: list[Node], paillier_keys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a silent drop-out: its error may depend on the rows, so an abort it causes is charged
+    (``QueryService.aborted`` reads ``node_errors``), as on the plain path."""
+    _failing_data_step(monkeypatch, {"h1", "h2"})
+    nodes, (public, _) = he_nodes, paillier_keys
+    with pytest.raises(ProtocolAborted) as e:
+        _sealed_run(LocalHub(nodes), nodes, public)
+    errors = e.value.node_errors  # type: ignore[attr-defined]
+    assert set(errors) == {nodes[1].executor.node_id, nodes[2].executor.node_id}
+    assert all("could not be read" in v for v in errors.values())
+    assert all(len(n.executor.secagg) == 0 for n in nodes[1:])  # the failed sessions ended

@@ -48,7 +48,7 @@ class SealedSumResult:
     revealed: np.ndarray                   # uint64 sum over U3 at the revealed slots, unmasked
     survivors: list[str]                   # node ids whose input is in both sums (U3)
     dropped: dict[str, str] = field(default_factory=dict)   # node id -> phase where it dropped
-    refused: dict[str, str] = field(default_factory=dict)   # node id -> its error in round 0
+    refused: dict[str, str] = field(default_factory=dict)   # node id -> its error in round 0 or 2
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ async def encrypted_secure_sum(hub: TaskHub, job_id: str, session_id: str, parti
                                neighbours: int | None = None, round_timeout: float,
                                begin_timeout: float) -> SealedSumResult:
     """Run rounds 0-4 of a sealed session; ``begin(node, session)`` builds each node's round-0
-    request (``HeQueryBegin``). ``ProtocolAborted`` (with ``node_errors``: round-0 errors, which
-    may depend on a node's data) when fewer than t remain. ``threshold`` and ``neighbours`` (the
+    request (``HeQueryBegin``). ``ProtocolAborted`` (with ``node_errors``: errors in round 0 or in
+    round 2, where each node's data step ends; they may depend on its data) when fewer than t remain. ``threshold`` and ``neighbours`` (the
     SecAgg+ degree, None for the complete graph) come from the plan, as in ``secure_sum``."""
     config = SecAggConfig(session_id=session_id, participants=participants, vector_length=vector_length,
                           threshold=threshold, neighbours=neighbours)
@@ -147,7 +147,8 @@ class _SealedRounds:
                   begin: Callable[[str, SecAggSession], Record], round_timeout: float,
                   begin_timeout: float) -> SealedSumResult:
         hub, job_id, sid, server = self.hub, self.job_id, self.session_id, self.server
-        # Round 0 (AdvertiseKeys): each node computes its input and advertises two public keys.
+        # Round 0 (AdvertiseKeys): each node checks and charges the job, starts its data step and
+        # advertises two public keys.
         replies = await _ask_all(hub, job_id, {u: begin(u, session) for u in participants}, begin_timeout,
                                  self.refused)
         self.feed(replies, participants, "advertise_keys")
@@ -159,11 +160,14 @@ class _SealedRounds:
         self.feed(replies, u1, "share_keys")
         server.close_share_keys()
         # Round 2 (MaskedInputCollection), sealed: deliver each node its shares; collect
-        # E(y_u) under the analyst's key and y_u in the clear at the revealed slots only.
+        # E(y_u) under the analyst's key and y_u in the clear at the revealed slots only. Each
+        # node's data step ends here (it runs from Round 0 on, issue #13): Round 2 gets round 0's
+        # time, and an error in it is a refusal (its cause may depend on the rows), as in
+        # ``secure_sum(late_input=True)``.
         u2 = list(server.survivors(Phase.SHARE_KEYS))
         replies = await _ask_all(hub, job_id, {u: HeQueryMaskedInput(session_id=sid,
                                                                      secagg=server.shares_for(u).encode())
-                                               for u in u2}, round_timeout)
+                                               for u in u2}, begin_timeout, self.refused)
         self.feed(replies, u2, "masked_input")
         check = server.close_masked_input()
         # Round 3 (ConsistencyCheck): every survivor signs the survivor set U3 it was told.

@@ -64,7 +64,7 @@ class TaskExecutor:
         self.node = NodeContext(manifest)
         self.secagg = SecAggSessions(identity, manifest.max_colluding_nodes)
         self.query = QueryTasks(self.node, self.secagg)
-        self.he = HeTasks(self.node, self.secagg)
+        self.he = HeTasks(self.node, self.secagg, self.query)
         self.train = TrainTasks(self.node, self.secagg)
         self.lookup = LookupTasks(self.node)  # hidden lookups (issue #17)
         self.join = JoinTasks(self.node, self.secagg, self.he)  # private joins (issue #16)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from xdp_compute.contract import HeQueryBegin, HeQueryBegun, HeQueryMaskedInput, HeQueryMaskedReply
 from xdp_compute.errors import BadRequest
 from xdp_compute.node.tasks.context import NodeContext
-from xdp_compute.node.tasks.query import declared_parties, local_noisy_vector
+from xdp_compute.node.tasks.query import QueryTasks, declared_parties
 from xdp_compute.node.tasks.secagg import SecAggSessions
 from xdp_compute.query.sealed import revealed_slots
 
@@ -44,8 +44,9 @@ class HeTasks:
     DP feature sums through the plain query path and the SDK applies the weights (issue #11).
     """
 
-    def __init__(self, node: NodeContext, sessions: SecAggSessions) -> None:
-        self.node, self.sessions = node, sessions
+    def __init__(self, node: NodeContext, sessions: SecAggSessions, queries: QueryTasks) -> None:
+        """``queries``: the plain query's tasks, whose data steps this query's run on too."""
+        self.node, self.sessions, self.queries = node, sessions, queries
         self._sealed: dict[tuple[str, str], tuple[PaillierPublic, PackingScheme, ObfuscatorPool]] = {}
         self._pools: dict[str, ObfuscatorPool] = {}
         self._pools_lock = threading.Lock()
@@ -76,6 +77,10 @@ class HeTasks:
 
         The node alone decides what it reveals in the clear: the plan's COUNT(*) slots
         (``query.sealed``). Everything else leaves only masked and encrypted (Round 2).
+
+        As on the plain path (issue #13), the keys go back once the checks and the charge are
+        done; the rows are read and the noise drawn during Round 1, and Round 2 waits for them
+        (a failed data step fails Round 2, which the gateway counts as a refusal).
         """
         paillier = _he_module("paillier")
         try:
@@ -85,10 +90,14 @@ class HeTasks:
             raise BadRequest(f"bad encryption parameters: {type(e).__name__}") from None
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         paillier.check_ring_scheme(public, scheme, config.n)
-        plan, vec = local_noisy_vector(self.node, job_id, "he_query", request)
-        pool = self.obfuscator_pool(public)  # starts precomputing r^n for Round 2 now
-        msg = self.sessions.start(job_id, self.node.node_id, config, vec, revealed=revealed_slots(plan),
-                                  parties=declared_parties(request))
+        plan, vec = self.queries.admit_and_start(job_id, "he_query", request, config.vector_length)
+        try:
+            pool = self.obfuscator_pool(public)  # starts precomputing r^n for Round 2 now
+            msg = self.sessions.start(job_id, self.node.node_id, config, vec, revealed=revealed_slots(plan),
+                                      parties=declared_parties(request))
+        except BaseException:
+            vec.cancel()
+            raise
         with self._pools_lock:
             while len(self._sealed) >= MAX_SEALED_SESSIONS:
                 self._sealed.pop(next(iter(self._sealed)))

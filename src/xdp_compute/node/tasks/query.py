@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -146,14 +146,6 @@ def noisy_vector(node: NodeContext, plan: QueryPlan, ds: DatasetSpec, sigma_node
     return add_noise(vec, plan, sigma_node2, rng)
 
 
-def local_noisy_vector(node: NodeContext, job_id: str, kind: str, request: QueryBegin | HeQueryBegin
-                       ) -> tuple[QueryPlan, np.ndarray]:
-    """This node's vector for the task's plan plus its noise share, after the node's own checks
-    and charge (``admit_query_task``), computed before this returns (the encrypted query)."""
-    plan, ds = admit_query_task(node, job_id, kind, request)
-    return plan, noisy_vector(node, plan, ds, request.sigma_node2, noise_source(node))
-
-
 def declared_parties(request: QueryBegin | HeQueryBegin) -> dict[str, str]:
     """node -> party as the task's noise was calibrated (every node its own party when undeclared)."""
     basis = request.noise_basis
@@ -161,13 +153,14 @@ def declared_parties(request: QueryBegin | HeQueryBegin) -> dict[str, str]:
 
 
 class QueryTasks:
-    """``query_begin``: the plain federated query's round 0.
+    """``query_begin``: the plain federated query's round 0, and the data steps of both queries.
 
     The data step runs in the background (issue #13): Round 0 answers with this node's keys as
     soon as its checks and its charge are done, and the rows are read and the noise drawn while
     the gateway runs Round 1 (ShareKeys) and this node expands its masks; Round 2
     (MaskedInputCollection) waits for the vector. A data step that fails makes Round 2 fail: the
-    gateway counts that as a refusal, as it did one in Round 0 (``gateway.secure_sum``).
+    gateway counts that as a refusal, as it did one in Round 0 (``gateway.secure_sum``). The
+    encrypted query (``tasks.he``) starts its data step here too.
     """
 
     #: Data steps running at once; more wait for a free thread (the worker runs 4 tasks at once).
@@ -181,13 +174,7 @@ class QueryTasks:
         """Check and charge, start the data step, and advertise keys at once (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         # The charge's fsync moves into the data step, ahead of its first row (``durable=False``).
-        plan, ds = admit_query_task(self.node, job_id, "query", request, durable=False)
-        if plan.vector_length != config.vector_length:  # before a row is read (it was after, in start)
-            raise BadRequest("the plan's vector does not match the session's vector length")
-        # The noise source is taken here, in task order (test-only seeded noise is keyed by it).
-        rng = noise_source(self.node)
-        vector = self._data_steps.submit(noisy_vector, self.node, plan, ds, request.sigma_node2, rng,
-                                         sync_ledger=True)
+        plan, vector = self.admit_and_start(job_id, "query", request, config.vector_length)
         try:
             keys = self.sessions.start(job_id, self.node.node_id, config, vector,
                                        parties=declared_parties(request))
@@ -195,6 +182,19 @@ class QueryTasks:
             vector.cancel()
             raise
         return QueryBegun(secagg=keys)
+
+    def admit_and_start(self, job_id: str, kind: str, request: QueryBegin | HeQueryBegin, vector_length: int
+                        ) -> tuple[QueryPlan, Future[np.ndarray]]:
+        """The node's checks and charge (``admit_query_task``, its fsync left to the data step),
+        then the data step started in the background: (the re-derived plan, the noisy vector's
+        future). Refused before a row is read when the plan's vector is not the session's."""
+        plan, ds = admit_query_task(self.node, job_id, kind, request, durable=False)
+        if plan.vector_length != vector_length:  # before a row is read (it was after, in start)
+            raise BadRequest("the plan's vector does not match the session's vector length")
+        # The noise source is taken here, in task order (test-only seeded noise is keyed by it).
+        rng = noise_source(self.node)
+        return plan, self._data_steps.submit(noisy_vector, self.node, plan, ds, request.sigma_node2, rng,
+                                             sync_ledger=True)
 
     def close(self) -> None:
         """Stop taking data steps (the worker is ending)."""
