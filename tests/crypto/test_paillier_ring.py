@@ -120,6 +120,31 @@ def test_masked_ring_vectors_sum_under_paillier_and_single_ones_are_uniform(
     assert all(0 <= v < 4 * RING for v in raw)
 
 
+def test_the_unmasking_correction_draws_no_obfuscator_and_keeps_the_survivors_randomness(
+        keys: tuple[P.PaillierPublic, P.PaillierPrivate], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #13: the gateway's correction is g^c (obfuscator 1), not a fresh r^n. What hides
+    the result from anyone without the key is the survivors' obfuscators: two runs over the same values (fresh node obfuscators) give different ciphertexts of the
+    same sum."""
+    import xdp_compute.crypto.paillier.vectors as vectors
+
+    public, private = keys
+    scheme = P.ring_scheme(public.bits)
+    inputs = _inputs(5)
+    server, masked = _sealed_session(inputs, (0,))
+    server.close_unmask()
+    truth = [int(x) for x in sum(inputs.values(), np.zeros(6, dtype=np.uint64))]
+    runs = [P.aggregate_encrypted(public, [P.encrypt_masked(public, y, scheme) for y in masked.values()])
+            for _ in range(2)]
+
+    def no_obfuscator(*a: object, **k: object) -> None:
+        raise AssertionError("the correction drew an obfuscator")
+
+    monkeypatch.setattr(vectors, "obfuscator_batch", no_obfuscator)
+    totals = [P.unmask_sealed_sum(public, r, server.mask_total) for r in runs]
+    assert all(P.decrypt_ring_sum(private, t) == truth for t in totals)
+    assert totals[0].ciphertexts != totals[1].ciphertexts  # the nodes' randomness, not the gateway's
+
+
 def test_ring_packing_is_checked(keys: tuple[P.PaillierPublic, P.PaillierPrivate]) -> None:
     public, _ = keys
     with pytest.raises(InvalidSpec, match="value_bits"):

@@ -15,6 +15,14 @@ total, or total + r when blanked). The y_u are independent and uniform whatever 
 says nothing about any partial, and the slot's integer is a function of Y and T alone: nothing
 about a single partial, nor about a blanked total, hides in the carries.
 
+Why the correction needs no obfuscator of its own (issue #13: it was one 3072-bit r^n, ~28 ms of
+the gateway's time per query): it is g^c = 1 + c*n mod n^2 with c the gateway's own value, and
+the product it joins is already randomised by every survivor's fresh obfuscator. To anyone
+without the private key the result is as random as the survivors' product was (which the
+gateway computed itself); the key holder can read the product of the obfuscators off it, which
+the nodes drew independently of any data, and a random factor from the gateway would add no
+secret to hide. Blanked slots are hidden by r in the plaintext, not by the ciphertext's randomness.
+
 Slot width: 64 value bits + 1 sign bit of the packing offset + ceil(log2(max_parties)) headroom,
 which holds |U3| + 1 contributions of up to 2^64 - 1 each without carrying into the next slot.
 """
@@ -35,6 +43,7 @@ from xdp_compute.crypto.paillier.vectors import (
     aggregate_encrypted,
     decrypt_aggregate,
     encrypt_partials,
+    encrypt_plaintexts,
 )
 from xdp_compute.errors import InvalidSpec
 
@@ -92,8 +101,12 @@ def unmask_sealed_sum(public: PaillierPublic, sealed_sum: EncryptedVector, mask_
         raise InvalidSpec("blanked slots must lie within the vector")
     correction = [((-int(m)) + (secrets.randbelow(_RING) if i in blanked else 0)) % _RING
                   for i, m in enumerate(masks)]
-    enc = encrypt_partials(public, correction, sealed_sum.scheme)
+    plaintexts = sealed_sum.scheme.encode(correction)
     correction.clear()
+    # g^c with obfuscator 1: the survivors' obfuscators already randomise the product (above).
+    enc = EncryptedVector(public.fingerprint, sealed_sum.scheme, sealed_sum.length, 1,
+                          tuple(encrypt_plaintexts(public, plaintexts, [1] * len(plaintexts))))
+    plaintexts.clear()
     return aggregate_encrypted(public, [sealed_sum, enc])
 
 
