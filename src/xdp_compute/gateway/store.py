@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from xdp_compute.domain.manifest import DatasetSpec
 from xdp_compute.domain.names import check_region
-from xdp_compute.domain.policy import NodePart, owner_policy, under_owner_policy
+from xdp_compute.domain.policy import NodePart, owner_policy
 from xdp_compute.errors import BadRequest, BudgetExhausted, NotFound, SchemaConflict, Unauthorized
 from xdp_compute.gateway import membership
 from xdp_compute.gateway import models as m
@@ -43,6 +43,8 @@ from xdp_compute.gateway.migrations import (
     schema_revisions,
     schema_state,
 )
+from xdp_compute.gateway.parts import dataset_parts as read_dataset_parts
+from xdp_compute.gateway.parts import lookup_parts as read_lookup_parts
 
 # Where the store is opened, these are the failures to catch; ``migrate`` for ``xdp db upgrade``.
 __all__ = ["DatabaseUnavailable", "SchemaOutdated", "Store", "make_engine", "migrate", "upgrade_database"]
@@ -493,16 +495,9 @@ class Store:
     # ----------------------------------------------------------------- catalog
     def lookup_parts(self, name: str) -> list[dict[str, Any]]:
         """``dataset_parts`` of the dataset named ``name`` in any letter case; NotFound if none.
-        One read transaction (issue #13: it ran twice per query, with a scan of every name)."""
+        One read transaction, two prebuilt statements (issue #13, ``gateway.parts``)."""
         with self.read() as s:
-            real = s.scalar(select(m.Dataset.name).where(func.lower(m.Dataset.name) == name.lower())
-                            .order_by(m.Dataset.name).limit(1))
-            if real is None:  # SQL's lower() folds ASCII only: compare the rest as Python does
-                real = next((n for n in s.scalars(select(m.Dataset.name).order_by(m.Dataset.name))
-                             if n.lower() == name.lower()), None)
-            if real is None:
-                raise NotFound(f"no dataset named {name!r}")
-            return self._parts(s, real)
+            return read_lookup_parts(s, name)
 
     def dataset_parts(self, name: str) -> list[dict[str, Any]]:
         """Every part of a dataset held by its owner or a current member: node id/name/region/online,
@@ -513,34 +508,7 @@ class Store:
         owner's terms. Parts of a holder no longer a member are left out.
         """
         with self.read() as s:
-            return self._parts(s, name)
-
-    @staticmethod
-    def _parts(s: Session, name: str) -> list[dict[str, Any]]:
-        ds = s.get(m.Dataset, name)
-        if ds is None:
-            return []
-        member_ids = set(s.scalars(select(m.DatasetMember.holder_id)
-                                   .where(m.DatasetMember.dataset_name == name)).all())
-        policy = json.loads(ds.policy_json or "{}")
-        nd, n = m.NodeDataset, m.Node
-        rows = s.execute(select(n.id, n.name, n.region, n.online, n.holder_id, nd.id, nd.spec_json, nd.eps_budget,
-                                nd.eps_spent, nd.eps_reserved, nd.delta_budget, nd.delta_spent)
-                         .join(n, n.id == nd.node_id).where(nd.dataset_name == name).order_by(n.name)).all()
-        out = []
-        for (node_id, node, region, online, holder_id, ledger_id, spec_json, eps_budget, eps_spent, eps_reserved,
-             delta_budget, delta_spent) in rows:
-            owner = ds.owner_id is None or holder_id == ds.owner_id
-            if not owner and holder_id not in member_ids:
-                continue
-            spec = json.loads(spec_json)
-            out.append({"node_id": node_id, "node": node, "region": region, "online": online,
-                        "holder_id": holder_id, "owner_id": ds.owner_id or holder_id,
-                        "role": "owner" if owner else "member", "ledger_id": ledger_id,
-                        "spec": spec if owner else under_owner_policy(spec, policy),
-                        "eps_budget": eps_budget, "eps_spent": eps_spent, "eps_reserved": eps_reserved,
-                        "delta_budget": delta_budget, "delta_spent": delta_spent})
-        return out
+            return read_dataset_parts(s, name)
 
     def dataset_membership(self, name: str) -> dict[str, Any]:
         """The dataset's owner and members (``gateway.membership.membership``)."""
