@@ -7,7 +7,10 @@ pushdown SQL on their own file -> noise shares -> secure aggregation over gRPC -
 log. Baseline and ours alternate, in the same run, on the same machine; medians over ``--repeat``.
 
 Also printed, not part of the goal: the first query of a fresh cluster (each node opens its
-engine and, for CSV, loads the file) and DuckDB over the union already loaded into memory.
+engine and, for CSV, loads the file), DuckDB over the union already loaded into memory, and the
+CPU time one query costs each side's processes (gateway; nodes: agents, task workers and their
+helpers; read from /proc with psutil around each query, averaged: /proc counts 10 ms ticks): on 2 cores a query cannot take less
+wall time than half its CPU time, which bounds the ratio any overlap of rounds could reach.
 Issue #13 goal 1: <= 3x at 10k rows per node (a floor of tens of ms), <= 1.5x at 1M.
 
 ``--baseline-rev REV`` (or ``--baseline-src DIR``) also starts a cluster whose gateway and nodes
@@ -96,6 +99,22 @@ def baseline_src(rev: str) -> Path:
     return out / "src"
 
 
+def _cpu(cluster: Any) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the cluster's gateway and of its nodes' process trees."""
+    import psutil
+
+    out = {"gateway": 0.0, "nodes": 0.0}
+    for name, proc in cluster.procs.items():
+        try:
+            root = psutil.Process(proc.popen.pid)
+            for q in [root, *root.children(recursive=True)]:
+                t = q.cpu_times()
+                out["gateway" if name == "gateway" else "nodes"] += t.user + t.system
+        except psutil.Error:
+            continue
+    return out
+
+
 def measure(rows: int, fmt: str, repeat: int, src: Path | None = None, baseline: Path | None = None,
             baseline_name: str = "baseline") -> dict[str, Any]:
     from xdp_compute import Client
@@ -125,15 +144,20 @@ def measure(rows: int, fmt: str, repeat: int, src: Path | None = None, baseline:
         loaded: list[float] = []
         times: dict[str, list[float]] = {name: [] for name in clusters}
         ratios: dict[str, list[float]] = {name: [] for name in clusters}
+        cpu: dict[str, dict[str, list[float]]] = {name: {"gateway": [], "nodes": []} for name in clusters}
         for i in range(repeat):
             t = time.perf_counter()
             con.execute(baseline_sql).fetchall()
             base.append(time.perf_counter() - t)
             order = list(clusters) if i % 2 == 0 else list(reversed(clusters))  # neither always goes first
             for name in order:
+                before = _cpu(clusters[name][0])
                 t = time.perf_counter()
                 clusters[name][1].query(SQL, epsilon=0.1)
                 times[name].append(time.perf_counter() - t)
+                after = _cpu(clusters[name][0])
+                for side in ("gateway", "nodes"):
+                    cpu[name][side].append(after[side] - before[side])
                 ratios[name].append(times[name][-1] / base[-1])
             t = time.perf_counter()
             con.execute(loaded_sql).fetchall()
@@ -155,10 +179,15 @@ def measure(rows: int, fmt: str, repeat: int, src: Path | None = None, baseline:
         print(f"  {'  ratio' + (f' (goal <= {goal:g}x)' if goal else ''):<48} {o / b:8.2f} x  "
               f"(paired ratios {min(ratios[name]):.2f}-{max(ratios[name]):.2f})")
         print(f"  {'  first query of a fresh cluster':<48} {first[name] * 1000:8.1f} ms")
+        # Means: /proc counts CPU time in 10 ms ticks, too coarse for one query's median.
+        g, nd = statistics.fmean(cpu[name]["gateway"]), statistics.fmean(cpu[name]["nodes"])
+        print(f"  {'  CPU per query: gateway, nodes (all 3)':<48} {g * 1000:8.1f} ms, {nd * 1000:.1f} ms; "
+              f"half their sum {(g + nd) * 500:.1f} ms (the least wall time on 2 cores)")
         prefix = "" if name == "ours" else "baseline_"
         out |= {f"{prefix}federated_ms": o * 1000, f"{prefix}ratio": o / b,
                 f"{prefix}paired_ratio_min": min(ratios[name]), f"{prefix}paired_ratio_max": max(ratios[name]),
-                f"{prefix}first_query_ms": first[name] * 1000}
+                f"{prefix}first_query_ms": first[name] * 1000, f"{prefix}cpu_gateway_ms": g * 1000,
+                f"{prefix}cpu_nodes_ms": nd * 1000}
     if len(clusters) > 1:
         paired = [x / y for x, y in zip(times["ours"], times[baseline_name], strict=True)]
         out["vs_baseline"] = statistics.median(paired)
