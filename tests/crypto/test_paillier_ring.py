@@ -125,7 +125,7 @@ def test_the_unmasking_correction_draws_no_obfuscator_and_keeps_the_survivors_ra
     """Issue #13: the gateway's correction is g^c (obfuscator 1), not a fresh r^n. What hides
     the result from anyone without the key is the survivors' obfuscators: two runs over the same values (fresh node obfuscators) give different ciphertexts of the
     same sum."""
-    import xdp_compute.crypto.paillier.vectors as vectors
+    from xdp_compute.crypto.paillier import vectors
 
     public, private = keys
     scheme = P.ring_scheme(public.bits)

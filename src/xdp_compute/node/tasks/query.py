@@ -174,7 +174,7 @@ class QueryTasks:
         """Check and charge, start the data step, and advertise keys at once (Round 0)."""
         config = self.sessions.config_for(self.node.node_id, request.secagg)
         # The charge's fsync moves into the data step, ahead of its first row (``durable=False``).
-        plan, vector = self.admit_and_start(job_id, "query", request, config.vector_length)
+        _, vector = self.admit_and_start(job_id, "query", request, config.vector_length)
         try:
             keys = self.sessions.start(job_id, self.node.node_id, config, vector,
                                        parties=declared_parties(request))
