@@ -168,3 +168,18 @@ def test_two_holders_claiming_one_new_dataset_at_once_get_a_clean_refusal(any_st
             s.query(m.DatasetMember).delete()
             s.query(m.Node).delete()
             s.query(m.Dataset).delete()
+
+
+def test_sqlite_commits_are_durable_before_they_return(tmp_path: Path) -> None:
+    """A released answer's charge and log entry must survive an OS crash or a power cut: in WAL
+    mode ``synchronous=NORMAL`` may lose the last commits (budget spent twice, an entry missing),
+    so every connection, for reads and for writes, runs with FULL (2)."""
+    s = Store.open(f"sqlite:///{tmp_path / 'durable.db'}")
+    try:
+        with s.read() as r, s.write() as w:
+            for session in (r, w):
+                conn = session.connection()
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        s.close()

@@ -107,7 +107,10 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before it returns. In WAL mode NORMAL may lose the last
+            # commits to an OS crash or power cut; a released answer whose charge vanished so would
+            # leave its budget to be spent twice, and its log entry unwritten. ~0.3 ms per commit.
+            cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
         @event.listens_for(engine, "begin")
