@@ -88,8 +88,9 @@ async def encrypted_secure_sum(hub: TaskHub, job_id: str, session_id: str, parti
                                begin_timeout: float) -> SealedSumResult:
     """Run rounds 0-4 of a sealed session; ``begin(node, session)`` builds each node's round-0
     request (``HeQueryBegin``). ``ProtocolAborted`` (with ``node_errors``: errors in round 0 or in
-    round 2, where each node's data step ends; they may depend on its data) when fewer than t remain. ``threshold`` and ``neighbours`` (the
-    SecAgg+ degree, None for the complete graph) come from the plan, as in ``secure_sum``."""
+    round 2, where each node's data step ends; they may depend on its data) when fewer than t
+    remain. ``threshold`` and ``neighbours`` (the SecAgg+ degree, None for the complete graph)
+    come from the plan, as in ``secure_sum``."""
     config = SecAggConfig(session_id=session_id, participants=participants, vector_length=vector_length,
                           threshold=threshold, neighbours=neighbours)
     session = SecAggSession(session_id=session_id, participants=participants, vector_length=vector_length,
