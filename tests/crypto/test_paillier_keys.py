@@ -140,3 +140,32 @@ def test_private_key_repr_hides_factors(keypair: tuple[P.PaillierPublic, P.Paill
     priv = keypair[1]
     text = repr(priv) + str(priv)
     assert str(priv.p) not in text and str(priv.q) not in text
+
+
+def test_a_modulus_is_checked_once_and_a_bad_one_every_time(
+    keypair: tuple[P.PaillierPublic, P.PaillierPrivate], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue #13: parsing the same analyst key again skips the ~7 ms primality test; a modulus that
+    failed is refused every time (nothing about it is remembered)."""
+    from xdp_compute.crypto.paillier import keys
+
+    calls: list[int] = []
+    real = keys.validate_public_key
+
+    def counting(n: int, **kw: object) -> None:
+        calls.append(n)
+        real(n, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keys, "validate_public_key", counting)
+    keys._accepted_modulus.cache_clear()
+    n = keypair[0].n
+    for _ in range(3):
+        assert P.PaillierPublic.from_dict({"n": str(n)}).n == n
+    assert calls == [n]
+    prime = _prime(2048, 7)
+    for _ in range(2):
+        with pytest.raises(InvalidKey, match="prime"):
+            P.PaillierPublic.from_dict({"n": str(prime)})
+    assert calls == [n, prime, prime]
+    with pytest.raises(InvalidKey):
+        P.PaillierPublic(True)  # type: ignore[arg-type]  # not an int modulus, memo or not

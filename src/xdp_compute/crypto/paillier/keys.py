@@ -8,6 +8,7 @@ in a 0600 file and its ``repr`` shows no secret.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -97,6 +98,20 @@ def validate_public_key(n: int, *, min_bits: int = MIN_KEY_BITS, max_bits: int =
         raise InvalidKey("Paillier modulus is prime; it must be a product of two primes")
 
 
+@functools.lru_cache(maxsize=256)
+def _accepted_modulus(n: int) -> bool:
+    """``validate_public_key(n)`` with the default bounds, remembered for moduli that passed.
+
+    Its strong-probable-prime test is a full-size modular exponentiation (~7 ms at 3072 bits),
+    and one encrypted query parsed the analyst's key several times on every side (issue #13).
+    The checks are a function of n alone, so a modulus that passed once passes again; one that
+    failed is not remembered (``lru_cache`` keeps no exceptions) and is checked, and refused,
+    every time.
+    """
+    validate_public_key(n)
+    return True
+
+
 def _fingerprint(n: int) -> str:
     width = (n.bit_length() + 7) // 8
     return hashlib.sha256(b"xdp-compute/paillier-n\x00" + n.to_bytes(width, "big")).hexdigest()
@@ -112,7 +127,10 @@ class PaillierPublic:
     fingerprint: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        validate_public_key(self.n)
+        if type(self.n) is int:  # exactly int: bools and int subclasses are checked without the memo
+            _accepted_modulus(self.n)
+        else:
+            validate_public_key(self.n)
         object.__setattr__(self, "n_square", self.n * self.n)
         object.__setattr__(self, "bits", self.n.bit_length())
         object.__setattr__(self, "fingerprint", _fingerprint(self.n))
