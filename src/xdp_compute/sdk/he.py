@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,43 @@ def key_dir(client: Any) -> Path:
     return d
 
 
+#: Keys loaded by this process, by their file's identity and state (``paillier_keys``).
+_LOADED: dict[tuple[str, int, int, int, int, int], PaillierPrivate] = {}
+_LOADED_LOCK = threading.Lock()
+_LOADED_MAX = 8
+
+
+def _file_state(path: Path) -> tuple[str, int, int, int, int, int] | None:
+    """The key file as ``lstat`` sees it now (a symlink or a chmod changes it); None if absent."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode
+
+
 def paillier_keys(client: Any, bits: int = DEFAULT_KEY_BITS) -> tuple[PaillierPublic, PaillierPrivate]:
-    """The analyst's key pair: loaded from its owner-only file, or created and saved there."""
+    """The analyst's key pair: loaded from its owner-only file, or created and saved there.
+
+    A file already loaded, unchanged since (same inode, size, mtime and mode), is not read and
+    checked again: loading tests both factors for primality, ~18 ms of every encrypted query
+    at 3072 bits (issue #13). A rewritten, replaced, re-linked or re-permissioned file is loaded
+    (and refused, if it must be) afresh.
+    """
     path = key_dir(client) / f"paillier-{bits}.json"
-    if path.exists():
-        priv = load_private_key(path)
-    else:
+    state = _file_state(path)
+    if state is None:
         _, priv = generate_keypair(bits)
         save_private_key(path, priv)
+        return priv.public, priv
+    with _LOADED_LOCK:
+        priv = _LOADED.get(state)
+    if priv is None:
+        priv = load_private_key(path)
+        with _LOADED_LOCK:
+            while len(_LOADED) >= _LOADED_MAX:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[state] = priv
     return priv.public, priv
 
 
