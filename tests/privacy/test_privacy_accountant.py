@@ -261,3 +261,20 @@ def test_plan_rejects_bad_input(eps: float, delta: float, measurements: list[Mea
         plan_noise(eps, delta, measurements, t)
     assert info.value.status == 400
     assert info.value.detail
+
+
+def test_remembered_calibration_is_the_calibration() -> None:
+    """Issue #13: ``_calibrate_sigma_node2`` is memoised; a remembered answer equals a fresh one,
+    and plans built from it are the same plans."""
+    from xdp_compute.privacy import accountant
+
+    ms = [accountant.Measurement("count", 1.0, 3, 1.0), accountant.Measurement("sum", 65536.0 * 1000, 3)]
+    accountant._calibrate_sigma_node2.cache_clear()
+    first = accountant.plan_noise(0.5, 1e-7, ms, 3)
+    assert accountant._calibrate_sigma_node2.cache_info().misses == 2
+    again = accountant.plan_noise(0.5, 1e-7, ms, 3)
+    assert accountant._calibrate_sigma_node2.cache_info().hits == 2 and again == first
+    rho_each = accountant.epsilon_delta_to_rho(0.5, 1e-7) / 2
+    for m in ms:
+        assert accountant._calibrate_sigma_node2.__wrapped__(m, rho_each, 3) == \
+            accountant._calibrate_sigma_node2(m, rho_each, 3)

@@ -322,8 +322,14 @@ def _round_up_rational(x: float) -> Fraction:
     return Fraction(math.ceil(scaled), 1 << k)
 
 
+@functools.lru_cache(maxsize=1024)
 def _calibrate_sigma_node2(m: Measurement, rho_target: float, t: int) -> Fraction:
-    """Smallest sigma_node2 (rounded up) with ddg_rho(..., t parties) <= rho_target."""
+    """Smallest sigma_node2 (rounded up) with ddg_rho(..., t parties) <= rho_target.
+
+    Remembered (a pure function of hashable inputs; the answer is an immutable Fraction): the
+    bisection is most of ``plan_noise``'s ~0.5 ms, which the gateway and every node run for
+    each query, mostly with the same few budgets and plans (issue #13).
+    """
 
     def rho_of(s2: float) -> float:
         return ddg_rho(m.l2_sensitivity, m.l1_sensitivity, s2, t, m.dim)
